@@ -1,0 +1,54 @@
+# Harmonixr: make demo (install + whole pipeline on the built-in corpus), make test.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+HX      := $(VENV)/bin/harmonixr
+# DATA: a corpus folder, or 'builtin' (music21's corpus). GiantMIDI's folder is used when present.
+DATA    ?= $(if $(wildcard ./surname_checked_midis),./surname_checked_midis,builtin)
+CACHE   ?= cache/$(notdir $(DATA))
+RUN     ?= runs/$(notdir $(DATA))
+WORKERS ?= 2
+TRAIN_ARGS ?=
+
+.PHONY: install preprocess info train demo test lint format clean reinstall bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+preprocess: install
+	$(HX) preprocess $(DATA) --out $(CACHE) --workers $(WORKERS)
+
+info: install
+	$(HX) info $(CACHE)
+
+train: preprocess
+	$(HX) train --data $(CACHE) --out $(RUN) $(TRAIN_ARGS)
+
+demo: preprocess info
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench
+
+format: install
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+bench: install
+	$(PY) bench/preprocess.py
+
+clean:
+	rm -rf cache runs .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+reinstall:
+	rm -rf $(VENV)
+	$(MAKE) install

@@ -1,0 +1,175 @@
+"""The ``harmonixr`` command: parses arguments and calls one library function per command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="harmonixr",
+    help="MIDI → composer-aware embeddings: preprocess, train, evaluate, attribute, search.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[current]}", style="dim"),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+
+
+@app.command()
+def preprocess(
+    source: Annotated[str, typer.Argument(help="Corpus folder, or 'builtin'.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to create or extend.")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="auto|giantmidi|asap|maestro|folder|builtin")
+    ] = "auto",
+    labels: Annotated[
+        Path | None, typer.Option(help="CSV with path, composer[, title, group] columns.")
+    ] = None,
+    scores: Annotated[bool, typer.Option("--scores", help="ASAP: add the score MIDIs.")] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Parser processes (default: all cores).")
+    ] = None,
+    binary: Annotated[
+        bool, typer.Option("--binary", help="Store 1 for any sounding note.")
+    ] = False,
+    no_pedal: Annotated[bool, typer.Option("--no-pedal", help="Ignore the sustain pedal.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Only the first N files.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Turn a corpus of MIDI files into a tensor cache (resumable: rerun to continue)."""
+    from harmonixr.data.cache import preprocess as run
+    from harmonixr.midi.corpora import read_corpus
+    from harmonixr.midi.tensorize import TensorConfig
+
+    config = TensorConfig(binary=binary, pedal=not no_pedal)
+    with _progress() as progress:
+        if source == "builtin" or format == "builtin":
+            from harmonixr.midi.builtin import read_builtin
+
+            task = progress.add_task("music21 → MIDI", total=None, current="")
+            listing = read_builtin(
+                progress=lambda i, n, name: progress.update(
+                    task, completed=i, total=n, current=name
+                )
+            )
+        else:
+            listing = read_corpus(source, format=format, labels=labels, include_scores=scores)
+        task = progress.add_task(
+            f"tensorize ({listing.format})", total=len(listing.pieces), current=""
+        )
+
+        def tick(i: int, n: int, path: str) -> None:
+            progress.update(task, completed=i, total=n, current=Path(path).name[:40])
+
+        summary = run(
+            source,
+            out_dir,
+            config=config,
+            workers=workers,
+            limit=limit,
+            progress=tick,
+            listing=listing,
+        )
+    if as_json:
+        out.print_json(json.dumps(summary.to_dict()))
+        return
+    table = Table(title=f"preprocess → {out_dir}", show_header=False)
+    table.add_row("files seen", str(summary.seen))
+    table.add_row(
+        "ok",
+        f"{summary.ok} ({summary.new} new, {summary.already} already cached, "
+        f"{summary.reused} identical to another file)",
+    )
+    skipped = ", ".join(f"{k}: {v}" for k, v in summary.skipped.most_common()) or "none"
+    table.add_row("skipped", f"{sum(summary.skipped.values())} ({skipped})")
+    if summary.listing_skipped:
+        table.add_row("not listed", f"{len(summary.listing_skipped)} (see harmonixr info)")
+        for path, why in summary.listing_skipped[:5]:
+            table.add_row("", f"{path}: {why}")
+    table.add_row("composers", str(summary.composers))
+    table.add_row("hours of music", f"{summary.hours:.2f}")
+    table.add_row("time", f"{summary.seconds:.1f} s ({summary.files_per_second:.1f} files/s)")
+    out.print(table)
+
+
+@app.command()
+def info(
+    cache: Annotated[Path, typer.Argument(help="A cache folder made by preprocess.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Pieces and hours per composer in a cache, and why files were skipped."""
+    from harmonixr.data.cache import TensorCache
+
+    with TensorCache(cache) as c:
+        stats = c.stats()
+    if as_json:
+        out.print_json(json.dumps(stats))
+        return
+    table = Table(
+        title=f"{cache}: {stats['pieces']} pieces, {stats['groups']} works, {stats['hours']:.2f} h"
+    )
+    table.add_column("composer")
+    table.add_column("pieces", justify="right")
+    table.add_column("hours", justify="right")
+    for row in stats["composers"]:
+        table.add_row(row["composer"], str(row["pieces"]), f"{row['hours']:.2f}")
+    out.print(table)
+    if stats["skipped"]:
+        skipped = Table(title="skipped")
+        skipped.add_column("reason")
+        skipped.add_column("files", justify="right")
+        for reason, n in stats["skipped"].items():
+            skipped.add_row(reason, str(n))
+        out.print(skipped)
+
+
+def main() -> None:
+    """Entry point: library errors become one readable line and exit code 1."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]: rerun the same command to continue")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("HARMONIXR_DEBUG"):
+            raise
+        text = str(exc) if isinstance(exc, ValueError | OSError) else f"{type(exc).__name__}: {exc}"
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(text)}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""The tensor cache (DESIGN §4): content-addressed ``.npy`` tensors and a SQLite index.
+
+``preprocess`` lists a corpus, hashes each file, parses and tensorizes the new ones in a robust
+process pool, and the parent alone writes: tensor to a temporary name, rename, then the row.
+Killed at any moment, a rerun continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonixr.midi.corpora import Listing, Piece, read_corpus
+from harmonixr.midi.load import (
+    MAX_FILE_BYTES,
+    MAX_SECONDS,
+    UNREADABLE,
+    MidiError,
+    check_midi_bytes,
+    parse_bytes,
+    read_bytes,
+    tensorize_checked,
+)
+from harmonixr.midi.tensorize import TensorConfig
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pieces (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT,
+    composer TEXT NOT NULL,
+    title TEXT NOT NULL,
+    "group" TEXT NOT NULL,
+    n_frames INTEGER,
+    n_notes INTEGER,
+    dropped_notes INTEGER,
+    duration_s REAL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'skipped')),
+    reason TEXT,
+    detail TEXT,
+    tensor TEXT
+);
+CREATE INDEX IF NOT EXISTS pieces_sha ON pieces (sha256);
+CREATE INDEX IF NOT EXISTS pieces_composer ON pieces (composer);
+"""
+
+TMP_MARK = ".tmp-"
+# reasons that may not recur (a worker crash or hang, a bug): a rerun tries these files again
+RETRY_REASONS = ("crashed", "timeout", "internal_error")
+
+
+@dataclass(frozen=True)
+class CachedPiece:
+    """A row of the cache index."""
+
+    id: int
+    path: str
+    sha256: str | None
+    composer: str
+    title: str
+    group: str
+    n_frames: int | None
+    n_notes: int | None
+    dropped_notes: int | None
+    duration_s: float | None
+    status: str
+    reason: str | None
+    detail: str | None
+    tensor: str | None
+
+
+@dataclass
+class PreprocessSummary:
+    """What one ``preprocess`` run did."""
+
+    seen: int = 0
+    ok: int = 0  # rows ok after the run (new + already cached)
+    new: int = 0  # tensorized in this run
+    reused: int = 0  # identical content already cached under another path
+    already: int = 0  # rows present from an earlier run
+    skipped: Counter[str] = field(default_factory=Counter)
+    listing_skipped: list[tuple[str, str]] = field(default_factory=list)
+    composers: int = 0
+    hours: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def files_per_second(self) -> float:
+        return self.seen / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seen": self.seen,
+            "ok": self.ok,
+            "new": self.new,
+            "reused": self.reused,
+            "already": self.already,
+            "skipped": dict(self.skipped),
+            "listing_skipped": len(self.listing_skipped),
+            "composers": self.composers,
+            "hours": round(self.hours, 3),
+            "seconds": round(self.seconds, 2),
+            "files_per_second": round(self.files_per_second, 1),
+        }
+
+
+class TensorCache:
+    """Read access to a cache folder (and the writer's primitives)."""
+
+    def __init__(self, root: str | Path, config: TensorConfig | None = None, create: bool = False):
+        self.root = Path(root)
+        cfg_path = self.root / "tensor_config.json"
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "tensors").mkdir(exist_ok=True)
+        elif not (self.root / "cache.sqlite").is_file():
+            raise ValueError(f"{self.root}: not a Harmonixr cache (no cache.sqlite)")
+        if cfg_path.is_file():
+            stored = TensorConfig.from_dict(json.loads(cfg_path.read_text()))
+            if config is not None and config != stored:
+                raise ValueError(
+                    f"{self.root}: holds tensors made with {stored}, not {config}; "
+                    "use another --out folder"
+                )
+            config = stored
+        elif create:
+            config = config or TensorConfig()
+            _atomic_write_text(cfg_path, json.dumps(config.to_dict(), indent=2))
+        self.config = config or TensorConfig()
+        self.db = sqlite3.connect(self.root / "cache.sqlite", timeout=30)
+        self.db.row_factory = sqlite3.Row
+        if create:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> TensorCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ reading
+
+    def rows(self, status: str | None = "ok") -> list[CachedPiece]:
+        sql = (
+            'SELECT id, path, sha256, composer, title, "group", n_frames, n_notes, '
+            "dropped_notes, duration_s, status, reason, detail, tensor FROM pieces"
+        )
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            sql += " WHERE status = ?"
+            args = (status,)
+        return [CachedPiece(*r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def pieces(self) -> list[CachedPiece]:
+        return self.rows("ok")
+
+    def tensor_path(self, key: str) -> Path:
+        return self.root / "tensors" / key[:2] / f"{key}.npy"
+
+    def load(self, piece: CachedPiece, mmap: bool = True) -> np.ndarray:
+        if piece.tensor is None:
+            raise ValueError(f"{piece.path}: skipped in the cache ({piece.reason})")
+        return np.load(self.root / piece.tensor, mmap_mode="r" if mmap else None)
+
+    def stats(self) -> dict[str, Any]:
+        per = self.db.execute(
+            "SELECT composer, COUNT(*), SUM(duration_s) FROM pieces WHERE status='ok' "
+            "GROUP BY composer ORDER BY COUNT(*) DESC, composer"
+        ).fetchall()
+        reasons = self.db.execute(
+            "SELECT reason, COUNT(*) FROM pieces WHERE status='skipped' GROUP BY reason "
+            "ORDER BY COUNT(*) DESC"
+        ).fetchall()
+        groups = self.db.execute(
+            "SELECT COUNT(DISTINCT \"group\") FROM pieces WHERE status='ok'"
+        ).fetchone()[0]
+        return {
+            "root": str(self.root),
+            "tensor_config": self.config.to_dict(),
+            "pieces": sum(r[1] for r in per),
+            "groups": groups,
+            "hours": sum((r[2] or 0.0) for r in per) / 3600.0,
+            "composers": [
+                {"composer": r[0], "pieces": r[1], "hours": (r[2] or 0.0) / 3600.0} for r in per
+            ],
+            "skipped": {r[0]: r[1] for r in reasons},
+        }
+
+    # ------------------------------------------------------------ writing
+
+    def cleanup_temp(self) -> int:
+        """Remove temporary tensors left by a killed run."""
+        n = 0
+        for p in (self.root / "tensors").glob(f"*/*{TMP_MARK}*"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def write_tensor(self, key: str, tensor: np.ndarray) -> str:
+        final = self.tensor_path(key)
+        if not final.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f"{final.stem}{TMP_MARK}{os.getpid()}.npy")
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(tensor, dtype=np.uint8))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        return str(final.relative_to(self.root))
+
+    def put_row(self, piece: Piece, sha: str | None, status: str, **values: Any) -> None:
+        self.db.execute(
+            'INSERT INTO pieces (path, sha256, composer, title, "group", n_frames, n_notes, '
+            "dropped_notes, duration_s, status, reason, detail, tensor) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, composer=excluded.composer, "
+            'title=excluded.title, "group"=excluded."group", n_frames=excluded.n_frames, '
+            "n_notes=excluded.n_notes, dropped_notes=excluded.dropped_notes, "
+            "duration_s=excluded.duration_s, status=excluded.status, reason=excluded.reason, "
+            "detail=excluded.detail, tensor=excluded.tensor",
+            (
+                piece.path,
+                sha,
+                piece.composer,
+                piece.title,
+                piece.group,
+                values.get("n_frames"),
+                values.get("n_notes"),
+                values.get("dropped_notes"),
+                values.get("duration_s"),
+                status,
+                values.get("reason"),
+                values.get("detail"),
+                values.get("tensor"),
+            ),
+        )
+        self.db.commit()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + TMP_MARK + str(os.getpid()))
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def tensor_key(sha256: str, config: TensorConfig) -> str:
+    return hashlib.sha256(f"{sha256}:{config.key()}".encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _process_job(job: tuple[str, TensorConfig, float, int]) -> dict[str, Any]:
+    """Parse and tensorize one file (runs in a worker). Never raises for bad input."""
+    path, config, max_seconds, max_bytes = job
+    sha = None
+    try:
+        data = read_bytes(path, max_bytes)
+        sha = hashlib.sha256(data).hexdigest()
+        check_midi_bytes(data, path, max_bytes)
+        result = tensorize_checked(parse_bytes(data, path), config, path, max_seconds)
+    except MidiError as exc:
+        return {"sha256": sha, "status": "skipped", "reason": exc.reason, "detail": exc.detail}
+    return {
+        "sha256": sha,
+        "status": "ok",
+        "tensor": result.tensor,
+        "n_frames": result.n_frames,
+        "n_notes": result.notes,
+        "dropped_notes": result.dropped_notes,
+        "duration_s": result.duration_s,
+    }
+
+
+def _sha_of(path: str) -> str | None:
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- the job
+
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def preprocess(
+    source: str | Path,
+    out: str | Path,
+    *,
+    format: str = "auto",
+    labels: str | Path | None = None,
+    include_scores: bool = False,
+    config: TensorConfig = TensorConfig(),
+    workers: int | None = None,
+    limit: int | None = None,
+    timeout: float = 120.0,
+    max_seconds: float = MAX_SECONDS,
+    max_bytes: int = MAX_FILE_BYTES,
+    progress: ProgressFn | None = None,
+    listing: Listing | None = None,
+) -> PreprocessSummary:
+    """Tensorize a corpus into the cache at ``out``; rerunning continues a killed run."""
+    from harmonixr._pool import run_robust
+
+    t0 = time.perf_counter()
+    if listing is None:
+        listing = read_corpus(source, format=format, labels=labels, include_scores=include_scores)
+    pieces = listing.pieces[:limit] if limit is not None else listing.pieces
+    summary = PreprocessSummary(seen=len(pieces), listing_skipped=list(listing.skipped))
+    cache = TensorCache(out, config, create=True)
+    try:
+        cache.cleanup_temp()
+        done = {r["path"]: r["sha256"] for r in cache.db.execute("SELECT path, sha256 FROM pieces")}
+        known = {  # content already tensorized: sha → row values
+            r["sha256"]: dict(r)
+            for r in cache.db.execute(
+                "SELECT sha256, n_frames, n_notes, dropped_notes, duration_s, status, reason, "
+                "tensor FROM pieces WHERE sha256 IS NOT NULL"
+            )
+        }
+        todo: list[Piece] = []
+        count = 0
+        for piece in pieces:
+            sha = _sha_of(piece.path)
+            if piece.path in done and done[piece.path] == sha and sha is not None:
+                summary.already += 1
+                _refresh_labels(cache, piece)
+            elif sha is not None and sha in known:
+                row = known[sha]
+                cache.put_row(
+                    piece, sha, row["status"], **{k: row[k] for k in row if k != "status"}
+                )
+                summary.reused += 1
+            else:
+                todo.append(piece)
+                continue
+            count += 1
+            if progress:
+                progress(count, len(pieces), piece.path)
+        n_workers = max(1, min(workers or (os.cpu_count() or 1), len(todo) or 1))
+        jobs = [(p.path, config, max_seconds, max_bytes) for p in todo]
+        for outcome in run_robust(_process_job, jobs, workers=n_workers, timeout=timeout):
+            piece = todo[outcome.index]
+            if outcome.ok:
+                res = outcome.value
+            else:  # the worker crashed or hung on this file, or hit a bug
+                if outcome.error.startswith("timed out"):
+                    reason = "timeout"
+                elif outcome.error.startswith("parser process"):
+                    reason = "crashed"
+                else:
+                    reason = "internal_error"
+                res = {"sha256": _sha_of(piece.path), "status": "skipped", "reason": reason,
+                       "detail": outcome.error[:500]}
+            if res.pop("status") == "ok":
+                key = tensor_key(res["sha256"], config)
+                rel = cache.write_tensor(key, res.pop("tensor"))
+                cache.put_row(piece, res.pop("sha256"), "ok", tensor=rel, **res)
+                summary.new += 1
+            else:
+                reason = res.get("reason") or UNREADABLE
+                detail = res.get("detail")
+                cache.put_row(piece, res.get("sha256"), "skipped", reason=reason, detail=detail)
+            count += 1
+            if progress:
+                progress(count, len(pieces), piece.path)
+        paths = [p.path for p in pieces]
+        rows = _rows_for(cache, paths)
+        summary.ok = sum(r["status"] == "ok" for r in rows)
+        summary.skipped = Counter(r["reason"] for r in rows if r["status"] == "skipped")
+        summary.composers = len({r["composer"] for r in rows if r["status"] == "ok"})
+        summary.hours = sum(r["duration_s"] or 0.0 for r in rows if r["status"] == "ok") / 3600
+    finally:
+        cache.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _refresh_labels(cache: TensorCache, piece: Piece) -> None:
+    cache.db.execute(
+        'UPDATE pieces SET composer=?, title=?, "group"=? WHERE path=? AND '
+        '(composer!=? OR title!=? OR "group"!=?)',
+        (piece.composer, piece.title, piece.group, piece.path)
+        + (piece.composer, piece.title, piece.group),
+    )
+    cache.db.commit()
+
+
+def _rows_for(cache: TensorCache, paths: list[str]) -> list[sqlite3.Row]:
+    wanted = set(paths)
+    return [
+        r
+        for r in cache.db.execute("SELECT path, composer, status, reason, duration_s FROM pieces")
+        if r["path"] in wanted
+    ]

@@ -1,0 +1,159 @@
+"""The built-in corpus: real music from music21's bundled corpus, converted to MIDI once.
+
+music21 ships scores, not MIDI, and little keyboard music; what it has in quantity is vocal and
+string-quartet repertoire. We take a fixed, evenly spaced selection per composer (so the first
+conversion stays within a few minutes on two cores), convert each work in a worker process with
+a time limit, and keep the MIDI files and a manifest in the user's cache folder. Later calls read
+the manifest; a killed conversion resumes with the files it had finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from harmonixr.midi.corpora import Listing, Piece
+
+BUILTIN_VERSION = 1
+
+# (music21 composer directory, composer name, at most this many works, only these sub-works).
+# Measured on 2 cores: chorales ~0.3 s each, Palestrina ~0.6 s, madrigals ~1.3 s, quartet
+# movements 1-10 s; Mozart's K. 458, Haydn's op. 74 no. 1 finale and most Beethoven quartets fail
+# music21's repeat expansion or take over 20 s, so the quartets are named explicitly.
+SELECTION: tuple[tuple[str, str, int, tuple[str, ...]], ...] = (
+    ("bach", "Johann Sebastian Bach", 60, ()),
+    ("palestrina", "Giovanni Pierluigi da Palestrina", 50, ()),
+    ("monteverdi", "Claudio Monteverdi", 26, ()),
+    ("mozart", "Wolfgang Amadeus Mozart", 12, ("k155", "k156", "k80", "k545")),
+    ("haydn", "Joseph Haydn", 7, ("opus1no1", "opus74no1/movement1", "opus74no1/movement2")),
+    ("beethoven", "Ludwig van Beethoven", 4, ("opus18no1",)),
+)
+SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn")  # preferred in this order
+WORK_TIMEOUT_S = 20.0
+
+
+def cache_dir() -> Path:
+    """Harmonixr's cache folder (``HARMONIXR_CACHE_DIR`` overrides the platform default)."""
+    env = os.environ.get("HARMONIXR_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("harmonixr"))
+
+
+def builtin_dir() -> Path:
+    return cache_dir() / f"builtin-v{BUILTIN_VERSION}"
+
+
+def _corpus_root() -> Path:
+    import music21
+
+    return Path(music21.__file__).parent / "corpus"
+
+
+def select_works() -> list[tuple[str, str, str, str]]:
+    """(relative score path, composer, title, group) for every work the built-in corpus uses."""
+    root = _corpus_root()
+    chosen: list[tuple[str, str, str, str]] = []
+    for folder, composer, cap, only in SELECTION:
+        by_stem: dict[str, Path] = {}
+        for p in sorted((root / folder).rglob("*")):
+            if p.suffix.lower() not in SCORE_SUFFIXES:
+                continue
+            sub = p.relative_to(root / folder).as_posix()
+            if only and not sub.startswith(only):
+                continue
+            stem = str(p.relative_to(root).with_suffix(""))
+            old = by_stem.get(stem)
+            if old is None or SCORE_SUFFIXES.index(p.suffix.lower()) < SCORE_SUFFIXES.index(
+                old.suffix.lower()
+            ):
+                by_stem[stem] = p
+        stems = sorted(by_stem)
+        if len(stems) > cap:  # evenly spaced, deterministic
+            stems = [stems[round(i * (len(stems) - 1) / (cap - 1))] for i in range(cap)]
+        for stem in stems:
+            rel = by_stem[stem].relative_to(root)
+            parts = rel.with_suffix("").parts
+            # a work in its own folder (mozart/k155/movement1) groups its movements
+            group = "/".join(parts[:2]) if len(parts) > 2 else "/".join(parts)
+            title = " ".join(parts[1:])
+            chosen.append((str(rel), composer, title, group))
+    return chosen
+
+
+def _midi_name(rel: str) -> str:
+    return rel.replace("/", "__").rsplit(".", 1)[0] + ".mid"
+
+
+def _convert(job: tuple[str, str]) -> str:
+    """Convert one corpus score to MIDI at ``out`` (runs in a worker process)."""
+    rel, out = job
+    import warnings
+
+    from music21 import converter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        score = converter.parse(str(_corpus_root() / rel))
+        tmp = out + ".tmp"
+        score.write("midi", fp=tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def read_builtin(
+    workers: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Listing:
+    """The built-in corpus as a :class:`Listing`, converting what is not yet converted."""
+    from harmonixr._pool import run_robust
+
+    folder = builtin_dir()
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        pieces = [Piece(**p) for p in data["pieces"] if Path(p["path"]).is_file()]
+        if len(pieces) == len(data["pieces"]):
+            skipped = [tuple(s) for s in data["skipped"]]
+            return Listing(pieces, "builtin", skipped)  # type: ignore[arg-type]
+    folder.mkdir(parents=True, exist_ok=True)
+    works = select_works()
+    pieces_by_rel: dict[str, Piece] = {}
+    skipped: list[tuple[str, str]] = []
+    todo = []
+    for rel, composer, title, group in works:
+        out = folder / _midi_name(rel)
+        piece = Piece(str(out), composer, title, group)
+        pieces_by_rel[rel] = piece
+        if not out.is_file():
+            todo.append((rel, str(out)))
+    done = len(works) - len(todo)
+    n_workers = workers or min(len(todo), max(2, os.cpu_count() or 1)) or 1
+    rels = [rel for rel, _ in todo]
+    for outcome in run_robust(_convert, todo, workers=n_workers, timeout=WORK_TIMEOUT_S):
+        done += 1
+        rel = rels[outcome.index]
+        if not outcome.ok:
+            skipped.append((rel, outcome.error.splitlines()[0][:200]))
+        if progress:
+            progress(done, len(works), rel)
+    bad = {rel for rel, _ in skipped}
+    pieces = [p for rel, p in pieces_by_rel.items() if rel not in bad]
+    tmp = manifest.with_name("manifest.json.tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "version": BUILTIN_VERSION,
+                "pieces": [asdict(p) for p in pieces],
+                "skipped": skipped,
+            },
+            indent=1,
+        )
+    )
+    os.replace(tmp, manifest)
+    return Listing(pieces, "builtin", skipped)

@@ -1,0 +1,232 @@
+"""Corpus readers: a folder of MIDI files → ``Piece`` records with composer and work group."""
+
+from __future__ import annotations
+
+import csv
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".rmi")
+FORMATS = ("auto", "giantmidi", "asap", "maestro", "folder", "builtin")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One MIDI file and what it is: ``group`` names the work, shared by all its renditions."""
+
+    path: str
+    composer: str
+    title: str
+    group: str
+
+
+@dataclass
+class Listing:
+    """A corpus reader's answer: the pieces, the format it read, and entries it had to skip."""
+
+    pieces: list[Piece]
+    format: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def normalise_title(title: str) -> str:
+    """Case-, accent-spacing- and punctuation-insensitive form of a title, for grouping works."""
+    t = unicodedata.normalize("NFKC", title).casefold()
+    t = re.sub(r"[^\w]+", " ", t)
+    return re.sub(r"\s+", " ", t).strip()
+
+
+def _midi_files(root: Path) -> list[Path]:
+    files = [p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file()]
+    return sorted(files)
+
+
+# ---------------------------------------------------------------- GiantMIDI-Piano
+
+_YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
+
+
+def parse_giantmidi_name(name: str) -> tuple[str, str] | None:
+    """``Surname, Firstname, Title, YouTubeID.mid`` → (composer, title), or None.
+
+    Titles may themselves contain commas; the composer is ``Firstname Surname`` in NFC.
+    """
+    stem = nfc(Path(name).stem)
+    parts = stem.split(", ")
+    if len(parts) < 4 or not _YOUTUBE_ID.match(parts[-1].strip()):
+        return None
+    surname, first = parts[0].strip(), parts[1].strip()
+    title = ", ".join(parts[2:-1]).strip()
+    composer = f"{first} {surname}".strip()
+    if not surname or not title:
+        return None
+    return composer, title
+
+
+def read_giantmidi(root: str | Path) -> Listing:
+    root = Path(root)
+    pieces, skipped = [], []
+    for p in _midi_files(root):
+        parsed = parse_giantmidi_name(p.name)
+        if parsed is None:
+            skipped.append((str(p), "name is not 'Surname, Firstname, Title, YouTubeID.mid'"))
+            continue
+        composer, title = parsed
+        group = f"{normalise_title(title)}|{composer}"
+        pieces.append(Piece(str(p), composer, title, group))
+    return Listing(pieces, "giantmidi", skipped)
+
+
+# ---------------------------------------------------------------- ASAP
+
+
+def read_asap(root: str | Path, include_scores: bool = False) -> Listing:
+    """ASAP from ``metadata.csv``: one piece per performance; with ``include_scores`` also each
+    work's score MIDI (same group as its performances)."""
+    root = Path(root)
+    meta = root / "metadata.csv"
+    if not meta.is_file():
+        raise ValueError(f"{root}: no metadata.csv, so this is not an ASAP folder")
+    pieces, skipped = [], []
+    seen_scores: set[str] = set()
+    with meta.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            composer, title, folder = nfc(row["composer"]), nfc(row["title"]), row["folder"]
+            perf = row.get("midi_performance", "")
+            if perf:
+                path = root / perf
+                if path.is_file():
+                    pieces.append(Piece(str(path), composer, title, folder))
+                else:
+                    skipped.append((str(path), "listed in metadata.csv but missing"))
+            score = row.get("midi_score", "")
+            if include_scores and score and score not in seen_scores:
+                seen_scores.add(score)
+                path = root / score
+                if path.is_file():
+                    pieces.append(Piece(str(path), composer, f"{title} (score)", folder))
+                else:
+                    skipped.append((str(path), "listed in metadata.csv but missing"))
+    return Listing(pieces, "asap", skipped)
+
+
+# ---------------------------------------------------------------- MAESTRO
+
+
+def _maestro_csv(root: Path) -> Path | None:
+    found = sorted(root.glob("maestro-v*.csv"))
+    return found[-1] if found else None
+
+
+def read_maestro(root: str | Path) -> Listing:
+    root = Path(root)
+    meta = _maestro_csv(root)
+    if meta is None:
+        raise ValueError(f"{root}: no maestro-v*.csv, so this is not a MAESTRO folder")
+    pieces, skipped = [], []
+    with meta.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            composer, title = nfc(row["canonical_composer"]), nfc(row["canonical_title"])
+            path = root / row["midi_filename"]
+            if not path.is_file():
+                skipped.append((str(path), f"listed in {meta.name} but missing"))
+                continue
+            pieces.append(Piece(str(path), composer, title, f"{normalise_title(title)}|{composer}"))
+    return Listing(pieces, "maestro", skipped)
+
+
+# ---------------------------------------------------------------- any folder
+
+
+def read_folder(root: str | Path, labels: str | Path | None = None) -> Listing:
+    """A folder of MIDI files labelled by ``labels`` (CSV: path, composer[, title, group]; paths
+    relative to the folder) or else by each file's parent folder name."""
+    root = Path(root)
+    pieces, skipped = [], []
+    if labels is not None:
+        labels = Path(labels)
+        with labels.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"path", "composer"} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"{labels}: missing column(s) {', '.join(sorted(missing))}")
+            for row in reader:
+                rel = row["path"]
+                path = Path(rel) if Path(rel).is_absolute() else root / rel
+                if not path.is_file():
+                    skipped.append((str(path), f"listed in {labels.name} but missing"))
+                    continue
+                composer = nfc(row["composer"] or "")
+                if not composer:
+                    skipped.append((str(path), "no composer given"))
+                    continue
+                title = nfc(row.get("title") or "") or path.stem
+                group = nfc(row.get("group") or "") or rel
+                pieces.append(Piece(str(path), composer, title, group))
+        return Listing(pieces, "folder", skipped)
+    for p in _midi_files(root):
+        if p.parent == root:
+            skipped.append((str(p), "no labels file and no composer folder above it"))
+            continue
+        rel = str(p.relative_to(root))
+        pieces.append(Piece(str(p), nfc(p.parent.name), nfc(p.stem), rel))
+    return Listing(pieces, "folder", skipped)
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def detect_format(source: str | Path) -> str:
+    """Recognise a corpus: ``builtin``, ASAP, MAESTRO, GiantMIDI-Piano, else a plain folder."""
+    if str(source) == "builtin":
+        return "builtin"
+    root = Path(source)
+    if not root.is_dir():
+        raise ValueError(f"{source}: not a folder (nor 'builtin')")
+    meta = root / "metadata.csv"
+    if meta.is_file():
+        with meta.open(encoding="utf-8") as fh:
+            header = fh.readline()
+        if "midi_performance" in header and "folder" in header:
+            return "asap"
+    if _maestro_csv(root) is not None:
+        return "maestro"
+    files = _midi_files(root)
+    if files:
+        named = sum(parse_giantmidi_name(p.name) is not None for p in files)
+        if named >= 0.5 * len(files):
+            return "giantmidi"
+    return "folder"
+
+
+def read_corpus(
+    source: str | Path,
+    format: str = "auto",
+    labels: str | Path | None = None,
+    include_scores: bool = False,
+) -> Listing:
+    """List a corpus's pieces in the named (or recognised) format."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown corpus format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "auto":
+        format = "folder" if labels is not None else detect_format(source)
+    if format != "builtin" and not Path(source).is_dir():
+        raise ValueError(f"{source}: no such folder")
+    readers: dict[str, Callable[[], Listing]] = {
+        "giantmidi": lambda: read_giantmidi(source),
+        "asap": lambda: read_asap(source, include_scores=include_scores),
+        "maestro": lambda: read_maestro(source),
+        "folder": lambda: read_folder(source, labels),
+    }
+    if format == "builtin":
+        from harmonixr.midi.builtin import read_builtin
+
+        return read_builtin()
+    return readers[format]()

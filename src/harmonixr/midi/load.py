@@ -1,0 +1,163 @@
+"""Reading MIDI with symusic, checked, and optionally in a child process."""
+
+from __future__ import annotations
+
+import os
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonixr.midi.tensorize import TensorConfig, Tensorized, tensorize_score
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_SECONDS = 4 * 3600.0
+
+# Skip reasons, one per kind of bad input (stored in the cache and counted in summaries).
+EMPTY = "empty"
+NOT_MIDI = "not_midi"
+TRUNCATED = "truncated"
+PARSE_ERROR = "parse_error"
+NO_NOTES = "no_notes"
+NO_NOTES_IN_RANGE = "no_notes_in_range"
+DRUMS_ONLY = "drums_only"
+TOO_LARGE = "too_large"
+TOO_LONG = "too_long"
+CRASHED = "crashed"
+TIMEOUT = "timeout"
+UNREADABLE = "unreadable"
+
+
+class MidiError(ValueError):
+    """A MIDI file that cannot be used; ``reason`` is one of the skip reasons above."""
+
+    def __init__(self, path: str | PathLike[str] | None, reason: str, detail: str = "") -> None:
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        self.detail = detail
+        where = self.path or "<bytes>"
+        msg = f"{where}: {reason}" + (f" ({detail})" if detail else "")
+        super().__init__(msg)
+
+
+def check_midi_bytes(
+    data: bytes, path: str | PathLike[str] | None = None, max_bytes: int = MAX_FILE_BYTES
+) -> None:
+    """Cheap structural check: header, then every chunk length fits inside the file."""
+    if len(data) == 0:
+        raise MidiError(path, EMPTY, "file has 0 bytes")
+    if len(data) > max_bytes:
+        raise MidiError(path, TOO_LARGE, f"{len(data)} bytes > {max_bytes}")
+    offset = 0
+    if data[:4] == b"RIFF" and data[8:12] == b"RMID":  # RIFF-wrapped MIDI
+        offset = data.find(b"MThd")
+        if offset < 0:
+            raise MidiError(path, NOT_MIDI, "RIFF file without an MThd chunk")
+    if data[offset : offset + 4] != b"MThd":
+        raise MidiError(path, NOT_MIDI, "does not start with the MIDI header 'MThd'")
+    if len(data) < offset + 14:
+        raise MidiError(path, TRUNCATED, "header is cut short")
+    header_len = int.from_bytes(data[offset + 4 : offset + 8], "big")
+    n_tracks = int.from_bytes(data[offset + 10 : offset + 12], "big")
+    pos = offset + 8 + header_len
+    for i in range(n_tracks):
+        if pos + 8 > len(data):
+            raise MidiError(path, TRUNCATED, f"track {i + 1} of {n_tracks} is missing")
+        length = int.from_bytes(data[pos + 4 : pos + 8], "big")
+        if pos + 8 + length > len(data):
+            raise MidiError(path, TRUNCATED, f"track {i + 1} of {n_tracks} is cut short")
+        pos += 8 + length
+
+
+def read_bytes(path: str | PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise MidiError(path, TOO_LARGE, f"{size} bytes > {max_bytes}")
+        return p.read_bytes()
+    except OSError as exc:
+        raise MidiError(path, UNREADABLE, exc.strerror or str(exc)) from exc
+
+
+def parse_bytes(data: bytes, path: str | PathLike[str] | None = None) -> Any:
+    """A ``symusic.Score`` in seconds from checked MIDI bytes."""
+    import symusic
+
+    check_midi_bytes(data, path)
+    try:
+        return symusic.Score.from_midi(data, ttype="second")
+    except Exception as exc:  # symusic raises RuntimeError with a readable message
+        detail = str(exc).replace("MiniMidi: ", "").replace(": iostream error", "")
+        raise MidiError(path, PARSE_ERROR, detail) from exc
+
+
+def load_score(path: str | PathLike[str]) -> Any:
+    """Parse a MIDI file with symusic (in seconds, tempo map applied). Raises :class:`MidiError`."""
+    return parse_bytes(read_bytes(path), path)
+
+
+def tensorize_checked(
+    score: Any,
+    config: TensorConfig,
+    path: str | PathLike[str] | None = None,
+    max_seconds: float = MAX_SECONDS,
+) -> Tensorized:
+    """Tensorize, turning the unusable results (no notes, drums only, too long) into errors."""
+    end = float(score.end()) if score.note_num() else 0.0
+    if end > max_seconds:
+        raise MidiError(path, TOO_LONG, f"{end:.0f} s > {max_seconds:.0f} s")
+    result = tensorize_score(score, config)
+    if result.notes == 0:
+        has_drums = any(t.is_drum and t.note_num() for t in score.tracks)
+        if has_drums:
+            raise MidiError(path, DRUMS_ONLY, "only drum-channel notes")
+        raise MidiError(path, NO_NOTES, "the file holds no notes")
+    if result.notes == result.dropped_notes or not np.any(result.tensor):
+        lo, hi = config.low_note, config.high_note
+        raise MidiError(path, NO_NOTES_IN_RANGE, f"all {result.notes} notes outside {lo}..{hi}")
+    return result
+
+
+def load_tensor(
+    path: str | PathLike[str],
+    config: TensorConfig = TensorConfig(),
+    max_seconds: float = MAX_SECONDS,
+) -> Tensorized:
+    """Read, check, parse and tensorize one file in this process."""
+    return tensorize_checked(load_score(path), config, path, max_seconds)
+
+
+def _safe_job(args: tuple[str, TensorConfig, float]) -> Tensorized | tuple[str, str]:
+    path, config, max_seconds = args
+    try:
+        return load_tensor(path, config, max_seconds)
+    except MidiError as exc:
+        return (exc.reason, exc.detail)
+
+
+def safe_load(
+    path: str | PathLike[str],
+    config: TensorConfig = TensorConfig(),
+    *,
+    timeout: float = 60.0,
+    max_seconds: float = MAX_SECONDS,
+) -> Tensorized:
+    """:func:`load_tensor` in a child process, so that a parser crash or hang becomes a
+    :class:`MidiError` (reason ``crashed`` or ``timeout``) instead of taking this process down."""
+    from harmonixr._pool import run_robust
+
+    path = os.fspath(path)
+    jobs = [(path, config, max_seconds)]
+    (outcome,) = list(run_robust(_safe_job, jobs, workers=1, timeout=timeout))
+    if outcome.ok and isinstance(outcome.value, Tensorized):
+        return outcome.value
+    if outcome.ok:
+        reason, detail = outcome.value
+        raise MidiError(path, reason, detail)
+    if outcome.error.startswith("timed out"):
+        raise MidiError(path, TIMEOUT, outcome.error)
+    if "crashed" in outcome.error or "died" in outcome.error:
+        raise MidiError(path, CRASHED, outcome.error)
+    raise MidiError(path, PARSE_ERROR, outcome.error)

@@ -1,0 +1,50 @@
+"""Small real MIDI files for the tests, built with symusic (and mido for type-0 files).
+
+At 120 bpm and 480 ticks per quarter, one 50 ms frame is exactly 48 ticks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import symusic
+
+TPQ = 480
+TICKS_PER_FRAME = 48  # at 120 bpm
+
+
+def make_score(
+    notes: Iterable[tuple[int, int, int, int]],
+    *,
+    pedals: Iterable[tuple[int, int]] = (),
+    drums: Iterable[tuple[int, int, int, int]] = (),
+    tempos: Iterable[tuple[int, float]] = ((0, 120.0),),
+) -> symusic.Score:
+    """notes: (start tick, duration ticks, pitch, velocity); pedals: (tick, CC64 value)."""
+    score = symusic.Score(TPQ)
+    for tick, qpm in tempos:
+        score.tempos.append(symusic.Tempo(tick, qpm=qpm))
+    track = symusic.Track(name="piano", program=0, is_drum=False)
+    for start, dur, pitch, vel in notes:
+        track.notes.append(symusic.Note(start, dur, pitch, vel))
+    for tick, value in pedals:
+        track.controls.append(symusic.ControlChange(tick, 64, value))
+    score.tracks.append(track)
+    drums = list(drums)
+    if drums:
+        kit = symusic.Track(name="drums", program=0, is_drum=True)
+        for start, dur, pitch, vel in drums:
+            kit.notes.append(symusic.Note(start, dur, pitch, vel))
+        score.tracks.append(kit)
+    return score
+
+
+def write_score(path: Path, *args, **kwargs) -> Path:
+    make_score(*args, **kwargs).dump_midi(str(path))
+    return path
+
+
+def frames(n: float) -> int:
+    """Ticks for n frames at 120 bpm."""
+    return round(n * TICKS_PER_FRAME)

@@ -1,0 +1,111 @@
+"""The tensor cache: every bad input skipped with its own reason; resumable after SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+from midi_factory import frames, write_score
+
+from harmonixr import tensorize
+from harmonixr.data.cache import TensorCache, preprocess
+
+
+def _good(path, pitch=60, n=3):
+    return write_score(path, [(frames(i * 4), frames(4), pitch + i % 20, 90) for i in range(n)])
+
+
+def test_each_bad_input_has_its_reason_and_the_rest_is_cached(tmp_path):
+    src = tmp_path / "corpus" / "Someone"
+    src.mkdir(parents=True)
+    _good(src / "good1.mid")
+    _good(src / "good2.mid", pitch=40)
+    (src / "empty.mid").write_bytes(b"")
+    (src / "text.mid").write_text("these are not the notes you are looking for")
+    whole = (src / "good1.mid").read_bytes()
+    (src / "truncated.mid").write_bytes(whole[: len(whole) - 5])
+    write_score(src / "out_of_range.mid", [(0, frames(2), 20, 90), (0, frames(2), 110, 90)])
+    write_score(src / "drums.mid", [], drums=[(0, frames(2), 38, 100)])
+    write_score(src / "silent.mid", [])
+    _good(src / "big.mid", n=400)
+    write_score(src / "long.mid", [(0, frames(2), 60, 90), (frames(400), frames(2), 62, 90)])
+    summary = preprocess(tmp_path / "corpus", tmp_path / "cache", workers=2, max_seconds=15.0,
+                         max_bytes=2000)
+    want = {"empty": 1, "not_midi": 1, "truncated": 1, "no_notes_in_range": 1,
+            "drums_only": 1, "no_notes": 1, "too_large": 1, "too_long": 1}
+    assert dict(summary.skipped) == want
+    assert (summary.seen, summary.ok, summary.new) == (10, 2, 2)
+    with TensorCache(tmp_path / "cache") as cache:
+        rows = {r.path.rsplit("/", 1)[1]: r for r in cache.rows(status=None)}
+        assert rows["truncated.mid"].reason == "truncated"
+        assert rows["good1.mid"].composer == "Someone"
+        np.testing.assert_array_equal(cache.load(rows["good1.mid"]), tensorize(src / "good1.mid"))
+        assert cache.stats()["skipped"] == want
+
+
+def test_identical_files_stored_once_and_rerun_skips(tmp_path):
+    src = tmp_path / "c" / "A"
+    src.mkdir(parents=True)
+    _good(src / "x.mid")
+    (src / "copy.mid").write_bytes((src / "x.mid").read_bytes())
+    first = preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
+    assert first.ok == 2
+    assert len(list((tmp_path / "cache" / "tensors").rglob("*.npy"))) == 1
+    again = preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
+    assert (again.already, again.new, again.ok) == (2, 0, 2)
+
+
+def _corpus(root, n=160):
+    for i in range(n):
+        d = root / f"C{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        # ten minutes of music each, so the job takes long enough to be killed midway
+        notes = [(frames(j * 3), frames(30), 40 + (i * 7 + j) % 40, 30 + j % 90) for j in range(4000)]
+        write_score(d / f"p{i:03d}.mid", notes)
+
+
+def _snapshot(cache_dir):
+    db = sqlite3.connect(cache_dir / "cache.sqlite")
+    rows = db.execute(
+        'SELECT path, sha256, composer, "group", n_frames, status, reason, tensor FROM pieces '
+        "ORDER BY path").fetchall()
+    db.close()
+    tensors = {p.name: p.read_bytes() for p in (cache_dir / "tensors").rglob("*") if p.is_file()}
+    return rows, tensors
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    corpus = tmp_path / "corpus"
+    _corpus(corpus)
+    cmd = [sys.executable, "-m", "harmonixr.cli", "preprocess", str(corpus), "--workers", "1",
+           "--out"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            db = sqlite3.connect(killed / "cache.sqlite", timeout=1)
+            done = db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0]
+            db.close()
+        except sqlite3.Error:
+            continue
+        if done >= 20:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 20 <= done < 160, f"the run was not caught midway ({done} rows)"
+    subprocess.run(cmd + [str(killed)], check=True, capture_output=True)
+    clean = tmp_path / "clean"
+    subprocess.run(cmd + [str(clean)], check=True, capture_output=True)
+    rows_k, tensors_k = _snapshot(killed)
+    rows_c, tensors_c = _snapshot(clean)
+    assert len(rows_k) == 160 and len({r[0] for r in rows_k}) == 160
+    assert [r[:7] for r in rows_k] == [r[:7] for r in rows_c]
+    assert tensors_k == tensors_c
+    assert not [p for p in killed.rglob("*") if ".tmp-" in p.name]
