@@ -154,6 +154,63 @@ def info(
         out.print(skipped)
 
 
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Tensor cache from preprocess.")],
+    run: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
+    preset: Annotated[str, typer.Option(help="Model preset: tiny|small|base.")] = "small",
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML with [train] and [model] tables.")
+    ] = None,
+    loss: Annotated[str | None, typer.Option(help="contrastive|supcon")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (of --steps-per-epoch).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Total optimiser steps.")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Steps between validations.")] = None,
+    crop_seconds: Annotated[float | None, typer.Option(help="Crop length in seconds.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Pairs (or crops) per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    split: Annotated[str | None, typer.Option(help="group|unseen-composer")] = None,
+    balanced: Annotated[bool | None, typer.Option(help="Composer-balanced sampling.")] = None,
+    devices: Annotated[int | None, typer.Option(help="Devices (processes) per node.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto|cpu|gpu|mps")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loading workers.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last checkpoint.")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+) -> None:
+    """Train SiaViT on a tensor cache (TensorBoard logs in RUN/tb)."""
+    from harmonixr.train.config import TrainConfig, load_toml
+    from harmonixr.train.run import train as run_training
+
+    settings, model = load_toml(config) if config else ({}, {})
+    cli = {
+        "preset": preset,
+        "loss": loss,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "crop_seconds": crop_seconds,
+        "batch_size": batch_size,
+        "lr": lr,
+        "split": split,
+        "balanced": balanced,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "accelerator": accelerator,
+        "num_workers": workers,
+        "seed": seed,
+    }
+    settings.update({k: v for k, v in cli.items() if v is not None})
+    settings.update({"data": str(data), "out": str(run)})
+    if "preset" in settings and config and preset == "small":
+        settings["preset"] = load_toml(config)[0].get("preset", "small")
+    cfg = TrainConfig.from_dict(settings)
+    run_dir = run_training(cfg, model_overrides=model, resume=resume)
+    out.print(f"run: {run_dir}  (tensorboard --logdir {run_dir / 'tb'})")
+
+
 def main() -> None:
     """Entry point: library errors become one readable line and exit code 1."""
     try:

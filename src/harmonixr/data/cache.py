@@ -371,8 +371,12 @@ def preprocess(
                     reason = "crashed"
                 else:
                     reason = "internal_error"
-                res = {"sha256": _sha_of(piece.path), "status": "skipped", "reason": reason,
-                       "detail": outcome.error[:500]}
+                res = {
+                    "sha256": _sha_of(piece.path),
+                    "status": "skipped",
+                    "reason": reason,
+                    "detail": outcome.error[:500],
+                }
             if res.pop("status") == "ok":
                 key = tensor_key(res["sha256"], config)
                 rel = cache.write_tensor(key, res.pop("tensor"))

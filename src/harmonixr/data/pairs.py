@@ -1,0 +1,254 @@
+"""Training pairs, crops and validation pair sets over cached tensors (DESIGN §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from harmonixr.data.cache import CachedPiece, TensorCache
+
+
+@dataclass
+class PieceSet:
+    """Tensors (memory-mapped) with integer composer and group labels."""
+
+    tensors: list[np.ndarray]
+    composers: np.ndarray  # int label per piece
+    groups: np.ndarray  # int id per piece
+    composer_names: list[str]
+    paths: list[str]
+
+    @classmethod
+    def from_cache(
+        cls, cache: TensorCache, rows: Sequence[CachedPiece], composer_names: Sequence[str]
+    ) -> PieceSet:
+        names = list(composer_names)
+        label = {c: i for i, c in enumerate(names)}
+        group_ids: dict[str, int] = {}
+        return cls(
+            tensors=[cache.load(r) for r in rows],
+            composers=np.array([label[r.composer] for r in rows], np.int64),
+            groups=np.array(
+                [group_ids.setdefault(r.group, len(group_ids)) for r in rows], np.int64
+            ),
+            composer_names=names,
+            paths=[r.path for r in rows],
+        )
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def random_crop(arr: np.ndarray, length: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """A random window of ``length`` frames (zero-padded when the piece is shorter)."""
+    n = arr.shape[0]
+    out = np.zeros((length, *arr.shape[1:]), np.uint8)
+    if n <= length:
+        out[:n] = arr
+        return out, max(n, 1)
+    start = int(rng.integers(0, n - length + 1))
+    out[:] = arr[start : start + length]
+    return out, length
+
+
+def centre_crop(arr: np.ndarray, length: int) -> tuple[np.ndarray, int]:
+    n = arr.shape[0]
+    out = np.zeros((length, *arr.shape[1:]), np.uint8)
+    if n <= length:
+        out[:n] = arr
+        return out, max(n, 1)
+    start = (n - length) // 2
+    out[:] = arr[start : start + length]
+    return out, length
+
+
+def to_model_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, L, 12, 6)`` → float ``(B, 1, 12, 6, L)`` in [0, 1]."""
+    return x.permute(0, 2, 3, 1).unsqueeze(1).float().div_(127.0)
+
+
+def multiplicative_noise(x: torch.Tensor, sigma: float, generator=None) -> torch.Tensor:
+    """Scale each sounding cell by (1 + σ·N(0, 1)), clipped to [0, 1]; silence stays silent."""
+    if sigma <= 0:
+        return x
+    noise = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
+    return (x * (1 + sigma * noise)).clamp_(0.0, 1.0)
+
+
+class _Chooser:
+    """Random choices of anchors and partners, optionally composer-balanced."""
+
+    def __init__(self, pieces: PieceSet, balanced: bool) -> None:
+        self.pieces = pieces
+        self.balanced = balanced
+        self.by_composer = {
+            int(c): np.flatnonzero(pieces.composers == c) for c in np.unique(pieces.composers)
+        }
+        self.composers = np.array(sorted(self.by_composer))
+        if len(self.composers) < 2:
+            raise ValueError("training needs pieces by at least two composers")
+
+    def anchor(self, rng: np.random.Generator) -> int:
+        if self.balanced:
+            c = int(rng.choice(self.composers))
+            return int(rng.choice(self.by_composer[c]))
+        return int(rng.integers(len(self.pieces)))
+
+    def same(self, i: int, rng: np.random.Generator) -> int | None:
+        """Another piece by i's composer from a different work, or None."""
+        cands = self.by_composer[int(self.pieces.composers[i])]
+        cands = cands[self.pieces.groups[cands] != self.pieces.groups[i]]
+        return int(rng.choice(cands)) if cands.size else None
+
+    def other(self, i: int, rng: np.random.Generator) -> int:
+        c = int(self.pieces.composers[i])
+        if self.balanced:
+            others = self.composers[self.composers != c]
+            return int(rng.choice(self.by_composer[int(rng.choice(others))]))
+        cands = np.flatnonzero(self.pieces.composers != c)
+        return int(rng.choice(cands))
+
+
+class PairDataset(Dataset):
+    """Item k: an anchor crop and a partner crop, ``y = 1`` for the same composer.
+
+    Half the time (``p_same``) the partner is by the anchor's composer from a *different* work;
+    otherwise by another composer. Every item is drawn from its own generator seeded by
+    ``(seed, k)``, so runs are reproducible whatever the worker count.
+    """
+
+    def __init__(
+        self,
+        pieces: PieceSet,
+        crop: int,
+        seed: int = 0,
+        balanced: bool = False,
+        p_same: float = 0.5,
+    ) -> None:
+        self.pieces, self.crop, self.seed, self.p_same = pieces, crop, seed, p_same
+        self.chooser = _Chooser(pieces, balanced)
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def pair(self, k: int) -> tuple[int, int, float, np.random.Generator]:
+        rng = np.random.default_rng([self.seed, k])
+        i = self.chooser.anchor(rng)
+        j = self.chooser.same(i, rng) if rng.random() < self.p_same else None
+        if j is None:
+            return i, self.chooser.other(i, rng), 0.0, rng
+        return i, j, 1.0, rng
+
+    def __getitem__(self, k: int) -> dict[str, object]:
+        i, j, y, rng = self.pair(k)
+        x1, n1 = random_crop(self.pieces.tensors[i], self.crop, rng)
+        x2, n2 = random_crop(self.pieces.tensors[j], self.crop, rng)
+        return {
+            "x1": torch.from_numpy(x1),
+            "len1": n1,
+            "x2": torch.from_numpy(x2),
+            "len2": n2,
+            "y": y,
+        }
+
+
+class ComposerBatchDataset(Dataset):
+    """Item k: a whole batch of ``P`` composers × ``K`` crops from distinct works where possible
+    (for the supervised contrastive loss). Use with ``DataLoader(batch_size=None)``."""
+
+    def __init__(self, pieces: PieceSet, crop: int, p: int, k: int, seed: int = 0) -> None:
+        self.pieces, self.crop, self.p, self.k, self.seed = pieces, crop, p, k, seed
+        self.chooser = _Chooser(pieces, balanced=True)
+        self.p = min(p, len(self.chooser.composers))
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, k])
+        composers = rng.choice(self.chooser.composers, size=self.p, replace=False)
+        xs, lens, labels = [], [], []
+        for c in composers:
+            members = self.chooser.by_composer[int(c)]
+            order = rng.permutation(members)
+            # prefer distinct works: first one piece per group, then the rest
+            _, first = np.unique(self.pieces.groups[order], return_index=True)
+            ranked = np.concatenate((order[np.sort(first)], np.delete(order, first)))
+            picks = [int(ranked[t % len(ranked)]) for t in range(self.k)]
+            for i in picks:
+                x, n = random_crop(self.pieces.tensors[i], self.crop, rng)
+                xs.append(x)
+                lens.append(n)
+                labels.append(int(c))
+        return {
+            "x": torch.from_numpy(np.stack(xs)),
+            "len": torch.tensor(lens),
+            "label": torch.tensor(labels),
+        }
+
+
+class StepSampler(Sampler[int]):
+    """Indices ``epoch·n + rank, epoch·n + rank + world, …``: distinct items per epoch and per
+    rank, so each epoch and each DDP rank sees new, reproducible pairs."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.rank, self.world, self.epoch = n, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self) -> Iterator[int]:
+        base = self.epoch * self.n
+        return iter(range(base + self.rank, base + self.n, self.world))
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """A fixed set of validation pairs: indices into a piece list and labels (1 = same)."""
+
+    name: str
+    i: np.ndarray
+    j: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.y.size)
+
+
+def make_pair_set(
+    composers: np.ndarray, groups: np.ndarray, n: int, kind: str, seed: int, name: str = ""
+) -> PairSet:
+    """``kind``: ``mixed`` (half same), ``same`` or ``different``. Same-composer pairs always
+    come from different works. Sampled without repeating a pair where possible."""
+    rng = np.random.default_rng(seed)
+    composers, groups = np.asarray(composers), np.asarray(groups)
+    m = composers.size
+    ii, jj = np.triu_indices(m, k=1)
+    same = (composers[ii] == composers[jj]) & (groups[ii] != groups[jj])
+    diff = composers[ii] != composers[jj]
+    pools = {"same": np.flatnonzero(same), "different": np.flatnonzero(diff)}
+    if kind == "mixed":
+        want = {"same": n // 2, "different": n - n // 2}
+    elif kind in pools:
+        want = {kind: n}
+    else:
+        raise ValueError(f"pair set kind must be mixed, same or different, got {kind!r}")
+    chosen, labels = [], []
+    for k, count in want.items():
+        pool = pools[k]
+        if pool.size == 0 or count == 0:
+            continue
+        take = rng.choice(pool, size=count, replace=count > pool.size)
+        chosen.append(take)
+        labels.append(np.full(count, 1 if k == "same" else 0))
+    if not chosen:
+        return PairSet(name or kind, np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
+    sel = np.concatenate(chosen)
+    return PairSet(name or kind, ii[sel], jj[sel], np.concatenate(labels))

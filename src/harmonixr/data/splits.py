@@ -1,0 +1,100 @@
+"""Train/validation/test splits that never put one work (group) on two sides."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+SIDES = ("train", "val", "test")
+MODES = ("group", "unseen-composer")
+
+
+class Labelled(Protocol):
+    path: str
+    composer: str
+    group: str
+
+
+def _counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
+    """(n_val, n_test) for n units; at least one each once there are three units."""
+    n_val, n_test = round(n * fractions[1]), round(n * fractions[2])
+    if n >= 3:
+        n_val, n_test = max(1, n_val), max(1, n_test)
+    while n_val + n_test >= n and (n_val or n_test):
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def make_split(
+    pieces: Sequence[Labelled],
+    mode: str = "group",
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Indices of ``pieces`` per side.
+
+    ``group``: per composer, its works are shuffled and dealt 80/10/10 (so each side has every
+    composer with enough works). ``unseen-composer``: whole composers are dealt instead, so
+    validation and test composers never appear in training.
+    """
+    if mode not in MODES:
+        raise ValueError(f"split mode must be one of {MODES}, got {mode!r}")
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
+    rng = np.random.default_rng(seed)
+    side_of: dict[str, str] = {}
+    if mode == "group":
+        groups_by_composer: dict[str, list[str]] = defaultdict(list)
+        owner: dict[str, str] = {}
+        for p in pieces:
+            if p.group not in owner:
+                owner[p.group] = p.composer
+                groups_by_composer[p.composer].append(p.group)
+        for composer in sorted(groups_by_composer):
+            groups = sorted(groups_by_composer[composer])
+            rng.shuffle(groups)
+            n_val, n_test = _counts(len(groups), fractions)
+            for i, g in enumerate(groups):
+                side_of[g] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+        key = [p.group for p in pieces]
+    else:
+        composers = sorted({p.composer for p in pieces})
+        rng.shuffle(composers)
+        n_val, n_test = _counts(len(composers), fractions)
+        for i, c in enumerate(composers):
+            side_of[c] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+        key = [p.composer for p in pieces]
+    out: dict[str, list[int]] = {s: [] for s in SIDES}
+    for i, k in enumerate(key):
+        out[side_of[k]].append(i)
+    return out
+
+
+def save_split(
+    path: str | Path, pieces: Sequence[Labelled], split: dict[str, list[int]], **info: Any
+) -> None:
+    data = {**info, **{s: [pieces[i].path for i in split[s]] for s in SIDES}}
+    Path(path).write_text(json.dumps(data, indent=1))
+
+
+def load_split(path: str | Path, pieces: Sequence[Labelled]) -> dict[str, list[int]]:
+    """Indices of ``pieces`` per side from a saved ``split.json`` (matched by path)."""
+    data = json.loads(Path(path).read_text())
+    index = {p.path: i for i, p in enumerate(pieces)}
+    out = {}
+    for s in SIDES:
+        missing = [p for p in data[s] if p not in index]
+        if missing:
+            raise ValueError(
+                f"{path}: {len(missing)} pieces are no longer in the cache, e.g. {missing[0]}"
+            )
+        out[s] = [index[p] for p in data[s]]
+    return out

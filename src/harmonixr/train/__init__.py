@@ -1,0 +1,1 @@
+"""Training: the thin LightningModule and train(config) -> run directory."""

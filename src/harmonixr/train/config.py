@@ -1,0 +1,107 @@
+"""``TrainConfig``: how a run trains (the model's shape lives in ``ModelConfig``)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from harmonixr.model.config import ModelConfig, preset
+
+LOSSES = ("contrastive", "supcon")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = ""
+    out: str = ""
+    preset: str = "small"
+    loss: str = "contrastive"
+    epochs: int = 10
+    max_steps: int = -1  # > 0 overrides epochs
+    steps_per_epoch: int = 200
+    crop_seconds: float = 60.0
+    batch_size: int = 16  # pairs (contrastive) or crops (supcon: P·K)
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    noise_sigma: float = 0.1
+    balanced: bool = False
+    p_same: float = 0.5
+    margin_floor: float = 0.2
+    margin_floor_growth: float = 0.0
+    margin_floor_max: float = 1.0
+    margin_momentum: float = 0.9
+    static_margin: float = 1.0
+    supcon_temperature: float = 0.1
+    supcon_composers: int = 8  # P; K = batch_size // P
+    split: str = "group"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_file: str = ""  # reuse a saved split.json
+    val_pairs: int = 1000
+    val_every_epochs: int = 1
+    checkpoint_every_steps: int = 200
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    num_workers: int = -1  # -1: 0 on CPU, 4 on accelerators
+    precision: str = "auto"  # bf16-mixed on CUDA, 32 elsewhere
+    frame_ms: float = 50.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
+        for name in ("epochs", "steps_per_epoch", "batch_size", "devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.crop_seconds <= 0 or self.lr <= 0:
+            raise ValueError("crop_seconds and lr must be positive")
+        if self.loss == "supcon" and self.batch_size < 2 * 2:
+            raise ValueError("supcon needs a batch of at least 2 composers × 2 crops")
+
+    @property
+    def crop_frames(self) -> int:
+        return int(round(self.crop_seconds * 1000.0 / self.frame_ms))
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps if self.max_steps > 0 else self.epochs * self.steps_per_epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["split_fractions"] = list(self.split_fractions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+
+def load_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(train settings, model settings) from a TOML file with optional ``[train]`` and
+    ``[model]`` tables (top-level keys count as training settings)."""
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    model = data.pop("model", {})
+    train = data.pop("train", {})
+    return {**data, **train}, model
+
+
+def build_model_config(name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    base = preset(name)
+    if not overrides:
+        return base
+    return ModelConfig.from_dict({**base.to_dict(), **overrides})

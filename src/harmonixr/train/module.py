@@ -1,0 +1,154 @@
+"""The thin LightningModule: a SiaViT encoder, a contrastive loss and the seed's validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import lightning as L
+import numpy as np
+import torch
+
+from harmonixr.data.pairs import PairSet, PieceSet, multiplicative_noise, to_model_input
+from harmonixr.evaluate.metrics import accuracy_at, best_threshold, roc_auc
+from harmonixr.model.config import ModelConfig
+from harmonixr.model.encoder import SiaViT
+from harmonixr.model.losses import (
+    DynamicMarginContrastive,
+    contrastive_loss,
+    pair_distance,
+    supcon_loss,
+)
+from harmonixr.train.config import TrainConfig
+from harmonixr.train.schedule import lr_factor
+
+
+@dataclass
+class ValData:
+    """Validation pieces (centre crops) and the fixed pair sets over them."""
+
+    pieces: PieceSet
+    pseudo: PairSet  # chooses the threshold
+    sets: list[PairSet]  # mixed, same, different
+
+
+class SiameseModule(L.LightningModule):
+    def __init__(
+        self, model_config: ModelConfig, config: TrainConfig, val: ValData | None = None
+    ) -> None:
+        super().__init__()
+        self.model_config, self.config, self.val = model_config, config, val
+        self.encoder = SiaViT(model_config)
+        self.margin_loss = DynamicMarginContrastive(
+            momentum=config.margin_momentum,
+            floor=config.margin_floor,
+            floor_growth=config.margin_floor_growth,
+            floor_max=config.margin_floor_max,
+        )
+        self._val_z: list[torch.Tensor] = []
+        self._val_idx: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ training
+
+    def _embed(self, x: torch.Tensor, lengths: torch.Tensor, train: bool) -> torch.Tensor:
+        x = to_model_input(x)
+        if train:
+            x = multiplicative_noise(x, self.config.noise_sigma)
+        return self.encoder(x, lengths)
+
+    def on_train_epoch_start(self) -> None:
+        self.margin_loss.start_epoch(self.current_epoch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.config.loss == "supcon":
+            z = self._embed(batch["x"], batch["len"], train=True)
+            loss = supcon_loss(z, batch["label"], self.config.supcon_temperature)
+            bs = z.shape[0]
+        else:
+            x = torch.cat((batch["x1"], batch["x2"]))
+            lengths = torch.cat((batch["len1"], batch["len2"]))
+            z = self._embed(x, lengths, train=True)
+            bs = batch["y"].shape[0]
+            d = pair_distance(z[:bs], z[bs:])
+            margin = self.margin_loss.margin
+            loss = self.margin_loss(d, batch["y"])
+            self.log("train/margin", margin, batch_size=bs)
+            self.log("train/d_same", _masked_mean(d, batch["y"] > 0.5), batch_size=bs)
+            self.log("train/d_diff", _masked_mean(d, batch["y"] <= 0.5), batch_size=bs)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        return loss
+
+    # ------------------------------------------------------------------ validation
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        z = self._embed(batch["x"], batch["len"], train=False)
+        self._val_z.append(z.float().cpu())
+        self._val_idx.append(batch["index"].cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val is None or not self._val_z:
+            return
+        z = torch.cat(self._val_z)
+        idx = torch.cat(self._val_idx)
+        self._val_z, self._val_idx = [], []
+        emb = torch.zeros(len(self.val.pieces), z.shape[1])
+        emb[idx] = z
+        metrics = validation_metrics(emb.numpy(), self.val, self.config.static_margin)
+        for name, value in metrics.items():
+            if np.isfinite(value):
+                self.log(
+                    f"val/{name}", value, sync_dist=False, batch_size=1, prog_bar=name == "auc"
+                )
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.encoder.named_parameters():
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.config.lr,
+        )
+        c = self.config
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            partial(
+                lr_factor, warmup=c.warmup_steps, total=c.total_steps, min_ratio=c.min_lr_ratio
+            ),
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _masked_mean(d: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    return d[sel].mean() if bool(sel.any()) else torch.tensor(float("nan"), device=d.device)
+
+
+def validation_metrics(emb: np.ndarray, val: ValData, static_margin: float) -> dict[str, float]:
+    """The seed's scheme: the pseudo-validation set picks the threshold; each set reports its
+    accuracy there; the mixed set also reports AUC and the static-margin contrastive loss."""
+
+    def dist(ps: PairSet) -> np.ndarray:
+        return np.linalg.norm(emb[ps.i] - emb[ps.j], axis=1)
+
+    out: dict[str, float] = {}
+    if len(val.pseudo) and 0 < val.pseudo.y.sum() < len(val.pseudo):
+        thr, acc = best_threshold(dist(val.pseudo), val.pseudo.y)
+        out["threshold"], out["acc_pseudo"] = thr, acc
+    else:
+        thr = float("nan")
+    for ps in val.sets:
+        if not len(ps):
+            continue
+        d = dist(ps)
+        out[f"acc_{ps.name}"] = accuracy_at(d, ps.y, thr) if np.isfinite(thr) else float("nan")
+        if ps.name == "mixed":
+            out["auc"] = roc_auc(d, ps.y)
+            out["loss_static"] = float(
+                contrastive_loss(torch.from_numpy(d), torch.from_numpy(ps.y), static_margin)
+            )
+    return out

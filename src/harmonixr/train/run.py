@@ -1,0 +1,300 @@
+"""``train(config) -> run_dir``: data, split, Lightning trainer, checkpoints, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from harmonixr.data.cache import TensorCache
+from harmonixr.data.pairs import (
+    ComposerBatchDataset,
+    PairDataset,
+    PieceSet,
+    StepSampler,
+    centre_crop,
+    make_pair_set,
+)
+from harmonixr.data.splits import load_split, make_split, save_split
+from harmonixr.model.config import ModelConfig
+from harmonixr.model.io import WEIGHTS, save_weights
+from harmonixr.train.config import TrainConfig, build_model_config
+from harmonixr.train.module import SiameseModule, ValData
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The most recently written checkpoint of a run, or None."""
+    found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    return found[-1] if found else None
+
+
+class CentreCrops(Dataset):
+    def __init__(self, pieces: PieceSet, crop: int) -> None:
+        self.pieces, self.crop = pieces, crop
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        x, n = centre_crop(self.pieces.tensors[i], self.crop)
+        return {"x": torch.from_numpy(x), "len": n, "index": i}
+
+
+class PairData(L.LightningDataModule):
+    """Builds the loaders once the trainer knows this process's rank."""
+
+    def __init__(self, config: TrainConfig, train: PieceSet, val: ValData | None) -> None:
+        super().__init__()
+        self.config, self.train_set, self.val = config, train, val
+
+    def _workers(self) -> int:
+        if self.config.num_workers >= 0:
+            return self.config.num_workers
+        return (
+            0
+            if self.trainer is None or self.trainer.accelerator.__class__.__name__.startswith("CPU")
+            else 4
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        c, rank, world = self.config, self.trainer.global_rank, self.trainer.world_size
+        workers = self._workers()
+        if c.loss == "supcon":
+            p = min(c.supcon_composers, c.batch_size // 2)
+            ds = ComposerBatchDataset(self.train_set, c.crop_frames, p, c.batch_size // p, c.seed)
+            sampler = StepSampler(c.steps_per_epoch * world, rank, world)
+            return DataLoader(
+                ds, batch_size=None, sampler=sampler, num_workers=workers, persistent_workers=False
+            )
+        ds = PairDataset(self.train_set, c.crop_frames, c.seed, c.balanced, c.p_same)
+        sampler = StepSampler(c.steps_per_epoch * c.batch_size * world, rank, world)
+        return DataLoader(
+            ds, batch_size=c.batch_size, sampler=sampler, num_workers=workers, drop_last=True
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val is None:
+            return []  # type: ignore[return-value]
+        return DataLoader(
+            CentreCrops(self.val.pieces, self.config.crop_frames), batch_size=32, num_workers=0
+        )
+
+
+class ExportBest(L.Callback):
+    """Writes ``model.safetensors`` whenever validation AUC improves (rank 0)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.best = run_dir, float("-inf")
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        auc = trainer.callback_metrics.get("val/auc")
+        if auc is None or not trainer.is_global_zero:
+            return
+        auc = float(auc)
+        if auc > self.best:
+            self.best = auc
+            metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+            }
+            save_weights(
+                module.encoder,
+                self.run_dir / WEIGHTS,
+                step=trainer.global_step,
+                epoch=trainer.current_epoch,
+                metrics=metrics,
+            )
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best = float(state["best"])
+
+
+class DDPSyncCheck(L.Callback):
+    """At the end of a multi-process fit, compares every rank's weights and writes
+    ``ddp_sync.json`` (largest difference of per-tensor sums across ranks)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.world_size < 2:
+            return
+        params = [p.detach().double() for p in module.encoder.parameters()]
+        vec = torch.stack([t.sum() for t in params] + [t.pow(2).sum() for t in params])
+        gathered = module.all_gather(vec.float())  # (world, n)
+        if trainer.is_global_zero:
+            diff = float((gathered - gathered[0]).abs().max())
+            (self.run_dir / "ddp_sync.json").write_text(
+                json.dumps(
+                    {
+                        "world_size": trainer.world_size,
+                        "max_abs_diff": diff,
+                        "step": trainer.global_step,
+                    },
+                    indent=1,
+                )
+            )
+
+
+def _val_data(pieces: PieceSet, config: TrainConfig) -> ValData | None:
+    if len(pieces) < 2 or len(np.unique(pieces.composers)) < 2:
+        return None
+    n, s = config.val_pairs, config.seed
+    args = (pieces.composers, pieces.groups, n)
+    return ValData(
+        pieces=pieces,
+        pseudo=make_pair_set(*args, "mixed", s + 101, "pseudo"),
+        sets=[
+            make_pair_set(*args, "mixed", s + 102, "mixed"),
+            make_pair_set(*args, "same", s + 103, "same"),
+            make_pair_set(*args, "different", s + 104, "different"),
+        ],
+    )
+
+
+def _precision(config: TrainConfig) -> str:
+    if config.precision != "auto":
+        return config.precision
+    wants_cuda = config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if wants_cuda else "32-true"
+
+
+def train(
+    config: TrainConfig,
+    model_overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    callbacks: list[L.Callback] | None = None,
+) -> Path:
+    """Train SiaViT on a tensor cache; returns the run directory (see DESIGN §6)."""
+    if not config.data or not config.out:
+        raise ValueError("training needs a cache (--data) and a run directory (--out)")
+    run_dir = Path(config.out)
+    ckpt_dir = run_dir / "checkpoints"
+    last = last_checkpoint(ckpt_dir)
+    saved = run_dir / "config.json"
+    if resume:
+        if last is None:
+            raise ValueError(f"{run_dir}: nothing to resume (no checkpoints)")
+        stored = json.loads(saved.read_text())
+        model_config = ModelConfig.from_dict(stored["model"])
+    else:
+        if last is not None:
+            raise ValueError(f"{run_dir}: already holds a run; pass --resume or use another --out")
+        model_config = build_model_config(config.preset, model_overrides)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+
+    with TensorCache(config.data) as cache:
+        rows = cache.pieces()
+        tensor_config = cache.config
+        if not rows:
+            raise ValueError(f"{config.data}: the cache holds no usable pieces")
+        if abs(tensor_config.frame_ms - config.frame_ms) > 1e-9:
+            config = config.replace(frame_ms=tensor_config.frame_ms)
+        split_path = run_dir / "split.json"
+        if split_path.is_file():
+            split = load_split(split_path, rows)
+        elif config.split_file:
+            split = load_split(config.split_file, rows)
+        else:
+            split = make_split(rows, config.split, config.split_fractions, config.seed)
+        composers = sorted({r.composer for r in rows})
+        train_set = PieceSet.from_cache(cache, [rows[i] for i in split["train"]], composers)
+        val_set = PieceSet.from_cache(cache, [rows[i] for i in split["val"]], composers)
+
+    rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    if rank_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not split_path.is_file():
+            save_split(
+                split_path,
+                rows,
+                split,
+                mode=config.split,
+                seed=config.seed,
+                fractions=list(config.split_fractions),
+                cache=str(config.data),
+            )
+        saved.write_text(
+            json.dumps(
+                {
+                    "train": config.to_dict(),
+                    "model": model_config.to_dict(),
+                    "tensor": tensor_config.to_dict(),
+                    "composers": composers,
+                },
+                indent=1,
+            )
+        )
+
+    val = _val_data(val_set, config)
+    module = SiameseModule(model_config, config, val)
+    data = PairData(config, train_set, val)
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    every = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step-{step}",
+        save_top_k=1,
+        every_n_train_steps=config.checkpoint_every_steps,
+        save_last=True,
+    )
+    at_val = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="epoch-{epoch}", save_top_k=1, save_last=True
+    )
+    cbs: list[L.Callback] = [every, at_val, ExportBest(run_dir), DDPSyncCheck(run_dir)]
+    cbs += list(callbacks or [])
+    n_proc = config.devices * config.num_nodes
+    strategy = config.strategy
+    if strategy == "auto" and n_proc > 1:
+        strategy = "ddp"
+    trainer = L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=strategy,
+        precision=_precision(config),
+        max_steps=config.total_steps,
+        max_epochs=-1,
+        limit_train_batches=config.steps_per_epoch,
+        check_val_every_n_epoch=config.val_every_epochs,
+        num_sanity_val_steps=0,
+        gradient_clip_val=config.grad_clip,
+        logger=TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False),
+        callbacks=cbs,
+        use_distributed_sampler=False,
+        log_every_n_steps=10,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+        default_root_dir=str(run_dir),
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*is an invalid version.*")
+        trainer.fit(
+            module,
+            datamodule=data,
+            ckpt_path=str(last) if resume else None,
+            weights_only=True if resume else None,
+        )
+    if trainer.is_global_zero and not (run_dir / WEIGHTS).is_file():
+        save_weights(
+            module.encoder,
+            run_dir / WEIGHTS,
+            step=trainer.global_step,
+            epoch=trainer.current_epoch,
+            metrics={},
+        )
+    return run_dir
