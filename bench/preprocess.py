@@ -12,6 +12,7 @@ Goals (issue #3): (c)/(b) ≥ 30, (b)/(a) ≤ 5, Σ(c)/(d) ≥ 10, peak < 1 GiB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -63,10 +64,8 @@ def _peak_rss(proc: subprocess.Popen, stop: threading.Event, out: list[int]) -> 
             procs = [root, *root.children(recursive=True)]
             total = 0
             for p in procs:
-                try:
+                with contextlib.suppress(psutil.Error):
                     total += p.memory_info().rss
-                except psutil.Error:
-                    pass
             peak = max(peak, total)
         except psutil.Error:
             break
@@ -98,8 +97,19 @@ def main() -> None:
     print(f"(c) pretty_midi piano roll     median {mc:8.2f} ms/file  (sum {sum(c):.1f} s)")
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "harmonixr.cli", "preprocess", args.folder, "--out",
-               f"{tmp}/cache", "--workers", str(args.workers), "--scores", "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "harmonixr.cli",
+            "preprocess",
+            args.folder,
+            "--out",
+            f"{tmp}/cache",
+            "--workers",
+            str(args.workers),
+            "--scores",
+            "--json",
+        ]
         stop, peak = threading.Event(), []
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -112,8 +122,10 @@ def main() -> None:
         if proc.returncode:
             sys.exit(f"preprocess failed: {stderr.strip()}")
     pm_total = sum(c) * len(paths) / len(sample)
-    print(f"(d) harmonixr preprocess, {args.workers} workers, empty cache: {d:.1f} s wall "
-          f"for {len(paths)} files, peak RSS {peak[0] / 2**20:.0f} MiB (process tree)")
+    print(
+        f"(d) harmonixr preprocess, {args.workers} workers, empty cache: {d:.1f} s wall "
+        f"for {len(paths)} files, peak RSS {peak[0] / 2**20:.0f} MiB (process tree)"
+    )
     print()
     print(f"speed-up over pretty_midi per file  (c)/(b) = {mc / mb:6.1f}x   goal >= 30")
     print(f"cost over bare symusic parse       (b)/(a) = {mb / ma:6.2f}x   goal <= 5")

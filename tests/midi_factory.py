@@ -48,3 +48,32 @@ def write_score(path: Path, *args, **kwargs) -> Path:
 def frames(n: float) -> int:
     """Ticks for n frames at 120 bpm."""
     return round(n * TICKS_PER_FRAME)
+
+
+def synthetic_corpus(root: Path, n_per: int = 12, seconds: float = 30.0, seed: int = 0) -> Path:
+    """Two made-up composers with different habits, one folder each (a piece = a work):
+    'Low' writes slow, long notes in the bass; 'High' writes fast, short notes in the treble."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ticks_per_s = 2 * TPQ  # 120 bpm
+    for composer, (lo, hi, step_s, dur_s) in {
+        "Low": (36, 56, 0.4, 0.8),
+        "High": (67, 91, 0.1, 0.08),
+    }.items():
+        (root / composer).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per):
+            notes, t = [], 0.0
+            while t < seconds:
+                pitch = int(rng.integers(lo, hi))
+                notes.append(
+                    (
+                        round(t * ticks_per_s),
+                        max(1, round(dur_s * ticks_per_s)),
+                        pitch,
+                        int(rng.integers(40, 110)),
+                    )
+                )
+                t += step_s * float(rng.uniform(0.7, 1.3))
+            write_score(root / composer / f"{composer.lower()}{i:02d}.mid", notes)
+    return root

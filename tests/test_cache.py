@@ -33,10 +33,19 @@ def test_each_bad_input_has_its_reason_and_the_rest_is_cached(tmp_path):
     write_score(src / "silent.mid", [])
     _good(src / "big.mid", n=400)
     write_score(src / "long.mid", [(0, frames(2), 60, 90), (frames(400), frames(2), 62, 90)])
-    summary = preprocess(tmp_path / "corpus", tmp_path / "cache", workers=2, max_seconds=15.0,
-                         max_bytes=2000)
-    want = {"empty": 1, "not_midi": 1, "truncated": 1, "no_notes_in_range": 1,
-            "drums_only": 1, "no_notes": 1, "too_large": 1, "too_long": 1}
+    summary = preprocess(
+        tmp_path / "corpus", tmp_path / "cache", workers=2, max_seconds=15.0, max_bytes=2000
+    )
+    want = {
+        "empty": 1,
+        "not_midi": 1,
+        "truncated": 1,
+        "no_notes_in_range": 1,
+        "drums_only": 1,
+        "no_notes": 1,
+        "too_large": 1,
+        "too_long": 1,
+    }
     assert dict(summary.skipped) == want
     assert (summary.seen, summary.ok, summary.new) == (10, 2, 2)
     with TensorCache(tmp_path / "cache") as cache:
@@ -64,7 +73,9 @@ def _corpus(root, n=160):
         d = root / f"C{i % 4}"
         d.mkdir(parents=True, exist_ok=True)
         # ten minutes of music each, so the job takes long enough to be killed midway
-        notes = [(frames(j * 3), frames(30), 40 + (i * 7 + j) % 40, 30 + j % 90) for j in range(4000)]
+        notes = [
+            (frames(j * 3), frames(30), 40 + (i * 7 + j) % 40, 30 + j % 90) for j in range(4000)
+        ]
         write_score(d / f"p{i:03d}.mid", notes)
 
 
@@ -72,7 +83,8 @@ def _snapshot(cache_dir):
     db = sqlite3.connect(cache_dir / "cache.sqlite")
     rows = db.execute(
         'SELECT path, sha256, composer, "group", n_frames, status, reason, tensor FROM pieces '
-        "ORDER BY path").fetchall()
+        "ORDER BY path"
+    ).fetchall()
     db.close()
     tensors = {p.name: p.read_bytes() for p in (cache_dir / "tensors").rglob("*") if p.is_file()}
     return rows, tensors
@@ -81,8 +93,16 @@ def _snapshot(cache_dir):
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     corpus = tmp_path / "corpus"
     _corpus(corpus)
-    cmd = [sys.executable, "-m", "harmonixr.cli", "preprocess", str(corpus), "--workers", "1",
-           "--out"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harmonixr.cli",
+        "preprocess",
+        str(corpus),
+        "--workers",
+        "1",
+        "--out",
+    ]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

@@ -17,7 +17,9 @@ NOTES = [(0, 480, 60, 80)]
 
 
 def test_giantmidi_names_with_commas_and_unicode():
-    decomposed = unicodedata.normalize("NFD", "Dvořák, Antonín, Humoresque, Op.101, No.7, abcDEF_-123.mid")
+    decomposed = unicodedata.normalize(
+        "NFD", "Dvořák, Antonín, Humoresque, Op.101, No.7, abcDEF_-123.mid"
+    )
     composer, title = parse_giantmidi_name(decomposed)
     assert composer == unicodedata.normalize("NFC", "Antonín Dvořák")
     assert title == "Humoresque, Op.101, No.7"
@@ -48,9 +50,13 @@ def test_read_giantmidi_folder(tmp_path):
 def test_read_asap_performances_and_scores(tmp_path):
     (tmp_path / "Bach/Fugue/bwv_846").mkdir(parents=True)
     (tmp_path / "Chopin/Etudes/10_1").mkdir(parents=True)
-    for rel in ["Bach/Fugue/bwv_846/A.mid", "Bach/Fugue/bwv_846/B.mid",
-                "Bach/Fugue/bwv_846/midi_score.mid", "Chopin/Etudes/10_1/C.mid",
-                "Chopin/Etudes/10_1/midi_score.mid"]:
+    for rel in [
+        "Bach/Fugue/bwv_846/A.mid",
+        "Bach/Fugue/bwv_846/B.mid",
+        "Bach/Fugue/bwv_846/midi_score.mid",
+        "Chopin/Etudes/10_1/C.mid",
+        "Chopin/Etudes/10_1/midi_score.mid",
+    ]:
         write_score(tmp_path / rel, NOTES)
     header = "composer,title,folder,xml_score,midi_score,midi_performance\n"
     rows = [
@@ -93,14 +99,21 @@ def test_read_folder_by_parent_and_by_labels(tmp_path):
     assert detect_format(tmp_path) == "folder"
     listing = read_corpus(tmp_path)
     assert sorted((p.composer, p.title) for p in listing.pieces) == [
-        ("Ravel", "a"), ("Ravel", "b"), ("Satie", "c")]
+        ("Ravel", "a"),
+        ("Ravel", "b"),
+        ("Satie", "c"),
+    ]
     assert len(listing.skipped) == 1
     labels = tmp_path / "labels.csv"
-    labels.write_text("path,composer,title,group\nRavel/a.mid,Maurice Ravel,Bolero,w1\n"
-                      "Satie/c.mid,Erik Satie,,\nmissing.mid,X,,\n")
+    labels.write_text(
+        "path,composer,title,group\nRavel/a.mid,Maurice Ravel,Bolero,w1\n"
+        "Satie/c.mid,Erik Satie,,\nmissing.mid,X,,\n"
+    )
     listing = read_corpus(tmp_path, labels=labels)
     assert [(p.composer, p.title, p.group) for p in listing.pieces] == [
-        ("Maurice Ravel", "Bolero", "w1"), ("Erik Satie", "c", "Satie/c.mid")]
+        ("Maurice Ravel", "Bolero", "w1"),
+        ("Erik Satie", "c", "Satie/c.mid"),
+    ]
     assert listing.skipped[0][1] == "listed in labels.csv but missing"
 
 

@@ -75,7 +75,9 @@ def test_pedal_extends_until_release(tmp_path):
     notes = [(0, frames(2), 60, 100)]
     pedals = [(frames(1), 127), (frames(10), 0)]
     on = tensorize(write_score(tmp_path / "p.mid", notes, pedals=pedals))
-    off = tensorize(write_score(tmp_path / "p2.mid", notes, pedals=pedals), TensorConfig(pedal=False))
+    off = tensorize(
+        write_score(tmp_path / "p2.mid", notes, pedals=pedals), TensorConfig(pedal=False)
+    )
     assert np.flatnonzero(on[:, 7, 2]).tolist() == list(range(10))
     assert np.flatnonzero(off[:, 7, 2]).tolist() == [0, 1]
 
@@ -127,10 +129,7 @@ def _write_mido(path, type_: int) -> None:
             events.append((start + dur, 0, mido.Message("note_off", channel=ch, note=pitch)))
         per_part.append(events)
     mf = mido.MidiFile(type=type_, ticks_per_beat=480)
-    if type_ == 0:
-        streams = [[e for events in per_part for e in events]]
-    else:
-        streams = per_part
+    streams = [[e for events in per_part for e in events]] if type_ == 0 else per_part
     for i, events in enumerate(streams):
         track = mido.MidiTrack()
         if i == 0:
@@ -164,10 +163,19 @@ def reference_tensor(score: symusic.Score, cfg: TensorConfig) -> np.ndarray:
     for track in score.tracks:
         if track.is_drum:
             continue
-        notes = [(float(n.time), float(n.time) + max(0.0, float(n.duration)), int(n.pitch),
-                  int(n.velocity)) for n in track.notes]
-        events = sorted(((float(c.time), int(c.value)) for c in track.controls if c.number == 64),
-                        key=lambda e: e[0])
+        notes = [
+            (
+                float(n.time),
+                float(n.time) + max(0.0, float(n.duration)),
+                int(n.pitch),
+                int(n.velocity),
+            )
+            for n in track.notes
+        ]
+        events = sorted(
+            ((float(c.time), int(c.value)) for c in track.controls if c.number == 64),
+            key=lambda e: e[0],
+        )
         last_off = max((n[1] for n in notes), default=0.0)
         for on, off, pitch, vel in notes:
             if cfg.pedal:
@@ -196,7 +204,10 @@ def reference_tensor(score: symusic.Score, cfg: TensorConfig) -> np.ndarray:
                 if cfg.binary:
                     value = 1
                 else:
-                    value = max(1, round(vel * math.exp(-(f - f_on) * cfg.frame_ms / 1000 / (cfg.tau_s / m))))
+                    value = max(
+                        1,
+                        round(vel * math.exp(-(f - f_on) * cfg.frame_ms / 1000 / (cfg.tau_s / m))),
+                    )
                 key = (f, k % 12, k // 12)
                 cells[key] = max(cells.get(key, 0), value)
     n = max((f for f, _, _ in cells), default=-1) + 1

@@ -244,16 +244,14 @@ def train(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    # two rolling checkpoints: every N steps, and at each validation; --resume takes the newer
     every = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="step-{step}",
         save_top_k=1,
         every_n_train_steps=config.checkpoint_every_steps,
-        save_last=True,
     )
-    at_val = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="epoch-{epoch}", save_top_k=1, save_last=True
-    )
+    at_val = ModelCheckpoint(dirpath=ckpt_dir, filename="val-{step}", save_top_k=1)
     cbs: list[L.Callback] = [every, at_val, ExportBest(run_dir), DDPSyncCheck(run_dir)]
     cbs += list(callbacks or [])
     n_proc = config.devices * config.num_nodes
@@ -286,7 +284,7 @@ def train(
         trainer.fit(
             module,
             datamodule=data,
-            ckpt_path=str(last) if resume else None,
+            ckpt_path=str(last) if resume and last else None,
             weights_only=True if resume else None,
         )
     if trainer.is_global_zero and not (run_dir / WEIGHTS).is_file():
