@@ -33,6 +33,7 @@ def cache(tmp_path_factory):
 
 def _config(cache, out, **kw):
     base = dict(
+        loss="contrastive",
         data=str(cache),
         out=str(out),
         preset="tiny",

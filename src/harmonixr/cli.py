@@ -224,7 +224,7 @@ def main() -> None:
         text = str(exc) if isinstance(exc, ValueError | OSError) else f"{type(exc).__name__}: {exc}"
         from rich.markup import escape
 
-        console.print(f"[red]error:[/red] {escape(text)}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

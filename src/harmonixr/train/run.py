@@ -74,9 +74,10 @@ class PairData(L.LightningDataModule):
                 ds, batch_size=None, sampler=sampler, num_workers=workers, persistent_workers=False
             )
         ds = PairDataset(self.train_set, c.crop_frames, c.seed, c.balanced, c.p_same)
-        sampler = StepSampler(c.steps_per_epoch * c.batch_size * world, rank, world)
+        pairs = max(1, c.batch_size // 2)  # two crops per pair
+        sampler = StepSampler(c.steps_per_epoch * pairs * world, rank, world)
         return DataLoader(
-            ds, batch_size=c.batch_size, sampler=sampler, num_workers=workers, drop_last=True
+            ds, batch_size=pairs, sampler=sampler, num_workers=workers, drop_last=True
         )
 
     def val_dataloader(self) -> DataLoader:
