@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from midi_factory import frames, write_score
 
 from harmonixr import tensorize
@@ -129,3 +130,14 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert [r[:7] for r in rows_k] == [r[:7] for r in rows_c]
     assert tensors_k == tensors_c
     assert not [p for p in killed.rglob("*") if ".tmp-" in p.name]
+
+
+def test_safe_load_in_a_child_process(tmp_path):
+    from harmonixr import MidiError, safe_load
+
+    path = _good(tmp_path / "ok.mid")
+    np.testing.assert_array_equal(safe_load(path).tensor, tensorize(path))
+    (tmp_path / "bad.mid").write_bytes(b"RIFFxxxxWAVEfmt ")
+    with pytest.raises(MidiError) as info:
+        safe_load(tmp_path / "bad.mid")
+    assert info.value.reason == "not_midi" and str(tmp_path / "bad.mid") in str(info.value)
