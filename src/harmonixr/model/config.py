@@ -8,6 +8,13 @@ from typing import Any
 WRAP_MODES = ("helix", "circular", "zeros")
 
 
+def reject_unknown(cls: type, d: dict[str, Any], what: str) -> None:
+    """Raise if ``d`` names a field the dataclass ``cls`` does not have (a typo in a config)."""
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {', '.join(sorted(unknown))}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """SiaViT's shape. The stem is a wraparound convolution whose time kernel and stride are
@@ -74,10 +81,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        reject_unknown(cls, d, "model config")
         d = dict(d)
         if "pools" in d:
             d["pools"] = tuple(tuple(p) for p in d["pools"])

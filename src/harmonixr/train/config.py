@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harmonixr.model.config import ModelConfig, preset
+from harmonixr.model.config import ModelConfig, preset, reject_unknown
 
 LOSSES = ("contrastive", "supcon")
 
@@ -80,10 +80,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training config keys: {', '.join(sorted(unknown))}")
+        reject_unknown(cls, d, "training config")
         return cls(**d)
 
     def replace(self, **changes: Any) -> TrainConfig:
