@@ -141,3 +141,23 @@ def test_safe_load_in_a_child_process(tmp_path):
     with pytest.raises(MidiError) as info:
         safe_load(tmp_path / "bad.mid")
     assert info.value.reason == "not_midi" and str(tmp_path / "bad.mid") in str(info.value)
+
+
+def test_piece_sets_pickle_as_paths(tmp_path):
+    import pickle
+
+    from harmonixr.data.pairs import PieceSet
+
+    src = tmp_path / "c" / "A"
+    src.mkdir(parents=True)
+    _good(src / "x.mid", n=300)
+    _good(src / "y.mid", pitch=40, n=300)
+    preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
+    with TensorCache(tmp_path / "cache") as cache:
+        rows = cache.pieces()
+        ps = PieceSet.from_cache(cache, rows, ["A"])
+        blob = pickle.dumps(ps)
+        assert len(blob) < 2000  # paths, not the 1200-frame tensors
+        again = pickle.loads(blob)
+        for i, r in enumerate(rows):
+            np.testing.assert_array_equal(again.tensors[i], cache.load(r))

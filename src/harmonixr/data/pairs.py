@@ -12,11 +12,32 @@ from torch.utils.data import Dataset, Sampler
 from harmonixr.data.cache import CachedPiece, TensorCache
 
 
+class LazyTensors(Sequence[np.ndarray]):
+    """Cached tensors opened memory-mapped on first use; pickles as paths only, so
+    data-loader workers and DDP ranks share the page cache instead of copies."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+        self._open: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        arr = self._open.get(i)
+        if arr is None:
+            arr = self._open[i] = np.load(self.paths[i], mmap_mode="r")
+        return arr
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"paths": self.paths, "_open": {}}
+
+
 @dataclass
 class PieceSet:
     """Tensors (memory-mapped) with integer composer and group labels."""
 
-    tensors: list[np.ndarray]
+    tensors: Sequence[np.ndarray]
     composers: np.ndarray  # int label per piece
     groups: np.ndarray  # int id per piece
     composer_names: list[str]
@@ -30,7 +51,7 @@ class PieceSet:
         label = {c: i for i, c in enumerate(names)}
         group_ids: dict[str, int] = {}
         return cls(
-            tensors=[cache.load(r) for r in rows],
+            tensors=LazyTensors([str(cache.root / r.tensor) for r in rows]),
             composers=np.array([label[r.composer] for r in rows], np.int64),
             groups=np.array(
                 [group_ids.setdefault(r.group, len(group_ids)) for r in rows], np.int64
