@@ -29,7 +29,7 @@ info: install
 train: preprocess
 	$(HX) train --data $(CACHE) --out $(RUN) $(TRAIN_ARGS)
 
-# demo: the whole pipeline on the built-in corpus (~70 s conversion once, ~3 min training on 2 cores)
+# demo: the whole pipeline on the built-in corpus (~70 s conversion once, ~2 min training on 2 cores)
 DEMO_CACHE ?= cache/builtin
 DEMO_RUN   ?= runs/demo
 demo: install

@@ -161,3 +161,16 @@ def test_piece_sets_pickle_as_paths(tmp_path):
         again = pickle.loads(blob)
         for i, r in enumerate(rows):
             np.testing.assert_array_equal(again.tensors[i], cache.load(r))
+
+
+def test_timeouts_are_recorded_then_retried(tmp_path):
+    src = tmp_path / "c" / "A"
+    src.mkdir(parents=True)
+    _good(src / "x.mid")
+    first = preprocess(tmp_path / "c", tmp_path / "cache", workers=1, timeout=1e-4)
+    assert dict(first.skipped) == {"timeout": 1}
+    with TensorCache(tmp_path / "cache") as cache:
+        (row,) = cache.rows(status=None)
+        assert row.detail.startswith("timed out")
+    again = preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
+    assert (again.new, again.ok, dict(again.skipped)) == (1, 1, {})

@@ -331,12 +331,17 @@ def preprocess(
     cache = TensorCache(out, config, create=True)
     try:
         cache.cleanup_temp()
-        done = {r["path"]: r["sha256"] for r in cache.db.execute("SELECT path, sha256 FROM pieces")}
+        retry = ",".join(f"'{r}'" for r in RETRY_REASONS)
+        final = f"(status = 'ok' OR reason NOT IN ({retry}))"
+        done = {
+            r["path"]: r["sha256"]
+            for r in cache.db.execute(f"SELECT path, sha256 FROM pieces WHERE {final}")
+        }
         known = {  # content already tensorized: sha → row values
             r["sha256"]: dict(r)
             for r in cache.db.execute(
                 "SELECT sha256, n_frames, n_notes, dropped_notes, duration_s, status, reason, "
-                "tensor FROM pieces WHERE sha256 IS NOT NULL"
+                f"detail, tensor FROM pieces WHERE sha256 IS NOT NULL AND {final}"
             )
         }
         todo: list[Piece] = []
