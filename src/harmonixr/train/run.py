@@ -213,7 +213,9 @@ def train(
         train_set = PieceSet.from_cache(cache, [rows[i] for i in split["train"]], composers)
         val_set = PieceSet.from_cache(cache, [rows[i] for i in split["val"]], composers)
 
-    rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    rank_zero = all(  # torchrun sets RANK, Lightning's launcher LOCAL_RANK, SLURM SLURM_PROCID
+        int(os.environ.get(k, "0")) == 0 for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")
+    )
     if rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not split_path.is_file():
