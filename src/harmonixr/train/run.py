@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,27 @@ class ExportBest(L.Callback):
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.best = float(state["best"])
+
+
+class ValidationLog(L.Callback):
+    """One line per validation on rank 0 (what a background run's log file shows)."""
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = {
+            k.removeprefix("val/"): float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("val/")
+        }
+        if not m:
+            return
+        loss = trainer.callback_metrics.get("train/loss")
+        parts = [f"step {trainer.global_step}", f"epoch {trainer.current_epoch}"]
+        if loss is not None:
+            parts.append(f"train loss {float(loss):.3f}")
+        parts += [f"{k} {v:.3f}" for k, v in sorted(m.items())]
+        print(" | ".join(parts), file=sys.stderr, flush=True)
 
 
 class DDPSyncCheck(L.Callback):
@@ -255,7 +277,14 @@ def train(
         every_n_train_steps=config.checkpoint_every_steps,
     )
     at_val = ModelCheckpoint(dirpath=ckpt_dir, filename="val-{step}", save_top_k=1)
+    interactive = sys.stderr.isatty()
     cbs: list[L.Callback] = [every, at_val, ExportBest(run_dir), DDPSyncCheck(run_dir)]
+    if interactive:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        cbs.append(RichProgressBar())
+    else:
+        cbs.append(ValidationLog())
     cbs += list(callbacks or [])
     n_proc = config.devices * config.num_nodes
     strategy = config.strategy
@@ -268,7 +297,7 @@ def train(
         strategy=strategy,
         precision=_precision(config),
         max_steps=config.total_steps,
-        max_epochs=-1,
+        max_epochs=-(-config.total_steps // config.steps_per_epoch),
         limit_train_batches=config.steps_per_epoch,
         check_val_every_n_epoch=config.val_every_epochs,
         num_sanity_val_steps=0,
@@ -278,7 +307,7 @@ def train(
         use_distributed_sampler=False,
         log_every_n_steps=10,
         enable_model_summary=False,
-        enable_progress_bar=True,
+        enable_progress_bar=interactive,
         default_root_dir=str(run_dir),
     )
     with warnings.catch_warnings():
