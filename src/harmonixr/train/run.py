@@ -297,7 +297,7 @@ def train(
         strategy=strategy,
         precision=_precision(config),
         max_steps=config.total_steps,
-        max_epochs=-(-config.total_steps // config.steps_per_epoch),
+        max_epochs=-1,  # bounded by max_steps; an epoch bound breaks resuming at an epoch end
         limit_train_batches=config.steps_per_epoch,
         check_val_every_n_epoch=config.val_every_epochs,
         num_sanity_val_steps=0,
