@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from typing import Any
@@ -228,7 +227,3 @@ def tensorize(
 ) -> np.ndarray:
     """The uint8 ``(T, 12, 6)`` tensor of a MIDI path or a ``symusic.Score`` (DESIGN §2)."""
     return tensorize_with_stats(source, config).tensor
-
-
-def seconds_to_frames(seconds: float, config: TensorConfig = TensorConfig()) -> int:
-    return int(math.ceil(seconds * config.frames_per_second))
