@@ -22,12 +22,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one item: ``ok`` with ``value``, or not ok with ``error`` text."""
+    """What became of one item: ``ok`` with ``value``, or not ok with ``error`` text and a
+    ``failure`` kind: ``"error"`` (the function raised), ``"crashed"`` or ``"timeout"``."""
 
     index: int
     ok: bool
     value: Any = None
     error: str = ""
+    failure: str = ""
 
 
 def _default_context() -> mp.context.BaseContext:
@@ -141,22 +143,23 @@ def run_robust(
                 if slot.conn in ready:
                     try:
                         _, ok, value, error = slot.conn.recv()
+                        failure = "" if ok else "error"
                     except (EOFError, OSError):
-                        ok, value, error = False, None, _death_message(slot)
+                        ok, value, error, failure = False, None, _death_message(slot), "crashed"
                         slot.kill()
                         slots[i] = _Slot(ctx, func)
                     else:
                         slot.index = None
-                    yield Outcome(index, ok, value, error)
+                    yield Outcome(index, ok, value, error, failure)
                 elif slot.proc.sentinel in ready:
                     error = _death_message(slot)
                     slot.kill()
                     slots[i] = _Slot(ctx, func)
-                    yield Outcome(index, False, None, error)
+                    yield Outcome(index, False, None, error, "crashed")
                 elif now >= slot.deadline:
                     slot.kill()
                     slots[i] = _Slot(ctx, func)
-                    yield Outcome(index, False, None, f"timed out after {limit:g} s")
+                    yield Outcome(index, False, None, f"timed out after {limit:g} s", "timeout")
     finally:
         for slot in slots:
             if slot.index is None:

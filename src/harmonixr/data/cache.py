@@ -22,14 +22,15 @@ import numpy as np
 
 from harmonixr.midi.corpora import Listing, Piece, read_corpus
 from harmonixr.midi.load import (
+    CRASHED,
+    INTERNAL_ERROR,
     MAX_FILE_BYTES,
     MAX_SECONDS,
+    TIMEOUT,
     UNREADABLE,
-    MidiError,
-    check_midi_bytes,
-    parse_bytes,
-    read_bytes,
-    tensorize_checked,
+    Tensorized,
+    failure_reason,
+    load_job,
 )
 from harmonixr.midi.tensorize import TensorConfig
 
@@ -56,7 +57,7 @@ CREATE INDEX IF NOT EXISTS pieces_composer ON pieces (composer);
 
 TMP_MARK = ".tmp-"
 # reasons that may not recur (a worker crash or hang, a bug): a rerun tries these files again
-RETRY_REASONS = ("crashed", "timeout", "internal_error")
+RETRY_REASONS = (CRASHED, TIMEOUT, INTERNAL_ERROR)
 
 
 @dataclass(frozen=True)
@@ -262,31 +263,6 @@ def tensor_key(sha256: str, config: TensorConfig) -> str:
     return hashlib.sha256(f"{sha256}:{config.key()}".encode()).hexdigest()
 
 
-# ---------------------------------------------------------------- worker side
-
-
-def _process_job(job: tuple[str, TensorConfig, float, int]) -> dict[str, Any]:
-    """Parse and tensorize one file (runs in a worker). Never raises for bad input."""
-    path, config, max_seconds, max_bytes = job
-    sha = None
-    try:
-        data = read_bytes(path, max_bytes)
-        sha = hashlib.sha256(data).hexdigest()
-        check_midi_bytes(data, path, max_bytes)
-        result = tensorize_checked(parse_bytes(data, path), config, path, max_seconds)
-    except MidiError as exc:
-        return {"sha256": sha, "status": "skipped", "reason": exc.reason, "detail": exc.detail}
-    return {
-        "sha256": sha,
-        "status": "ok",
-        "tensor": result.tensor,
-        "n_frames": result.n_frames,
-        "n_notes": result.notes,
-        "dropped_notes": result.dropped_notes,
-        "duration_s": result.duration_s,
-    }
-
-
 def _sha_of(path: str) -> str | None:
     try:
         h = hashlib.sha256()
@@ -344,53 +320,49 @@ def preprocess(
                 f"detail, tensor FROM pieces WHERE sha256 IS NOT NULL AND {final}"
             )
         }
-        todo: list[Piece] = []
+        todo: list[tuple[Piece, str]] = []
         count = 0
         for piece in pieces:
             sha = _sha_of(piece.path)
             if piece.path in done and done[piece.path] == sha and sha is not None:
                 summary.already += 1
                 _refresh_labels(cache, piece)
-            elif sha is not None and sha in known:
+            elif sha is None:
+                cache.put_row(piece, None, "skipped", reason=UNREADABLE, detail="cannot be read")
+            elif sha in known:
                 row = known[sha]
                 cache.put_row(
                     piece, sha, row["status"], **{k: row[k] for k in row if k != "status"}
                 )
                 summary.reused += 1
             else:
-                todo.append(piece)
+                todo.append((piece, sha))
                 continue
             count += 1
             if progress:
                 progress(count, len(pieces), piece.path)
+        cache.db.commit()
         n_workers = max(1, min(workers or (os.cpu_count() or 1), len(todo) or 1))
-        jobs = [(p.path, config, max_seconds, max_bytes) for p in todo]
-        for outcome in run_robust(_process_job, jobs, workers=n_workers, timeout=timeout):
-            piece = todo[outcome.index]
-            if outcome.ok:
-                res = outcome.value
-            else:  # the worker crashed or hung on this file, or hit a bug
-                if outcome.error.startswith("timed out"):
-                    reason = "timeout"
-                elif outcome.error.startswith("parser process"):
-                    reason = "crashed"
-                else:
-                    reason = "internal_error"
-                res = {
-                    "sha256": _sha_of(piece.path),
-                    "status": "skipped",
-                    "reason": reason,
-                    "detail": outcome.error[:500],
-                }
-            if res.pop("status") == "ok":
-                key = tensor_key(res["sha256"], config)
-                rel = cache.write_tensor(key, res.pop("tensor"))
-                cache.put_row(piece, res.pop("sha256"), "ok", tensor=rel, **res)
+        jobs = [(p.path, config, max_seconds, max_bytes) for p, _ in todo]
+        for outcome in run_robust(load_job, jobs, workers=n_workers, timeout=timeout):
+            piece, sha = todo[outcome.index]
+            result = outcome.value if outcome.ok else None
+            if isinstance(result, Tensorized):
+                rel = cache.write_tensor(tensor_key(sha, config), result.tensor)
+                cache.put_row(
+                    piece,
+                    sha,
+                    "ok",
+                    tensor=rel,
+                    n_frames=result.n_frames,
+                    n_notes=result.notes,
+                    dropped_notes=result.dropped_notes,
+                    duration_s=result.duration_s,
+                )
                 summary.new += 1
             else:
-                reason = res.get("reason") or UNREADABLE
-                detail = res.get("detail")
-                cache.put_row(piece, res.get("sha256"), "skipped", reason=reason, detail=detail)
+                reason, detail = failure_reason(outcome)
+                cache.put_row(piece, sha, "skipped", reason=reason, detail=detail)
             count += 1
             if progress:
                 progress(count, len(pieces), piece.path)
@@ -407,13 +379,12 @@ def preprocess(
 
 
 def _refresh_labels(cache: TensorCache, piece: Piece) -> None:
-    cache.db.execute(
+    cache.db.execute(  # committed once after the scan
         'UPDATE pieces SET composer=?, title=?, "group"=? WHERE path=? AND '
         '(composer!=? OR title!=? OR "group"!=?)',
         (piece.composer, piece.title, piece.group, piece.path)
         + (piece.composer, piece.title, piece.group),
     )
-    cache.db.commit()
 
 
 def _rows_for(cache: TensorCache, paths: list[str]) -> list[sqlite3.Row]:

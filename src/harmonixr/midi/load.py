@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonixr._pool import Outcome, run_robust
 from harmonixr.midi.tensorize import TensorConfig, Tensorized, tensorize_score
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -27,6 +28,7 @@ TOO_LONG = "too_long"
 CRASHED = "crashed"
 TIMEOUT = "timeout"
 UNREADABLE = "unreadable"
+INTERNAL_ERROR = "internal_error"
 
 
 class MidiError(ValueError):
@@ -81,11 +83,13 @@ def read_bytes(path: str | PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> by
         raise MidiError(path, UNREADABLE, exc.strerror or str(exc)) from exc
 
 
-def parse_bytes(data: bytes, path: str | PathLike[str] | None = None) -> Any:
+def parse_bytes(
+    data: bytes, path: str | PathLike[str] | None = None, max_bytes: int = MAX_FILE_BYTES
+) -> Any:
     """A ``symusic.Score`` in seconds from checked MIDI bytes."""
     import symusic
 
-    check_midi_bytes(data, path)
+    check_midi_bytes(data, path, max_bytes)
     try:
         return symusic.Score.from_midi(data, ttype="second")
     except Exception as exc:  # symusic raises RuntimeError with a readable message
@@ -124,17 +128,31 @@ def load_tensor(
     path: str | PathLike[str],
     config: TensorConfig = TensorConfig(),
     max_seconds: float = MAX_SECONDS,
+    max_bytes: int = MAX_FILE_BYTES,
 ) -> Tensorized:
     """Read, check, parse and tensorize one file in this process."""
-    return tensorize_checked(load_score(path), config, path, max_seconds)
+    score = parse_bytes(read_bytes(path, max_bytes), path, max_bytes)
+    return tensorize_checked(score, config, path, max_seconds)
 
 
-def _safe_job(args: tuple[str, TensorConfig, float]) -> Tensorized | tuple[str, str]:
-    path, config, max_seconds = args
+LoadJob = tuple[str, TensorConfig, float, int]  # path, config, max_seconds, max_bytes
+
+
+def load_job(job: LoadJob) -> Tensorized | tuple[str, str]:
+    """:func:`load_tensor` for a worker process: a bad file comes back as (reason, detail)."""
     try:
-        return load_tensor(path, config, max_seconds)
+        return load_tensor(*job)
     except MidiError as exc:
         return (exc.reason, exc.detail)
+
+
+def failure_reason(outcome: Outcome) -> tuple[str, str]:
+    """(reason, detail) of a :func:`load_job` that gave no tensor: the file's own problem, or
+    its worker crashing, hanging or hitting a bug."""
+    if outcome.ok:
+        return outcome.value
+    kinds = {"crashed": CRASHED, "timeout": TIMEOUT}
+    return kinds.get(outcome.failure, INTERNAL_ERROR), outcome.error[:500]
 
 
 def safe_load(
@@ -143,21 +161,13 @@ def safe_load(
     *,
     timeout: float = 60.0,
     max_seconds: float = MAX_SECONDS,
+    max_bytes: int = MAX_FILE_BYTES,
 ) -> Tensorized:
     """:func:`load_tensor` in a child process, so that a parser crash or hang becomes a
     :class:`MidiError` (reason ``crashed`` or ``timeout``) instead of taking this process down."""
-    from harmonixr._pool import run_robust
-
     path = os.fspath(path)
-    jobs = [(path, config, max_seconds)]
-    (outcome,) = list(run_robust(_safe_job, jobs, workers=1, timeout=timeout))
+    jobs = [(path, config, max_seconds, max_bytes)]
+    (outcome,) = run_robust(load_job, jobs, workers=1, timeout=timeout)
     if outcome.ok and isinstance(outcome.value, Tensorized):
         return outcome.value
-    if outcome.ok:
-        reason, detail = outcome.value
-        raise MidiError(path, reason, detail)
-    if outcome.error.startswith("timed out"):
-        raise MidiError(path, TIMEOUT, outcome.error)
-    if "crashed" in outcome.error or "died" in outcome.error:
-        raise MidiError(path, CRASHED, outcome.error)
-    raise MidiError(path, PARSE_ERROR, outcome.error)
+    raise MidiError(path, *failure_reason(outcome))
