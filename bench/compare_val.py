@@ -25,7 +25,7 @@ from harmonixr.evaluate.baselines import HISTOGRAMS, fit_histogram_lr, histogram
 from harmonixr.model import ModelConfig, SiaViT, load
 from harmonixr.train.config import TrainConfig
 from harmonixr.train.module import validation_metrics
-from harmonixr.train.run import _val_data
+from harmonixr.train.run import make_val_data
 
 
 def crops(pieces: PieceSet, length: int) -> list[np.ndarray]:
@@ -57,7 +57,7 @@ def main() -> None:
         names = stored["composers"]
         train = PieceSet.from_cache(cache, [rows[i] for i in split["train"]], names)
         held = PieceSet.from_cache(cache, [rows[i] for i in split[args.set]], names)
-    val = _val_data(held, config)
+    val = make_val_data(held, config)
     if val is None:
         raise SystemExit(f"the {args.set} split has too few pieces or composers")
     held_crops = crops(held, config.crop_frames)

@@ -158,7 +158,9 @@ def info(
 def train(
     data: Annotated[Path, typer.Option("--data", "-d", help="Tensor cache from preprocess.")],
     run: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
-    preset: Annotated[str, typer.Option(help="Model preset: tiny|small|base.")] = "small",
+    preset: Annotated[
+        str | None, typer.Option(help="Model preset: tiny|small|base (default small).")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML with [train] and [model] tables.")
     ] = None,
@@ -204,8 +206,6 @@ def train(
     }
     settings.update({k: v for k, v in cli.items() if v is not None})
     settings.update({"data": str(data), "out": str(run)})
-    if "preset" in settings and config and preset == "small":
-        settings["preset"] = load_toml(config)[0].get("preset", "small")
     cfg = TrainConfig.from_dict(settings)
     run_dir = run_training(cfg, model_overrides=model, resume=resume)
     out.print(f"run: {run_dir}  (tensorboard --logdir {run_dir / 'tb'})")

@@ -64,27 +64,22 @@ class PieceSet:
         return len(self.tensors)
 
 
+def _window(arr: np.ndarray, start: int, length: int) -> tuple[np.ndarray, int]:
+    """``length`` frames from ``start``, zero-padded past the end; and the true length."""
+    out = np.zeros((length, *arr.shape[1:]), np.uint8)
+    part = arr[start : start + length]
+    out[: part.shape[0]] = part
+    return out, max(part.shape[0], 1)
+
+
 def random_crop(arr: np.ndarray, length: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """A random window of ``length`` frames (zero-padded when the piece is shorter)."""
-    n = arr.shape[0]
-    out = np.zeros((length, *arr.shape[1:]), np.uint8)
-    if n <= length:
-        out[:n] = arr
-        return out, max(n, 1)
-    start = int(rng.integers(0, n - length + 1))
-    out[:] = arr[start : start + length]
-    return out, length
+    spare = arr.shape[0] - length
+    return _window(arr, int(rng.integers(0, spare + 1)) if spare > 0 else 0, length)
 
 
 def centre_crop(arr: np.ndarray, length: int) -> tuple[np.ndarray, int]:
-    n = arr.shape[0]
-    out = np.zeros((length, *arr.shape[1:]), np.uint8)
-    if n <= length:
-        out[:n] = arr
-        return out, max(n, 1)
-    start = (n - length) // 2
-    out[:] = arr[start : start + length]
-    return out, length
+    return _window(arr, max(0, (arr.shape[0] - length) // 2), length)
 
 
 def to_model_input(x: torch.Tensor) -> torch.Tensor:

@@ -65,13 +65,6 @@ class ModelConfig:
             pc, octv = -(-pc // p), -(-octv // o)  # ceil mode
         return pc, octv
 
-    @property
-    def time_downsample(self) -> int:
-        factor = self.stem_time_stride
-        for _, _, t in (self.stem_pool, *self.pools):
-            factor *= t
-        return factor
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stages"] = list(self.stages)

@@ -25,8 +25,13 @@ def sinusoidal_positions(
     return table.to(dtype)
 
 
+def _ceil_div(lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """Frames left after a stride or pool of ``k`` (ceil mode)."""
+    return torch.div(lengths + k - 1, k, rounding_mode="floor")
+
+
 def _time_mask(lengths: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    """(B, 1, 1, 1, n) float mask of valid frames, or None when every frame is valid."""
+    """(B, 1, 1, 1, n) boolean mask of valid frames, or None when every frame is valid."""
     if lengths is None or bool((lengths >= n).all()):
         return None
     valid = torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
@@ -77,17 +82,6 @@ class SiaViT(nn.Module):
             nn.Linear(c.d_model, c.embed_dim),
         )
 
-    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Token counts after the stem and pools (ceil at each step)."""
-        out = torch.div(
-            lengths + self.config.stem_time_stride - 1,
-            self.config.stem_time_stride,
-            rounding_mode="floor",
-        )
-        for _, _, t in (self.config.stem_pool, *self.config.pools):
-            out = torch.div(out + t - 1, t, rounding_mode="floor")
-        return out
-
     def forward_features(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -98,7 +92,7 @@ class SiaViT(nn.Module):
         if extra:
             x = F.pad(x, (0, extra))
         if lengths is not None:
-            lengths = torch.div(lengths + ts - 1, ts, rounding_mode="floor").clamp(min=1)
+            lengths = _ceil_div(lengths, ts).clamp(min=1)
         h = F.gelu(self.stem_norm(self.stem(x)))
         mask = _time_mask(lengths, h.shape[-1])
         h, lengths, mask = self._pool(h, c.stem_pool, lengths, mask)
@@ -110,7 +104,7 @@ class SiaViT(nn.Module):
         tokens = h.permute(0, 4, 1, 2, 3).reshape(b, t, ch * pc * octv)
         tokens = self.proj(tokens)
         tokens = tokens + sinusoidal_positions(t, c.d_model, tokens.device, tokens.dtype)
-        valid = None if mask is None else mask[:, 0, 0, 0, :].bool()
+        valid = None if mask is None else mask[:, 0, 0, 0, :]
         tokens = self.transformer(tokens, src_key_padding_mask=None if valid is None else ~valid)
         return self.norm(tokens), valid
 
@@ -123,14 +117,14 @@ class SiaViT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Max-pool (ceil mode) where padding frames never win; lengths and mask follow."""
         if mask is not None:
-            h = h.masked_fill(~mask.bool(), float("-inf"))
+            h = h.masked_fill(~mask, float("-inf"))
         if pool != (1, 1, 1):
             h = F.max_pool3d(h, pool, pool, ceil_mode=True)
         if lengths is not None:
-            lengths = torch.div(lengths + pool[2] - 1, pool[2], rounding_mode="floor")
+            lengths = _ceil_div(lengths, pool[2])
         mask = _time_mask(lengths, h.shape[-1])
         if mask is not None:
-            h = torch.where(mask.bool(), h, torch.zeros((), dtype=h.dtype, device=h.device))
+            h = torch.where(mask, h, torch.zeros((), dtype=h.dtype, device=h.device))
         return h, lengths, mask
 
     @staticmethod

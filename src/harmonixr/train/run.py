@@ -58,11 +58,10 @@ class PairData(L.LightningDataModule):
     def _workers(self) -> int:
         if self.config.num_workers >= 0:
             return self.config.num_workers
-        return (
-            0
-            if self.trainer is None or self.trainer.accelerator.__class__.__name__.startswith("CPU")
-            else 4
-        )
+        from lightning.pytorch.accelerators import CPUAccelerator
+
+        on_cpu = self.trainer is None or isinstance(self.trainer.accelerator, CPUAccelerator)
+        return 0 if on_cpu else 4
 
     def train_dataloader(self) -> DataLoader:
         c, rank, world = self.config, self.trainer.global_rank, self.trainer.world_size
@@ -170,7 +169,7 @@ class DDPSyncCheck(L.Callback):
             )
 
 
-def _val_data(pieces: PieceSet, config: TrainConfig) -> ValData | None:
+def make_val_data(pieces: PieceSet, config: TrainConfig) -> ValData | None:
     if len(pieces) < 2 or len(np.unique(pieces.composers)) < 2:
         return None
     n, s = config.val_pairs, config.seed
@@ -262,7 +261,7 @@ def train(
             )
         )
 
-    val = _val_data(val_set, config)
+    val = make_val_data(val_set, config)
     module = SiameseModule(model_config, config, val)
     data = PairData(config, train_set, val)
 
