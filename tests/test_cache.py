@@ -174,3 +174,26 @@ def test_timeouts_are_recorded_then_retried(tmp_path):
         assert row.detail.startswith("timed out")
     again = preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
     assert (again.new, again.ok, dict(again.skipped)) == (1, 1, {})
+
+
+def test_same_corpus_with_1_or_2_workers_gives_the_same_split_and_pairs(tmp_path):
+    from midi_factory import synthetic_corpus
+
+    from harmonixr.data.pairs import make_pair_set
+    from harmonixr.data.splits import make_split
+
+    corpus = synthetic_corpus(tmp_path / "corpus", n_per=10, seconds=3.0)
+    results = []
+    for workers in (1, 2):
+        preprocess(corpus, tmp_path / f"cache{workers}", workers=workers)
+        with TensorCache(tmp_path / f"cache{workers}") as cache:
+            rows = cache.pieces()
+        assert [r.path for r in rows] == sorted(r.path for r in rows)
+        split = make_split(rows, "group", (0.6, 0.2, 0.2), seed=3)
+        names = {side: [rows[i].path for i in idx] for side, idx in split.items()}
+        comps = np.array([r.composer for r in rows])
+        groups = np.array([r.group for r in rows])
+        ps = make_pair_set(comps, groups, 20, "mixed", seed=5)
+        pairs = sorted((rows[i].path, rows[j].path) for i, j in zip(ps.i, ps.j, strict=True))
+        results.append((names, pairs))
+    assert results[0] == results[1]

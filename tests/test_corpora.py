@@ -124,3 +124,87 @@ def test_bad_source_and_format(tmp_path):
         read_corpus(tmp_path / "absent", format="folder")
     with pytest.raises(ValueError, match="not an ASAP folder"):
         read_corpus(tmp_path, format="asap")
+
+
+def _asap_like(root):
+    """An ASAP-like folder: repeat variants of one movement in separate folders, a prelude and a
+    fugue cut from one MAESTRO recording, a byte-identical performance in two folders."""
+    rows = [
+        # composer, title, folder, performance file, maestro recording
+        ("Beethoven", "Sonata_26-1", "Beethoven/Piano_Sonatas/26-1", "Lee01.mid", "r1"),
+        ("Beethoven", "Sonata_26-1", "Beethoven/Piano_Sonatas/26-1_no_repeat", "Kim02M.mid", ""),
+        ("Beethoven", "Sonata_24-1", "Beethoven/Piano_Sonatas/24-1", "Ann03.mid", ""),
+        ("Beethoven", "Sonata_24-1", "Beethoven/Piano_Sonatas/24-1_no_2_repeat", "Bo04.mid", ""),
+        ("Beethoven", "Sonata_24-1", "Beethoven/Piano_Sonatas/24-1_no_repeat", "Cy05.mid", ""),
+        ("Beethoven", "Sonata_18-2", "Beethoven/Piano_Sonatas/18-2", "Schmitt01.mid", ""),
+        ("Beethoven", "Sonata_18-2", "Beethoven/Piano_Sonatas/18-2_no_repeat", "Schmitt01.mid", ""),
+        ("Beethoven", "Sonata_26-2", "Beethoven/Piano_Sonatas/26-2", "Lee02.mid", "r1"),
+        ("Beethoven", "Sonata_1-1", "Beethoven/Piano_Sonatas/1-1", "Dee01.mid", ""),
+        ("Beethoven", "Sonata_2-1", "Beethoven/Piano_Sonatas/2-1", "Eve01.mid", ""),
+        ("Bach", "Prelude_846", "Bach/Prelude/bwv_846", "Shi05M.mid", "r2"),
+        ("Bach", "Fugue_846", "Bach/Fugue/bwv_846", "Shi06M.mid", "r2"),
+        ("Bach", "Fugue_848", "Bach/Fugue/bwv_848", "Den06.mid", "r3"),
+        ("Bach", "Fugue_850", "Bach/Fugue/bwv_850", "Fox01.mid", ""),
+        ("Bach", "Fugue_852", "Bach/Fugue/bwv_852", "Gil01.mid", ""),
+        ("Schumann", "Toccata", "Schumann/Toccata", "Hu01.mid", ""),
+        ("Schumann", "Toccata", "Schumann/Toccata_repeat", "Io01.mid", ""),
+        ("Schumann", "Kreisleriana_1", "Schumann/Kreisleriana/1", "Jo01.mid", "r4"),
+        ("Schumann", "Kreisleriana_1", "Schumann/Kreisleriana/1_no_first_repeat", "Ka01.mid", ""),
+        ("Schumann", "Kreisleriana_2", "Schumann/Kreisleriana/2", "Jo02.mid", "r4"),
+        ("Schumann", "Arabeske", "Schumann/Arabeske", "Lu01.mid", ""),
+    ]
+    lines = ["composer,title,folder,xml_score,midi_score,midi_performance,maestro_midi_performance"]
+    for i, (composer, title, folder, name, rec) in enumerate(rows):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        write_score(root / folder / name, [(0, 480 * (1 + i % 3), 60 + i % 12, 80)])
+        write_score(root / folder / "midi_score.mid", [(0, 480, 60, 80)])
+        maestro = f"{{maestro}}/2008/{rec}.midi" if rec else ""
+        lines.append(
+            f"{composer},{title},{folder},x,{folder}/midi_score.mid,{folder}/{name},{maestro}"
+        )
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_asap_groups_join_repeat_variants_and_shared_recordings(tmp_path):
+    from harmonixr.midi.corpora import asap_performer, asap_work
+
+    assert asap_work("Beethoven/Piano_Sonatas/24-1_no_2_repeat") == "Beethoven/Piano_Sonatas/24-1"
+    assert asap_work("Schumann/Toccata_repeat") == "Schumann/Toccata"
+    assert asap_work("Schumann/Kreisleriana/1_no_first_repeat") == "Schumann/Kreisleriana/1"
+    assert asap_performer("x/Shi05M.mid") == "Shi" and asap_performer("x/midi_score.mid") == ""
+    listing = read_corpus(_asap_like(tmp_path))
+    by_name = {p.path.split("/", len(str(tmp_path).split("/")))[-1]: p for p in listing.pieces}
+    g = {k: v.group for k, v in by_name.items()}
+    b = "Beethoven/Piano_Sonatas/"
+    assert g[b + "26-1/Lee01.mid"] == g[b + "26-1_no_repeat/Kim02M.mid"] == g[b + "26-2/Lee02.mid"]
+    assert len({g[b + f] for f in ("24-1/Ann03.mid", "24-1_no_2_repeat/Bo04.mid")}) == 1
+    assert g["Bach/Prelude/bwv_846/Shi05M.mid"] == g["Bach/Fugue/bwv_846/Shi06M.mid"]
+    assert g["Schumann/Kreisleriana/2/Jo02.mid"] == g["Schumann/Kreisleriana/1/Jo01.mid"]
+    assert g["Schumann/Toccata/Hu01.mid"] == g["Schumann/Toccata_repeat/Io01.mid"]
+    assert g["Bach/Fugue/bwv_850/Fox01.mid"] != g["Bach/Fugue/bwv_852/Gil01.mid"]
+    shi = by_name["Bach/Fugue/bwv_846/Shi06M.mid"]
+    assert shi.performer == "Shi" and shi.source.endswith("r2.midi")
+    assert shi.work == "Bach/Fugue/bwv_846"
+    # works: 26-1, 24-1, 18-2, 26-2, 1-1, 2-1, 846 P, 846 F, 848, 850, 852, Toccata, K1, K2, Arabeske
+    assert len({p.work for p in listing.pieces}) == 15
+    scores = read_corpus(tmp_path, include_scores=True)
+    score = next(p for p in scores.pieces if p.path.endswith("26-2/midi_score.mid"))
+    assert score.group == g[b + "26-1/Lee01.mid"] and score.performer == ""
+
+
+def test_asap_like_groups_never_straddle_a_split(tmp_path):
+    from harmonixr.data.splits import make_split
+
+    pieces = read_corpus(_asap_like(tmp_path), include_scores=True).pieces
+    for seed in range(20):
+        split = make_split(pieces, "group", (0.6, 0.2, 0.2), seed=seed)
+        side = {}
+        for name, idx in split.items():
+            for i in idx:
+                for key in (pieces[i].group, pieces[i].work, pieces[i].source or None):
+                    if key is not None:
+                        assert side.setdefault(key, name) == name, (seed, key)
+        # byte-identical performances (Schmitt01 in 18-2 and 18-2_no_repeat) share a side
+        schmitt = {n for n, idx in split.items() for i in idx if "Schmitt01" in pieces[i].path}
+        assert len(schmitt) == 1

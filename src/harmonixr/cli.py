@@ -137,7 +137,8 @@ def info(
         out.print_json(json.dumps(stats))
         return
     table = Table(
-        title=f"{cache}: {stats['pieces']} pieces, {stats['groups']} works, {stats['hours']:.2f} h"
+        title=f"{cache}: {stats['pieces']} pieces, {stats['works']} works "
+        f"({stats['groups']} split groups), {stats['hours']:.2f} h"
     )
     table.add_column("composer")
     table.add_column("pieces", justify="right")

@@ -49,7 +49,10 @@ CREATE TABLE IF NOT EXISTS pieces (
     status TEXT NOT NULL CHECK (status IN ('ok', 'skipped')),
     reason TEXT,
     detail TEXT,
-    tensor TEXT
+    tensor TEXT,
+    performer TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    work TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS pieces_sha ON pieces (sha256);
 CREATE INDEX IF NOT EXISTS pieces_composer ON pieces (composer);
@@ -78,6 +81,13 @@ class CachedPiece:
     reason: str | None
     detail: str | None
     tensor: str | None
+    performer: str = ""
+    source: str = ""
+    work: str = ""  # "" means the group is the work
+
+    @property
+    def work_id(self) -> str:
+        return self.work or self.group
 
 
 @dataclass
@@ -143,7 +153,16 @@ class TensorCache:
         if create:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(SCHEMA)
+        self._migrate()
         self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def _migrate(self) -> None:
+        """Caches made before performer/source/work existed get the columns (empty)."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(pieces)")}
+        for col in ("performer", "source", "work"):
+            if have and col not in have:
+                self.db.execute(f"ALTER TABLE pieces ADD COLUMN {col} TEXT NOT NULL DEFAULT ''")
+        self.db.commit()
 
     def close(self) -> None:
         self.db.close()
@@ -157,15 +176,19 @@ class TensorCache:
     # ------------------------------------------------------------ reading
 
     def rows(self, status: str | None = "ok") -> list[CachedPiece]:
+        """Rows ordered by path, a key that depends on the corpus alone (not on which worker
+        finished first), so splits and pair sets drawn from them depend only on the seed."""
         sql = (
             'SELECT id, path, sha256, composer, title, "group", n_frames, n_notes, '
-            "dropped_notes, duration_s, status, reason, detail, tensor FROM pieces"
+            "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work "
+            "FROM pieces"
         )
         args: tuple[Any, ...] = ()
         if status is not None:
             sql += " WHERE status = ?"
             args = (status,)
-        return [CachedPiece(*r) for r in self.db.execute(sql + " ORDER BY id", args)]
+        rows = [CachedPiece(*r) for r in self.db.execute(sql, args)]
+        return sorted(rows, key=lambda r: r.path)
 
     def pieces(self) -> list[CachedPiece]:
         return self.rows("ok")
@@ -187,14 +210,17 @@ class TensorCache:
             "SELECT reason, COUNT(*) FROM pieces WHERE status='skipped' GROUP BY reason "
             "ORDER BY COUNT(*) DESC"
         ).fetchall()
-        groups = self.db.execute(
-            "SELECT COUNT(DISTINCT \"group\") FROM pieces WHERE status='ok'"
-        ).fetchone()[0]
+        groups, works = self.db.execute(
+            "SELECT COUNT(DISTINCT \"group\"), "
+            "COUNT(DISTINCT CASE WHEN work != '' THEN work ELSE \"group\" END) "
+            "FROM pieces WHERE status='ok'"
+        ).fetchone()
         return {
             "root": str(self.root),
             "tensor_config": self.config.to_dict(),
             "pieces": sum(r[1] for r in per),
             "groups": groups,
+            "works": works,
             "hours": sum((r[2] or 0.0) for r in per) / 3600.0,
             "composers": [
                 {"composer": r[0], "pieces": r[1], "hours": (r[2] or 0.0) / 3600.0} for r in per
@@ -227,10 +253,11 @@ class TensorCache:
     def put_row(self, piece: Piece, sha: str | None, status: str, **values: Any) -> None:
         self.db.execute(
             'INSERT INTO pieces (path, sha256, composer, title, "group", n_frames, n_notes, '
-            "dropped_notes, duration_s, status, reason, detail, tensor) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, composer=excluded.composer, "
             'title=excluded.title, "group"=excluded."group", n_frames=excluded.n_frames, '
+            "performer=excluded.performer, source=excluded.source, work=excluded.work, "
             "n_notes=excluded.n_notes, dropped_notes=excluded.dropped_notes, "
             "duration_s=excluded.duration_s, status=excluded.status, reason=excluded.reason, "
             "detail=excluded.detail, tensor=excluded.tensor",
@@ -248,6 +275,9 @@ class TensorCache:
                 values.get("reason"),
                 values.get("detail"),
                 values.get("tensor"),
+                piece.performer,
+                piece.source,
+                piece.work,
             ),
         )
         self.db.commit()
@@ -379,11 +409,12 @@ def preprocess(
 
 
 def _refresh_labels(cache: TensorCache, piece: Piece) -> None:
+    labels = (piece.composer, piece.title, piece.group, piece.performer, piece.source, piece.work)
     cache.db.execute(  # committed once after the scan
-        'UPDATE pieces SET composer=?, title=?, "group"=? WHERE path=? AND '
-        '(composer!=? OR title!=? OR "group"!=?)',
-        (piece.composer, piece.title, piece.group, piece.path)
-        + (piece.composer, piece.title, piece.group),
+        'UPDATE pieces SET composer=?, title=?, "group"=?, performer=?, source=?, work=? '
+        'WHERE path=? AND (composer!=? OR title!=? OR "group"!=? OR performer!=? OR source!=? '
+        "OR work!=?)",
+        labels + (piece.path,) + labels,
     )
 
 

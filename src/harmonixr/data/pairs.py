@@ -242,7 +242,8 @@ def make_pair_set(
     composers: np.ndarray, groups: np.ndarray, n: int, kind: str, seed: int, name: str = ""
 ) -> PairSet:
     """``kind``: ``mixed`` (half same), ``same`` or ``different``. Same-composer pairs always
-    come from different works. Sampled without repeating a pair where possible."""
+    come from different works. Pairs are distinct: when fewer than asked exist, the set holds
+    all of them (so it can be smaller than ``n``)."""
     rng = np.random.default_rng(seed)
     composers, groups = np.asarray(composers), np.asarray(groups)
     m = composers.size
@@ -261,9 +262,9 @@ def make_pair_set(
         pool = pools[k]
         if pool.size == 0 or count == 0:
             continue
-        take = rng.choice(pool, size=count, replace=count > pool.size)
+        take = rng.choice(pool, size=min(count, pool.size), replace=False)
         chosen.append(take)
-        labels.append(np.full(count, 1 if k == "same" else 0))
+        labels.append(np.full(take.size, 1 if k == "same" else 0))
     if not chosen:
         return PairSet(name or kind, np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
     sel = np.concatenate(chosen)

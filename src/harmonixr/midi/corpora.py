@@ -21,6 +21,9 @@ class Piece:
     composer: str
     title: str
     group: str
+    performer: str = ""  # who played it, where the corpus says (ASAP); "" when unknown
+    source: str = ""  # the recording it was cut from, where the corpus says (ASAP); "" otherwise
+    work: str = ""  # the musical work when ``group`` joins several (ASAP); "" means ``group``
 
 
 @dataclass
@@ -86,34 +89,94 @@ def read_giantmidi(root: str | Path) -> Listing:
 
 # ---------------------------------------------------------------- ASAP
 
+_REPEAT_SUFFIX = re.compile(r"_(?:no_2_repeat|no_first_repeat|no_repeat|repeat)$")
+_PERFORMER = re.compile(r"^(.*?)\d")
+_REC = "\U0010ffffrec:"
+
+
+def asap_work(folder: str) -> str:
+    """ASAP's work of a folder: repeat variants (``26-1_no_repeat``, ``Toccata_repeat``) are
+    the same movement as ``26-1`` and ``Toccata``."""
+    return _REPEAT_SUFFIX.sub("", folder.strip("/"))
+
+
+def asap_performer(path: str) -> str:
+    """ASAP's performer code: the file name's prefix before its first digit (``Shi05M`` →
+    ``Shi``); "" for score MIDIs and names without digits."""
+    stem = Path(path).stem
+    if stem.startswith("midi_score"):
+        return ""
+    m = _PERFORMER.match(stem)
+    return m.group(1) if m and m.group(1) else ""
+
+
+class _Union:
+    """Union-find over names; each set is named by its smallest member (stable, seed-free)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, a: str) -> str:
+        self.parent.setdefault(a, a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            lo, hi = sorted((ra, rb))
+            self.parent[hi] = lo
+
 
 def read_asap(root: str | Path, include_scores: bool = False) -> Listing:
     """ASAP from ``metadata.csv``: one piece per performance; with ``include_scores`` also each
-    work's score MIDI (same group as its performances)."""
+    work's score MIDI.
+
+    The group is leak-free: the work (folder without its repeat suffix), joined with every work
+    cut from the same MAESTRO recording (a prelude and its fugue, a sonata's movements in one
+    recital share a performer, a piano and a recording session)."""
     root = Path(root)
     meta = root / "metadata.csv"
     if not meta.is_file():
         raise ValueError(f"{root}: no metadata.csv, so this is not an ASAP folder")
+    with meta.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    works = _Union()
+    for row in rows:
+        work = asap_work(row["folder"])
+        works.find(work)
+        rec = (row.get("maestro_midi_performance") or "").strip()
+        if rec:
+            works.union(work, _REC + rec)  # recording keys sort after every work name
     pieces, skipped = [], []
     seen_scores: set[str] = set()
-    with meta.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            composer, title, folder = nfc(row["composer"]), nfc(row["title"]), row["folder"]
-            perf = row.get("midi_performance", "")
-            if perf:
-                path = root / perf
-                if path.is_file():
-                    pieces.append(Piece(str(path), composer, title, folder))
-                else:
-                    skipped.append((str(path), "listed in metadata.csv but missing"))
-            score = row.get("midi_score", "")
-            if include_scores and score and score not in seen_scores:
-                seen_scores.add(score)
-                path = root / score
-                if path.is_file():
-                    pieces.append(Piece(str(path), composer, f"{title} (score)", folder))
-                else:
-                    skipped.append((str(path), "listed in metadata.csv but missing"))
+    for row in rows:
+        composer, title = nfc(row["composer"]), nfc(row["title"])
+        group = works.find(asap_work(row["folder"]))
+        perf = row.get("midi_performance", "")
+        if perf:
+            path = root / perf
+            if path.is_file():
+                rec = (row.get("maestro_midi_performance") or "").strip()
+                work = asap_work(row["folder"])
+                pieces.append(
+                    Piece(str(path), composer, title, group, asap_performer(perf), rec, work)
+                )
+            else:
+                skipped.append((str(path), "listed in metadata.csv but missing"))
+        score = row.get("midi_score", "")
+        if include_scores and score and score not in seen_scores:
+            seen_scores.add(score)
+            path = root / score
+            if path.is_file():
+                work = asap_work(row["folder"])
+                pieces.append(
+                    Piece(str(path), composer, f"{title} (score)", group, work=work)
+                )
+            else:
+                skipped.append((str(path), "listed in metadata.csv but missing"))
     return Listing(pieces, "asap", skipped)
 
 
@@ -146,8 +209,8 @@ def read_maestro(root: str | Path) -> Listing:
 
 
 def read_folder(root: str | Path, labels: str | Path | None = None) -> Listing:
-    """A folder of MIDI files labelled by ``labels`` (CSV: path, composer[, title, group]; paths
-    relative to the folder) or else by each file's parent folder name."""
+    """A folder of MIDI files labelled by ``labels`` (CSV: path, composer[, title, group,
+    performer, source]; paths relative to the folder) or else by each file's parent folder."""
     root = Path(root)
     pieces, skipped = [], []
     if labels is not None:
@@ -169,7 +232,9 @@ def read_folder(root: str | Path, labels: str | Path | None = None) -> Listing:
                     continue
                 title = nfc(row.get("title") or "") or path.stem
                 group = nfc(row.get("group") or "") or rel
-                pieces.append(Piece(str(path), composer, title, group))
+                performer = nfc(row.get("performer") or "")
+                source = nfc(row.get("source") or "")
+                pieces.append(Piece(str(path), composer, title, group, performer, source))
         return Listing(pieces, "folder", skipped)
     for p in _midi_files(root):
         if p.parent == root:
