@@ -211,7 +211,7 @@ class TensorCache:
             "ORDER BY COUNT(*) DESC"
         ).fetchall()
         groups, works = self.db.execute(
-            "SELECT COUNT(DISTINCT \"group\"), "
+            'SELECT COUNT(DISTINCT "group"), '
             "COUNT(DISTINCT CASE WHEN work != '' THEN work ELSE \"group\" END) "
             "FROM pieces WHERE status='ok'"
         ).fetchone()

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from harmonixr.data.cache import CachedPiece, TensorCache
+from harmonixr.model.embed import to_model_input  # noqa: F401  (re-exported)
 
 
 class LazyTensors(Sequence[np.ndarray]):
@@ -80,11 +81,6 @@ def random_crop(arr: np.ndarray, length: int, rng: np.random.Generator) -> tuple
 
 def centre_crop(arr: np.ndarray, length: int) -> tuple[np.ndarray, int]:
     return _window(arr, max(0, (arr.shape[0] - length) // 2), length)
-
-
-def to_model_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, L, 12, 6)`` → float ``(B, 1, 12, 6, L)`` in [0, 1]."""
-    return x.permute(0, 2, 3, 1).unsqueeze(1).float().div_(127.0)
 
 
 def multiplicative_noise(x: torch.Tensor, sigma: float, generator=None) -> torch.Tensor:

@@ -172,9 +172,7 @@ def read_asap(root: str | Path, include_scores: bool = False) -> Listing:
             path = root / score
             if path.is_file():
                 work = asap_work(row["folder"])
-                pieces.append(
-                    Piece(str(path), composer, f"{title} (score)", group, work=work)
-                )
+                pieces.append(Piece(str(path), composer, f"{title} (score)", group, work=work))
             else:
                 skipped.append((str(path), "listed in metadata.csv but missing"))
     return Listing(pieces, "asap", skipped)

@@ -1,0 +1,109 @@
+"""Whole-piece embeddings (DESIGN §7, §10): the mean of the embeddings of overlapping crops
+covering the piece, weighted by each crop's valid frames, then renormalised.
+
+Works on ``uint8 (T, 12, 6)`` arrays (the cache's tensors), so evaluation, pictures and search
+share one definition. Crops from many pieces are batched together; a piece shorter than the crop
+is one padded crop whose padding the encoder masks out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harmonixr.model.encoder import SiaViT
+
+
+def to_model_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, L, 12, 6)`` → float ``(B, 1, 12, 6, L)`` in [0, 1]."""
+    return x.permute(0, 2, 3, 1).unsqueeze(1).float().div_(127.0)
+
+
+def crop_starts(n_frames: int, crop: int, hop: int) -> list[int]:
+    """Start frames of windows of ``crop`` frames every ``hop`` frames that cover all
+    ``n_frames``; the last window ends at the piece's end (so no window is mostly padding)."""
+    if crop < 1 or hop < 1:
+        raise ValueError(f"crop and hop must be positive, got {crop}, {hop}")
+    if n_frames <= crop:
+        return [0]
+    starts = list(range(0, n_frames - crop + 1, hop))
+    if starts[-1] + crop < n_frames:
+        starts.append(n_frames - crop)
+    return starts
+
+
+@dataclass(frozen=True)
+class Window:
+    piece: int  # index into the input sequence
+    start: int  # first frame
+    valid: int  # frames of music in the window (≤ crop)
+
+
+def piece_windows(tensors: Sequence[np.ndarray], crop: int, hop: int) -> list[Window]:
+    out = []
+    for i, t in enumerate(tensors):
+        n = int(t.shape[0])
+        for s in crop_starts(n, crop, hop):
+            out.append(Window(i, s, max(1, min(crop, n - s))))
+    return out
+
+
+def _batches(
+    tensors: Sequence[np.ndarray], windows: Sequence[Window], crop: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, slice]]:
+    for b0 in range(0, len(windows), batch_size):
+        chunk = windows[b0 : b0 + batch_size]
+        x = np.zeros((len(chunk), crop, 12, 6), np.uint8)
+        for k, w in enumerate(chunk):
+            part = tensors[w.piece][w.start : w.start + crop]
+            x[k, : part.shape[0]] = part
+        yield x, np.array([w.valid for w in chunk]), slice(b0, b0 + len(chunk))
+
+
+@torch.inference_mode()
+def embed_windows(
+    encoder: SiaViT,
+    tensors: Sequence[np.ndarray],
+    windows: Sequence[Window],
+    crop: int,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """``(len(windows), D)`` float32 L2-normalised embeddings of the given windows."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = np.zeros((len(windows), encoder.config.embed_dim), np.float32)
+    for x, valid, sl in _batches(tensors, windows, crop, batch_size):
+        xt = to_model_input(torch.from_numpy(x).to(device))
+        lengths = torch.from_numpy(valid).to(device)
+        out[sl] = encoder(xt, lengths).float().cpu().numpy()
+    return out
+
+
+def pool_windows(z: np.ndarray, windows: Sequence[Window], n_pieces: int) -> np.ndarray:
+    """Valid-frame-weighted mean of window embeddings per piece, renormalised, ``(N, D)``."""
+    owner = np.array([w.piece for w in windows], np.int64)
+    weight = np.array([w.valid for w in windows], np.float64)
+    acc = np.zeros((n_pieces, z.shape[1]), np.float64)
+    np.add.at(acc, owner, z.astype(np.float64) * weight[:, None])
+    norm = np.linalg.norm(acc, axis=1, keepdims=True)
+    return (acc / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def embed_pieces(
+    encoder: SiaViT,
+    tensors: Sequence[np.ndarray],
+    crop: int,
+    hop: int | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """``(N, D)`` float32 whole-piece embeddings (see the module docstring). ``hop`` defaults
+    to half a crop."""
+    hop = hop or max(1, crop // 2)
+    windows = piece_windows(tensors, crop, hop)
+    if not windows:
+        return np.zeros((0, encoder.config.embed_dim), np.float32)
+    z = embed_windows(encoder, tensors, windows, crop, batch_size)
+    return pool_windows(z, windows, len(tensors))
