@@ -186,7 +186,7 @@ def test_asap_groups_join_repeat_variants_and_shared_recordings(tmp_path):
     shi = by_name["Bach/Fugue/bwv_846/Shi06M.mid"]
     assert shi.performer == "Shi" and shi.source.endswith("r2.midi")
     assert shi.work == "Bach/Fugue/bwv_846"
-    # works: 26-1, 24-1, 18-2, 26-2, 1-1, 2-1, 846 P, 846 F, 848, 850, 852, Toccata, K1, K2, Arabeske
+    # 26-1 24-1 18-2 26-2 1-1 2-1, 846 P+F, 848 850 852, Toccata, Kreisleriana 1+2, Arabeske
     assert len({p.work for p in listing.pieces}) == 15
     scores = read_corpus(tmp_path, include_scores=True)
     score = next(p for p in scores.pieces if p.path.endswith("26-2/midi_score.mid"))
