@@ -129,3 +129,45 @@ def test_ddp_two_cpu_processes_stay_identical(cache, tmp_path):
     sync = json.loads((out / "ddp_sync.json").read_text())
     assert sync["world_size"] == 2 and sync["step"] == 4
     assert sync["max_abs_diff"] == 0.0
+
+
+def test_time_stretch_keeps_music_in_the_valid_frames_and_lengths_follow():
+    import torch
+
+    from harmonixr.train.module import time_stretch, velocity_gain
+
+    torch.manual_seed(0)
+    x = torch.zeros(6, 1, 12, 6, 40)
+    lengths = torch.tensor([40, 20, 10, 1, 40, 33])
+    for k, n in enumerate(lengths.tolist()):
+        x[k, 0, k % 12, 2, :n] = torch.linspace(0.1, 1.0, n)
+    y, new = time_stretch(x, lengths, 0.3)
+    assert y.shape == x.shape
+    assert ((new >= 1) & (new <= 40)).all()
+    for k in range(6):
+        m = int(new[k])
+        assert (y[k, ..., m:] == 0).all()  # nothing past the new length
+        row = y[k, 0, k % 12, 2, :m]
+        assert (row > 0).all() and (torch.diff(row) >= 0).all()  # order kept, no gaps
+        assert abs(m - round(int(lengths[k]) * (m / int(lengths[k])))) <= 1
+    same, n_same = time_stretch(x, lengths, 0.0)
+    assert torch.equal(same, x) and torch.equal(n_same, lengths)  # a = 0: identity
+    g = velocity_gain(torch.full((200, 1, 2, 2, 3), 0.5), 0.4)
+    per_crop = g.flatten(1)
+    assert torch.equal(per_crop.min(1).values, per_crop.max(1).values)  # one gain per crop
+    assert 0.5 * 0.67 - 1e-3 < per_crop.min() and per_crop.max() < 0.5 * 1.50
+
+
+def test_ema_and_augmented_training_runs_and_exports_last(cache, tmp_path):
+    cfg = _config(
+        cache,
+        tmp_path / "run",
+        loss="supcon",
+        max_steps=6,
+        steps_per_epoch=3,
+        velocity_gain=0.4,
+        time_stretch=0.2,
+        ema=0.9,
+    )
+    run = train(cfg)
+    assert weights_info(run)["step"] == 6  # the last weights, not the best validation's

@@ -212,6 +212,47 @@ def train(
     out.print(f"run: {run_dir}  (tensorboard --logdir {run_dir / 'tb'})")
 
 
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run directory made by train.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Tensor cache (default: the run's).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="test | val | unseen-composer (a run trained with that split).")
+    ] = "test",
+    scores: Annotated[
+        Path | None,
+        typer.Option(help="Cache with score MIDIs (ASAP --scores): the score-MIDI control."),
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples over groups.")] = 1000,
+    weights: Annotated[
+        Path | None, typer.Option(help="Weights file to evaluate instead of the run's.")
+    ] = None,
+    no_baselines: Annotated[
+        bool, typer.Option("--no-baselines", help="Only the model.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
+) -> None:
+    """Evaluate a run against baselines: RUN/eval/SPLIT/report.{json,md}, roc/det/distances.png."""
+    from harmonixr.evaluate.report import evaluate_run
+
+    report = evaluate_run(
+        run,
+        data=data,
+        split=split,
+        scores=scores,
+        resamples=resamples,
+        baselines=not no_baselines,
+        weights=weights,
+        progress=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+    )
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    out.print((Path(report["out"]) / "report.md").read_text(), markup=False, highlight=False)
+
+
 def main() -> None:
     """Entry point: library errors become one readable line and exit code 1."""
     try:

@@ -1,9 +1,8 @@
 """Simple, strong-enough baselines on the same tensors the model sees (DESIGN §7).
 
 Each turns a ``uint8 (T, 12, 6)`` tensor into an L1-normalised histogram; pieces are compared by
-the Euclidean distance of the L2-normalised histograms (equivalent to cosine). ``fit_histogram_lr``
-trains a logistic regression on the concatenated histograms and uses its class probabilities as
-embeddings.
+the cosine of their histograms (optionally square-rooted first). ``fit_lr`` trains a logistic
+regression on the concatenated histograms; its class probabilities p are compared by p·q.
 """
 
 from __future__ import annotations
@@ -58,38 +57,65 @@ def polyphony_histogram(t: np.ndarray) -> np.ndarray:
     return _l1(np.bincount(n, minlength=MAX_POLYPHONY + 1).astype(np.float64))
 
 
+def pc_transition_histogram(t: np.ndarray) -> np.ndarray:
+    """Pitch-class transitions between consecutive onset frames: every pitch class starting in
+    one onset frame to every pitch class starting in the next, (144,) = 12 × 12."""
+    on = onsets(t)  # (T, 72), k = 12·octave + pitch class
+    frames = np.flatnonzero(on.any(axis=1))
+    hist = np.zeros((12, 12))
+    if frames.size < 2:
+        return hist.ravel()
+    pcs = on[frames].reshape(frames.size, 6, 12).any(axis=1).astype(np.float64)  # (F, 12)
+    hist += pcs[:-1].T @ pcs[1:]
+    return _l1(hist.ravel())
+
+
 HISTOGRAMS = {
     "pitch_class": pitch_class_histogram,
     "note": note_histogram,
     "interval": interval_histogram,
     "polyphony": polyphony_histogram,
+    "pc_transition": pc_transition_histogram,
 }
+TRANSFORMS = ("raw", "sqrt")  # sqrt: cosine of square roots = Bhattacharyya similarity
+LR_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
-def histogram_embeddings(tensors: Sequence[np.ndarray], kind: str) -> np.ndarray:
-    """(N, D) L2-normalised histograms of one kind."""
-    fn = HISTOGRAMS[kind]
-    h = np.stack([fn(t) for t in tensors])
+def normalise_rows(h: np.ndarray, transform: str = "raw") -> np.ndarray:
+    """L2-normalised rows, after an optional element-wise square root."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    h = np.sqrt(np.maximum(h, 0.0)) if transform == "sqrt" else np.asarray(h, np.float64)
     norm = np.linalg.norm(h, axis=1, keepdims=True)
     return h / np.where(norm > 0, norm, 1.0)
+
+
+def histogram_embeddings(
+    tensors: Sequence[np.ndarray], kind: str, transform: str = "raw"
+) -> np.ndarray:
+    """(N, D) L2-normalised histograms of one kind."""
+    fn = HISTOGRAMS[kind]
+    return normalise_rows(np.stack([fn(t) for t in tensors]), transform)
+
+
+def histogram_table(tensors: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every histogram kind of every tensor, unnormalised rows: {kind: (N, D_kind)}."""
+    out: dict[str, list[np.ndarray]] = {k: [] for k in HISTOGRAMS}
+    for t in tensors:
+        for k, fn in HISTOGRAMS.items():
+            out[k].append(fn(t))
+    return {k: np.stack(v) if v else np.zeros((0, 1)) for k, v in out.items()}
 
 
 def all_histograms(tensors: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([np.concatenate([fn(t) for fn in HISTOGRAMS.values()]) for t in tensors])
 
 
-def fit_histogram_lr(train_tensors: Sequence[np.ndarray], train_labels: np.ndarray, seed: int = 0):
-    """A logistic regression on the four histograms; returns ``embed(tensors) -> probs``."""
+def fit_lr(features: np.ndarray, labels: np.ndarray, c: float, seed: int = 0):
+    """Standardised features → multinomial logistic regression (returns the pipeline)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(
-        StandardScaler(), LogisticRegression(max_iter=2000, C=0.5, random_state=seed)
-    )
-    model.fit(all_histograms(train_tensors), train_labels)
-
-    def embed(tensors: Sequence[np.ndarray]) -> np.ndarray:
-        return model.predict_proba(all_histograms(tensors))
-
-    return embed
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
+    return model.fit(features, labels)

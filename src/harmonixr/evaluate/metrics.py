@@ -1,6 +1,8 @@
-"""Pure numpy metrics for pair verification (mir_eval's shape: arrays in, floats out).
+"""Pure numpy metrics (mir_eval's shape: arrays in, floats out).
 
-Convention: a pair is predicted *same composer* when its distance is **below** the threshold.
+Verification convention: a pair is predicted *same composer* when its distance is **below** the
+threshold; scores for ROC are ``-distance`` (closer = more likely the same composer). Metrics that
+need both classes raise ``ValueError`` when one is missing rather than return a number.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ def _check(d: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if d.shape != y.shape:
         raise ValueError(f"{d.size} distances but {y.size} labels")
     return d, y
+
+
+def _both_classes(y: np.ndarray, what: str) -> None:
+    if y.all() or not y.any():
+        kind = "same-composer" if not y.any() else "different-composer"
+        raise ValueError(f"{what} needs both classes, but there are no {kind} pairs")
 
 
 def accuracy_at(d: np.ndarray, y: np.ndarray, threshold: float) -> float:
@@ -43,11 +51,117 @@ def best_threshold(d: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(cands[i]), float(correct[i] / d.size)
 
 
-def roc_auc(d: np.ndarray, y: np.ndarray) -> float:
-    """ROC AUC with score −d (closer = more likely same). NaN when one class is missing."""
+def roc_auc(d: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """ROC AUC with score −d (ties count half). Raises when one class is missing."""
     d, y = _check(d, y)
-    if y.all() or not y.any():
-        return float("nan")
+    _both_classes(y, "ROC AUC")
     from sklearn.metrics import roc_auc_score
 
-    return float(roc_auc_score(y, -d))
+    return float(roc_auc_score(y, -d, sample_weight=weights))
+
+
+def roc_curve(d: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, distance threshold) over all thresholds; a
+    pair counts as predicted same when ``d <= threshold``."""
+    d, y = _check(d, y)
+    _both_classes(y, "a ROC curve")
+    from sklearn.metrics import roc_curve as sk_roc
+
+    fpr, tpr, thr = sk_roc(y, -d, drop_intermediate=False)
+    return fpr, tpr, -thr
+
+
+def equal_error_rate(d: np.ndarray, y: np.ndarray) -> float:
+    """The error rate where false accepts equal false rejects (FPR = 1 − TPR), interpolated
+    linearly between the two ROC points that bracket the crossing."""
+    fpr, tpr, _ = roc_curve(d, y)
+    fnr = 1.0 - tpr
+    diff = fpr - fnr  # rises from −1 to +1 along the curve
+    k = int(np.flatnonzero(diff >= 0)[0])
+    if k == 0 or diff[k] == 0:
+        return float(fpr[k])
+    # crossing between points k-1 and k
+    a = diff[k - 1] / (diff[k - 1] - diff[k])
+    return float(fpr[k - 1] + a * (fpr[k] - fpr[k - 1]))
+
+
+def tpr_at_fpr(d: np.ndarray, y: np.ndarray, max_fpr: float = 0.01) -> float:
+    """The highest true positive rate at a threshold whose false positive rate ≤ ``max_fpr``."""
+    fpr, tpr, _ = roc_curve(d, y)
+    ok = fpr <= max_fpr + 1e-12
+    return float(tpr[ok].max())
+
+
+def det_curve(d: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, false negative rate) over all thresholds."""
+    fpr, tpr, _ = roc_curve(d, y)
+    return fpr, 1.0 - tpr
+
+
+# ------------------------------------------------------------------ attribution
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of rows whose true label is among the ``k`` highest scores (ties broken by the
+    lower class index, deterministically)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
+    if scores.ndim != 2 or scores.shape[0] != labels.size:
+        raise ValueError(f"scores {scores.shape} do not match {labels.size} labels")
+    if scores.shape[0] == 0:
+        raise ValueError("no rows to score")
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean((order == labels[:, None]).any(axis=1)))
+
+
+def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``labels``."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    classes = np.unique(labels)
+    if classes.size == 0:
+        raise ValueError("no labels")
+    return float(np.mean([np.mean(pred[labels == c] == c) for c in classes]))
+
+
+def macro_f1(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Unweighted mean F1 over the classes present in ``labels`` (a class never predicted has
+    F1 0)."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    classes = np.unique(labels)
+    f1s = []
+    for c in classes:
+        tp = np.sum((pred == c) & (labels == c))
+        fp = np.sum((pred == c) & (labels != c))
+        fn = np.sum((pred != c) & (labels == c))
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s))
+
+
+# ------------------------------------------------------------------ retrieval
+
+
+def average_precision(relevant_sorted: np.ndarray) -> float:
+    """AP of one ranked list given as relevance booleans in rank order (NaN when none)."""
+    rel = np.asarray(relevant_sorted, bool)
+    if not rel.any():
+        return float("nan")
+    hits = np.cumsum(rel)
+    return float(np.sum(hits[rel] / (np.flatnonzero(rel) + 1)) / rel.sum())
+
+
+def retrieval_scores(
+    sim: np.ndarray, relevant: np.ndarray, allowed: np.ndarray, k: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: average precision and precision@k, ranking the ``allowed`` items of each row
+    by similarity (descending; ties keep index order). Rows with nothing relevant give NaN."""
+    sim, relevant, allowed = np.asarray(sim), np.asarray(relevant, bool), np.asarray(allowed, bool)
+    aps, pks = np.full(sim.shape[0], np.nan), np.full(sim.shape[0], np.nan)
+    for q in range(sim.shape[0]):
+        cand = np.flatnonzero(allowed[q])
+        if cand.size == 0:
+            continue
+        order = cand[np.argsort(-sim[q, cand], kind="stable")]
+        rel = relevant[q, order]
+        if rel.any():
+            aps[q] = average_precision(rel)
+            pks[q] = float(rel[:k].sum()) / min(k, rel.size)
+    return aps, pks

@@ -29,6 +29,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     noise_sigma: float = 0.1
+    velocity_gain: float = 0.0  # a: each crop's velocities × g, log g ~ U(−a, a) (recording level)
+    time_stretch: float = 0.0  # a: each crop played f× slower, log f ~ U(−a, a) (tempo)
+    ema: float = 0.0  # > 0: validate and export an exponential moving average of the weights
+    export: str = "last"  # model.safetensors: the last weights, or "best" by validation AUC
     balanced: bool = False
     p_same: float = 0.5
     margin_floor: float = 0.5
@@ -60,6 +64,12 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "devices", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.export not in ("last", "best"):
+            raise ValueError(f"export must be 'last' or 'best', got {self.export!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if self.velocity_gain < 0 or self.time_stretch < 0:
+            raise ValueError("velocity_gain and time_stretch must be ≥ 0")
         if self.crop_seconds <= 0 or self.lr <= 0:
             raise ValueError("crop_seconds and lr must be positive")
         if self.loss == "supcon" and self.batch_size < 2 * 2:

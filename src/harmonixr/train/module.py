@@ -53,7 +53,12 @@ class SiameseModule(L.LightningModule):
     def _embed(self, x: torch.Tensor, lengths: torch.Tensor, train: bool) -> torch.Tensor:
         x = to_model_input(x)
         if train:
-            x = multiplicative_noise(x, self.config.noise_sigma)
+            c = self.config
+            if c.time_stretch > 0:
+                x, lengths = time_stretch(x, lengths, c.time_stretch)
+            if c.velocity_gain > 0:
+                x = velocity_gain(x, c.velocity_gain)
+            x = multiplicative_noise(x, c.noise_sigma)
         return self.encoder(x, lengths)
 
     def on_train_epoch_start(self) -> None:
@@ -124,6 +129,36 @@ class SiameseModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def _log_uniform(n: int, a: float, device: torch.device) -> torch.Tensor:
+    return torch.exp((torch.rand(n, device=device) * 2 - 1) * a)
+
+
+def velocity_gain(x: torch.Tensor, a: float) -> torch.Tensor:
+    """Each crop's values × g, log g ~ U(−a, a), clipped to [0, 1]: a recording's or a piano's
+    loudness calibration is not the composer's."""
+    g = _log_uniform(x.shape[0], a, x.device).view(-1, *([1] * (x.dim() - 1)))
+    return (x * g).clamp_(0.0, 1.0)
+
+
+def time_stretch(
+    x: torch.Tensor, lengths: torch.Tensor, a: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each crop ``(B, 1, 12, 6, L)`` resampled in time by f, log f ~ U(−a, a) (f > 1 slower),
+    nearest-frame, then cut or zero-padded back to L frames; lengths follow."""
+    b, n = x.shape[0], x.shape[-1]
+    f = _log_uniform(b, a, x.device)
+    out = torch.zeros_like(x)
+    new_len = torch.empty_like(lengths)
+    frames = torch.arange(n, device=x.device, dtype=torch.float32)
+    for k in range(b):
+        valid = int(lengths[k])
+        m = max(1, min(n, int(round(valid * float(f[k])))))
+        src = (frames[:m] / float(f[k])).long().clamp_(max=max(valid - 1, 0))
+        out[k, ..., :m] = x[k, ..., src]
+        new_len[k] = m
+    return out, new_len
+
+
 def _masked_mean(d: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
     return d[sel].mean() if bool(sel.any()) else torch.tensor(float("nan"), device=d.device)
 
@@ -147,7 +182,8 @@ def validation_metrics(emb: np.ndarray, val: ValData, static_margin: float) -> d
         d = dist(ps)
         out[f"acc_{ps.name}"] = accuracy_at(d, ps.y, thr) if np.isfinite(thr) else float("nan")
         if ps.name == "mixed":
-            out["auc"] = roc_auc(d, ps.y)
+            both = 0 < int(ps.y.sum()) < len(ps)
+            out["auc"] = roc_auc(d, ps.y) if both else float("nan")
             out["loss_static"] = float(
                 contrastive_loss(torch.from_numpy(d), torch.from_numpy(ps.y), static_margin)
             )

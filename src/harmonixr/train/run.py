@@ -95,7 +95,7 @@ class ExportBest(L.Callback):
         self.run_dir, self.best = run_dir, float("-inf")
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or module.config.export != "best":
             return
         auc = trainer.callback_metrics.get("val/auc")
         if auc is None or not trainer.is_global_zero:
@@ -278,6 +278,11 @@ def train(
     at_val = ModelCheckpoint(dirpath=ckpt_dir, filename="val-{step}", save_top_k=1)
     interactive = sys.stderr.isatty()
     cbs: list[L.Callback] = [every, at_val, ExportBest(run_dir), DDPSyncCheck(run_dir)]
+    if config.ema > 0:
+        from lightning.pytorch.callbacks import WeightAveraging
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        cbs.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config.ema)))
     if interactive:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -318,12 +323,15 @@ def train(
             ckpt_path=str(last) if resume and last else None,
             weights_only=True if resume else None,
         )
-    if trainer.is_global_zero and not (run_dir / WEIGHTS).is_file():
+    if trainer.is_global_zero and (config.export == "last" or not (run_dir / WEIGHTS).is_file()):
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+        }
         save_weights(
             module.encoder,
             run_dir / WEIGHTS,
             step=trainer.global_step,
             epoch=trainer.current_epoch,
-            metrics={},
+            metrics=metrics,
         )
     return run_dir

@@ -1,0 +1,287 @@
+"""The evaluation protocols (DESIGN §7) on whole-piece embeddings of one method.
+
+Every method (the model, an untrained model, each baseline) is an embedding per piece; two
+pieces are compared by the inner product of their embeddings (cosine for normalised ones) and
+``distance = 1 − similarity``. Choices (threshold, probe regularisation) use the validation side
+only; the held-out side (test, or val with ``--split val``) is only measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harmonixr.data.pairs import make_pair_set
+from harmonixr.evaluate.bootstrap import bootstrap_interval
+from harmonixr.evaluate.metrics import (
+    accuracy_at,
+    balanced_accuracy,
+    best_threshold,
+    equal_error_rate,
+    macro_f1,
+    retrieval_scores,
+    roc_auc,
+    topk_accuracy,
+    tpr_at_fpr,
+)
+
+PROBE_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+TPR_FPR = 0.01
+
+
+@dataclass
+class Side:
+    """The pieces of one split side and their embeddings for one method."""
+
+    emb: np.ndarray  # (N, D)
+    composer: np.ndarray  # (N,) str
+    group: np.ndarray  # (N,) str, the leak-free unit
+    work: np.ndarray  # (N,) str
+    performer: np.ndarray  # (N,) str, "" unknown
+
+    def __len__(self) -> int:
+        return int(self.emb.shape[0])
+
+
+@dataclass
+class Settings:
+    seed: int = 0
+    pairs: int = 1000  # per seed-protocol pair set
+    resamples: int = 1000
+    k: int = 10
+
+
+@dataclass
+class Curves:
+    """What the pictures need: all-pairs distances and labels, and the seed threshold."""
+
+    d: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    y: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    threshold: float = float("nan")
+
+
+def cross_pairs(side: Side) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i < j) of pieces from different groups."""
+    ii, jj = np.triu_indices(len(side), k=1)
+    keep = side.group[ii] != side.group[jj]
+    return ii[keep], jj[keep]
+
+
+def _sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("nd,nd->n", a, b)
+
+
+def _auc_with_interval(
+    d: np.ndarray, y: np.ndarray, gi: np.ndarray, gj: np.ndarray, groups: np.ndarray, s: Settings
+) -> tuple[float, float, float]:
+    """AUC and its bootstrap interval over groups: a pair's weight is the product of its two
+    pieces' group multiplicities in the resample."""
+    auc = roc_auc(d, y)
+    lo, hi = bootstrap_interval(
+        lambda w: roc_auc(d, y, weights=w[gi] * w[gj]) if (w[gi] * w[gj]).any() else np.nan,
+        groups,
+        s.resamples,
+        s.seed,
+    )
+    return auc, lo, hi
+
+
+def verification(held: Side, s: Settings, prefix: str = "verify") -> tuple[dict, Curves]:
+    """All pairs of held-out pieces from different groups: AUC (95% interval), EER, TPR at 1%
+    FPR."""
+    i, j = cross_pairs(held)
+    y = held.composer[i] == held.composer[j]
+    d = 1.0 - _sim(held.emb[i], held.emb[j])
+    out: dict[str, float] = {f"{prefix}_pairs": float(y.size), f"{prefix}_same": float(y.sum())}
+    if 0 < y.sum() < y.size:
+        auc, lo, hi = _auc_with_interval(d, y, i, j, held.group, s)
+        out.update(
+            {
+                f"{prefix}_auc": auc,
+                f"{prefix}_auc_lo": lo,
+                f"{prefix}_auc_hi": hi,
+                f"{prefix}_eer": equal_error_rate(d, y),
+                f"{prefix}_tpr_at_1fpr": tpr_at_fpr(d, y, TPR_FPR),
+            }
+        )
+    return out, Curves(d, y)
+
+
+def different_performer(held: Side, s: Settings) -> dict[str, float]:
+    """The confound control: verification over pairs whose performers are both known and
+    differ (a model that hears the pianist gains nothing here)."""
+    i, j = cross_pairs(held)
+    known = (held.performer[i] != "") & (held.performer[j] != "")
+    y_all = held.composer[i] == held.composer[j]
+    same_perf = known & (held.performer[i] == held.performer[j])
+    out = {
+        "conf_same_performer_share": float(same_perf[y_all].mean()) if y_all.any() else np.nan,
+    }
+    keep = known & ~same_perf
+    if not keep.any():
+        return out
+    i, j = i[keep], j[keep]
+    y = held.composer[i] == held.composer[j]
+    d = 1.0 - _sim(held.emb[i], held.emb[j])
+    out["conf_diff_performer_pairs"] = float(y.size)
+    if 0 < y.sum() < y.size:
+        auc, lo, hi = _auc_with_interval(d, y, i, j, held.group, s)
+        out.update(
+            {
+                "conf_diff_performer_auc": auc,
+                "conf_diff_performer_auc_lo": lo,
+                "conf_diff_performer_auc_hi": hi,
+            }
+        )
+    return out
+
+
+def seed_protocol(val: Side, held: Side, s: Settings) -> tuple[dict[str, float], float]:
+    """The original project's scheme on whole pieces: a pseudo-validation mixed pair set of the
+    *validation* side picks the threshold; mixed / same / different pair sets of the held-out
+    side report accuracy there (distinct pairs; same-composer pairs from different groups)."""
+    out: dict[str, float] = {}
+    pseudo = make_pair_set(val.composer, val.group, s.pairs, "mixed", s.seed + 201, "pseudo")
+    if not (0 < pseudo.y.sum() < len(pseudo)):
+        return out, float("nan")
+    thr, _ = best_threshold(1.0 - _sim(val.emb[pseudo.i], val.emb[pseudo.j]), pseudo.y)
+    out["seed_threshold"] = thr
+    for k, kind in enumerate(("mixed", "same", "different")):
+        ps = make_pair_set(held.composer, held.group, s.pairs, kind, s.seed + 202 + k, kind)
+        if len(ps):
+            d = 1.0 - _sim(held.emb[ps.i], held.emb[ps.j])
+            out[f"seed_acc_{kind}"] = accuracy_at(d, ps.y, thr)
+            out[f"seed_pairs_{kind}"] = float(len(ps))
+    return out, thr
+
+
+def _centroids(side: Side, names: Sequence[str]) -> np.ndarray:
+    c = np.stack([side.emb[side.composer == n].mean(axis=0) for n in names])
+    norm = np.linalg.norm(c, axis=1, keepdims=True)
+    return c / np.where(norm > 0, norm, 1.0)
+
+
+def _attribution_metrics(
+    scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, prefix: str, s: Settings
+) -> dict[str, float]:
+    pred = scores.argmax(axis=1)
+    correct = (pred == labels).astype(np.float64)
+    lo, hi = bootstrap_interval(
+        lambda w: float(np.sum(w * correct) / w.sum()) if w.sum() > 0 else np.nan,
+        groups,
+        s.resamples,
+        s.seed,
+    )
+    out = {
+        f"{prefix}_top1": topk_accuracy(scores, labels, 1),
+        f"{prefix}_top1_lo": lo,
+        f"{prefix}_top1_hi": hi,
+        f"{prefix}_balanced_acc": balanced_accuracy(pred, labels),
+        f"{prefix}_macro_f1": macro_f1(pred, labels),
+    }
+    for k in (3, 5):
+        out[f"{prefix}_top{k}"] = topk_accuracy(scores, labels, min(k, scores.shape[1]))
+    return out
+
+
+def attribution(train: Side, val: Side, held: Side, s: Settings) -> dict[str, float]:
+    """Composer centroids of the training side; top-1/3/5, balanced accuracy and macro-F1 on
+    held-out pieces by composers seen in training. Also a logistic-regression probe on the
+    embeddings whose C is chosen by validation top-1."""
+    names = sorted(set(train.composer.tolist()))
+    index = {n: k for k, n in enumerate(names)}
+    seen = np.array([c in index for c in held.composer])
+    out: dict[str, float] = {"attr_pieces": float(seen.sum()), "attr_composers": len(names)}
+    if not seen.any():
+        return out
+    labels = np.array([index[c] for c in held.composer[seen]])
+    groups = held.group[seen]
+    cent = _centroids(train, names)
+    out.update(_attribution_metrics(held.emb[seen] @ cent.T, labels, groups, "attr", s))
+    out.update(_probe(train, val, held, seen, labels, names, s))
+    return out
+
+
+def _probe(
+    train: Side,
+    val: Side,
+    held: Side,
+    seen: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    s: Settings,
+) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    index = {n: k for k, n in enumerate(names)}
+    y_train = np.array([index[c] for c in train.composer])
+    vseen = np.array([c in index for c in val.composer])
+    if len(np.unique(y_train)) < 2 or not vseen.any():
+        return {}
+    y_val = np.array([index[c] for c in val.composer[vseen]])
+
+    def fit(c: float) -> LogisticRegression:
+        return LogisticRegression(C=c, max_iter=3000, random_state=s.seed).fit(train.emb, y_train)
+
+    def full(model: LogisticRegression, x: np.ndarray) -> np.ndarray:
+        p = np.zeros((x.shape[0], len(names)))
+        p[:, model.classes_] = model.predict_proba(x)
+        return p
+
+    best = max(PROBE_CS, key=lambda c: (np.mean(full(fit(c), val.emb[vseen]).argmax(1) == y_val)))
+    model = fit(best)
+    out = _attribution_metrics(full(model, held.emb[seen]), labels, held.group[seen], "probe", s)
+    out["probe_C"] = best
+    return out
+
+
+def retrieval(held: Side, s: Settings) -> dict[str, float]:
+    """Each held-out piece queries the other held-out pieces of other groups: same-composer mAP
+    and precision@k (interval: queries resampled by group). Same-work recall@1: for pieces whose
+    work has another rendition, is the nearest other piece one of them?"""
+    sim = held.emb @ held.emb.T
+    other_group = held.group[:, None] != held.group[None, :]
+    relevant = held.composer[:, None] == held.composer[None, :]
+    aps, pks = retrieval_scores(sim, relevant, other_group, s.k)
+    ok = np.isfinite(aps)
+    out: dict[str, float] = {}
+    if ok.any():
+        lo, hi = bootstrap_interval(
+            lambda w: float(np.sum(w[ok] * aps[ok]) / w[ok].sum()) if w[ok].sum() else np.nan,
+            held.group,
+            s.resamples,
+            s.seed,
+        )
+        out.update(
+            {"retr_map": float(aps[ok].mean()), "retr_map_lo": lo, "retr_map_hi": hi}
+        )
+        out[f"retr_p{s.k}"] = float(pks[ok].mean())
+    n = len(held)
+    not_self = ~np.eye(n, dtype=bool)
+    same_work = (held.work[:, None] == held.work[None, :]) & not_self
+    has = same_work.any(axis=1)
+    out["retr_work_queries"] = float(has.sum())
+    if has.any():
+        masked = np.where(not_self, sim, -np.inf)
+        nearest = masked.argmax(axis=1)
+        out["retr_work_r1"] = float(np.mean(same_work[np.flatnonzero(has), nearest[has]]))
+    return out
+
+
+def evaluate_method(
+    train: Side, val: Side, held: Side, s: Settings, scores: Side | None = None
+) -> tuple[dict[str, float], Curves]:
+    """Every protocol for one method's embeddings; ``scores``: held-out works' score MIDIs."""
+    out, curves = verification(held, s)
+    out.update(different_performer(held, s))
+    seed, thr = seed_protocol(val, held, s)
+    out.update(seed)
+    curves.threshold = thr
+    out.update(attribution(train, val, held, s))
+    out.update(retrieval(held, s))
+    if scores is not None and len(scores) >= 2:
+        sc, _ = verification(scores, s, prefix="conf_score")
+        out.update(sc)
+    return out, curves
