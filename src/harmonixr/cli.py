@@ -229,9 +229,7 @@ def evaluate(
     weights: Annotated[
         Path | None, typer.Option(help="Weights file to evaluate instead of the run's.")
     ] = None,
-    no_baselines: Annotated[
-        bool, typer.Option("--no-baselines", help="Only the model.")
-    ] = False,
+    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Only the model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
 ) -> None:
     """Evaluate a run against baselines: RUN/eval/SPLIT/report.{json,md}, roc/det/distances.png."""

@@ -117,5 +117,7 @@ def fit_lr(features: np.ndarray, labels: np.ndarray, c: float, seed: int = 0):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
+    model = make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed)
+    )
     return model.fit(features, labels)

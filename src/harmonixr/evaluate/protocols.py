@@ -79,12 +79,14 @@ def _auc_with_interval(
     """AUC and its bootstrap interval over groups: a pair's weight is the product of its two
     pieces' group multiplicities in the resample."""
     auc = roc_auc(d, y)
-    lo, hi = bootstrap_interval(
-        lambda w: roc_auc(d, y, weights=w[gi] * w[gj]) if (w[gi] * w[gj]).any() else np.nan,
-        groups,
-        s.resamples,
-        s.seed,
-    )
+
+    def stat(w: np.ndarray) -> float:
+        pw = w[gi] * w[gj]
+        if not (pw[y].any() and pw[~y].any()):
+            return float("nan")  # a resample without one of the classes
+        return roc_auc(d, y, weights=pw)
+
+    lo, hi = bootstrap_interval(stat, groups, s.resamples, s.seed)
     return auc, lo, hi
 
 
@@ -230,7 +232,7 @@ def _probe(
         p[:, model.classes_] = model.predict_proba(x)
         return p
 
-    best = max(PROBE_CS, key=lambda c: (np.mean(full(fit(c), val.emb[vseen]).argmax(1) == y_val)))
+    best = max(PROBE_CS, key=lambda c: np.mean(full(fit(c), val.emb[vseen]).argmax(1) == y_val))
     model = fit(best)
     out = _attribution_metrics(full(model, held.emb[seen]), labels, held.group[seen], "probe", s)
     out["probe_C"] = best
@@ -254,9 +256,7 @@ def retrieval(held: Side, s: Settings) -> dict[str, float]:
             s.resamples,
             s.seed,
         )
-        out.update(
-            {"retr_map": float(aps[ok].mean()), "retr_map_lo": lo, "retr_map_hi": hi}
-        )
+        out.update({"retr_map": float(aps[ok].mean()), "retr_map_lo": lo, "retr_map_hi": hi})
         out[f"retr_p{s.k}"] = float(pks[ok].mean())
     n = len(held)
     not_self = ~np.eye(n, dtype=bool)

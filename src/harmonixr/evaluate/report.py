@@ -36,9 +36,7 @@ def resolve_data(run: Path, stored: str, data: str | Path | None) -> Path:
     for cand in (Path(stored), run / stored):
         if (cand / "cache.sqlite").is_file():
             return cand
-    raise ValueError(
-        f"{run}: its cache {stored!r} is not found from here; pass --data CACHE"
-    )
+    raise ValueError(f"{run}: its cache {stored!r} is not found from here; pass --data CACHE")
 
 
 def _side(rows: Sequence[CachedPiece], emb: np.ndarray) -> Side:
@@ -124,7 +122,9 @@ def evaluate_run(
                     r for r in sc.pieces() if r.performer == "" and r.group in held_groups
                 ]
                 score_tensors = [sc.load(r, mmap=False) for r in rows["scores"]]
-        tensors = {k: [cache.load(r, mmap=False) for r in v] for k, v in rows.items() if k != "scores"}
+        tensors = {
+            k: [cache.load(r, mmap=False) for r in v] for k, v in rows.items() if k != "scores"
+        }
     if scores is not None:
         tensors["scores"] = score_tensors
     data_sides = _Sides(rows, tensors)
@@ -238,8 +238,14 @@ HEADLINE = [
     ("conf_score_auc", "AUC score MIDIs"),
     ("val_verify_auc", "val AUC"),
 ]
-INTERVALS = ("verify_auc", "attr_top1", "probe_top1", "retr_map", "conf_diff_performer_auc",
-             "conf_score_auc")
+INTERVALS = (
+    "verify_auc",
+    "attr_top1",
+    "probe_top1",
+    "retr_map",
+    "conf_diff_performer_auc",
+    "conf_score_auc",
+)
 
 
 def _fmt(m: dict[str, float | None], key: str) -> str:
@@ -257,8 +263,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     methods = report["methods"]
     model = methods.get(MODEL, {})
     lines = [
-        f"# Evaluation of `{report['run']}` on its {report['held_side']} side "
-        f"({report['split']})",
+        f"# Evaluation of `{report['run']}` on its {report['held_side']} side ({report['split']})",
         "",
         f"Pieces: train {report['pieces']['train']}, val {report['pieces']['val']}, held-out "
         f"{report['pieces']['held']} in {report['groups']['held']} groups"

@@ -324,9 +324,7 @@ def train(
             weights_only=True if resume else None,
         )
     if trainer.is_global_zero and (config.export == "last" or not (run_dir / WEIGHTS).is_file()):
-        metrics = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
-        }
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         save_weights(
             module.encoder,
             run_dir / WEIGHTS,

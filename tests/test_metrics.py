@@ -1,0 +1,122 @@
+"""Evaluation metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harmonixr.evaluate.bootstrap import bootstrap_interval, group_resamples
+from harmonixr.evaluate.metrics import (
+    accuracy_at,
+    average_precision,
+    balanced_accuracy,
+    best_threshold,
+    det_curve,
+    equal_error_rate,
+    macro_f1,
+    retrieval_scores,
+    roc_auc,
+    topk_accuracy,
+    tpr_at_fpr,
+)
+
+# same-composer pairs (y = 1) should have small distances
+D = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+Y = np.array([1, 1, 0, 1, 0, 0])
+
+
+def test_auc_counts_ordered_pairs_and_half_ties():
+    # positives 0.1 0.2 0.4, negatives 0.3 0.5 0.6: 8 of 9 (pos, neg) orders right
+    assert roc_auc(D, Y) == pytest.approx(8 / 9)
+    assert roc_auc(np.array([0.1, 0.9]), np.array([1, 0])) == 1.0  # perfect
+    assert roc_auc(np.array([0.9, 0.1]), np.array([1, 0])) == 0.0  # inverted
+    assert roc_auc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5  # tie counts half
+    with pytest.raises(ValueError, match="same-composer"):
+        roc_auc(D, np.zeros(6))
+    with pytest.raises(ValueError, match="different-composer"):
+        roc_auc(D, np.ones(6))
+
+
+def test_weighted_auc_equals_auc_of_repeated_pairs():
+    w = np.array([2, 1, 1, 3, 1, 2])
+    rep = np.repeat(np.arange(6), w)
+    assert roc_auc(D, Y, weights=w) == pytest.approx(roc_auc(D[rep], Y[rep]))
+
+
+def test_threshold_accuracy_eer_tpr():
+    thr, acc = best_threshold(D, Y)
+    # 0.25 and 0.45 both get 5 of 6 right; ties go to the smaller threshold
+    assert acc == pytest.approx(5 / 6) and thr == pytest.approx(0.25)
+    assert accuracy_at(D, Y, 0.45) == pytest.approx(5 / 6)
+    # ROC points (FPR, TPR): (0,0) (0,1/3) (0,2/3) (1/3,2/3) (1/3,1) (2/3,1) (1,1)
+    # FNR − FPR changes sign between (0, 2/3) [FNR 1/3 > FPR 0] and (1/3, 2/3) [FNR 1/3 = FPR 1/3]
+    assert equal_error_rate(D, Y) == pytest.approx(1 / 3)
+    assert tpr_at_fpr(D, Y, 0.0) == pytest.approx(2 / 3)
+    assert tpr_at_fpr(D, Y, 0.34) == pytest.approx(1.0)
+    fpr, fnr = det_curve(D, Y)
+    assert fpr[0] == 0 and fnr[-1] == 0
+    # perfect separation: EER 0, TPR@1%FPR 1
+    assert equal_error_rate(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0])) == 0.0
+    assert tpr_at_fpr(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0])) == 1.0
+
+
+def test_eer_interpolates_between_roc_points():
+    # inverted: the negative is closer. ROC (0,0) (1,0) (1,1); FNR = 1 until FPR = 1: EER 1
+    assert equal_error_rate(np.array([0.1, 0.2]), np.array([0, 1])) == pytest.approx(1.0)
+    # two positives, two negatives interleaved: d 0.1+ 0.2− 0.3+ 0.4−
+    # ROC (0,0) (0,.5) (.5,.5) (.5,1) (1,1): FNR − FPR = 1, .5, 0 → EER exactly 0.5
+    d, y = np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 0, 1, 0])
+    assert equal_error_rate(d, y) == pytest.approx(0.5)
+
+
+def test_attribution_metrics():
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.1, 0.3, 0.6]])
+    labels = np.array([0, 1, 1, 0])
+    assert topk_accuracy(scores, labels, 1) == 0.5
+    assert topk_accuracy(scores, labels, 2) == 0.75
+    assert topk_accuracy(scores, labels, 3) == 1.0
+    pred = scores.argmax(1)  # 0 1 0 2
+    assert balanced_accuracy(pred, labels) == pytest.approx((1 / 2 + 1 / 2) / 2)
+    # class 0: tp 1, fp 1, fn 1 → 0.5; class 1: tp 1, fp 0, fn 1 → 2/3
+    assert macro_f1(pred, labels) == pytest.approx((0.5 + 2 / 3) / 2)
+    with pytest.raises(ValueError):
+        topk_accuracy(scores, labels[:2], 1)
+
+
+def test_average_precision_and_retrieval():
+    assert average_precision(np.array([1, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(average_precision(np.array([0, 0])))
+    sim = np.array(
+        [[1.0, 0.9, 0.1, 0.5], [0.9, 1.0, 0.2, 0.3], [0.1, 0.2, 1, 0.8], [0.5, 0.3, 0.8, 1]]
+    )
+    comp = np.array([0, 0, 1, 1])
+    relevant = comp[:, None] == comp[None, :]
+    allowed = ~np.eye(4, dtype=bool)
+    aps, pks = retrieval_scores(sim, relevant, allowed, k=1)
+    # query 0 ranks 1 (rel), 3, 2 → AP 1; query 3 ranks 2 (rel), 0, 1 → AP 1
+    np.testing.assert_allclose(aps, [1, 1, 1, 1])
+    np.testing.assert_allclose(pks, [1, 1, 1, 1])
+    allowed[0, 1] = False  # query 0 may not see its only relevant item
+    aps, _ = retrieval_scores(sim, relevant, allowed, k=1)
+    assert np.isnan(aps[0])
+
+
+def test_group_bootstrap_is_seeded_and_resamples_whole_groups():
+    groups = np.array(["a", "a", "b", "c", "c", "c"])
+    counts = group_resamples(groups, n=50, seed=1)
+    assert counts.shape == (50, 3) and (counts.sum(axis=1) == 3).all()
+    np.testing.assert_array_equal(counts, group_resamples(groups, n=50, seed=1))
+    seen = []
+
+    def stat(w):
+        seen.append(w.copy())
+        return float(w.sum())
+
+    a = bootstrap_interval(stat, groups, n=200, seed=3)
+    b = bootstrap_interval(lambda w: float(w.sum()), groups, n=200, seed=3)
+    assert a == b
+    for w in seen:  # pieces of one group always share a weight
+        assert w[0] == w[1] and w[3] == w[4] == w[5]
+    values = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    lo, hi = bootstrap_interval(lambda w: float(w @ values / w.sum()), groups, n=500, seed=0)
+    assert 0 <= lo < 5 / 6 < hi <= 1
