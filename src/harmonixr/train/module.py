@@ -147,16 +147,15 @@ def time_stretch(
     nearest-frame, then cut or zero-padded back to L frames; lengths follow."""
     b, n = x.shape[0], x.shape[-1]
     f = _log_uniform(b, a, x.device)
-    out = torch.zeros_like(x)
-    new_len = torch.empty_like(lengths)
+    valid = lengths.to(x.device).clamp(min=1)
+    new_len = (valid.float() * f).round().long().clamp_(1, n)
     frames = torch.arange(n, device=x.device, dtype=torch.float32)
-    for k in range(b):
-        valid = int(lengths[k])
-        m = max(1, min(n, int(round(valid * float(f[k])))))
-        src = (frames[:m] / float(f[k])).long().clamp_(max=max(valid - 1, 0))
-        out[k, ..., :m] = x[k, ..., src]
-        new_len[k] = m
-    return out, new_len
+    src = (frames[None, :] / f[:, None]).long()
+    src = torch.minimum(src, (valid - 1)[:, None])  # (B, n)
+    out = x.gather(-1, src.view(b, 1, 1, 1, n).expand_as(x))
+    keep = frames[None, :] < new_len[:, None]
+    out = out * keep.view(b, 1, 1, 1, n).to(out.dtype)
+    return out, new_len.to(lengths.dtype)
 
 
 def _masked_mean(d: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
