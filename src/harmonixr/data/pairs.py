@@ -52,7 +52,7 @@ class PieceSet:
         label = {c: i for i, c in enumerate(names)}
         group_ids: dict[str, int] = {}
         return cls(
-            tensors=LazyTensors([str(cache.root / r.tensor) for r in rows]),
+            tensors=LazyTensors([str(cache.tensor_file(r)) for r in rows]),
             composers=np.array([label[r.composer] for r in rows], np.int64),
             groups=np.array(
                 [group_ids.setdefault(r.group, len(group_ids)) for r in rows], np.int64
