@@ -112,9 +112,10 @@ class MaskedBatchNorm3d(nn.BatchNorm3d):
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
         self.num_batches_tracked.add_(1)
-        # momentum None: a cumulative moving average, as BatchNorm does
-        n = float(self.num_batches_tracked)
-        factor = 1.0 / n if self.momentum is None else self.momentum
+        # momentum None: a cumulative moving average, as BatchNorm does (reads the count
+        # back from the device only then)
+        momentum = self.momentum
+        factor = momentum if momentum is not None else 1.0 / float(self.num_batches_tracked)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
 
