@@ -137,7 +137,7 @@ def test_overlapping_notes_of_one_pitch_take_max():
 
 
 # a child process, its address space capped so that a regression fails instead of exhausting
-# the machine; it reports the reason and its own peak resident memory
+# the machine; it reports the reason and its own peak resident memory (VmHWM)
 _DENSE_CHILD = """
 import json, resource, sys
 cap = 1536 << 20
@@ -150,7 +150,12 @@ except MidiError as exc:
     reason = exc.reason
 except MemoryError:
     reason = "MemoryError"
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:  # this process image's own peak (ru_maxrss can inherit the parent's across exec)
+    status = open("/proc/self/status").read()
+    peak = int(status.split("VmHWM:")[1].split()[0]) * 1024
+except OSError:
+    scale = 1 if sys.platform == "darwin" else 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 print(json.dumps({"reason": reason, "peak": peak}))
 """
 
