@@ -14,7 +14,7 @@ from rich.table import Table
 
 app = typer.Typer(
     name="harmonixr",
-    help="MIDI → composer-aware embeddings: preprocess a corpus, inspect it, train SiaViT.",
+    help="MIDI → composer-aware embeddings: preprocess a corpus, train SiaViT, evaluate it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

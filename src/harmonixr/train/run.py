@@ -68,9 +68,9 @@ def _warn_without_validation(val: ValData | None, val_set: PieceSet, config: Tra
     msg = (
         f"{config.out}: the validation split ({n} pieces, {composers} composers) holds no two "
         "pieces by one composer from different works, so validation AUC and threshold cannot "
-        "be computed and model.safetensors will hold the last weights, not the best. Give "
-        "validation more of the corpus (a --config TOML with [train] split_fractions = "
-        "[0.7, 0.2, 0.1]) or use a corpus with several works per composer."
+        "be computed (and export='best' has nothing to choose by; the last weights are "
+        "written). Give validation more of the corpus (a --config TOML with [train] "
+        "split_fractions = [0.7, 0.2, 0.1]) or use a corpus with several works per composer."
     )
     warnings.warn(msg, NoValidationWarning, stacklevel=3)
 
