@@ -246,14 +246,13 @@ def train(
     ckpt_dir = run_dir / "checkpoints"
     last = last_checkpoint(ckpt_dir)
     saved = run_dir / "config.json"
-    stored_train: TrainConfig | None = None
     if resume:
         if last is None:
             raise ValueError(f"{run_dir}: nothing to resume (no checkpoints)")
         stored = stored_run(run_dir)
-        stored_train = TrainConfig.from_dict(stored["train"])
         model_config = ModelConfig.from_dict(stored["model"])
-        check_resume(stored_train, config, saved, model_config, model_overrides)
+        recorded = TrainConfig.from_dict(stored["train"])
+        check_resume(recorded, config, saved, model_config, model_overrides)
     else:
         if last is not None:
             raise ValueError(f"{run_dir}: already holds a run; pass --resume or use another --out")
