@@ -8,6 +8,10 @@ CACHE   ?= cache/$(notdir $(DATA))
 RUN     ?= runs/$(notdir $(DATA))
 WORKERS ?= 2
 TRAIN_ARGS ?=
+# TORCH_INDEX: the package index torch is installed from, passed to pip as --index-url. Empty
+# (the default): pip's usual index (PyPI's build for this platform; on Linux x86-64 the CUDA one).
+# CPU only: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: install preprocess info train demo test lint format clean reinstall bench
 
@@ -16,7 +20,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

@@ -2,10 +2,11 @@
 
     python bench/preprocess.py [FOLDER] [--sample N] [--workers 2]
 
-FOLDER defaults to ../shared/data/asap when present (with its score MIDIs), else the built-in
-corpus. Per file (medians): (a) symusic's bare parse, (b) Harmonixr's parse + tensorize,
-(c) pretty_midi (PrettyMIDI + get_piano_roll(fs=20) folded to 12×6). Then (d) `harmonixr
-preprocess` end to end into an empty cache, its peak memory summed over its process tree.
+FOLDER is a corpus folder (e.g. a clone of ASAP, see README "Getting the data"; its score MIDIs
+are included), by default the built-in corpus. Per file (medians): (a) symusic's bare parse,
+(b) Harmonixr's parse + tensorize, (c) pretty_midi (PrettyMIDI + get_piano_roll(fs=20) folded
+to 12×6). Then (d) `harmonixr preprocess` end to end into an empty cache, its peak memory summed
+over its process tree.
 Goals (issue #3): (c)/(b) ≥ 30, (b)/(a) ≤ 5, Σ(c)/(d) ≥ 10, peak < 1 GiB.
 """
 
@@ -20,7 +21,6 @@ import tempfile
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -75,8 +75,7 @@ def _peak_rss(proc: subprocess.Popen, stop: threading.Event, out: list[int]) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = Path(__file__).resolve().parents[1] / "../shared/data/asap"
-    ap.add_argument("folder", nargs="?", default=str(default) if default.is_dir() else "builtin")
+    ap.add_argument("folder", nargs="?", default="builtin", help="corpus folder or 'builtin'")
     ap.add_argument("--sample", type=int, default=0, help="time (a)-(c) on N files (0: all)")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()

@@ -77,3 +77,29 @@ def synthetic_corpus(root: Path, n_per: int = 12, seconds: float = 30.0, seed: i
                 t += step_s * float(rng.uniform(0.7, 1.3))
             write_score(root / composer / f"{composer.lower()}{i:02d}.mid", notes)
     return root
+
+
+def make_multitrack(
+    parts: Iterable[tuple[Iterable[tuple[int, int, int, int]], Iterable[tuple[int, int]], bool]],
+    *,
+    tempos: Iterable[tuple[int, float]] = ((0, 120.0),),
+) -> symusic.Score:
+    """A score with one track per part: (notes, pedals, is_drum), as in :func:`make_score`."""
+    score = symusic.Score(TPQ)
+    for tick, qpm in tempos:
+        score.tempos.append(symusic.Tempo(tick, qpm=qpm))
+    for k, (notes, pedals, is_drum) in enumerate(parts):
+        track = symusic.Track(name=f"part{k}", program=0, is_drum=is_drum)
+        for start, dur, pitch, vel in notes:
+            track.notes.append(symusic.Note(start, dur, pitch, vel))
+        for tick, value in pedals:
+            track.controls.append(symusic.ControlChange(tick, 64, value))
+        score.tracks.append(track)
+    return score
+
+
+def write_dense(path: Path, n_notes: int = 3000, seconds: float = 3.9 * 3600) -> Path:
+    """A hostile file: a few kilobytes of ``n_notes`` notes that each last ``seconds``."""
+    ticks = round(seconds * 2 * TPQ)  # 120 bpm
+    notes = [(i, ticks, 29 + i % 72, 100) for i in range(n_notes)]
+    return write_score(path, notes)

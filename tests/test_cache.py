@@ -62,11 +62,68 @@ def test_identical_files_stored_once_and_rerun_skips(tmp_path):
     src.mkdir(parents=True)
     _good(src / "x.mid")
     (src / "copy.mid").write_bytes((src / "x.mid").read_bytes())
-    first = preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
-    assert first.ok == 2
-    assert len(list((tmp_path / "cache" / "tensors").rglob("*.npy"))) == 1
+    (src / "copy2.mid").write_bytes((src / "x.mid").read_bytes())
+    _good(src / "other.mid", pitch=40)
+    first = preprocess(tmp_path / "c", tmp_path / "cache", workers=2)
+    assert (first.ok, first.new, first.reused, first.already) == (4, 2, 2, 0)
+    assert len(list((tmp_path / "cache" / "tensors").rglob("*.npy"))) == 2
+    with TensorCache(tmp_path / "cache") as cache:
+        rows = {r.path.rsplit("/", 1)[1]: r for r in cache.rows()}
+    assert rows["x.mid"].tensor == rows["copy.mid"].tensor == rows["copy2.mid"].tensor
+    assert rows["copy2.mid"].n_frames == rows["x.mid"].n_frames
     again = preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
-    assert (again.already, again.new, again.ok) == (2, 0, 2)
+    assert (again.already, again.new, again.reused, again.ok) == (4, 0, 0, 4)
+    (src / "late_copy.mid").write_bytes((src / "x.mid").read_bytes())
+    third = preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
+    assert (third.already, third.new, third.reused, third.ok) == (4, 0, 1, 5)
+
+
+def test_identical_bad_files_share_their_reason(tmp_path):
+    src = tmp_path / "c" / "A"
+    src.mkdir(parents=True)
+    _good(src / "x.mid")
+    (src / "bad1.mid").write_text("not midi")
+    (src / "bad2.mid").write_text("not midi")
+    summary = preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
+    assert (summary.new, summary.reused, dict(summary.skipped)) == (1, 1, {"not_midi": 2})
+
+
+def test_tensor_paths_outside_the_cache_are_refused(tmp_path):
+    src = tmp_path / "c" / "A"
+    src.mkdir(parents=True)
+    _good(src / "x.mid")
+    _good(src / "y.mid", pitch=40)
+    preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
+    secret = tmp_path / "secret.npy"
+    np.save(secret, np.zeros((3, 12, 6), np.uint8))
+    db = sqlite3.connect(tmp_path / "cache" / "cache.sqlite")
+    db.execute("UPDATE pieces SET tensor = ? WHERE path LIKE '%x.mid'", ("../secret.npy",))
+    db.execute("UPDATE pieces SET tensor = ? WHERE path LIKE '%y.mid'", (str(secret),))
+    db.commit()
+    db.close()
+    from harmonixr.data.pairs import PieceSet
+
+    with TensorCache(tmp_path / "cache") as cache:
+        for row in cache.rows():
+            with pytest.raises(ValueError, match="outside") as info:
+                cache.load(row)
+            assert "cache.sqlite" in str(info.value) and row.path in str(info.value)
+        with pytest.raises(ValueError, match="outside"):
+            PieceSet.from_cache(cache, cache.rows(), ["A"])
+
+
+def test_dense_file_is_skipped_as_too_dense(tmp_path):
+    from midi_factory import write_dense
+
+    src = tmp_path / "c" / "A"
+    src.mkdir(parents=True)
+    _good(src / "x.mid")
+    write_dense(src / "dense.mid", n_notes=3000, seconds=3.9 * 3600)
+    summary = preprocess(tmp_path / "c", tmp_path / "cache", workers=1)
+    assert (summary.ok, dict(summary.skipped)) == (1, {"too_dense": 1})
+    with TensorCache(tmp_path / "cache") as cache:
+        (row,) = cache.rows(status="skipped")
+    assert row.path.endswith("dense.mid") and "note-frames" in row.detail
 
 
 def _corpus(root, n=160):

@@ -17,6 +17,7 @@ from harmonixr.data.pairs import (
     make_pair_set,
     multiplicative_noise,
     random_crop,
+    shared_positive_rate,
     to_model_input,
 )
 from harmonixr.data.splits import load_split, make_split, save_split
@@ -99,6 +100,48 @@ def test_composer_batches_are_p_by_k():
     b = ds[0]
     assert b["x"].shape == (12, 20, 12, 6)
     assert sorted(np.bincount(b["label"].numpy(), minlength=4).tolist()) == [0, 4, 4, 4]
+
+
+def _uneven_works():
+    """Composers with 1, 2, 3, 4 and 6 works, three performances of each work."""
+    tensors, comps, groups = [], [], []
+    for c, works in enumerate((1, 2, 3, 4, 6)):
+        for w in range(works):
+            for _ in range(3):
+                tensors.append(np.zeros((30, 12, 6), np.uint8))
+                comps.append(c)
+                groups.append(c * 100 + w)
+    return PieceSet(tensors, np.array(comps), np.array(groups), [f"C{c}" for c in range(5)], [])
+
+
+def test_supcon_positives_never_share_a_work():
+    ps = _uneven_works()
+    ds = ComposerBatchDataset(ps, crop=10, p=3, k=4, seed=0)
+    crops = np.zeros(5)
+    for b in range(200):
+        picks, labels = ds.indices(b)
+        assert len(picks) == 12  # the batch is always full
+        labels_t, groups_t = torch.tensor(labels), torch.from_numpy(ps.groups[picks])
+        assert shared_positive_rate(labels_t, groups_t) == 0.0
+        per = np.bincount(labels, minlength=5)
+        assert per[0] <= 1 and per[1] <= 2 and per[2] <= 3 and per.max() <= 4
+        crops += per
+    # drawn in proportion to the works each can offer: weights 1, 2, 3, 4, 4
+    share = crops / crops.sum()
+    assert share[0] < share[1] < share[2] < share[3]
+    assert abs(share[3] - share[4]) < 0.05
+    item = ds[3]
+    assert item["x"].shape == (12, 10, 12, 6)
+    assert torch.equal(item["group"], torch.from_numpy(ps.groups[ds.indices(3)[0]]))
+    assert "1 with a single work" in ds.summary()
+
+
+def test_shared_positive_rate_counts_positive_pairs_within_a_work():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    groups = torch.tensor([5, 5, 6, 7, 8, 9])
+    # positives: (0,1) same work, (0,2), (1,2), (3,4): one of four
+    assert shared_positive_rate(labels, groups) == 0.25
+    assert np.isnan(shared_positive_rate(torch.tensor([0, 1]), torch.tensor([0, 0])))
 
 
 def test_step_sampler_gives_each_rank_and_epoch_new_items():

@@ -14,10 +14,11 @@ from rich.table import Table
 
 app = typer.Typer(
     name="harmonixr",
-    help="MIDI → composer-aware embeddings: preprocess, train, evaluate, attribute, search.",
+    help="MIDI → composer-aware embeddings: preprocess a corpus, train SiaViT, evaluate it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # not "rich": its markup would eat "[train]"
 )
 console = Console(stderr=True)
 out = Console()
@@ -179,15 +180,24 @@ def train(
     accelerator: Annotated[str | None, typer.Option(help="auto|cpu|gpu|mps")] = None,
     workers: Annotated[int | None, typer.Option(help="Data-loading workers.")] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the last checkpoint.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue from the last checkpoint with the run's recorded settings; only "
+            "--max-steps, --epochs, --devices, --num-nodes, --workers and --accelerator may "
+            "change.",
+        ),
     ] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
 ) -> None:
     """Train SiaViT on a tensor cache (TensorBoard logs in RUN/tb)."""
-    from harmonixr.train.config import TrainConfig, load_toml
+    from harmonixr.train.config import TrainConfig, load_toml, stored_run
     from harmonixr.train.run import train as run_training
 
-    settings, model = load_toml(config) if config else ({}, {})
+    given, model = load_toml(config) if config else ({}, {})
+    # a resumed run starts from its recorded settings; train() refuses changes to what it learns
+    settings = dict(stored_run(run)["train"]) if resume else {}
+    settings.update(given)
     cli = {
         "preset": preset,
         "loss": loss,

@@ -97,7 +97,7 @@ class PreprocessSummary:
     seen: int = 0
     ok: int = 0  # rows ok after the run (new + already cached)
     new: int = 0  # tensorized in this run
-    reused: int = 0  # identical content already cached under another path
+    reused: int = 0  # identical to another file (cached before or tensorized in this run)
     already: int = 0  # rows present from an earlier run
     skipped: Counter[str] = field(default_factory=Counter)
     listing_skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -196,10 +196,23 @@ class TensorCache:
     def tensor_path(self, key: str) -> Path:
         return self.root / "tensors" / key[:2] / f"{key}.npy"
 
-    def load(self, piece: CachedPiece, mmap: bool = True) -> np.ndarray:
+    def tensor_file(self, piece: CachedPiece) -> Path:
+        """The tensor file of a row, checked to lie inside ``tensors/`` (the index is data: a
+        tampered or foreign ``cache.sqlite`` must not make us read files elsewhere)."""
         if piece.tensor is None:
             raise ValueError(f"{piece.path}: skipped in the cache ({piece.reason})")
-        return np.load(self.root / piece.tensor, mmap_mode="r" if mmap else None)
+        base = (self.root / "tensors").resolve()
+        path = (self.root / piece.tensor).resolve()
+        if not path.is_relative_to(base):
+            msg = (
+                f"{self.root / 'cache.sqlite'}: the tensor of {piece.path} is {piece.tensor!r}, "
+                f"outside {base}; refusing to read it"
+            )
+            raise ValueError(msg)
+        return path
+
+    def load(self, piece: CachedPiece, mmap: bool = True) -> np.ndarray:
+        return np.load(self.tensor_file(piece), mmap_mode="r" if mmap else None)
 
     def stats(self) -> dict[str, Any]:
         per = self.db.execute(
@@ -351,6 +364,7 @@ def preprocess(
             )
         }
         todo: list[tuple[Piece, str]] = []
+        twins: dict[str, list[Piece]] = {}  # content met again in this run: done with its first
         count = 0
         for piece in pieces:
             sha = _sha_of(piece.path)
@@ -360,13 +374,14 @@ def preprocess(
             elif sha is None:
                 cache.put_row(piece, None, "skipped", reason=UNREADABLE, detail="cannot be read")
             elif sha in known:
-                row = known[sha]
-                cache.put_row(
-                    piece, sha, row["status"], **{k: row[k] for k in row if k != "status"}
-                )
+                _put_copy(cache, piece, sha, known[sha])
                 summary.reused += 1
+            elif sha in twins:
+                twins[sha].append(piece)
+                continue
             else:
                 todo.append((piece, sha))
+                twins[sha] = []
                 continue
             count += 1
             if progress:
@@ -378,24 +393,25 @@ def preprocess(
             piece, sha = todo[outcome.index]
             result = outcome.value if outcome.ok else None
             if isinstance(result, Tensorized):
-                rel = cache.write_tensor(tensor_key(sha, config), result.tensor)
-                cache.put_row(
-                    piece,
-                    sha,
-                    "ok",
-                    tensor=rel,
-                    n_frames=result.n_frames,
-                    n_notes=result.notes,
-                    dropped_notes=result.dropped_notes,
-                    duration_s=result.duration_s,
-                )
+                row = {
+                    "status": "ok",
+                    "tensor": cache.write_tensor(tensor_key(sha, config), result.tensor),
+                    "n_frames": result.n_frames,
+                    "n_notes": result.notes,
+                    "dropped_notes": result.dropped_notes,
+                    "duration_s": result.duration_s,
+                }
                 summary.new += 1
             else:
                 reason, detail = failure_reason(outcome)
-                cache.put_row(piece, sha, "skipped", reason=reason, detail=detail)
-            count += 1
-            if progress:
-                progress(count, len(pieces), piece.path)
+                row = {"status": "skipped", "reason": reason, "detail": detail}
+            same = [piece, *twins.pop(sha)]
+            summary.reused += len(same) - 1
+            for p in same:
+                _put_copy(cache, p, sha, row)
+                count += 1
+                if progress:
+                    progress(count, len(pieces), p.path)
         paths = [p.path for p in pieces]
         rows = _rows_for(cache, paths)
         summary.ok = sum(r["status"] == "ok" for r in rows)
@@ -406,6 +422,11 @@ def preprocess(
         cache.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _put_copy(cache: TensorCache, piece: Piece, sha: str, row: dict[str, Any]) -> None:
+    """A row for ``piece`` with the outcome ``row`` (status and values) of identical content."""
+    cache.put_row(piece, sha, row["status"], **{k: v for k, v in row.items() if k != "status"})
 
 
 def _refresh_labels(cache: TensorCache, piece: Piece) -> None:

@@ -52,7 +52,7 @@ class PieceSet:
         label = {c: i for i, c in enumerate(names)}
         group_ids: dict[str, int] = {}
         return cls(
-            tensors=LazyTensors([str(cache.root / r.tensor) for r in rows]),
+            tensors=LazyTensors([str(cache.tensor_file(r)) for r in rows]),
             composers=np.array([label[r.composer] for r in rows], np.int64),
             groups=np.array(
                 [group_ids.setdefault(r.group, len(group_ids)) for r in rows], np.int64
@@ -169,38 +169,106 @@ class PairDataset(Dataset):
 
 
 class ComposerBatchDataset(Dataset):
-    """Item k: a whole batch of ``P`` composers × ``K`` crops from distinct works where possible
-    (for the supervised contrastive loss). Use with ``DataLoader(batch_size=None)``."""
+    """Item k: a whole batch of ``P × K`` crops for the supervised contrastive loss, in which
+    the crops of one composer always come from different groups (works), so that no positive
+    pair is two moments of one work. Use with ``DataLoader(batch_size=None)``.
+
+    A composer with fewer than ``K`` works cannot give ``K`` crops from distinct works: it gives
+    one crop per work, and composers are drawn (without replacement, until the batch is full)
+    with weight ``min(works, K)``, so each is sampled in proportion to the distinct works it
+    can offer. A composer with a single work therefore appears as a single crop: a negative for
+    the others, never a positive anchor (which needs two works). Every batch carries the
+    crops' ``group`` so that :func:`shared_positive_rate` can report how often positives share
+    a work (0 by construction).
+    """
 
     def __init__(self, pieces: PieceSet, crop: int, p: int, k: int, seed: int = 0) -> None:
-        self.pieces, self.crop, self.p, self.k, self.seed = pieces, crop, p, k, seed
+        if k < 2:
+            raise ValueError(f"supcon needs at least 2 crops per composer, got K = {k}")
+        self.pieces, self.crop, self.k, self.seed = pieces, crop, k, seed
         self.chooser = _Chooser(pieces, balanced=True)
-        self.p = min(p, len(self.chooser.composers))
+        self.composers = self.chooser.composers
+        self.p = min(p, len(self.composers))
+        self.works = np.array(
+            [
+                np.unique(pieces.groups[self.chooser.by_composer[int(c)]]).size
+                for c in self.composers
+            ]
+        )
+        self.weights = np.minimum(self.works, k).astype(np.float64)
+        self.batch_size = min(self.p * k, int(self.weights.sum()))
 
     def __len__(self) -> int:
         return 2**62
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+    def summary(self) -> str:
+        """One line on what the batches can hold (printed at the start of training)."""
+        few = int((self.works < self.k).sum())
+        single = int((self.works == 1).sum())
+        text = (
+            f"supcon batches of {self.batch_size} crops: {self.p} composers × {self.k} crops, "
+            "each composer's crops from distinct works"
+        )
+        if few:
+            text += (
+                f"; {few} of {len(self.composers)} composers have fewer than {self.k} works "
+                f"(drawn in proportion, one crop per work)"
+            )
+        if single:
+            text += f", {single} with a single work (negatives only)"
+        return text
+
+    def indices(self, k: int) -> tuple[list[int], list[int]]:
+        """Batch ``k`` as (piece indices, composer labels)."""
         rng = np.random.default_rng([self.seed, k])
-        composers = rng.choice(self.chooser.composers, size=self.p, replace=False)
-        xs, lens, labels = [], [], []
-        for c in composers:
-            members = self.chooser.by_composer[int(c)]
-            order = rng.permutation(members)
-            # prefer distinct works: first one piece per group, then the rest
-            _, first = np.unique(self.pieces.groups[order], return_index=True)
-            ranked = np.concatenate((order[np.sort(first)], np.delete(order, first)))
-            picks = [int(ranked[t % len(ranked)]) for t in range(self.k)]
-            for i in picks:
-                x, n = random_crop(self.pieces.tensors[i], self.crop, rng)
-                xs.append(x)
-                lens.append(n)
-                labels.append(int(c))
+        order = rng.choice(
+            self.composers,
+            size=self.composers.size,
+            replace=False,
+            p=self.weights / self.weights.sum(),
+        )
+        picks: list[int] = []
+        labels: list[int] = []
+        for c in order:
+            room = self.batch_size - len(picks)
+            if room <= 0:
+                break
+            members = rng.permutation(self.chooser.by_composer[int(c)])
+            # one piece per work, works in random order (the first piece met of each)
+            _, first = np.unique(self.pieces.groups[members], return_index=True)
+            one_per_work = members[np.sort(first)]
+            take = one_per_work[: min(self.k, room)]
+            picks += [int(i) for i in take]
+            labels += [int(c)] * take.size
+        return picks, labels
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        picks, labels = self.indices(k)
+        rng = np.random.default_rng([self.seed, k, 1])
+        xs, lens = [], []
+        for i in picks:
+            x, n = random_crop(self.pieces.tensors[i], self.crop, rng)
+            xs.append(x)
+            lens.append(n)
         return {
             "x": torch.from_numpy(np.stack(xs)),
             "len": torch.tensor(lens),
             "label": torch.tensor(labels),
+            "group": torch.from_numpy(self.pieces.groups[picks]),
         }
+
+
+def shared_positive_rate(labels: torch.Tensor, groups: torch.Tensor) -> float:
+    """Fraction of a batch's positive pairs (same composer) whose two crops share a group
+    (work); NaN when the batch holds no positive pair."""
+    same = labels[:, None] == labels[None, :]
+    upper = torch.ones_like(same).triu(diagonal=1)
+    pos = same & upper
+    n = int(pos.sum())
+    if n == 0:
+        return float("nan")
+    shared = pos & (groups[:, None] == groups[None, :])
+    return int(shared.sum()) / n
 
 
 class StepSampler(Sampler[int]):

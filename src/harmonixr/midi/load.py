@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from harmonixr._pool import Outcome, run_robust
-from harmonixr.midi.tensorize import TensorConfig, Tensorized, tensorize_score
+from harmonixr.midi.tensorize import TensorConfig, Tensorized, TooDense, tensorize_score
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_SECONDS = 4 * 3600.0
@@ -25,6 +25,7 @@ NO_NOTES_IN_RANGE = "no_notes_in_range"
 DRUMS_ONLY = "drums_only"
 TOO_LARGE = "too_large"
 TOO_LONG = "too_long"
+TOO_DENSE = "too_dense"  # notes that would cost too much work (thousands of hours-long notes)
 CRASHED = "crashed"
 TIMEOUT = "timeout"
 UNREADABLE = "unreadable"
@@ -108,11 +109,15 @@ def tensorize_checked(
     path: str | PathLike[str] | None = None,
     max_seconds: float = MAX_SECONDS,
 ) -> Tensorized:
-    """Tensorize, turning the unusable results (no notes, drums only, too long) into errors."""
+    """Tensorize, turning the unusable results (no notes, drums only, too long, too dense)
+    into errors."""
     end = float(score.end()) if score.note_num() else 0.0
     if end > max_seconds:
         raise MidiError(path, TOO_LONG, f"{end:.0f} s > {max_seconds:.0f} s")
-    result = tensorize_score(score, config)
+    try:
+        result = tensorize_score(score, config)
+    except TooDense as exc:
+        raise MidiError(path, TOO_DENSE, str(exc)) from exc
     if result.notes == 0:
         has_drums = any(t.is_drum and t.note_num() for t in score.tracks)
         if has_drums:

@@ -93,7 +93,9 @@ def frame_bounds(on_s: np.ndarray, off_s: np.ndarray, fps: float) -> tuple[np.nd
 
 
 def _pedal_intervals(times: np.ndarray, values: np.ndarray, end: float) -> np.ndarray:
-    """(k, 2) array of [down, up) seconds from CC64 events (down when value ≥ 64)."""
+    """(k, 2) array of [down, up) seconds from CC64 events (down when value ≥ 64).
+
+    Events at the same time keep their given order (the last one decides the state)."""
     if times.size == 0:
         return np.zeros((0, 2))
     order = np.argsort(times, kind="stable")
@@ -107,10 +109,32 @@ def _pedal_intervals(times: np.ndarray, values: np.ndarray, end: float) -> np.nd
     return np.stack((starts, ups), axis=1)
 
 
-def _apply_pedal(
+def next_strike(on: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+    """For each note, the first onset of the same pitch strictly after its own onset (inf if
+    none). A note struck twice at the same instant is not its own next strike."""
+    n = on.size
+    nxt = np.full(n, np.inf)
+    if n == 0:
+        return nxt
+    order = np.lexsort((on, pitch))
+    p_s, on_s = pitch[order], on[order]
+    # runs of equal (pitch, onset); each element's candidate is the start of the next run
+    new_run = np.concatenate(([True], (p_s[1:] != p_s[:-1]) | (on_s[1:] != on_s[:-1])))
+    run_starts = np.flatnonzero(new_run)
+    k = np.searchsorted(run_starts, np.arange(n), side="right")
+    has_next = k < run_starts.size
+    j = run_starts[np.minimum(k, run_starts.size - 1)]
+    same_key = has_next & (p_s[j] == p_s)
+    nxt_sorted = np.where(same_key, on_s[j], np.inf)
+    nxt[order] = nxt_sorted
+    return nxt
+
+
+def apply_pedal(
     on: np.ndarray, off: np.ndarray, pitch: np.ndarray, pedals: np.ndarray
 ) -> np.ndarray:
-    """Extend note ends under a held sustain pedal to the release or the key's next strike."""
+    """Note ends under the sustain pedal: a note whose key is released while the pedal is down
+    sounds on until the pedal comes up or its key is struck again, whichever is first."""
     if pedals.size == 0 or on.size == 0:
         return off
     # pedal interval containing each note's end, if any
@@ -118,16 +142,39 @@ def _apply_pedal(
     k_safe = np.maximum(k, 0)
     held = (k >= 0) & (off < pedals[k_safe, 1]) & (off >= pedals[k_safe, 0])
     release = np.where(held, pedals[k_safe, 1], off)
-    # next onset of the same key (strictly later than this note's onset)
-    order = np.lexsort((on, pitch))
-    p_sorted, on_sorted = pitch[order], on[order]
-    nxt_sorted = np.full(on.size, np.inf)
-    same = p_sorted[1:] == p_sorted[:-1]
-    nxt_sorted[:-1] = np.where(same, on_sorted[1:], np.inf)
-    nxt = np.empty_like(nxt_sorted)
-    nxt[order] = nxt_sorted
-    nxt = np.where(nxt > on, nxt, np.inf)
+    nxt = next_strike(on, pitch)
     return np.where(held, np.maximum(off, np.minimum(release, nxt)), off)
+
+
+class TooDense(ValueError):
+    """The notes would cost more work than :data:`MAX_NOTE_FRAMES_PER_FRAME` allows."""
+
+    def __init__(self, note_frames: int, n_frames: int, limit: int) -> None:
+        self.note_frames, self.n_frames, self.limit = note_frames, n_frames, limit
+        msg = (
+            f"{note_frames} note-frames over {n_frames} frames "
+            f"(more than {limit} sounding notes per frame on average)"
+        )
+        super().__init__(msg)
+
+
+# The work of tensorizing is one step per note and frame it sounds in. Real music, even an
+# orchestra of doubled parts under the pedal, keeps well under 72 sounding notes per frame on
+# average; a tiny file of thousands of hours-long notes does not, and is refused before any
+# work is done.
+MAX_NOTE_FRAMES_PER_FRAME = 256
+MIN_NOTE_FRAMES_LIMIT = 1 << 22  # short files are never refused
+# note-frames expanded at once: bounds the temporaries (~49 bytes each) to ~25 MB
+CHUNK_NOTE_FRAMES = 1 << 19
+
+
+def _chunks(lengths: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Consecutive note ranges [a, b) of about ``size`` note-frames each (at least one note)."""
+    ends = np.cumsum(lengths)
+    total = int(ends[-1])
+    cuts = np.searchsorted(ends, np.arange(size, total, size), side="left") + 1
+    bounds = np.unique(np.concatenate(([0], cuts, [lengths.size])))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def tensorize_notes(
@@ -136,8 +183,13 @@ def tensorize_notes(
     pitch: np.ndarray,
     velocity: np.ndarray,
     config: TensorConfig,
+    max_per_frame: int = MAX_NOTE_FRAMES_PER_FRAME,
 ) -> np.ndarray:
-    """Cells from note arrays already in seconds (pedal applied). Returns uint8 (T, 12, O)."""
+    """Cells from note arrays already in seconds (pedal applied). Returns uint8 (T, 12, O).
+
+    Memory is the output (T·12·O bytes) plus the note arrays plus a fixed-size chunk, whatever
+    the notes' lengths; :class:`TooDense` is raised, before any frame is expanded, when the
+    notes sound in more than ``max_per_frame`` cells per frame on average."""
     pitch = np.asarray(pitch, np.int64)
     velocity = np.clip(np.asarray(velocity, np.int64), 1, 127)
     keep = (pitch >= config.low_note) & (pitch <= config.high_note)
@@ -148,77 +200,89 @@ def tensorize_notes(
     f_on, f_end = frame_bounds(
         np.asarray(on_s)[keep], np.asarray(off_s)[keep], config.frames_per_second
     )
-    k = pitch - config.low_note
-    pc, octave = k % N_PITCH_CLASSES, k // N_PITCH_CLASSES
-    cell = pc * n_oct + octave  # index into the flattened (12, O) plane
-    lengths = f_end - f_on
     n_frames = int(f_end.max())
+    lengths = f_end - f_on
     total = int(lengths.sum())
-    note_idx = np.repeat(np.arange(pitch.size), lengths)
-    starts = np.cumsum(lengths) - lengths
-    step = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)  # f − f_on
-    frames = f_on[note_idx] + step
-    if config.binary:
-        values = np.ones(total, np.uint8)
-    elif config.decay:
-        tau = config.tau_s / np.asarray(config.octave_decay)  # per octave
-        dt = config.frame_ms / 1000.0
-        decay = np.exp(-(step * dt) / tau[octave[note_idx]])
-        values = np.maximum(1, np.rint(velocity[note_idx] * decay)).astype(np.uint8)
-    else:
-        values = velocity[note_idx].astype(np.uint8)
-    flat = np.zeros(n_frames * N_PITCH_CLASSES * n_oct, np.uint8)
-    np.maximum.at(flat, frames * (N_PITCH_CLASSES * n_oct) + cell[note_idx], values)
+    limit = max(MIN_NOTE_FRAMES_LIMIT, max_per_frame * n_frames)
+    if total > limit:
+        raise TooDense(total, n_frames, max_per_frame)
+    k = pitch - config.low_note
+    octave = k // N_PITCH_CLASSES
+    cell = (k % N_PITCH_CLASSES) * n_oct + octave  # index into the flattened (12, O) plane
+    tau = config.tau_s / np.asarray(config.octave_decay)  # per octave
+    dt = config.frame_ms / 1000.0
+    width = N_PITCH_CLASSES * n_oct
+    flat = np.zeros(n_frames * width, np.uint8)
+    for a, b in _chunks(lengths, CHUNK_NOTE_FRAMES):
+        n_len = lengths[a:b]
+        note_idx = np.repeat(np.arange(a, b), n_len)
+        starts = np.cumsum(n_len) - n_len
+        step = np.arange(note_idx.size, dtype=np.int64) - np.repeat(starts, n_len)  # f − f_on
+        if config.binary:
+            values = np.ones(note_idx.size, np.uint8)
+        elif config.decay:
+            decay = np.exp(-(step * dt) / tau[octave[note_idx]])
+            values = np.maximum(1, np.rint(velocity[note_idx] * decay)).astype(np.uint8)
+        else:
+            values = velocity[note_idx].astype(np.uint8)
+        np.maximum.at(flat, (f_on[note_idx] + step) * width + cell[note_idx], values)
     return flat.reshape(n_frames, N_PITCH_CLASSES, n_oct)
 
 
 def tensorize_score(score: Any, config: TensorConfig = TensorConfig()) -> Tensorized:
-    """Tensorize a ``symusic.Score`` (any time unit; converted to seconds)."""
+    """Tensorize a ``symusic.Score`` (any time unit; converted to seconds).
+
+    All non-drum tracks are merged, and so is their sustain pedal: a piano has one pedal for
+    both hands, whichever track of the file carries its events."""
     if str(score.ttype).lower() != "second":
         score = score.to("second")
-    ons, offs, pitches, vels = [], [], [], []
-    n_notes = 0
+    ons, offs, pitches, vels, pedal_t, pedal_v = [], [], [], [], [], []
     for track in score.tracks:
-        if track.is_drum or track.note_num() == 0:
+        if track.is_drum:
             continue
-        arr = track.notes.numpy()
-        on = arr["time"].astype(np.float64)
-        off = on + np.maximum(arr["duration"].astype(np.float64), 0.0)
-        pitch = arr["pitch"].astype(np.int64)  # int8 in symusic 0.6: widen first
-        vel = arr["velocity"].astype(np.int64)
-        n_notes += on.size
+        if track.note_num():
+            arr = track.notes.numpy()
+            on = arr["time"].astype(np.float64)
+            ons.append(on)
+            offs.append(on + np.maximum(arr["duration"].astype(np.float64), 0.0))
+            pitches.append(arr["pitch"].astype(np.int64))  # int8 in symusic 0.6: widen first
+            vels.append(arr["velocity"].astype(np.int64))
         if config.pedal and len(track.controls):
             ctl = track.controls.numpy()
             sel = ctl["number"].astype(np.int64) == 64
-            times = ctl["time"][sel]
-            # a pedal still held at the end is released when the track's last event is over
-            end = max(float(off.max()), float(times.max(initial=0.0)))
-            pedals = _pedal_intervals(times, ctl["value"][sel], end)
-            off = _apply_pedal(on, off, pitch, pedals)
-        ons.append(on)
-        offs.append(off)
-        pitches.append(pitch)
-        vels.append(vel)
-    if n_notes == 0:
+            pedal_t.append(ctl["time"][sel].astype(np.float64))
+            pedal_v.append(ctl["value"][sel].astype(np.int64))
+    if not ons:
         tensor = np.zeros((0, N_PITCH_CLASSES, config.n_octaves), np.uint8)
         return Tensorized(tensor, 0, 0, 0.0)
-    pitch = np.concatenate(pitches)
+    on, off = np.concatenate(ons), np.concatenate(offs)
+    pitch, vel = np.concatenate(pitches), np.concatenate(vels)
+    if pedal_t:
+        times, values = np.concatenate(pedal_t), np.concatenate(pedal_v)
+        # a pedal still held at the end is released when the last note or pedal event is over
+        end = max(float(off.max()), float(times.max(initial=0.0)))
+        off = apply_pedal(on, off, pitch, _pedal_intervals(times, values, end))
     dropped = int(((pitch < config.low_note) | (pitch > config.high_note)).sum())
-    tensor = tensorize_notes(
-        np.concatenate(ons), np.concatenate(offs), pitch, np.concatenate(vels), config
-    )
+    tensor = tensorize_notes(on, off, pitch, vel, config)
     duration = tensor.shape[0] * config.frame_ms / 1000.0
-    return Tensorized(tensor, n_notes, dropped, duration)
+    return Tensorized(tensor, int(on.size), dropped, duration)
 
 
 def tensorize_with_stats(
     source: str | PathLike[str] | Any, config: TensorConfig = TensorConfig()
 ) -> Tensorized:
-    """Tensorize a path or a ``symusic.Score`` and return the counts beside the tensor."""
-    if isinstance(source, str | PathLike):
-        from harmonixr.midi.load import load_score
+    """Tensorize a path or a ``symusic.Score`` and return the counts beside the tensor.
 
-        source = load_score(source)
+    A path that cannot be used raises ``MidiError`` naming the file and the reason (a score:
+    :class:`TooDense` when its notes would cost too much work)."""
+    if isinstance(source, str | PathLike):
+        from harmonixr.midi.load import TOO_DENSE, MidiError, load_score
+
+        score = load_score(source)
+        try:
+            return tensorize_score(score, config)
+        except TooDense as exc:
+            raise MidiError(source, TOO_DENSE, str(exc)) from exc
     return tensorize_score(source, config)
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harmonixr.model.config import ModelConfig
-from harmonixr.model.layers import ResidualBlock, WraparoundConv3d
+from harmonixr.model.layers import MaskedBatchNorm3d, ResidualBlock, WraparoundConv3d
 
 
 def sinusoidal_positions(
@@ -55,7 +55,7 @@ class SiaViT(nn.Module):
             mode=c.wrap,
             bias=False,
         )
-        self.stem_norm = nn.BatchNorm3d(c.stem_channels)
+        self.stem_norm = MaskedBatchNorm3d(c.stem_channels)
         blocks, channels = [], c.stem_channels
         for out in c.stages:
             blocks.append(ResidualBlock(channels, out, k, c.wrap))
@@ -93,8 +93,9 @@ class SiaViT(nn.Module):
             x = F.pad(x, (0, extra))
         if lengths is not None:
             lengths = _ceil_div(lengths, ts).clamp(min=1)
-        h = F.gelu(self.stem_norm(self.stem(x)))
+        h = self.stem(x)
         mask = _time_mask(lengths, h.shape[-1])
+        h = F.gelu(self.stem_norm(h, mask))
         h, lengths, mask = self._pool(h, c.stem_pool, lengths, mask)
         for block, pool in zip(self.blocks, c.pools, strict=True):
             h = block(h, mask)

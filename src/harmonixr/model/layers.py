@@ -82,10 +82,49 @@ class WraparoundConv3d(nn.Module):
         return f"mode={self.mode}, padding={self.padding}"
 
 
+class MaskedBatchNorm3d(nn.BatchNorm3d):
+    """``BatchNorm3d`` whose batch statistics (train mode) count only valid time frames.
+
+    ``mask`` is ``(B, 1, 1, 1, T)`` boolean, True on frames of music. Padding frames then change
+    neither the normalisation of the others nor the running statistics, so a padded crop
+    computes and learns what the crop alone would. Same parameters and buffers as
+    ``BatchNorm3d`` (checkpoints load either way); without a mask, or in eval mode, it is
+    ``BatchNorm3d``."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        use_batch = self.training or not self.track_running_stats
+        if mask is None or not use_batch:
+            return super().forward(x)
+        w = mask.to(torch.float32).expand(x.shape[0], 1, *x.shape[2:])
+        count = w.sum()  # valid positions per channel
+        xf = x.float()
+        dims = (0, 2, 3, 4)
+        mean = (xf * w).sum(dims) / count
+        centred = xf - mean.view(1, -1, 1, 1, 1)
+        var = (centred.pow(2) * w).sum(dims) / count  # biased, as BatchNorm normalises with
+        if self.training and self.track_running_stats:
+            self._update_running(mean.detach(), var.detach() * count / (count - 1).clamp(min=1))
+        out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1, 1)
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
+        return out.to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        # momentum None: a cumulative moving average, as BatchNorm does (reads the count
+        # back from the device only then)
+        momentum = self.momentum
+        factor = momentum if momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
+
+
 class ResidualBlock(nn.Module):
     """Two wraparound convs (norm, GELU) with a skip around them; a 1×1×1 projection where the
     channel count changes. ``mask`` (B, 1, 1, 1, T) zeroes padding frames after each conv so
-    that padding behaves exactly like the convolution's own zero padding."""
+    that padding behaves exactly like the convolution's own zero padding, and keeps them out of
+    every batch norm's statistics."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int = 3, mode: str = "helix"):
         super().__init__()
@@ -93,23 +132,27 @@ class ResidualBlock(nn.Module):
         self.conv1 = WraparoundConv3d(
             in_channels, out_channels, kernel, padding=pad, mode=mode, bias=False
         )
-        self.norm1 = nn.BatchNorm3d(out_channels)
+        self.norm1 = MaskedBatchNorm3d(out_channels)
         self.conv2 = WraparoundConv3d(
             out_channels, out_channels, kernel, padding=pad, mode=mode, bias=False
         )
-        self.norm2 = nn.BatchNorm3d(out_channels)
+        self.norm2 = MaskedBatchNorm3d(out_channels)
         self.skip: nn.Module = nn.Identity()
         if in_channels != out_channels:
             self.skip = nn.Sequential(
-                nn.Conv3d(in_channels, out_channels, 1, bias=False), nn.BatchNorm3d(out_channels)
+                nn.Conv3d(in_channels, out_channels, 1, bias=False), MaskedBatchNorm3d(out_channels)
             )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = F.gelu(self.norm1(self.conv1(x)))
+        h = F.gelu(self.norm1(self.conv1(x), mask))
         if mask is not None:
             h = h * mask
-        h = self.norm2(self.conv2(h))
-        out = F.gelu(h + self.skip(x))
+        h = self.norm2(self.conv2(h), mask)
+        skip = x
+        if isinstance(self.skip, nn.Sequential):
+            conv, norm = self.skip
+            skip = norm(conv(x), mask)
+        out = F.gelu(h + skip)
         if mask is not None:
             out = out * mask
         return out

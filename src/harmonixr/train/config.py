@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from harmonixr.model.config import ModelConfig, preset, reject_unknown
 
 LOSSES = ("contrastive", "supcon")
+# what a resumed run may change: how long it trains and on what hardware, never what it learns
+RESUMABLE = ("max_steps", "epochs", "devices", "num_nodes", "num_workers", "accelerator")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class TrainConfig:
     val_pairs: int = 1000
     val_every_epochs: int = 1
     checkpoint_every_steps: int = 200
+    keep_checkpoints: int = 1  # rolling checkpoints kept of each kind (every N steps, validation)
     seed: int = 0
     accelerator: str = "auto"
     devices: int = 1
@@ -61,7 +65,8 @@ class TrainConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
-        for name in ("epochs", "steps_per_epoch", "batch_size", "devices", "num_nodes"):
+        positive = ("epochs", "steps_per_epoch", "batch_size", "devices", "num_nodes")
+        for name in (*positive, "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.export not in ("last", "best"):
@@ -112,3 +117,51 @@ def build_model_config(name: str, overrides: dict[str, Any] | None = None) -> Mo
     if not overrides:
         return base
     return ModelConfig.from_dict({**base.to_dict(), **overrides})
+
+
+def stored_run(run_dir: str | Path) -> dict[str, Any]:
+    """The configs a run recorded in its ``config.json`` (train, model, tensor, composers)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: missing, so the run cannot be resumed")
+    try:
+        stored = json.loads(path.read_text())
+        TrainConfig.from_dict(stored["train"])
+        ModelConfig.from_dict(stored["model"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a run's config ({exc})") from exc
+    return stored
+
+
+def check_resume(
+    stored: TrainConfig,
+    given: TrainConfig,
+    where: str | Path,
+    stored_model: ModelConfig | None = None,
+    model_overrides: dict[str, Any] | None = None,
+) -> None:
+    """Refuse a resumed run whose settings differ from the recorded ones in anything but
+    :data:`RESUMABLE` (the run directory itself may be spelled differently)."""
+    differing = []
+    for f in fields(TrainConfig):
+        if f.name in RESUMABLE or f.name == "out":
+            continue
+        was, now = getattr(stored, f.name), getattr(given, f.name)
+        same = Path(was).resolve() == Path(now).resolve() if f.name == "data" else was == now
+        if not same:
+            differing.append(f"{f.name} ({was!r} in the run, {now!r} now)")
+    if stored_model is not None:
+        recorded = stored_model.to_dict()
+        wanted = ModelConfig.from_dict({**recorded, **(model_overrides or {})}).to_dict()
+        differing += [
+            f"model {k} ({recorded[k]!r} in the run, {wanted[k]!r} now)"
+            for k in recorded
+            if wanted[k] != recorded[k]
+        ]
+    if differing:
+        msg = (
+            f"{where}: --resume continues the run recorded there and cannot change "
+            f"{'; '.join(differing)}. Only {', '.join(RESUMABLE)} may differ; "
+            "start a new run (another --out) to change the rest"
+        )
+        raise ValueError(msg)

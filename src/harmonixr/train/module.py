@@ -9,7 +9,13 @@ import lightning as L
 import numpy as np
 import torch
 
-from harmonixr.data.pairs import PairSet, PieceSet, multiplicative_noise, to_model_input
+from harmonixr.data.pairs import (
+    PairSet,
+    PieceSet,
+    multiplicative_noise,
+    shared_positive_rate,
+    to_model_input,
+)
 from harmonixr.evaluate.metrics import accuracy_at, best_threshold, roc_auc
 from harmonixr.model.config import ModelConfig
 from harmonixr.model.encoder import SiaViT
@@ -69,6 +75,10 @@ class SiameseModule(L.LightningModule):
             z = self._embed(batch["x"], batch["len"], train=True)
             loss = supcon_loss(z, batch["label"], self.config.supcon_temperature)
             bs = z.shape[0]
+            if "group" in batch:  # how often positives share a work (0 by construction)
+                shared = shared_positive_rate(batch["label"], batch["group"])
+                if np.isfinite(shared):
+                    self.log("train/pos_shared_work", shared, batch_size=bs)
         else:
             x = torch.cat((batch["x1"], batch["x2"]))
             lengths = torch.cat((batch["len1"], batch["len2"]))

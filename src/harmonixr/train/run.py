@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -26,14 +27,52 @@ from harmonixr.data.pairs import (
 from harmonixr.data.splits import load_split, make_split, save_split
 from harmonixr.model.config import ModelConfig
 from harmonixr.model.io import WEIGHTS, save_weights
-from harmonixr.train.config import TrainConfig, build_model_config
+from harmonixr.train.config import TrainConfig, build_model_config, check_resume, stored_run
 from harmonixr.train.module import SiameseModule, ValData
+from harmonixr.train.quiet import StepsProgressBar, quiet_lightning
 
 
 def last_checkpoint(ckpt_dir: Path) -> Path | None:
     """The most recently written checkpoint of a run, or None."""
     found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
     return found[-1] if found else None
+
+
+def prune_checkpoints(ckpt_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints of each kind (``step-``, ``val-``), by
+    global step, including those an earlier session of a resumed run left; returns the
+    deleted files."""
+    kinds: dict[str, list[tuple[int, Path]]] = {}
+    for path in ckpt_dir.glob("*.ckpt"):
+        m = re.fullmatch(r"(step|val)-step=(\d+)(-v\d+)?", path.stem)
+        if m:
+            kinds.setdefault(m.group(1), []).append((int(m.group(2)), path))
+    gone = []
+    for found in kinds.values():
+        found.sort(key=lambda e: (e[0], e[1].stat().st_mtime_ns))
+        for _, path in found[: max(0, len(found) - keep)]:
+            path.unlink(missing_ok=True)
+            gone.append(path)
+    return gone
+
+
+class NoValidationWarning(UserWarning):
+    """The validation split cannot score the model (no same-composer pairs)."""
+
+
+def _warn_without_validation(val: ValData | None, val_set: PieceSet, config: TrainConfig) -> None:
+    """Say at the start, not silently at the end, that validation cannot score the model."""
+    if val is not None and int(val.pseudo.y.sum()) > 0:
+        return
+    n, composers = len(val_set), len(np.unique(val_set.composers))
+    msg = (
+        f"{config.out}: the validation split ({n} pieces, {composers} composers) holds no two "
+        "pieces by one composer from different works, so validation AUC and threshold cannot "
+        "be computed (and export='best' has nothing to choose by; the last weights are "
+        "written). Give validation more of the corpus (a --config TOML with [train] "
+        "split_fractions = [0.7, 0.2, 0.1]) or use a corpus with several works per composer."
+    )
+    warnings.warn(msg, NoValidationWarning, stacklevel=3)
 
 
 class CentreCrops(Dataset):
@@ -69,6 +108,8 @@ class PairData(L.LightningDataModule):
         if c.loss == "supcon":
             p = min(c.supcon_composers, c.batch_size // 2)
             ds = ComposerBatchDataset(self.train_set, c.crop_frames, p, c.batch_size // p, c.seed)
+            if self.trainer.is_global_zero:
+                print(ds.summary(), file=sys.stderr, flush=True)
             sampler = StepSampler(c.steps_per_epoch * world, rank, world)
             return DataLoader(
                 ds, batch_size=None, sampler=sampler, num_workers=workers, persistent_workers=False
@@ -208,8 +249,10 @@ def train(
     if resume:
         if last is None:
             raise ValueError(f"{run_dir}: nothing to resume (no checkpoints)")
-        stored = json.loads(saved.read_text())
+        stored = stored_run(run_dir)
         model_config = ModelConfig.from_dict(stored["model"])
+        recorded = TrainConfig.from_dict(stored["train"])
+        check_resume(recorded, config, saved, model_config, model_overrides)
     else:
         if last is not None:
             raise ValueError(f"{run_dir}: already holds a run; pass --resume or use another --out")
@@ -249,33 +292,39 @@ def train(
                 fractions=list(config.split_fractions),
                 cache=str(config.data),
             )
-        saved.write_text(
-            json.dumps(
-                {
-                    "train": config.to_dict(),
-                    "model": model_config.to_dict(),
-                    "tensor": tensor_config.to_dict(),
-                    "composers": composers,
-                },
-                indent=1,
-            )
-        )
+        record = {
+            "train": config.to_dict(),
+            "model": model_config.to_dict(),
+            "tensor": tensor_config.to_dict(),
+            "composers": composers,
+        }
+        tmp = saved.with_name(f"{saved.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(saved)  # other ranks may be reading it
 
     val = make_val_data(val_set, config)
+    if rank_zero:
+        _warn_without_validation(val, val_set, config)
     module = SiameseModule(model_config, config, val)
     data = PairData(config, train_set, val)
 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    # two rolling checkpoints: every N steps, and at each validation; --resume takes the newer
+    # rolling checkpoints, the newest keep_checkpoints of each kind: every N steps, and at each
+    # validation; --resume takes the newest
+    keep = config.keep_checkpoints
     every = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="step-{step}",
-        save_top_k=1,
+        monitor="step",
+        mode="max",
+        save_top_k=keep,
         every_n_train_steps=config.checkpoint_every_steps,
     )
-    at_val = ModelCheckpoint(dirpath=ckpt_dir, filename="val-{step}", save_top_k=1)
+    at_val = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="val-{step}", monitor="step", mode="max", save_top_k=keep
+    )
     interactive = sys.stderr.isatty()
     cbs: list[L.Callback] = [every, at_val, ExportBest(run_dir), DDPSyncCheck(run_dir)]
     if config.ema > 0:
@@ -284,9 +333,8 @@ def train(
 
         cbs.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config.ema)))
     if interactive:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        cbs.append(RichProgressBar())
+        epochs = -(-config.total_steps // config.steps_per_epoch)
+        cbs.append(StepsProgressBar(epochs))
     else:
         cbs.append(ValidationLog())
     cbs += list(callbacks or [])
@@ -294,42 +342,45 @@ def train(
     strategy = config.strategy
     if strategy == "auto" and n_proc > 1:
         strategy = "ddp"
-    trainer = L.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=strategy,
-        precision=_precision(config),
-        max_steps=config.total_steps,
-        max_epochs=-1,  # bounded by max_steps; an epoch bound breaks resuming at an epoch end
-        limit_train_batches=config.steps_per_epoch,
-        check_val_every_n_epoch=config.val_every_epochs,
-        num_sanity_val_steps=0,
-        gradient_clip_val=config.grad_clip,
-        logger=TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False),
-        callbacks=cbs,
-        use_distributed_sampler=False,
-        log_every_n_steps=10,
-        enable_model_summary=False,
-        enable_progress_bar=interactive,
-        default_root_dir=str(run_dir),
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*is an invalid version.*")
+    with quiet_lightning():
+        trainer = L.Trainer(
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=strategy,
+            precision=_precision(config),
+            max_steps=config.total_steps,
+            max_epochs=-1,  # bounded by max_steps; an epoch bound breaks resuming at an epoch end
+            limit_train_batches=config.steps_per_epoch,
+            check_val_every_n_epoch=config.val_every_epochs,
+            num_sanity_val_steps=0,
+            gradient_clip_val=config.grad_clip,
+            logger=TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False),
+            callbacks=cbs,
+            use_distributed_sampler=False,
+            log_every_n_steps=min(10, config.steps_per_epoch),
+            enable_model_summary=False,
+            enable_progress_bar=interactive,
+            default_root_dir=str(run_dir),
+        )
         trainer.fit(
             module,
             datamodule=data,
             ckpt_path=str(last) if resume and last else None,
             weights_only=True if resume else None,
         )
-    if trainer.is_global_zero and (config.export == "last" or not (run_dir / WEIGHTS).is_file()):
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        save_weights(
-            module.encoder,
-            run_dir / WEIGHTS,
-            step=trainer.global_step,
-            epoch=trainer.current_epoch,
-            metrics=metrics,
-        )
+    if trainer.is_global_zero:
+        # export "last" (the default), or "best" that never measured an AUC: the last weights
+        if config.export == "last" or not (run_dir / WEIGHTS).is_file():
+            metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+            }
+            save_weights(
+                module.encoder,
+                run_dir / WEIGHTS,
+                step=trainer.global_step,
+                epoch=trainer.current_epoch,
+                metrics=metrics,
+            )
+        prune_checkpoints(ckpt_dir, keep)
     return run_dir
