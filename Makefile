@@ -42,7 +42,9 @@ demo: install
 	rm -rf $(DEMO_RUN)
 	$(HX) train --data $(DEMO_CACHE) --out $(DEMO_RUN) --preset small --max-steps 600 \
 		--steps-per-epoch 100 --batch-size 32 --crop-seconds 30
+	$(HX) evaluate $(DEMO_RUN)
 	@echo "TensorBoard logs: $(DEMO_RUN)/tb   (tensorboard --logdir $(DEMO_RUN)/tb)"
+	@echo "Evaluation: $(DEMO_RUN)/eval/test/report.md, roc.png, det.png, distances.png"
 
 test: install
 	$(PY) -m pytest -q
