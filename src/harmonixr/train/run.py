@@ -242,6 +242,8 @@ def train(
     """Train SiaViT on a tensor cache; returns the run directory (see DESIGN §6)."""
     if not config.data or not config.out:
         raise ValueError("training needs a cache (--data) and a run directory (--out)")
+    # recorded absolute, so evaluate/index find the cache from wherever they run
+    config = config.replace(data=str(Path(config.data).resolve()))
     run_dir = Path(config.out)
     ckpt_dir = run_dir / "checkpoints"
     last = last_checkpoint(ckpt_dir)
