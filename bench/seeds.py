@@ -47,7 +47,9 @@ def main() -> None:
             else:
                 cells.append(
                     f"{vals.mean():.3f} ± {vals.std(ddof=1) if vals.size > 1 else 0:.3f} "
-                    f"({vals.min():.2f}–{vals.max():.2f})"
+                    f"({vals.min():.2f}–{vals.max():.2f}"
+                    + (f", n={vals.size}" if vals.size < len(reports) else "")
+                    + ")"
                 )
         print(f"| {m} | " + " | ".join(cells) + " |")
 

@@ -172,7 +172,9 @@ def test_asap_groups_join_repeat_variants_and_shared_recordings(tmp_path):
     assert asap_work("Beethoven/Piano_Sonatas/24-1_no_2_repeat") == "Beethoven/Piano_Sonatas/24-1"
     assert asap_work("Schumann/Toccata_repeat") == "Schumann/Toccata"
     assert asap_work("Schumann/Kreisleriana/1_no_first_repeat") == "Schumann/Kreisleriana/1"
-    assert asap_performer("x/Shi05M.mid") == "Shi" and asap_performer("x/midi_score.mid") == ""
+    assert asap_performer("x/Shi05M.mid") == "shi" and asap_performer("x/midi_score.mid") == ""
+    assert asap_performer("a/FALIKS03.mid") == asap_performer("b/Faliks07.mid") == "faliks"
+    assert asap_performer("a/Lee_E02.mid") == asap_performer("b/LeeE05.mid") == "leee"
     listing = read_corpus(_asap_like(tmp_path))
     by_name = {p.path.split("/", len(str(tmp_path).split("/")))[-1]: p for p in listing.pieces}
     g = {k: v.group for k, v in by_name.items()}
@@ -184,7 +186,7 @@ def test_asap_groups_join_repeat_variants_and_shared_recordings(tmp_path):
     assert g["Schumann/Toccata/Hu01.mid"] == g["Schumann/Toccata_repeat/Io01.mid"]
     assert g["Bach/Fugue/bwv_850/Fox01.mid"] != g["Bach/Fugue/bwv_852/Gil01.mid"]
     shi = by_name["Bach/Fugue/bwv_846/Shi06M.mid"]
-    assert shi.performer == "Shi" and shi.source.endswith("r2.midi")
+    assert shi.performer == "shi" and shi.source.endswith("r2.midi")
     assert shi.work == "Bach/Fugue/bwv_846"
     # 26-1 24-1 18-2 26-2 1-1 2-1, 846 P+F, 848 850 852, Toccata, Kreisleriana 1+2, Arabeske
     assert len({p.work for p in listing.pieces}) == 15

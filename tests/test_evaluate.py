@@ -24,24 +24,42 @@ HEADLINE_KEYS = {
 }  # fmt: skip
 
 
-def _labels(root, performer: bool) -> None:
-    lines = ["path,composer,title,group,performer"]
+def _labels(root) -> None:
+    lines = ["path,composer,title,group,performer,kind"]
     for composer in ("Low", "High"):
         for i in range(12):
             name = f"{composer}/{composer.lower()}{i:02d}.mid"
-            perf = f"P{i % 3}" if performer else ""
-            lines.append(f"{name},{composer},{composer} {i},{composer}-w{i // 2},{perf}")
-    (root / ("labels.csv" if performer else "scores.csv")).write_text("\n".join(lines) + "\n")
+            w = f"{composer}-w{i // 2}"
+            lines.append(f"{name},{composer},{composer} {i},{w},P{i % 3},performance")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def _scores(root) -> None:
+    """One deadpan score MIDI per work (fixed velocity, its composer's register), different
+    files from the performances."""
+    from midi_factory import write_score
+
+    lines = ["path,composer,title,group,kind"]
+    for composer, lo in (("Low", 40), ("High", 72)):
+        (root / composer).mkdir(parents=True, exist_ok=True)
+        for w in range(6):
+            name = f"{composer}/score{w}.mid"
+            notes = [(480 * k, 480, lo + (k * (w + 2)) % 14, 64) for k in range(40)]
+            write_score(root / name, notes)
+            lines.append(f"{name},{composer},{composer} w{w} (score),{composer}-w{w},score")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     midi = synthetic_corpus(root / "midi", n_per=12, seconds=20)
-    _labels(midi, True)
-    _labels(midi, False)
+    _labels(midi)
+    _scores(root / "scores-midi")
     preprocess(midi, root / "cache", labels=midi / "labels.csv", workers=1)
-    preprocess(midi, root / "scores", labels=midi / "scores.csv", workers=1)
+    preprocess(
+        root / "scores-midi", root / "scores", labels=root / "scores-midi/labels.csv", workers=1
+    )
     cfg = TrainConfig(
         data=str(root / "cache"),
         out=str(root / "run"),
@@ -76,7 +94,10 @@ def test_report_has_every_metric_for_model_and_baselines(tiny_run):
     m = methods[MODEL]
     assert m["verify_auc_lo"] <= m["verify_auc"] <= m["verify_auc_hi"]
     assert 0 <= m["conf_same_performer_share"] <= 1
-    assert report["pieces"]["scores"] == report["pieces"]["held"]  # every held work's score
+    # one score per held-out work, none of them a performance
+    assert report["pieces"]["scores"] == report["groups"]["held"] > 0
+    with pytest.raises(ValueError, match="no score MIDIs"):
+        evaluate_run(run, scores=root / "cache", resamples=10, baselines=False)
     out = run / "eval" / "test"
     for name in ("report.json", "report.md", "roc.png", "det.png", "distances.png"):
         assert (out / name).stat().st_size > 0

@@ -67,6 +67,10 @@ def test_eer_interpolates_between_roc_points():
     # ROC (0,0) (0,.5) (.5,.5) (.5,1) (1,1): FNR − FPR = 1, .5, 0 → EER exactly 0.5
     d, y = np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 0, 1, 0])
     assert equal_error_rate(d, y) == pytest.approx(0.5)
+    # a tie between a positive and a negative: ROC (0,0) (0,.5) (.5,1) (1,1); FNR − FPR goes
+    # 1 → .5 → −.5: the crossing lies halfway along the diagonal step, at FPR = FNR = 0.25
+    d, y = np.array([0.1, 0.5, 0.5, 0.9]), np.array([1, 1, 0, 0])
+    assert equal_error_rate(d, y) == pytest.approx(0.25)
 
 
 def test_attribution_metrics():
@@ -81,6 +85,15 @@ def test_attribution_metrics():
     assert macro_f1(pred, labels) == pytest.approx((0.5 + 2 / 3) / 2)
     with pytest.raises(ValueError):
         topk_accuracy(scores, labels[:2], 1)
+    with pytest.raises(ValueError):
+        topk_accuracy(scores, np.array([0, 1, 3, 0]), 1)
+    # a collapsed model (all scores equal) earns k/C, whatever the labels' indices
+    flat = np.zeros((4, 3))
+    assert topk_accuracy(flat, np.array([0, 0, 1, 2]), 1) == pytest.approx(1 / 3)
+    assert topk_accuracy(flat, np.array([0, 0, 1, 2]), 2) == pytest.approx(2 / 3)
+    # the true class tied with one other for first place: half a top-1, a whole top-2
+    tie = np.array([[0.5, 0.5, 0.1]])
+    assert topk_accuracy(tie, np.array([1]), 1) == 0.5 and topk_accuracy(tie, np.array([1]), 2) == 1
 
 
 def test_average_precision_and_retrieval():

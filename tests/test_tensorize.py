@@ -386,3 +386,13 @@ def test_reference_on_hand_computed_pedal_cases():
     first = [max(1, round(100 * math.exp(-0.03 * f))) for f in range(5)]
     again = [max(1, round(40 * math.exp(-0.03 * f))) for f in range(7)]
     assert col == first + again  # both twins stop at the re-strike, which rings to the release
+
+
+def test_config_validates_and_round_trips():
+    cfg = TensorConfig(binary=True)
+    assert TensorConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.key() != TensorConfig().key()
+    with pytest.raises(ValueError, match="whole octaves"):
+        TensorConfig(high_note=99)
+    with pytest.raises(ValueError, match="octave_decay"):
+        TensorConfig(octave_decay=(1.0, 2.0))

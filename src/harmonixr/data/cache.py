@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS pieces (
     tensor TEXT,
     performer TEXT NOT NULL DEFAULT '',
     source TEXT NOT NULL DEFAULT '',
-    work TEXT NOT NULL DEFAULT ''
+    work TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS pieces_sha ON pieces (sha256);
 CREATE INDEX IF NOT EXISTS pieces_composer ON pieces (composer);
@@ -84,6 +85,7 @@ class CachedPiece:
     performer: str = ""
     source: str = ""
     work: str = ""  # "" means the group is the work
+    kind: str = ""  # performance | score | "" (unknown)
 
     @property
     def work_id(self) -> str:
@@ -159,7 +161,7 @@ class TensorCache:
     def _migrate(self) -> None:
         """Caches made before performer/source/work existed get the columns (empty)."""
         have = {r[1] for r in self.db.execute("PRAGMA table_info(pieces)")}
-        for col in ("performer", "source", "work"):
+        for col in ("performer", "source", "work", "kind"):
             if have and col not in have:
                 self.db.execute(f"ALTER TABLE pieces ADD COLUMN {col} TEXT NOT NULL DEFAULT ''")
         self.db.commit()
@@ -180,8 +182,8 @@ class TensorCache:
         finished first), so splits and pair sets drawn from them depend only on the seed."""
         sql = (
             'SELECT id, path, sha256, composer, title, "group", n_frames, n_notes, '
-            "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work "
-            "FROM pieces"
+            "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work, "
+            "kind FROM pieces"
         )
         args: tuple[Any, ...] = ()
         if status is not None:
@@ -266,11 +268,12 @@ class TensorCache:
     def put_row(self, piece: Piece, sha: str | None, status: str, **values: Any) -> None:
         self.db.execute(
             'INSERT INTO pieces (path, sha256, composer, title, "group", n_frames, n_notes, '
-            "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work, "
+            "kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, composer=excluded.composer, "
             'title=excluded.title, "group"=excluded."group", n_frames=excluded.n_frames, '
             "performer=excluded.performer, source=excluded.source, work=excluded.work, "
+            "kind=excluded.kind, "
             "n_notes=excluded.n_notes, dropped_notes=excluded.dropped_notes, "
             "duration_s=excluded.duration_s, status=excluded.status, reason=excluded.reason, "
             "detail=excluded.detail, tensor=excluded.tensor",
@@ -291,6 +294,7 @@ class TensorCache:
                 piece.performer,
                 piece.source,
                 piece.work,
+                piece.kind,
             ),
         )
         self.db.commit()
@@ -430,11 +434,19 @@ def _put_copy(cache: TensorCache, piece: Piece, sha: str, row: dict[str, Any]) -
 
 
 def _refresh_labels(cache: TensorCache, piece: Piece) -> None:
-    labels = (piece.composer, piece.title, piece.group, piece.performer, piece.source, piece.work)
+    labels = (
+        piece.composer,
+        piece.title,
+        piece.group,
+        piece.performer,
+        piece.source,
+        piece.work,
+        piece.kind,
+    )
     cache.db.execute(  # committed once after the scan
-        'UPDATE pieces SET composer=?, title=?, "group"=?, performer=?, source=?, work=? '
+        'UPDATE pieces SET composer=?, title=?, "group"=?, performer=?, source=?, work=?, kind=? '
         'WHERE path=? AND (composer!=? OR title!=? OR "group"!=? OR performer!=? OR source!=? '
-        "OR work!=?)",
+        "OR work!=? OR kind!=?)",
         labels + (piece.path,) + labels,
     )
 

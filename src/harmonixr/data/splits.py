@@ -33,6 +33,31 @@ def _counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
     return n_val, n_test
 
 
+def _content_joined_groups(pieces: Sequence[Labelled]) -> dict[str, str]:
+    """group → the name of its unit, where groups holding byte-identical files (same sha256,
+    e.g. one upload under two titles) are joined, so a file never sits on two sides."""
+    parent: dict[str, str] = {}
+
+    def find(a: str) -> str:
+        parent.setdefault(a, a)
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    first: dict[str, str] = {}
+    for p in pieces:
+        find(p.group)
+        sha = getattr(p, "sha256", None)
+        if sha:
+            other = first.setdefault(sha, p.group)
+            ra, rb = find(other), find(p.group)
+            if ra != rb:
+                lo, hi = sorted((ra, rb))
+                parent[hi] = lo
+    return {g: find(g) for g in parent}
+
+
 def make_split(
     pieces: Sequence[Labelled],
     mode: str = "group",
@@ -51,20 +76,22 @@ def make_split(
         raise ValueError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
     rng = np.random.default_rng(seed)
     side_of: dict[str, str] = {}
+    unit = _content_joined_groups(pieces)
     if mode == "group":
         groups_by_composer: dict[str, list[str]] = defaultdict(list)
         owner: dict[str, str] = {}
         for p in pieces:
-            if p.group not in owner:
-                owner[p.group] = p.composer
-                groups_by_composer[p.composer].append(p.group)
+            g = unit[p.group]
+            if g not in owner:
+                owner[g] = p.composer
+                groups_by_composer[p.composer].append(g)
         for composer in sorted(groups_by_composer):
             groups = sorted(groups_by_composer[composer])
             rng.shuffle(groups)
             n_val, n_test = _counts(len(groups), fractions)
             for i, g in enumerate(groups):
                 side_of[g] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
-        key = [p.group for p in pieces]
+        key = [unit[p.group] for p in pieces]
     else:
         composers = sorted({p.composer for p in pieces})
         rng.shuffle(composers)

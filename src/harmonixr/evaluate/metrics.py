@@ -102,15 +102,20 @@ def det_curve(d: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Share of rows whose true label is among the ``k`` highest scores (ties broken by the
-    lower class index, deterministically)."""
+    """Share of rows whose true label is among the ``k`` highest scores. Ties share the places
+    they straddle: a true class tied with t others just past rank r earns (k − r)/(t + 1), so a
+    model that scores every class alike earns k/C, not a lucky index's credit."""
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
     if scores.ndim != 2 or scores.shape[0] != labels.size:
         raise ValueError(f"scores {scores.shape} do not match {labels.size} labels")
     if scores.shape[0] == 0:
         raise ValueError("no rows to score")
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return float(np.mean((order == labels[:, None]).any(axis=1)))
+    if labels.min() < 0 or labels.max() >= scores.shape[1]:
+        raise ValueError(f"labels must index the {scores.shape[1]} score columns")
+    true = scores[np.arange(labels.size), labels][:, None]
+    greater = (scores > true).sum(axis=1)
+    tied = (scores == true).sum(axis=1)
+    return float(np.mean(np.clip((k - greater) / tied, 0.0, 1.0)))
 
 
 def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:

@@ -49,6 +49,14 @@ def _side(rows: Sequence[CachedPiece], emb: np.ndarray) -> Side:
     )
 
 
+def _same_tensors(cache: TensorCache, recorded: dict[str, Any] | None) -> None:
+    if recorded is not None and cache.config.to_dict() != recorded:
+        raise ValueError(
+            f"{cache.root}: its tensors were made with {cache.config.to_dict()}, but the run was "
+            f"trained on {recorded}"
+        )
+
+
 def _val_auc(side: Side) -> float:
     i, j = cross_pairs(side)
     y = side.composer[i] == side.composer[j]
@@ -110,29 +118,36 @@ def evaluate_run(
     settings = Settings(seed=seed, resamples=resamples)
     cache_dir = resolve_data(run, train_cfg.get("data", ""), data)
     t0 = time.perf_counter()
+    recorded = stored.get("tensor")
     with TensorCache(cache_dir) as cache:
+        _same_tensors(cache, recorded)
         all_rows = cache.pieces()
         idx = load_split(split_path, all_rows)
         rows = {k: [all_rows[i] for i in idx[k]] for k in ("train", "val")}
         rows["held"] = [all_rows[i] for i in idx[held_name]]
-        held_groups = {r.group for r in rows["held"]}
-        if scores is not None:
-            with TensorCache(scores) as sc:
-                rows["scores"] = [
-                    r for r in sc.pieces() if r.performer == "" and r.group in held_groups
-                ]
-                score_tensors = [sc.load(r, mmap=False) for r in rows["scores"]]
-        tensors = {
-            k: [cache.load(r, mmap=False) for r in v] for k, v in rows.items() if k != "scores"
-        }
+        tensors = {k: [cache.load(r) for r in v] for k, v in rows.items()}
     if scores is not None:
-        tensors["scores"] = score_tensors
+        held_groups = {r.group for r in rows["held"]}
+        with TensorCache(scores) as sc:
+            _same_tensors(sc, recorded)
+            score_rows = [r for r in sc.pieces() if r.kind == "score"]
+            if not score_rows:
+                raise ValueError(
+                    f"{scores}: holds no score MIDIs (kind 'score'); make it with "
+                    "harmonixr preprocess ASAP --scores"
+                )
+            rows["scores"] = [r for r in score_rows if r.group in held_groups]
+            tensors["scores"] = [sc.load(r) for r in rows["scores"]]
     data_sides = _Sides(rows, tensors)
     say(f"{sum(len(v) for v in rows.values())} pieces loaded")
 
     methods: dict[str, dict[str, Side]] = {}
     choices: dict[str, Any] = {}
-    encoder = load(Path(weights) if weights else run)
+    from harmonixr.model.io import weights_info
+
+    weights_path = Path(weights) if weights else run
+    encoder = load(weights_path)
+    info = weights_info(weights_path)
     say("embedding with the trained model")
     methods[MODEL] = data_sides.sides(lambda ts: embed_pieces(encoder, ts, crop))
     if baselines:
@@ -165,6 +180,12 @@ def evaluate_run(
         "pieces": {k: len(v) for k, v in rows.items()},
         "groups": {k: len({r.group for r in v}) for k, v in rows.items()},
         "resamples": resamples,
+        "weights": {
+            "path": str(weights_path),
+            "step": info.get("step"),
+            "ema": train_cfg.get("ema", 0.0),
+        },
+        "choices_made_on": "val",
         "choices": choices,
         "methods": {},
     }
@@ -211,7 +232,7 @@ def _lr_baseline(
         scored.append((np.nan_to_num(auc, nan=-1.0), c, model))
     auc, c, model = max(scored, key=lambda t: t[0])
     sides = {k: _side(rows[k], probs(model, k)) for k in rows}
-    return sides, {"C": c, "val_auc": float(auc), "scored_by": "p·q"}
+    return sides, {"C": c, "val_auc": float(auc) if auc >= 0 else None, "scored_by": "p·q"}
 
 
 def _finite(v: float) -> float | None:
@@ -271,8 +292,13 @@ def report_markdown(report: dict[str, Any]) -> str:
         + f". Whole pieces (crops of {report['crop_frames']} frames, half overlapping, "
         f"averaged). Held-out pairs from different groups: {int(model.get('verify_pairs') or 0)} "
         f"({int(model.get('verify_same') or 0)} same composer). 95% intervals: bootstrap over "
-        f"groups, {report['resamples']} resamples. Thresholds, probe C and baseline settings "
-        "come from the validation side.",
+        f"groups, {report['resamples']} resamples. "
+        + (
+            "Thresholds, probe C and baseline settings come from the validation side."
+            if report["held_side"] != "val"
+            else "**Thresholds, probe C and baseline settings were chosen on this same "
+            "validation side: these figures are optimistic; use the test side for claims.**"
+        ),
         "",
         "| method | " + " | ".join(h for _, h in HEADLINE) + " |",
         "|---|" + "---:|" * len(HEADLINE),

@@ -24,6 +24,7 @@ class Piece:
     performer: str = ""  # who played it, where the corpus says (ASAP); "" when unknown
     source: str = ""  # the recording it was cut from, where the corpus says (ASAP); "" otherwise
     work: str = ""  # the musical work when ``group`` joins several (ASAP); "" means ``group``
+    kind: str = ""  # "performance" or "score" (a deadpan score MIDI) where known; "" otherwise
 
 
 @dataclass
@@ -107,7 +108,8 @@ def asap_performer(path: str) -> str:
     if stem.startswith("midi_score"):
         return ""
     m = _PERFORMER.match(stem)
-    return m.group(1) if m and m.group(1) else ""
+    # one pianist is spelled several ways (FALIKS / Faliks, Lee_E / LeeE, Na_ / Na)
+    return re.sub(r"[^a-z]", "", m.group(1).casefold()) if m and m.group(1) else ""
 
 
 class _Union:
@@ -162,7 +164,16 @@ def read_asap(root: str | Path, include_scores: bool = False) -> Listing:
                 rec = (row.get("maestro_midi_performance") or "").strip()
                 work = asap_work(row["folder"])
                 pieces.append(
-                    Piece(str(path), composer, title, group, asap_performer(perf), rec, work)
+                    Piece(
+                        str(path),
+                        composer,
+                        title,
+                        group,
+                        asap_performer(perf),
+                        rec,
+                        work,
+                        "performance",
+                    )
                 )
             else:
                 skipped.append((str(path), "listed in metadata.csv but missing"))
@@ -208,7 +219,8 @@ def read_maestro(root: str | Path) -> Listing:
 
 def read_folder(root: str | Path, labels: str | Path | None = None) -> Listing:
     """A folder of MIDI files labelled by ``labels`` (CSV: path, composer[, title, group,
-    performer, source]; paths relative to the folder) or else by each file's parent folder."""
+    performer, source, work, kind]; paths relative to the folder; kind: performance | score) or
+    else by each file's parent folder."""
     root = Path(root)
     pieces, skipped = [], []
     if labels is not None:
@@ -230,9 +242,8 @@ def read_folder(root: str | Path, labels: str | Path | None = None) -> Listing:
                     continue
                 title = nfc(row.get("title") or "") or path.stem
                 group = nfc(row.get("group") or "") or rel
-                performer = nfc(row.get("performer") or "")
-                source = nfc(row.get("source") or "")
-                pieces.append(Piece(str(path), composer, title, group, performer, source))
+                extra = {k: nfc(row.get(k) or "") for k in ("performer", "source", "work", "kind")}
+                pieces.append(Piece(str(path), composer, title, group, **extra))
         return Listing(pieces, "folder", skipped)
     for p in _midi_files(root):
         if p.parent == root:

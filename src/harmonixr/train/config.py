@@ -35,6 +35,7 @@ class TrainConfig:
     velocity_gain: float = 0.0  # a: each crop's velocities × g, log g ~ U(−a, a) (recording level)
     time_stretch: float = 0.0  # a: each crop played f× slower, log f ~ U(−a, a) (tempo)
     ema: float = 0.0  # > 0: validate and export an exponential moving average of the weights
+    ema_start: float = 0.5  # …started from the weights at this fraction of the steps
     export: str = "last"  # model.safetensors: the last weights, or "best" by validation AUC
     balanced: bool = False
     p_same: float = 0.5
@@ -71,6 +72,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.export not in ("last", "best"):
             raise ValueError(f"export must be 'last' or 'best', got {self.export!r}")
+        if not 0.0 <= self.ema_start < 1.0:
+            raise ValueError(f"ema_start must be in [0, 1), got {self.ema_start}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.velocity_gain < 0 or self.time_stretch < 0:

@@ -148,7 +148,7 @@ class ExportBest(L.Callback):
                 k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
             }
             save_weights(
-                module.encoder,
+                _validated_encoder(trainer, module),
                 self.run_dir / WEIGHTS,
                 step=trainer.global_step,
                 epoch=trainer.current_epoch,
@@ -160,6 +160,54 @@ class ExportBest(L.Callback):
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.best = float(state["best"])
+
+
+def _validated_encoder(trainer: L.Trainer, module: L.LightningModule):
+    """The encoder whose weights validation just measured: the moving average once it exists
+    (Lightning swaps the raw weights back before ``on_validation_end``), else the module's."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    for cb in trainer.callbacks:
+        avg = getattr(cb, "_average_model", None)
+        if isinstance(cb, WeightAveraging) and avg is not None and int(avg.n_averaged) > 0:
+            return avg.module.encoder
+    return module.encoder
+
+
+def late_ema(decay: float, start_step: int) -> L.Callback:
+    """An exponential moving average of the weights that starts at ``start_step`` from a copy of
+    the weights there (not from the random initialisation, which a plain EMA keeps with weight
+    decay^steps), validates and exports the average once it exists."""
+    from lightning.pytorch.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    class LateEMA(WeightAveraging):
+        def __init__(self) -> None:
+            super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
+            self.start_step = start_step
+
+        def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None):
+            return step_idx is not None and step_idx >= self.start_step
+
+        def _started(self) -> bool:
+            avg = self._average_model
+            return avg is not None and int(avg.n_averaged) > 0
+
+        def on_validation_epoch_start(self, trainer, pl_module) -> None:
+            self._swapped = self._started()
+            if self._swapped:
+                super().on_validation_epoch_start(trainer, pl_module)
+
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            if getattr(self, "_swapped", False):
+                super().on_validation_epoch_end(trainer, pl_module)
+            self._swapped = False
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if self._started():
+                super().on_train_end(trainer, pl_module)
+
+    return LateEMA()
 
 
 class ValidationLog(L.Callback):
@@ -330,10 +378,7 @@ def train(
     interactive = sys.stderr.isatty()
     cbs: list[L.Callback] = [every, at_val, ExportBest(run_dir), DDPSyncCheck(run_dir)]
     if config.ema > 0:
-        from lightning.pytorch.callbacks import WeightAveraging
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        cbs.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config.ema)))
+        cbs.append(late_ema(config.ema, int(config.total_steps * config.ema_start)))
     if interactive:
         epochs = -(-config.total_steps // config.steps_per_epoch)
         cbs.append(StepsProgressBar(epochs))
