@@ -1,0 +1,151 @@
+"""What the pictures share: the Agg backend, the composer palette, GIFs and offline HTML."""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OTHER = "other"
+OTHER_COLOUR = "#b4b4b4"
+# 16 colours picked to stay apart from each other and from the grey of "other"
+PALETTE = (
+    "#1f77b4",  # blue
+    "#d62728",  # red
+    "#2ca02c",  # green
+    "#ff7f0e",  # orange
+    "#9467bd",  # purple
+    "#17becf",  # cyan
+    "#e377c2",  # pink
+    "#8c564b",  # brown
+    "#bcbd22",  # olive
+    "#000080",  # navy
+    "#f5c400",  # yellow
+    "#006d5b",  # dark teal
+    "#ff9896",  # salmon
+    "#7b4173",  # plum
+    "#98df8a",  # light green
+    "#5a5a5a",  # dark grey
+)
+MAX_COLOURS = len(PALETTE)
+PLOTLY_SCRIPT_SRC = ('src="http://', 'src="https://', "src='http://", "src='https://")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed); set here, not at import."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def composer_colours(composers: Sequence[str], top: int = MAX_COLOURS) -> dict[str, str]:
+    """Colours of the ``top`` composers with the most pieces (ties by name), in that order;
+    the others are drawn as :data:`OTHER`. A composer literally named "other" keeps the grey."""
+    top = max(0, min(top, MAX_COLOURS))
+    counts = Counter(composers)
+    ranked = sorted(counts, key=lambda c: (-counts[c], c))
+    chosen = [c for c in ranked if c != OTHER][:top]
+    return {c: PALETTE[i] for i, c in enumerate(chosen)}
+
+
+def colour_of(composer: str, colours: dict[str, str]) -> str:
+    return colours.get(composer, OTHER_COLOUR)
+
+
+def legend_names(composers: Sequence[str], colours: dict[str, str]) -> list[tuple[str, str, int]]:
+    """(label, colour, pieces) for the legend: the coloured composers, then "other (n)"."""
+    counts = Counter(composers)
+    rows = [(c, colours[c], counts[c]) for c in colours]
+    rest = sum(n for c, n in counts.items() if c not in colours)
+    if rest:
+        n_rest = len([c for c in counts if c not in colours])
+        rows.append((f"{OTHER} ({n_rest} composers)", OTHER_COLOUR, rest))
+    return rows
+
+
+def figure_image(fig: Any) -> Any:
+    """The figure's pixels as an RGB PIL image."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return Image.fromarray(rgba[..., :3].copy())
+
+
+def save_gif(
+    frames: Sequence[Any], path: str | Path, frame_ms: int = 100, max_bytes: int = 4_000_000
+) -> Path:
+    """Write PIL frames as a looping GIF under ``max_bytes``: one shared 256-colour palette,
+    then smaller frames until it fits."""
+    from PIL import Image
+
+    if len(frames) < 2:
+        raise ValueError(f"{path}: an animation needs at least two frames, got {len(frames)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scale = 1.0
+    while True:
+        imgs = [f if scale == 1.0 else _scaled(f, scale) for f in frames]
+        # one palette from a strip of every frame keeps colours steady across the animation
+        strip = Image.new("RGB", (imgs[0].width, imgs[0].height * min(len(imgs), 8)))
+        for k, i in enumerate(np.linspace(0, len(imgs) - 1, min(len(imgs), 8)).astype(int)):
+            strip.paste(imgs[i], (0, k * imgs[0].height))
+        palette = strip.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+        quant = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in imgs]
+        tmp = path.with_name(path.name + ".tmp")
+        quant[0].save(
+            tmp,
+            format="GIF",
+            save_all=True,
+            append_images=quant[1:],
+            duration=frame_ms,
+            loop=0,
+            optimize=True,
+            disposal=1,
+        )
+        if tmp.stat().st_size <= max_bytes or scale < 0.3:
+            tmp.replace(path)
+            return path
+        scale *= 0.8
+
+
+def _scaled(img: Any, scale: float) -> Any:
+    from PIL import Image
+
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+def write_html(fig: Any, path: str | Path, title: str, below: str = "") -> Path:
+    """A self-contained page: the plotly figure with plotly.js inlined (works offline, no CDN),
+    then ``below`` (trusted HTML made by this package, already escaped)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = fig.to_html(
+        include_plotlyjs=True,
+        full_html=False,
+        include_mathjax=False,
+        config={"displaylogo": False, "responsive": True},
+        default_width="100%",
+        default_height="85vh",
+    )
+    title = html.escape(title)
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        f"<title>{title}</title>\n<style>body{{font-family:sans-serif;margin:0 1em}}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}"
+        "td,th{border-bottom:1px solid #ddd;padding:.2em .8em;text-align:left}"
+        "</style>\n</head>\n<body>\n"
+        f"{body}\n{below}\n</body>\n</html>\n"
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
