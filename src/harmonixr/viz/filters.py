@@ -1,0 +1,78 @@
+"""``harmonixr viz filters``: the first layer's 3-D kernels (pitch class × octave × time),
+one row per filter, one column per time slice, on one shared colour scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harmonixr.viz._style import pyplot
+
+
+def stem_kernels(run: str | Path) -> tuple[np.ndarray, float]:
+    """The stem convolution's weights ``(filters, pitch, octave, time)`` (input channels summed)
+    and the frame length in ms."""
+    from harmonixr.viz._run import encoder_at, read_run
+
+    info = read_run(run)
+    encoder = encoder_at(info)
+    w = encoder.stem.weight.detach().float().cpu().numpy()  # (out, in, p, o, t)
+    return w.sum(1), float(info.config["train"]["frame_ms"])
+
+
+def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``filters.png`` (default in ``RUN/viz``): panel (i, t) is filter i's 3×3 (pitch
+    class × octave) slice at time step t; red excites, blue inhibits; filters are ordered by
+    their weight norm, strongest first."""
+    plt = pyplot()
+    kernels, frame_ms = stem_kernels(run)
+    n, kp, ko, kt = kernels.shape
+    order = np.argsort(-np.sqrt((kernels**2).sum((1, 2, 3))), kind="stable")
+    vmax = float(np.abs(kernels).max()) or 1.0
+    cell = 0.55
+    fig_w = 1.6 + cell * kt + 1.0
+    fig_h = 1.5 + cell * n
+    fig, axes = plt.subplots(
+        n, kt, figsize=(fig_w, fig_h), dpi=100, squeeze=False, gridspec_kw={"wspace": 0.08}
+    )
+    fig.subplots_adjust(
+        left=1.3 / fig_w, right=1 - 1.1 / fig_w, top=1 - 1.05 / fig_h, bottom=0.45 / fig_h
+    )
+    img = None
+    for row, i in enumerate(order):
+        for t in range(kt):
+            ax = axes[row, t]
+            img = ax.imshow(
+                kernels[i, :, :, t],
+                origin="lower",
+                cmap="RdBu_r",
+                vmin=-vmax,
+                vmax=vmax,
+                interpolation="nearest",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"{t * frame_ms:g} ms", fontsize=8)
+        axes[row, 0].set_ylabel(f"{i + 1}", fontsize=8, rotation=0, ha="right", va="center")
+    name = Path(run).name
+    fig.text(0.02, 1 - 0.3 / fig_h, f"First-layer filters of {name}", fontsize=12, weight="bold")
+    fig.text(
+        0.02,
+        1 - 0.62 / fig_h,
+        f"{n} filters (rows, strongest first) × {kt} time slices (columns); each panel: "
+        f"pitch class ({kp}, up) × octave ({ko}, across)",
+        fontsize=8,
+        color="#444444",
+    )
+    cax = fig.add_axes((1 - 0.85 / fig_w, 0.45 / fig_h, 0.18 / fig_w, 1 - 1.5 / fig_h))
+    fig.colorbar(img, cax=cax, label="weight")
+    out = Path(out) if out else Path(run) / "viz"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "filters.png"
+    try:
+        fig.savefig(path, dpi=100, facecolor="white")
+    finally:
+        plt.close(fig)
+    return path
