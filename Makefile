@@ -46,6 +46,15 @@ demo: install
 	@echo "TensorBoard logs: $(DEMO_RUN)/tb   (tensorboard --logdir $(DEMO_RUN)/tb)"
 	@echo "Evaluation: $(DEMO_RUN)/eval/test/report.md, roc.png, det.png, distances.png"
 
+# maps: the pictures of a run (default the demo's) in RUN/viz; each command prints its files
+MAPS_RUN   ?= $(DEMO_RUN)
+MAPS_CACHE ?= $(DEMO_CACHE)
+.PHONY: maps
+maps: install
+	$(HX) viz tsne $(MAPS_RUN) --data $(MAPS_CACHE)
+	$(HX) viz filters $(MAPS_RUN)
+	$(HX) viz curves $(MAPS_RUN)
+
 test: install
 	$(PY) -m pytest -q
 

@@ -181,7 +181,7 @@ def test_filters_and_curves(tiny_run, tmp_path):
     kernels, _ = stem_kernels(run)
     assert kernels.shape == (8, 3, 3, 8)  # tiny: 8 filters, 3×3 grid, 8 time slices
     size, _ = _image(filter_grid(run, tmp_path))
-    assert size == (round(100 * (1.6 + 0.55 * 8 + 1.0)), round(100 * (1.5 + 0.55 * 8)))
+    assert size == (round(100 * (1.6 + 0.55 * 8 + 1.4)), round(100 * (1.75 + 0.55 * 8)))
     assert {"train/loss", "val/auc"} <= set(read_scalars(run))
     _image(training_curves(run, tmp_path), size=(1500, 720))
     with pytest.raises(ValueError, match="no TensorBoard event files"):

@@ -97,7 +97,7 @@ def save_gif(
         strip = Image.new("RGB", (imgs[0].width, imgs[0].height * min(len(imgs), 8)))
         for k, i in enumerate(np.linspace(0, len(imgs) - 1, min(len(imgs), 8)).astype(int)):
             strip.paste(imgs[i], (0, k * imgs[0].height))
-        palette = strip.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+        palette = _gif_palette(strip)
         quant = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in imgs]
         tmp = path.with_name(path.name + ".tmp")
         quant[0].save(
@@ -114,6 +114,23 @@ def save_gif(
             tmp.replace(path)
             return path
         scale *= 0.8
+
+
+# colours that fill most of a picture (background, panes, grid, text) are kept exact
+_EXACT = ((255, 255, 255), (245, 245, 245), (238, 238, 238), (217, 217, 217), (0, 0, 0))
+
+
+def _gif_palette(strip: Any) -> Any:
+    """A 256-colour palette image: the exact colours above, then the colours that cover
+    ``strip`` best (max-coverage keeps small coloured dots true, where median cut let
+    composers' colours drift)."""
+    from PIL import Image
+
+    fitted = strip.quantize(colors=256 - len(_EXACT), method=Image.Quantize.MAXCOVERAGE)
+    rgb = [c for colour in _EXACT for c in colour] + fitted.getpalette()[: 3 * (256 - len(_EXACT))]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(rgb + [0] * (768 - len(rgb)))
+    return palette
 
 
 def _scaled(img: Any, scale: float) -> Any:

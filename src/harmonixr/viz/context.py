@@ -97,9 +97,9 @@ def context_map(
         f"composers (the saved map of {info.root}; corpus points never move)"
     )
     out.mkdir(parents=True, exist_ok=True)
-    fig, _ = scatter.draw(layers, title, sub)
+    fig, ax = scatter.draw(layers, title, sub)
     try:
-        png = scatter.save_png(fig, out / "context.png")
+        png = scatter.save_png(fig, out / "context.png", ax)
     finally:
         scatter.close(fig)
     table = _nearest_html(cmap, names, idx, dist)

@@ -60,6 +60,7 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), dpi=100, squeeze=False)
+    last = max(float(scalars[t][0].max()) for _, tags in panels for t in tags)
     for ax, (title, tags) in zip(axes.flat, panels, strict=False):
         for k, tag in enumerate(tags):
             steps, values = scalars[tag]
@@ -71,6 +72,7 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
                 marker = "o" if len(values) < 40 else None
                 ax.plot(steps, values, color=colour, lw=1.6, marker=marker, ms=3, label=tag)
         ax.set_title(title, fontsize=11)
+        ax.set_xlim(0, max(1.0, last) * 1.02)  # one step axis for every panel
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")

@@ -31,13 +31,13 @@ def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:
     order = np.argsort(-np.sqrt((kernels**2).sum((1, 2, 3))), kind="stable")
     vmax = float(np.abs(kernels).max()) or 1.0
     cell = 0.55
-    fig_w = 1.6 + cell * kt + 1.0
-    fig_h = 1.5 + cell * n
+    fig_w = 1.6 + cell * kt + 1.4
+    fig_h = 1.75 + cell * n
     fig, axes = plt.subplots(
         n, kt, figsize=(fig_w, fig_h), dpi=100, squeeze=False, gridspec_kw={"wspace": 0.08}
     )
     fig.subplots_adjust(
-        left=1.3 / fig_w, right=1 - 1.1 / fig_w, top=1 - 1.05 / fig_h, bottom=0.45 / fig_h
+        left=1.3 / fig_w, right=1 - 1.5 / fig_w, top=1 - 1.3 / fig_h, bottom=0.45 / fig_h
     )
     img = None
     for row, i in enumerate(order):
@@ -56,17 +56,21 @@ def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:
             if row == 0:
                 ax.set_title(f"{t * frame_ms:g} ms", fontsize=8)
         axes[row, 0].set_ylabel(f"{i + 1}", fontsize=8, rotation=0, ha="right", va="center")
+    axes[0, 0].annotate(
+        "filter", (-0.35, 1.25), xycoords="axes fraction", ha="right", fontsize=8, color="#444444"
+    )
     name = Path(run).name
     fig.text(0.02, 1 - 0.3 / fig_h, f"First-layer filters of {name}", fontsize=12, weight="bold")
     fig.text(
         0.02,
-        1 - 0.62 / fig_h,
-        f"{n} filters (rows, strongest first) × {kt} time slices (columns); each panel: "
-        f"pitch class ({kp}, up) × octave ({ko}, across)",
+        1 - 0.55 / fig_h,
+        f"{n} filters (rows, strongest first) × {kt} time slices (columns)\n"
+        f"each panel: pitch class ({kp}, up) × octave ({ko}, across); red excites, blue inhibits",
         fontsize=8,
         color="#444444",
+        va="top",
     )
-    cax = fig.add_axes((1 - 0.85 / fig_w, 0.45 / fig_h, 0.18 / fig_w, 1 - 1.5 / fig_h))
+    cax = fig.add_axes((1 - 1.25 / fig_w, 0.45 / fig_h, 0.18 / fig_w, 1 - 1.75 / fig_h))
     fig.colorbar(img, cax=cax, label="weight")
     out = Path(out) if out else Path(run) / "viz"
     out.mkdir(parents=True, exist_ok=True)

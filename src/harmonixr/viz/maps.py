@@ -212,7 +212,7 @@ def _save_all(
 ) -> dict[str, Path]:
     fig, ax = scatter.draw(layers, title, subtitle)
     try:
-        png = scatter.save_png(fig, stem.with_suffix(".png"))
+        png = scatter.save_png(fig, stem.with_suffix(".png"), ax)
         gif = scatter.save_rotation(fig, ax, stem.with_suffix(".gif"), frames=frames)
     finally:
         scatter.close(fig)
@@ -276,7 +276,7 @@ def checkpoint_maps(
     for coords, st in zip(maps, stats, strict=True):
         layers = piece_layers(coords, corpus.composers, corpus.titles, corpus.paths, colours)
         label = "initial weights" if st["step"] == 0 else "checkpoint"
-        fig, _ = scatter.draw(
+        fig, ax = scatter.draw(
             layers,
             f"Step {st['step']} ({label})",
             f"{len(coords)} pieces · embedding spread {st['spread']:.3f}, effective dimension "
@@ -286,8 +286,8 @@ def checkpoint_maps(
         )
         try:
             name = f"step-{st['step']:07d}.png"
-            written[f"checkpoints/{name}"] = scatter.save_png(fig, folder / name)
-            images.append(scatter._shrink(scatter.figure_image(fig), scatter.GIF_SCALE))
+            written[f"checkpoints/{name}"] = scatter.save_png(fig, folder / name, ax)
+            images.append(scatter._shrink(scatter.snapshot(fig, ax), scatter.GIF_SCALE))
         finally:
             scatter.close(fig)
     written["checkpoints.gif"] = save_gif(images, out / "checkpoints.gif", frame_ms=1500)

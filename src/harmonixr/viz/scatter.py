@@ -14,7 +14,8 @@ import numpy as np
 from harmonixr.viz._style import figure_image, pyplot, save_gif, write_html
 
 WIDTH_IN, HEIGHT_IN, DPI = 10.0, 7.5, 100  # PNG: 1000 × 750 pixels
-GIF_SCALE = 0.64  # GIF frames: 640 × 480 pixels
+GIF_SCALE = 0.64
+ZOOM = 1.0  # GIF frames: 640 × 480 pixels
 HOVER_FIELDS = ("composer", "title", "file")
 
 
@@ -54,13 +55,13 @@ def draw(
     """The matplotlib figure and 3-D axes; the legend sits right of the axes, never over
     the points."""
     plt = pyplot()
-    from matplotlib.transforms import offset_copy
-
     fig = plt.figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
     has_legend = any(layer.name for layer in layers)
     ax = fig.add_axes(
         (0.0, 0.0, 0.72 if has_legend else 1.0, 0.9), projection="3d", computed_zorder=False
     )
+    labels: list[tuple[Any, tuple[float, float, float], float]] = []
+    fig._hx_labels = labels  # placed by _place_labels before each picture is taken
     for layer in layers:
         xyz = np.asarray(layer.xyz, np.float64).reshape(-1, 3)
         if not len(xyz):
@@ -82,24 +83,22 @@ def draw(
         for (x, y, z), text, s in zip(xyz, layer.labels or (), sizes, strict=False):
             if not text:
                 continue
-            gap = np.sqrt(s) / 2 + 1.5  # beside the marker, not over it
-            ax.text(
+            gap = np.sqrt(s) / 2 + 2.0  # points: beside the marker, not over it
+            artist = ax.text(
                 x,
                 y,
                 z,
                 text,
                 fontsize=9,
                 zorder=10,
-                ha="left",
-                va="bottom",
-                transform=offset_copy(ax.transData, fig=fig, x=gap, y=gap * 0.6, units="points"),
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
             )
+            labels.append((artist, (x, y, z), gap))
     centre, half = limits or cube_limits(*[layer.xyz for layer in layers])
     ax.set_xlim(centre[0] - half, centre[0] + half)
     ax.set_ylim(centre[1] - half, centre[1] + half)
     ax.set_zlim(centre[2] - half, centre[2] + half)
-    ax.set_box_aspect((1, 1, 1), zoom=0.95)
+    ax.set_box_aspect((1, 1, 1), zoom=ZOOM)
     for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
         axis.set_ticklabels([])
         axis._axinfo["tick"].update(inward_factor=0.0, outward_factor=0.0)
@@ -134,9 +133,85 @@ def draw(
     return fig, ax
 
 
-def save_png(fig: Any, path: str | Path) -> Path:
+# where a label may sit around its point, in order of preference: (dx, dy, ha, va)
+_SPOTS = (
+    (1, 0.6, "left", "bottom"),
+    (1, -0.6, "left", "top"),
+    (-1, 0.6, "right", "bottom"),
+    (-1, -0.6, "right", "top"),
+    (0, 1, "center", "bottom"),
+    (0, -1, "center", "top"),
+    (1, 0, "left", "center"),
+    (-1, 0, "right", "center"),
+)
+
+
+def _place_labels(fig: Any, ax: Any) -> None:
+    """Put each label beside its point on the side where it overlaps no label placed before
+    it (labels come most important first); recomputed for every view, since rotating moves
+    the points."""
+    from matplotlib.transforms import offset_copy
+    from mpl_toolkits.mplot3d import proj3d
+
+    labels = getattr(fig, "_hx_labels", [])
+    if not labels:
+        return
+    renderer = fig.canvas.get_renderer()
+    ax.get_proj()  # refresh the projection for the current view
+    px_per_pt = fig.dpi / 72.0
+    proj = ax.get_proj()
+    ordered = sorted(labels, key=lambda t: -t[2])  # big markers first
+    anchors = []
+    for _, (x, y, z), _ in ordered:
+        x2, y2, _ = proj3d.proj_transform(x, y, z, proj)
+        anchors.append(ax.transData.transform((x2, y2)))
+    # the labelled markers themselves are obstacles too
+    taken: list[tuple[float, float, float, float]] = [
+        (px - r, py - r, px + r, py + r)
+        for (px, py), (_, _, gap) in zip(anchors, ordered, strict=True)
+        for r in [(gap - 2.0) * px_per_pt]
+    ]
+    for (artist, _, gap), (ax_, ay_) in zip(ordered, anchors, strict=True):
+        artist.set_transform(ax.transData)
+        artist.set_visible(True)
+        box = artist.get_window_extent(renderer)
+        w, h = box.width + 4, box.height + 2
+        choice = None
+        for reach, (dx, dy, ha, va) in ((r, spot) for r in (1.0, 2.2) for spot in _SPOTS):
+            ox, oy = dx * gap * reach * px_per_pt, dy * gap * reach * px_per_pt
+            left = ax_ + ox - {"left": 0, "center": w / 2, "right": w}[ha]
+            bottom = ay_ + oy - {"bottom": 0, "center": h / 2, "top": h}[va]
+            rect = (left, bottom, left + w, bottom + h)
+            if not any(_overlap(rect, t) for t in taken):
+                choice = (dx * reach, dy * reach, ha, va, rect)
+                break
+        if choice is None:  # no free spot in this view: leave it out rather than overprint
+            artist.set_visible(False)
+            continue
+        dx, dy, ha, va, rect = choice
+        taken.append(rect)
+        artist.set_horizontalalignment(ha)
+        artist.set_verticalalignment(va)
+        artist.set_transform(
+            offset_copy(ax.transData, fig=fig, x=dx * gap, y=dy * gap, units="points")
+        )
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def snapshot(fig: Any, ax: Any) -> Any:
+    """The figure as an RGB image, labels placed for the current view."""
+    _place_labels(fig, ax)
+    return figure_image(fig)
+
+
+def save_png(fig: Any, path: str | Path, ax: Any = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if ax is not None:
+        _place_labels(fig, ax)
     fig.savefig(path, dpi=DPI, facecolor="white")
     return path
 
@@ -151,7 +226,7 @@ def save_rotation(
     images = []
     for i in range(frames):
         ax.view_init(elev=elev, azim=azim + 360.0 * i / frames)
-        images.append(_shrink(figure_image(fig), GIF_SCALE))
+        images.append(_shrink(snapshot(fig, ax), GIF_SCALE))
     ax.view_init(elev=elev, azim=azim)
     return save_gif(images, path, frame_ms=frame_ms)
 

@@ -15,6 +15,7 @@ PITCH_CLASSES = ("F", "F♯", "G", "G♯", "A", "A♯", "B", "C", "C♯", "D", "
 OCTAVES = ("1", "2", "3", "4", "5", "6")  # octave o holds F(o+1)…E(o+2): F1–E2 is "1"
 GIF_SECONDS = 20.0  # the GIF's default span
 MAX_GIF_FRAMES = 400
+MAX_ROLL_COLUMNS = 1000  # the roll's plot is about 980 pixels wide
 SILENCE = "#eeeeee"
 CMAP = "viridis"
 
@@ -36,9 +37,7 @@ def parse_span(text: str | None) -> tuple[float, float | None] | None:
 
 def _cmap() -> Any:
     plt = pyplot()
-    cmap = plt.get_cmap(CMAP).copy()
-    cmap.set_bad(SILENCE)  # silent cells (value 0) are light grey, never black
-    return cmap
+    return plt.get_cmap(CMAP).with_extremes(bad=SILENCE)  # silence: light grey, never black
 
 
 def tensor_pictures(
@@ -89,7 +88,14 @@ def roll_png(
     plt = pyplot()
     a, b = span
     # (T, 12, 6) → (72, T) with row k = 12·octave + pitch class, i.e. MIDI note 29 + k
-    roll = np.asarray(tensor[a:b]).transpose(2, 1, 0).reshape(72, b - a).astype(float)
+    roll = np.asarray(tensor[a:b]).transpose(2, 1, 0).reshape(72, b - a)
+    # a long piece has more frames than the picture has pixels: keep each bin's loudest value,
+    # so no note disappears between pixels
+    k = max(1, math.ceil((b - a) / MAX_ROLL_COLUMNS))
+    if k > 1:
+        pad = (-(b - a)) % k
+        roll = np.pad(roll, ((0, 0), (0, pad))).reshape(72, -1, k).max(2)
+    roll = roll.astype(float)
     fig = plt.figure(figsize=(12, 5), dpi=100)
     ax = fig.add_axes((0.07, 0.12, 0.82, 0.76))
     img = ax.imshow(
@@ -100,18 +106,19 @@ def roll_png(
         vmin=1,
         vmax=127,
         interpolation="nearest",
-        extent=(a / fps, b / fps, -0.5, 71.5),
+        extent=(a / fps, (a + roll.shape[1] * k) / fps, -0.5, 71.5),
     )
     ax.set_facecolor(SILENCE)
     ax.set_yticks([12 * o for o in range(6)] + [12 * o + 7 for o in range(6)])
     ax.set_yticklabels([f"F{o + 1}" for o in range(6)] + [f"C{o + 2}" for o in range(6)])
+    ax.set_xlim(a / fps, b / fps)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("note")
     for o in range(1, 6):
         ax.axhline(12 * o - 0.5, color="white", lw=0.6)
     if marked and marked != span:
-        ax.axvspan(marked[0] / fps, marked[1] / fps, color="#d62728", alpha=0.08, lw=0)
-        ax.text(marked[0] / fps, 72.5, " animated span", color="#d62728", fontsize=8)
+        ax.axvspan(marked[0] / fps, marked[1] / fps, color="#d62728", alpha=0.1, lw=0)
+        ax.text(marked[1] / fps, 70.5, " GIF", color="#d62728", fontsize=8, va="top")
     fig.text(0.07, 0.95, f"{name}: the tensor unrolled", fontsize=13, weight="bold")
     fig.text(
         0.07,
