@@ -59,17 +59,6 @@ def colour_of(composer: str, colours: dict[str, str]) -> str:
     return colours.get(composer, OTHER_COLOUR)
 
 
-def legend_names(composers: Sequence[str], colours: dict[str, str]) -> list[tuple[str, str, int]]:
-    """(label, colour, pieces) for the legend: the coloured composers, then "other (n)"."""
-    counts = Counter(composers)
-    rows = [(c, colours[c], counts[c]) for c in colours]
-    rest = sum(n for c, n in counts.items() if c not in colours)
-    if rest:
-        n_rest = len([c for c in counts if c not in colours])
-        rows.append((f"{OTHER} ({n_rest} composers)", OTHER_COLOUR, rest))
-    return rows
-
-
 def figure_image(fig: Any) -> Any:
     """The figure's pixels as an RGB PIL image."""
     from PIL import Image

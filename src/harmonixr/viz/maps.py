@@ -39,6 +39,17 @@ def short_path(path: str, parts: int = 3) -> str:
     return str(Path(*p[-parts:])) if len(p) > parts else path
 
 
+def short_names(names: list[str]) -> dict[str, str]:
+    """Labels for a crowded picture: the surname (last word), or the full name where two
+    names share a surname."""
+    last = Counter(n.split()[-1] if n.split() else n for n in names)
+    return {n: n.split()[-1] if n.split() and last[n.split()[-1]] == 1 else n for n in names}
+
+
+def legend_name(name: str, width: int = 26) -> str:
+    return name if len(name) <= width else name[: width - 1].rstrip() + "…"
+
+
 def weights_key(run: RunInfo, weights: Path | None = None) -> str:
     path = weights or run.root / "model.safetensors"
     if not path.is_file():
@@ -75,6 +86,8 @@ def build_map(
 ) -> CorpusMap:
     """Embed the corpus, fit its map and save it under ``out/map``."""
     corpus = read_corpus(run, data, split)
+    if len(corpus.paths) < 4:
+        raise ValueError(f"{data}: {len(corpus.paths)} pieces in --split {split}; a map needs 4")
     z, key = corpus_embeddings(run, corpus, out, f"pieces-{split}", say)
     say(f"t-SNE of {len(z)} pieces (PCA to 50-D first, then 3-D)")
     cmap = fit_map(
@@ -118,7 +131,7 @@ def piece_layers(
             n_comp = len({composers[i] for i in idx})
             label = f"{OTHER} ({n_comp} composers, {len(idx)})"
         else:
-            label = f"{name} ({counts[name]})"
+            label = f"{legend_name(name)} ({counts[name]})"
         layers.append(
             Layer(
                 name=label,
@@ -140,7 +153,7 @@ def composer_layers(cmap: CorpusMap, colours: dict[str, str], coords: np.ndarray
     coloured ones on top. Dots are sized by pieces; the composers with most pieces labelled."""
     names, pos, counts = composer_positions(coords, cmap.composers)
     size = 10.0 + 500.0 * np.sqrt(counts / counts.max())
-    labelled = set(names[:MAX_COMPOSER_LABELS])
+    labelled = short_names(names[:MAX_COMPOSER_LABELS])
     layers = [Layer("", coords, "#b8b8b8", size=6.0, alpha=0.4)]
     for coloured in (False, True):
         idx = [i for i, n in enumerate(names) if (n in colours) == coloured][::-1]
@@ -154,7 +167,7 @@ def composer_layers(cmap: CorpusMap, colours: dict[str, str], coords: np.ndarray
                 size=size[idx],
                 alpha=0.95 if coloured else 0.6,
                 edge="#333333" if coloured else None,
-                labels=[names[i] if names[i] in labelled else "" for i in idx],
+                labels=[labelled.get(names[i], "") for i in idx],
                 hover=[(names[i], str(int(counts[i]))) for i in idx],
                 hover_fields=("composer", "pieces"),
             )

@@ -80,7 +80,14 @@ def draw(
             depthshade=False,
         )
         sizes = np.broadcast_to(np.asarray(layer.size, np.float64), (len(xyz),))
-        for (x, y, z), text, s in zip(xyz, layer.labels or (), sizes, strict=False):
+        # per-point colours: each label takes its dot's colour, darkened, so that a label is
+        # read with its own dot even where dots crowd
+        inks = (
+            [_darker(c) for c in layer.colour]
+            if not isinstance(layer.colour, str)
+            else ["black"] * len(xyz)
+        )
+        for (x, y, z), text, s, ink in zip(xyz, layer.labels or (), sizes, inks, strict=False):
             if not text:
                 continue
             gap = np.sqrt(s) / 2 + 2.0  # points: beside the marker, not over it
@@ -90,6 +97,7 @@ def draw(
                 z,
                 text,
                 fontsize=9,
+                color=ink,
                 zorder=10,
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
             )
@@ -175,9 +183,9 @@ def _place_labels(fig: Any, ax: Any) -> None:
         artist.set_transform(ax.transData)
         artist.set_visible(True)
         box = artist.get_window_extent(renderer)
-        w, h = box.width + 4, box.height + 2
+        w, h = box.width + 6, box.height + 6  # the text and its white box
         choice = None
-        for reach, (dx, dy, ha, va) in ((r, spot) for r in (1.0, 2.2) for spot in _SPOTS):
+        for reach, (dx, dy, ha, va) in ((r, spot) for r in (1.0, 2.2, 3.5) for spot in _SPOTS):
             ox, oy = dx * gap * reach * px_per_pt, dy * gap * reach * px_per_pt
             left = ax_ + ox - {"left": 0, "center": w / 2, "right": w}[ha]
             bottom = ay_ + oy - {"bottom": 0, "center": h / 2, "top": h}[va]
@@ -195,6 +203,12 @@ def _place_labels(fig: Any, ax: Any) -> None:
         artist.set_transform(
             offset_copy(ax.transData, fig=fig, x=dx * gap, y=dy * gap, units="points")
         )
+
+
+def _darker(colour: str, keep: float = 0.6) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+
+    return tuple(keep * c for c in to_rgb(colour))  # type: ignore[return-value]
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
