@@ -89,6 +89,7 @@ def context_map(
         labels=names,
         hover=[(n, str(f)) for n, f in zip(names, files, strict=True)],
         hover_fields=("file", "path"),
+        leaders=True,
     )
     layers = [*corpus, users]
     title = "Your pieces in the corpus map"

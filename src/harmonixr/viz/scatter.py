@@ -32,6 +32,7 @@ class Layer:
     hover_fields: Sequence[str] = HOVER_FIELDS
     edge: str | None = None
     legend_last: bool = False  # listed after the others (the grey "other")
+    leaders: bool = False  # a thin line from each label to its point
 
 
 def cube_limits(*arrays: np.ndarray, pad: float = 0.05) -> tuple[np.ndarray, float]:
@@ -60,7 +61,7 @@ def draw(
     ax = fig.add_axes(
         (0.0, 0.0, 0.72 if has_legend else 1.0, 0.9), projection="3d", computed_zorder=False
     )
-    labels: list[tuple[Any, tuple[float, float, float], float]] = []
+    labels: list[tuple[Any, tuple[float, float, float], float, bool]] = []
     fig._hx_labels = labels  # placed by _place_labels before each picture is taken
     for layer in layers:
         xyz = np.asarray(layer.xyz, np.float64).reshape(-1, 3)
@@ -101,7 +102,7 @@ def draw(
                 zorder=10,
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
             )
-            labels.append((artist, (x, y, z), gap))
+            labels.append((artist, (x, y, z), gap, layer.leaders))
     centre, half = limits or cube_limits(*[layer.xyz for layer in layers])
     ax.set_xlim(centre[0] - half, centre[0] + half)
     ax.set_ylim(centre[1] - half, centre[1] + half)
@@ -158,28 +159,31 @@ def _place_labels(fig: Any, ax: Any) -> None:
     """Put each label beside its point on the side where it overlaps no label placed before
     it (labels come most important first); recomputed for every view, since rotating moves
     the points."""
+    from matplotlib.lines import Line2D
     from matplotlib.transforms import offset_copy
     from mpl_toolkits.mplot3d import proj3d
 
     labels = getattr(fig, "_hx_labels", [])
+    for line in getattr(fig, "_hx_leaders", []):
+        line.remove()
+    fig._hx_leaders = []
     if not labels:
         return
     renderer = fig.canvas.get_renderer()
-    ax.get_proj()  # refresh the projection for the current view
     px_per_pt = fig.dpi / 72.0
-    proj = ax.get_proj()
+    proj = ax.get_proj()  # the projection of the current view
     ordered = sorted(labels, key=lambda t: -t[2])  # big markers first
     anchors = []
-    for _, (x, y, z), _ in ordered:
+    for _, (x, y, z), _, _ in ordered:
         x2, y2, _ = proj3d.proj_transform(x, y, z, proj)
         anchors.append(ax.transData.transform((x2, y2)))
     # the labelled markers themselves are obstacles too
     taken: list[tuple[float, float, float, float]] = [
         (px - r, py - r, px + r, py + r)
-        for (px, py), (_, _, gap) in zip(anchors, ordered, strict=True)
+        for (px, py), (_, _, gap, _) in zip(anchors, ordered, strict=True)
         for r in [(gap - 2.0) * px_per_pt]
     ]
-    for (artist, _, gap), (ax_, ay_) in zip(ordered, anchors, strict=True):
+    for (artist, _, gap, leader), (ax_, ay_) in zip(ordered, anchors, strict=True):
         artist.set_transform(ax.transData)
         artist.set_visible(True)
         box = artist.get_window_extent(renderer)
@@ -203,6 +207,15 @@ def _place_labels(fig: Any, ax: Any) -> None:
         artist.set_transform(
             offset_copy(ax.transData, fig=fig, x=dx * gap, y=dy * gap, units="points")
         )
+        if leader:
+            # from the marker's edge to the nearest point of the label's box
+            tx = min(max(ax_, rect[0]), rect[2])
+            ty = min(max(ay_, rect[1]), rect[3])
+            r = (gap - 2.0) * px_per_pt
+            d = max(1e-6, float(np.hypot(tx - ax_, ty - ay_)))
+            sx, sy = ax_ + (tx - ax_) * min(1.0, r / d), ay_ + (ty - ay_) * min(1.0, r / d)
+            line = Line2D([sx, tx], [sy, ty], transform=None, color="#333333", lw=0.8)
+            fig._hx_leaders.append(fig.add_artist(line))
 
 
 def _darker(colour: str, keep: float = 0.6) -> tuple[float, float, float]:
@@ -262,6 +275,8 @@ def html_figure(layers: Sequence[Layer], title: str, subtitle: str = "") -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    _, half = cube_limits(*[layer.xyz for layer in layers])
+    extent = 2 * half
     for layer in layers:
         xyz = np.asarray(layer.xyz, np.float32).reshape(-1, 3)
         if not len(xyz):
@@ -286,7 +301,7 @@ def html_figure(layers: Sequence[Layer], title: str, subtitle: str = "") -> Any:
             "marker": marker,
         }
         if layer.labels:
-            trace["text"] = list(layer.labels)
+            trace["text"] = _merge_coinciding(xyz, list(layer.labels), 0.01 * extent)
             trace["textposition"] = "top center"
         if layer.hover:
             trace["customdata"] = [list(row) for row in layer.hover]
@@ -309,6 +324,19 @@ def html_figure(layers: Sequence[Layer], title: str, subtitle: str = "") -> Any:
         template="plotly_white",
     )
     return fig
+
+
+def _merge_coinciding(xyz: np.ndarray, labels: list[str], eps: float) -> list[str]:
+    """Labels of points closer than ``eps`` joined on the first of them (plotly cannot move
+    3-D text apart)."""
+    out = list(labels)
+    for i in range(len(out)):
+        if not out[i]:
+            continue
+        for j in range(i + 1, len(out)):
+            if out[j] and np.linalg.norm(xyz[i] - xyz[j]) <= eps:
+                out[i], out[j] = f"{out[i]}<br>{out[j]}", ""
+    return out
 
 
 def save_html(
