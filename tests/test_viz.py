@@ -178,8 +178,9 @@ def test_filters_and_curves(tiny_run, tmp_path):
     from harmonixr.viz.filters import filter_grid, stem_kernels
 
     run, _, _ = tiny_run
-    kernels, _ = stem_kernels(run)
+    kernels, _, moved = stem_kernels(run)
     assert kernels.shape == (8, 3, 3, 8)  # tiny: 8 filters, 3×3 grid, 8 time slices
+    assert 0 < moved < 0.5  # ten steps move the weights a little from their seeded start
     size, _ = _image(filter_grid(run, tmp_path))
     assert size == (round(100 * (1.6 + 0.55 * 8 + 1.4)), round(100 * (1.75 + 0.55 * 8)))
     assert {"train/loss", "val/auc"} <= set(read_scalars(run))

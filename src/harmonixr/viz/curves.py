@@ -78,7 +78,7 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
         ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle(f"Training curves of {Path(run).name}", fontsize=13, weight="bold")
+    fig.suptitle(f"Training curves of {run}", fontsize=13, weight="bold")
     fig.tight_layout()
     out = Path(out) if out else Path(run) / "viz"
     out.mkdir(parents=True, exist_ok=True)

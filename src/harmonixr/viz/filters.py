@@ -10,15 +10,17 @@ import numpy as np
 from harmonixr.viz._style import pyplot
 
 
-def stem_kernels(run: str | Path) -> tuple[np.ndarray, float]:
-    """The stem convolution's weights ``(filters, pitch, octave, time)`` (input channels summed)
-    and the frame length in ms."""
+def stem_kernels(run: str | Path) -> tuple[np.ndarray, float, float]:
+    """The stem convolution's weights ``(filters, pitch, octave, time)`` (input channels
+    summed), the frame length in ms, and how far the weights moved from the run's initial ones
+    (rebuilt from its seed): ``‖w − w₀‖ / ‖w₀‖``."""
     from harmonixr.viz._run import encoder_at, read_run
 
     info = read_run(run)
-    encoder = encoder_at(info)
-    w = encoder.stem.weight.detach().float().cpu().numpy()  # (out, in, p, o, t)
-    return w.sum(1), float(info.config["train"]["frame_ms"])
+    w = encoder_at(info).stem.weight.detach().float().cpu().numpy()  # (out, in, p, o, t)
+    w0 = encoder_at(info, initial=True).stem.weight.detach().float().cpu().numpy()
+    moved = float(np.linalg.norm(w - w0) / (np.linalg.norm(w0) or 1.0))
+    return w.sum(1), float(info.config["train"]["frame_ms"]), moved
 
 
 def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:
@@ -26,7 +28,7 @@ def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:
     class × octave) slice at time step t; red excites, blue inhibits; filters are ordered by
     their weight norm, strongest first."""
     plt = pyplot()
-    kernels, frame_ms = stem_kernels(run)
+    kernels, frame_ms, moved = stem_kernels(run)
     n, kp, ko, kt = kernels.shape
     order = np.argsort(-np.sqrt((kernels**2).sum((1, 2, 3))), kind="stable")
     vmax = float(np.abs(kernels).max()) or 1.0
@@ -59,12 +61,13 @@ def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:
     axes[0, 0].annotate(
         "filter", (-0.35, 1.25), xycoords="axes fraction", ha="right", fontsize=8, color="#444444"
     )
-    name = Path(run).name
+    name = str(run)
     fig.text(0.02, 1 - 0.3 / fig_h, f"First-layer filters of {name}", fontsize=12, weight="bold")
     fig.text(
         0.02,
         1 - 0.55 / fig_h,
-        f"{n} filters (rows, strongest first) × {kt} time slices (columns)\n"
+        f"{n} filters (rows, strongest first) × {kt} time slices (columns); "
+        f"{100 * moved:.0f}% away from the initial weights\n"
         f"each panel: pitch class ({kp}, up) × octave ({ko}, across); red excites, blue inhibits",
         fontsize=8,
         color="#444444",

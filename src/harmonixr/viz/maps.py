@@ -321,7 +321,7 @@ def growth_chart(stats: list[dict[str, float]], path: Path) -> Path:
         (axes[0], "spread", "Spread (RMS distance to the centroid)"),
         (axes[1], "effective_dim", "Effective dimension (participation ratio)"),
     ):
-        ax.plot(steps, [s[key] for s in stats], "o-", color="#1f77b4")
+        ax.plot(steps, [s[key] for s in stats], "o--", color="#1f77b4", lw=1, ms=6)
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)

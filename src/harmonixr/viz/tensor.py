@@ -117,8 +117,9 @@ def roll_png(
     for o in range(1, 6):
         ax.axhline(12 * o - 0.5, color="white", lw=0.6)
     if marked and marked != span:
-        ax.axvspan(marked[0] / fps, marked[1] / fps, color="#d62728", alpha=0.1, lw=0)
-        ax.text(marked[1] / fps, 70.5, " GIF", color="#d62728", fontsize=8, va="top")
+        for edge in marked:
+            ax.axvline(edge / fps, color="#d62728", lw=1.0, ls="--")
+        ax.text(marked[0] / fps, 70.5, " GIF span", color="#d62728", fontsize=8, va="top")
     fig.text(0.07, 0.95, f"{name}: the tensor unrolled", fontsize=13, weight="bold")
     fig.text(
         0.07,
@@ -170,7 +171,7 @@ def grid_gif(
     ax.set_facecolor(SILENCE)
     ax.set_xticks(range(6), OCTAVES)
     ax.set_yticks(range(12), PITCH_CLASSES)
-    ax.set_xlabel("octave")
+    ax.set_xlabel("octave (1 = F1–E2 … 6 = F6–E7)", fontsize=9)
     ax.set_ylabel("pitch class")
     ax.set_xticks(np.arange(-0.5, 6), minor=True)
     ax.set_yticks(np.arange(-0.5, 12), minor=True)
