@@ -366,8 +366,8 @@ def index_add(
         f"added {len(result.added)}, already indexed {len(result.duplicates)}, "
         f"unusable {len(result.errors)}"
     )
-    for _path, why in result.errors:
-        console.print(f"  {why}", style="red", markup=False, highlight=False)
+    for error in result.errors:
+        console.print(f"  {error}", style="red", markup=False, highlight=False)
 
 
 @index_app.command("info")

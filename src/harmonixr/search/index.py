@@ -316,13 +316,15 @@ def build_index(
 class AddResult:
     added: tuple[str, ...]
     duplicates: tuple[str, ...]  # content already in the index (or twice in the request)
-    errors: tuple[tuple[str, str], ...]  # (path, reason)
+    errors: tuple[MidiError, ...]  # unusable files, in input order
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "added": list(self.added),
             "duplicates": list(self.duplicates),
-            "errors": [{"path": p, "reason": r} for p, r in self.errors],
+            "errors": [
+                {"path": e.path, "reason": e.reason, "detail": e.detail} for e in self.errors
+            ],
         }
 
 
@@ -338,30 +340,34 @@ def add_files(
     """Parse, embed and append files to ``index`` and save it, without a rebuild. A file whose
     content (sha256) is already indexed is not added again. Each file is its own work; its
     title is its name, its composer ``composer`` (empty: unknown)."""
-    todo: list[tuple[str, str]] = []
-    duplicates, errors = [], []
+    todo: list[tuple[int, str, str]] = []
+    duplicates: list[str] = []
+    errors: dict[int, MidiError] = {}
     seen = set(index._shas)
-    for p in paths:
+    for n, p in enumerate(paths):
         path = str(Path(p).resolve())
         try:
             sha = file_sha256(path)
         except OSError as exc:
-            errors.append((path, str(MidiError(path, UNREADABLE, exc.strerror or str(exc)))))
+            errors[n] = MidiError(path, UNREADABLE, exc.strerror or str(exc))
             continue
         if sha in seen:
-            duplicates.append(path)
+            duplicates.append(os.fspath(p))
         else:
             seen.add(sha)
-            todo.append((path, sha))
-    loaded = load_files([p for p, _ in todo], run.tensor_config, workers=workers, progress=progress)
+            todo.append((n, path, sha))
+    loaded = load_files(
+        [p for _, p, _ in todo], run.tensor_config, workers=workers, progress=progress
+    )
     tensors, items = [], []
-    for (path, sha), got in zip(todo, loaded, strict=True):
+    for (n, path, sha), got in zip(todo, loaded, strict=True):
         if isinstance(got, MidiError):
-            errors.append((path, str(got)))
+            errors[n] = got
         else:
             tensors.append(got.tensor)
             items.append(Item(composer, Path(path).stem, sha, path, sha))
     if items:
         index.add(run.embed_tensors(tensors), items)
         index.save()
-    return AddResult(tuple(it.path for it in items), tuple(duplicates), tuple(errors))
+    ordered = tuple(errors[n] for n in sorted(errors))
+    return AddResult(tuple(it.path for it in items), tuple(duplicates), ordered)
