@@ -198,9 +198,10 @@ def embed(
     as_json: JsonOpt = False,
 ) -> None:
     """Whole-piece embeddings of MIDI files; unusable files are listed and skipped."""
-    from harmonixr.search.api import embed_files, write_embeddings
+    from harmonixr.search.api import embed_files, embeddings_format, write_embeddings
     from harmonixr.search.runs import expand_midi_paths
 
+    embeddings_format(out_path)  # a wrong name fails before any work
     paths = expand_midi_paths(files)
     hx = _model(model)
     with _progress() as progress:

@@ -146,6 +146,8 @@ class Harmonixr:
         import symusic
 
         if isinstance(x, symusic.Score):
+            if str(x.ttype).lower() != "second":  # the length limit is checked in seconds
+                x = x.to("second")
             return tensorize_checked(x, self.run.tensor_config).tensor
         raise TypeError(
             f"cannot embed a {type(x).__name__}: give a path, a uint8 tensor or a Score"
@@ -297,31 +299,41 @@ def embed_files(
     return Embedded(tuple(p for p, _ in good), vectors, errors)
 
 
+def embeddings_format(out: str | os.PathLike[str]) -> str:
+    """``npy`` or ``parquet`` from the output's name; raises before any work is done if the
+    name is neither or pyarrow is missing for parquet."""
+    suffix = Path(out).suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            msg = f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use .npy"
+            raise ValueError(msg) from None
+        return "parquet"
+    if suffix == ".npy":
+        return "npy"
+    raise ValueError(f"{out}: the output must end in .npy or .parquet")
+
+
 def write_embeddings(out: str | os.PathLike[str], result: Embedded) -> list[Path]:
     """``.npy`` (with the paths, one a line, in ``NAME.paths.txt`` beside it) or ``.parquet``
     (columns ``path`` and ``embedding``, needs pyarrow). Returns the files written."""
     out = Path(out)
-    suffix = out.suffix.lower()
-    if suffix == ".npy":
+    if embeddings_format(out) == "npy":
         np.save(out, result.vectors.astype(np.float32))
         listing = out.with_suffix(".paths.txt")
         listing.write_text("".join(p + "\n" for p in result.paths))
         return [out, listing]
-    if suffix == ".parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            msg = f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use .npy"
-            raise ValueError(msg) from None
-        dim = result.vectors.shape[1]
-        flat = pa.array(result.vectors.astype(np.float32).ravel())
-        table = pa.table(
-            {
-                "path": pa.array(list(result.paths), pa.string()),
-                "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-            }
-        )
-        pq.write_table(table, out)
-        return [out]
-    raise ValueError(f"{out}: the output must end in .npy or .parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = result.vectors.shape[1]
+    flat = pa.array(result.vectors.astype(np.float32).ravel())
+    table = pa.table(
+        {
+            "path": pa.array(list(result.paths), pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }
+    )
+    pq.write_table(table, out)
+    return [out]
