@@ -220,3 +220,9 @@ def test_the_shipped_model_loads_from_the_installed_package(tmp_path):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["file"].startswith(str(target)) and not got["file"].startswith(str(root / "src"))
     assert got["dim"] > 0 and got["p"] == pytest.approx(1.0)
+
+
+def test_the_shipped_index_is_not_written_to(hx, search_run):
+    shipped = Harmonixr(hx.run, hx.index, shipped=True)
+    with pytest.raises(ValueError, match="part of the installed package"):
+        shipped.add(split_paths(search_run, "test")[:1])
