@@ -1,6 +1,7 @@
 """Embedding speed: a file to its vector against the model's forward alone, in the same run.
 
     python bench/embed.py [--model RUN] [--files 200] [--workers 2] [--repeat 9]
+                        [--folder-repeat 3]
 
 (a) A generated 3-minute piece: ``Harmonixr.embed(path)`` end to end (read and parse in a
 child process, tensorize, crop, forward, pool) against the encoder's forward alone on the
@@ -104,6 +105,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--folder-repeat", type=int, default=3)
     args = ap.parse_args()
     run = load_run(args.model) if args.model else default_run()
     hx = Harmonixr(run)
@@ -136,20 +138,25 @@ def main() -> None:
         rng = np.random.default_rng(1)
         lengths = rng.uniform(30, 180, args.files)
         paths = [write_piece(folder / f"p{i:04d}.mid", s, i) for i, s in enumerate(lengths)]
-        t0 = time.perf_counter()
-        result = embed_files(hx, paths, workers=args.workers)
-        t_folder = time.perf_counter() - t0
-        assert len(result.paths) == len(paths) and not result.errors
-        t_fwd_all = forward_alone(run, [tensorize(p) for p in paths])
+        tensors = [tensorize(p) for p in paths]
+        results = []
+
+        def files_to_vectors() -> None:
+            results.append(embed_files(hx, paths, workers=args.workers))
+
+        runs, fwds = interleaved(
+            files_to_vectors, lambda: forward_alone(run, tensors), args.folder_repeat
+        )
+        assert all(len(r.paths) == len(paths) and not r.errors for r in results)
+        t_folder, t_fwd_all = statistics.median(runs), statistics.median(fwds)
         print(
             f"\nfolder of {len(paths)} pieces (30 s – 3 min, {lengths.sum() / 3600:.1f} h), "
-            f"{args.workers} parser workers"
+            f"{args.workers} parser workers, {args.folder_repeat} runs"
         )
-        print(f"  forward alone on their crops {t_fwd_all:8.1f} s")
+        print(f"  forward alone on their crops {t_fwd_all:8.1f} s median")
         print(
-            f"  files → vectors              {t_folder:8.1f} s   "
-            f"{t_folder / t_fwd_all:.2f}× forward, "
-            f"{len(paths) / t_folder:.1f} pieces/s"
+            f"  files → vectors              {t_folder:8.1f} s median   "
+            f"{t_folder / t_fwd_all:.2f}× forward, {len(paths) / t_folder:.1f} pieces/s"
         )
 
 

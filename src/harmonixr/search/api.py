@@ -22,13 +22,16 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harmonixr.midi.load import MidiError
 from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files
-from harmonixr.search.runs import Run, load_files, load_run, pretrained_dir
+from harmonixr.search.runs import Run, load_files, load_run, parser_pool, pretrained_dir
+
+if TYPE_CHECKING:
+    from harmonixr._pool import RobustPool
 
 UNKNOWN = "unknown"
 
@@ -98,6 +101,26 @@ class Harmonixr:
 
     def __init__(self, run: Run, index: Index | None = None, shipped: bool = False) -> None:
         self.run, self.index, self.shipped = run, index, shipped
+        self._pool: RobustPool | None = None
+
+    def parsers(self) -> RobustPool:
+        """The child processes that parse this object's files, started on first use and
+        kept (a process start per call would cost more than a short piece's forward)."""
+        if self._pool is None:
+            self._pool = parser_pool()
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the parser processes (they also end with this process)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> Harmonixr:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def load(cls, run: str | os.PathLike[str] | None = None, *, device: str = "cpu") -> Harmonixr:
@@ -153,12 +176,12 @@ class Harmonixr:
             f"cannot embed a {type(x).__name__}: give a path, a uint8 tensor or a Score"
         )
 
-    def _tensors(self, xs: Sequence[Any], workers: int | None = None) -> list[np.ndarray]:
+    def _tensors(self, xs: Sequence[Any]) -> list[np.ndarray]:
         """Tensors of the inputs in order; files parsed together in child processes; the first
         bad file (in input order) raises its :class:`MidiError`."""
         out: list[np.ndarray | None] = [None] * len(xs)
         where = [i for i, x in enumerate(xs) if _is_path(x)]
-        loaded = load_files([xs[i] for i in where], self.run.tensor_config, workers=workers)
+        loaded = load_files([xs[i] for i in where], self.run.tensor_config, pool=self.parsers())
         for i, got in zip(where, loaded, strict=True):
             if isinstance(got, MidiError):
                 raise got
@@ -170,11 +193,11 @@ class Harmonixr:
 
     # ------------------------------------------------------------ questions
 
-    def embed(self, x: Input | Sequence[Input], *, workers: int | None = None) -> np.ndarray:
+    def embed(self, x: Input | Sequence[Input]) -> np.ndarray:
         """Whole-piece embedding: ``(D,)`` for one input, ``(N, D)`` for a list."""
         single = not isinstance(x, list | tuple)
         xs = [x] if single else list(x)
-        z = self.run.embed_tensors(self._tensors(xs, workers))
+        z = self.run.embed_tensors(self._tensors(xs))
         return z[0] if single else z
 
     def _attributions(self, z: np.ndarray, k: int) -> list[Attribution]:
@@ -247,7 +270,8 @@ class Harmonixr:
                 "the shipped index is part of the installed package; build your own "
                 "(harmonixr index build RUN) to add files"
             )
-        return add_files(self.run, index, paths, composer=composer, workers=workers)
+        pool = None if workers else self.parsers()
+        return add_files(self.run, index, paths, composer=composer, workers=workers, pool=pool)
 
     def info(self) -> dict[str, Any]:
         return self._index().info()
@@ -283,7 +307,8 @@ def embed_files(
 ) -> Embedded:
     """Embed many files, skipping (and reporting) the bad ones instead of stopping; a single
     file that cannot be used raises its :class:`MidiError`. ``progress(i, n, name)``."""
-    results = load_files(paths, hx.run.tensor_config, workers=workers, progress=progress)
+    pool = None if workers else hx.parsers()
+    results = load_files(paths, hx.run.tensor_config, workers=workers, pool=pool, progress=progress)
     errors = tuple(r for r in results if isinstance(r, MidiError))
     good = [
         (os.fspath(p), r)

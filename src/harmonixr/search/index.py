@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from harmonixr.midi.load import UNREADABLE, MidiError
 from harmonixr.search.calibrate import Calibration, fit_calibration
 from harmonixr.search.runs import Run, file_sha256, load_files, load_run
 from harmonixr.search.store import FaissStore, MilvusStore, VectorStore, milvus_uri
+
+if TYPE_CHECKING:
+    from harmonixr._pool import RobustPool
 
 INDEX_DIR = "index"
 FORMAT = 1
@@ -335,6 +338,7 @@ def add_files(
     *,
     composer: str = "",
     workers: int | None = None,
+    pool: RobustPool | None = None,
     progress: ProgressFn | None = None,
 ) -> AddResult:
     """Parse, embed and append files to ``index`` and save it, without a rebuild. A file whose
@@ -357,7 +361,7 @@ def add_files(
             seen.add(sha)
             todo.append((n, path, sha))
     loaded = load_files(
-        [p for _, p, _ in todo], run.tensor_config, workers=workers, progress=progress
+        [p for _, p, _ in todo], run.tensor_config, workers=workers, pool=pool, progress=progress
     )
     tensors, items = [], []
     for (n, path, sha), got in zip(todo, loaded, strict=True):

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,7 +19,11 @@ from harmonixr.midi.tensorize import TensorConfig
 from harmonixr.model.encoder import SiaViT
 from harmonixr.model.io import WEIGHTS
 
+if TYPE_CHECKING:
+    from harmonixr._pool import RobustPool
+
 PRETRAINED = "pretrained"
+PARSE_TIMEOUT = 60.0  # seconds for one file, as safe_load
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -127,34 +131,48 @@ def _context() -> Any:
     return ctx
 
 
+def parser_pool(workers: int | None = None, timeout: float = PARSE_TIMEOUT) -> RobustPool:
+    """Child processes that parse user files, kept for many calls (default up to 2)."""
+    from harmonixr._pool import RobustPool
+    from harmonixr.midi.load import load_job
+
+    n = workers or min(2, os.cpu_count() or 1)
+    return RobustPool(load_job, workers=n, timeout=timeout, context=_context())
+
+
 def load_files(
     paths: Sequence[str | os.PathLike[str]],
     config: TensorConfig,
     *,
     workers: int | None = None,
-    timeout: float = 60.0,
+    pool: RobustPool | None = None,
     progress: ProgressFn | None = None,
 ) -> list[Tensorized | MidiError]:
-    """Each file read, checked, parsed and tensorized in a child process (``workers`` of them,
-    default up to 2): the tensor, or the :class:`MidiError` that ``preprocess`` would give,
-    in input order."""
-    from harmonixr._pool import run_robust
-    from harmonixr.midi.load import failure_reason, load_job
+    """Each file read, checked, parsed and tensorized in a child process: the tensor, or the
+    :class:`MidiError` that ``preprocess`` would give, in input order. ``pool`` (from
+    :func:`parser_pool`) reuses its processes; without one, ``workers`` fresh ones (default
+    up to 2) start and stop with the call."""
+    from harmonixr.midi.load import failure_reason
 
     names = [os.fspath(p) for p in paths]
     out: list[Tensorized | MidiError | None] = [None] * len(names)
     if not names:
         return []
-    n = max(1, min(workers or min(2, os.cpu_count() or 1), len(names)))
     jobs = [(p, config, MAX_SECONDS, MAX_FILE_BYTES) for p in names]
-    outcomes = run_robust(load_job, jobs, workers=n, timeout=timeout, context=_context())
-    for done, outcome in enumerate(outcomes, 1):
-        if outcome.ok and isinstance(outcome.value, Tensorized):
-            out[outcome.index] = outcome.value
-        else:
-            out[outcome.index] = MidiError(names[outcome.index], *failure_reason(outcome))
-        if progress:
-            progress(done, len(names), names[outcome.index])
+    own = pool is None
+    if pool is None:
+        pool = parser_pool(max(1, min(workers or 2, os.cpu_count() or 1, len(names))))
+    try:
+        for done, outcome in enumerate(pool.imap(jobs), 1):
+            if outcome.ok and isinstance(outcome.value, Tensorized):
+                out[outcome.index] = outcome.value
+            else:
+                out[outcome.index] = MidiError(names[outcome.index], *failure_reason(outcome))
+            if progress:
+                progress(done, len(names), names[outcome.index])
+    finally:
+        if own:
+            pool.close()
     return out  # type: ignore[return-value]
 
 
