@@ -207,7 +207,11 @@ def embed(
     hx = _model(model)
     with _progress() as progress:
         result = embed_files(
-            hx, paths, workers=workers, progress=_file_progress(progress, "parse", len(paths))
+            hx,
+            paths,
+            workers=workers,
+            progress=_file_progress(progress, "parse", len(paths)),
+            embed_progress=_file_progress(progress, "embed", len(paths)),
         )
     written = write_embeddings(out_path, result)
     if as_json:

@@ -304,9 +304,11 @@ def embed_files(
     *,
     workers: int | None = None,
     progress: Any = None,
+    embed_progress: Any = None,
 ) -> Embedded:
     """Embed many files, skipping (and reporting) the bad ones instead of stopping; a single
-    file that cannot be used raises its :class:`MidiError`. ``progress(i, n, name)``."""
+    file that cannot be used raises its :class:`MidiError`. ``progress(i, n, name)`` counts
+    parsed files, ``embed_progress(i, n, "")`` embedded ones."""
     pool = None if workers else hx.parsers()
     results = load_files(paths, hx.run.tensor_config, workers=workers, pool=pool, progress=progress)
     errors = tuple(r for r in results if isinstance(r, MidiError))
@@ -320,7 +322,8 @@ def embed_files(
             raise errors[0]
         reasons = ", ".join(sorted({e.reason for e in errors}))
         raise ValueError(f"none of the {len(errors)} files could be embedded ({reasons})")
-    vectors = hx.run.embed_tensors([r.tensor for _, r in good])  # type: ignore[union-attr]
+    tensors = [r.tensor for _, r in good]  # type: ignore[union-attr]
+    vectors = hx.run.embed_tensors(tensors, chunk=16, progress=embed_progress)
     return Embedded(tuple(p for p, _ in good), vectors, errors)
 
 
