@@ -226,3 +226,20 @@ def test_the_shipped_index_is_not_written_to(hx, search_run):
     shipped = Harmonixr(hx.run, hx.index, shipped=True)
     with pytest.raises(ValueError, match="part of the installed package"):
         shipped.add(split_paths(search_run, "test")[:1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="scripts need a main guard here")
+def test_a_script_without_main_guard_works(search_run, tmp_path):
+    """The snippet users write first: no `if __name__ == "__main__":` around it."""
+    path = split_paths(search_run, "test")[0]
+    script = tmp_path / "snippet.py"
+    script.write_text(
+        "from harmonixr import Harmonixr\n"
+        f"hx = Harmonixr.load({str(search_run)!r})\n"
+        f"print(hx.attribute({path!r})[0].composer)\n"
+    )
+    src = str(Path(harmonixr.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [composer_of(path)]

@@ -342,7 +342,9 @@ def fit_calibration(
     if len(known) >= 2 and len(emb) and is_known.any():
         params["unknown_coef"], params["unknown_bias"] = _fit_open(sims, labels, folds, report)
     elif len(known):
-        notes.append("unknown not calibrated: needs validation pieces and two known composers")
+        notes.append(
+            "unknown not calibrated: needs two known composers and validation pieces of them"
+        )
     fitted = _fit_verify(emb, composers, groups, max_pairs, seed, report)
     if isinstance(fitted, str):
         notes.append(fitted)

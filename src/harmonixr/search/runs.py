@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,15 +121,23 @@ def load_run(root: str | Path, device: str = "cpu") -> Run:
 
 
 def _context() -> Any:
-    """forkserver with this package's parser preloaded: a child then starts in milliseconds
-    instead of importing numpy and symusic for every file (spawn where there is no forkserver).
-    The preload list only matters before the first forkserver child of the process."""
+    """How parser processes start. Linux: ``fork``, so that a user's script without an
+    ``if __name__ == "__main__":`` guard still works (forkserver and spawn re-import the main
+    script in every child, which then fails) and a child starts with the parser already
+    imported; the child only parses (no torch, no OpenMP), so forking a threaded parent is
+    safe here, as for PyTorch's own data-loader workers. Elsewhere ``forkserver`` (or
+    ``spawn``) with the parser preloaded; there scripts need the guard."""
     import multiprocessing as mp
 
-    if "forkserver" not in mp.get_all_start_methods():
+    methods = mp.get_all_start_methods()
+    if sys.platform.startswith("linux") and "fork" in methods:
+        import symusic  # noqa: F401  (imported once here, inherited by every child)
+
+        return mp.get_context("fork")
+    if "forkserver" not in methods:
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", "harmonixr.midi.load", "symusic"])
+    ctx.set_forkserver_preload(["harmonixr.midi.load", "symusic"])
     return ctx
 
 
@@ -137,7 +147,9 @@ def parser_pool(workers: int | None = None, timeout: float = PARSE_TIMEOUT) -> R
     from harmonixr.midi.load import load_job
 
     n = workers or min(2, os.cpu_count() or 1)
-    return RobustPool(load_job, workers=n, timeout=timeout, context=_context())
+    with warnings.catch_warnings():  # Python ≥ 3.12 warns about forking a threaded process
+        warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
+        return RobustPool(load_job, workers=n, timeout=timeout, context=_context())
 
 
 def load_files(
