@@ -27,7 +27,7 @@ import torch
 from harmonixr.midi.tensorize import TensorConfig, tensorize
 from harmonixr.model.embed import piece_windows, to_model_input
 from harmonixr.search.api import Harmonixr, embed_files
-from harmonixr.search.runs import Run, load_run
+from harmonixr.search.runs import Run, load_files, load_run
 
 
 def write_piece(path: Path, seconds: float, seed: int) -> Path:
@@ -87,16 +87,16 @@ def forward_alone(run: Run, tensors: list[np.ndarray], batch_size: int = 32) -> 
     return time.perf_counter() - t0
 
 
-def interleaved(a, b, repeat: int) -> tuple[list[float], list[float]]:
-    """Seconds of ``a()`` and ``b()`` run alternately ``repeat`` times each, so that a busy
-    machine slows both alike."""
-    ta, tb = [], []
+def interleaved(*fns, repeat: int) -> list[list[float]]:
+    """Seconds of each function, run in turn ``repeat`` times, so that a busy machine slows
+    them alike."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        for fn, times in ((a, ta), (b, tb)):
+        for fn, t in zip(fns, times, strict=True):
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-    return ta, tb
+            t.append(time.perf_counter() - t0)
+    return times
 
 
 def main() -> None:
@@ -118,8 +118,11 @@ def main() -> None:
         tensor = tensorize(piece)
         n_crops = len(piece_windows([tensor], run.crop, run.hop))
         hx.embed(piece)  # warm-up: starts the parser's forkserver once
-        files, fwds = interleaved(
-            lambda: hx.embed(piece), lambda: forward_alone(run, [tensor]), args.repeat
+        files, fwds, parses = interleaved(
+            lambda: hx.embed(piece),
+            lambda: forward_alone(run, [tensor]),
+            lambda: load_files([piece], run.tensor_config, pool=hx.parsers()),
+            repeat=args.repeat,
         )
         t_file, t_fwd = statistics.median(files), statistics.median(fwds)
         print(f"\n3-minute piece ({tensor.shape[0]} frames, {n_crops} crops), {args.repeat} runs")
@@ -131,6 +134,10 @@ def main() -> None:
             f"  file → vector (Harmonixr)    {t_file * 1000:8.1f} ms median, "
             f"{min(files) * 1000:.1f} min   {t_file / t_fwd:.2f}× forward "
             f"(minima: {min(files) / min(fwds):.2f}×)"
+        )
+        print(
+            f"    of which parsing in the child process {statistics.median(parses) * 1000:.1f} ms "
+            f"median, {min(parses) * 1000:.1f} min"
         )
 
         folder = Path(tmp) / "folder"
@@ -145,7 +152,7 @@ def main() -> None:
             results.append(embed_files(hx, paths, workers=args.workers))
 
         runs, fwds = interleaved(
-            files_to_vectors, lambda: forward_alone(run, tensors), args.folder_repeat
+            files_to_vectors, lambda: forward_alone(run, tensors), repeat=args.folder_repeat
         )
         assert all(len(r.paths) == len(paths) and not r.errors for r in results)
         t_folder, t_fwd_all = statistics.median(runs), statistics.median(fwds)

@@ -4,11 +4,12 @@
 
 Random unit vectors (the hardest case for HNSW: no clusters), random unit queries, top 10 by
 inner product. One query at a time (median latency): numpy (matrix-vector product +
-argpartition), exact FAISS through the index's own store (1 thread, as it searches one query)
-and with every thread, HNSW at several efSearch values with recall@10 against the exact
-answer; then a batch of all queries at once; then exact single-query latency by corpus size
-(what sets HNSW_MIN in search/store.py); then Milvus Lite where pymilvus and milvus-lite are
-installed. Goals (issue #10): exact FAISS ≤ numpy with identical results; HNSW ≥ 5× numpy with
+argpartition; with every BLAS thread, numpy's default, and with one), exact FAISS through
+the index's own store (1 thread, as it searches one query) and with every thread, HNSW at
+several efSearch values with recall@10 against the exact answer; then a batch of all queries
+at once; then exact single-query latency by corpus size (what sets HNSW_MIN in
+search/store.py); then Milvus Lite where pymilvus and milvus-lite are installed.
+Goals (issue #10): exact FAISS ≤ numpy with identical results; HNSW ≥ 5× numpy with
 recall@10 ≥ 0.95.
 """
 
@@ -104,11 +105,16 @@ def main() -> None:
     print(f"{args.n:,} × {args.dim} unit vectors, {args.queries} queries, top {k}, {cores} cores")
 
     t_np, truth = per_query(lambda q: numpy_topk(v, q, k), queries)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):
+        t_np1, _ = per_query(lambda q: numpy_topk(v, q, k), queries)
     flat = st.FaissStore(args.dim, "flat", v)
     flat.search(queries[:1], k)  # build
     t_flat, got = per_query(lambda q: flat.search(q[None], k)[1][0], queries)
     same = all(np.array_equal(a, b) for a, b in zip(got, truth, strict=True))
     print(f"\none query at a time (median)\n  numpy brute force        {ms(t_np)}")
+    print(f"  numpy, 1 BLAS thread     {ms(t_np1)}  {t_np / t_np1:5.2f}× numpy")
     print(f"  FAISS exact, 1 thread    {ms(t_flat)}  {t_np / t_flat:5.2f}× numpy, same ids: {same}")
     index = flat._ready()
     faiss.omp_set_num_threads(cores)
@@ -128,8 +134,8 @@ def main() -> None:
         t_h, found = per_query(lambda q: graph.search(q[None], k)[1][0], queries)
         mark = "  (default)" if ef == st.HNSW_EF_SEARCH else ""
         print(
-            f"    efSearch {ef:3d}            {ms(t_h)}  {t_np / t_h:5.1f}× numpy, "
-            f"recall@{k} {recall(found, truth, k):.3f}{mark}"
+            f"    efSearch {ef:3d}            {ms(t_h)}  {t_np / t_h:5.1f}× numpy "
+            f"({t_np1 / t_h:4.1f}× 1-thread numpy), recall@{k} {recall(found, truth, k):.3f}{mark}"
         )
 
     print(f"\nbatch of {args.queries} queries")

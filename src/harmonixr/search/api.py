@@ -181,7 +181,11 @@ class Harmonixr:
         bad file (in input order) raises its :class:`MidiError`."""
         out: list[np.ndarray | None] = [None] * len(xs)
         where = [i for i, x in enumerate(xs) if _is_path(x)]
-        loaded = load_files([xs[i] for i in where], self.run.tensor_config, pool=self.parsers())
+        if where:
+            paths = [xs[i] for i in where]
+            loaded = load_files(paths, self.run.tensor_config, pool=self.parsers())
+        else:
+            loaded = []
         for i, got in zip(where, loaded, strict=True):
             if isinstance(got, MidiError):
                 raise got

@@ -123,16 +123,17 @@ class Index:
         """Append pieces not present yet (by sha256, also within ``items``); returns those
         added. Incremental: FAISS appends to its index, Milvus upserts. Call :meth:`save`."""
         vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
-        keep = []
+        keep, seen = [], set(self._shas)
         for i, it in enumerate(items):
-            if it.sha256 not in self._shas:
-                self._shas.add(it.sha256)
+            if it.sha256 not in seen:
+                seen.add(it.sha256)
                 keep.append(i)
-        if keep:
-            new = [items[i] for i in keep]
+        new = [items[i] for i in keep]
+        if new:
             self.store.add(vectors[keep], [it.to_dict() for it in new], len(self.items))
             self.items.extend(new)
-        return [items[i] for i in keep]
+            self._shas = seen
+        return new
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
