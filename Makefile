@@ -13,7 +13,7 @@ TRAIN_ARGS ?=
 # CPU only: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install preprocess info train demo test lint format clean reinstall bench
+.PHONY: install preprocess info train demo pretrained test lint format clean reinstall bench
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,28 @@ maps: install
 	$(HX) viz tsne $(MAPS_RUN) --data $(MAPS_CACHE)
 	$(HX) viz filters $(MAPS_RUN)
 	$(HX) viz curves $(MAPS_RUN)
+
+# pretrained: the model shipped in the package, from ASAP's performances (docs/model-card.md).
+# make pretrained ASAP=path/to/asap-dataset  → src/harmonixr/pretrained/{model.safetensors,
+# config.json, index/}; the recipe is configs/pretrained.toml; at most 10 MB in all.
+ASAP            ?=
+PRETRAINED_CACHE ?= cache/asap
+PRETRAINED_RUN   ?= runs/pretrained
+PRETRAINED_DIR   := src/harmonixr/pretrained
+pretrained: install
+	@test -n "$(ASAP)" || { echo "usage: make pretrained ASAP=path/to/asap-dataset" >&2; exit 2; }
+	$(HX) preprocess $(ASAP) --format asap --out $(PRETRAINED_CACHE) --workers $(WORKERS)
+	rm -rf $(PRETRAINED_RUN)
+	$(HX) train --data $(PRETRAINED_CACHE) --out $(PRETRAINED_RUN) --config configs/pretrained.toml
+	$(HX) index build $(PRETRAINED_RUN) --data $(PRETRAINED_CACHE) --relative-to $(ASAP)
+	rm -rf $(PRETRAINED_DIR)/index $(PRETRAINED_DIR)/model.safetensors $(PRETRAINED_DIR)/config.json
+	cp $(PRETRAINED_RUN)/model.safetensors $(PRETRAINED_RUN)/config.json $(PRETRAINED_DIR)/
+	cp -r $(PRETRAINED_RUN)/index $(PRETRAINED_DIR)/index
+	rm -f $(PRETRAINED_DIR)/index/*.tmp-*
+	@$(PY) -c "import pathlib, sys; d = pathlib.Path('$(PRETRAINED_DIR)'); \
+	n = sum(f.stat().st_size for f in d.rglob('*') if f.is_file()); \
+	print(f'{d}: {n / 1e6:.2f} MB'); sys.exit(n > 10e6)"
+	$(HX) index info
 
 test: install
 	$(PY) -m pytest -q

@@ -1,16 +1,37 @@
 """Harmonixr: MIDI → composer-aware embeddings (SiaViT) for music attribution and search."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from harmonixr.midi.corpora import Piece, read_corpus
 from harmonixr.midi.load import MidiError, load_score, safe_load
 from harmonixr.midi.tensorize import TensorConfig, Tensorized, tensorize, tensorize_with_stats
 
+if TYPE_CHECKING:
+    from harmonixr.search.api import Attribution, Harmonixr, Match, Passage, Verdict
+
 __version__ = "0.1.0"
 
+# imported on first use, so that `import harmonixr` does not load torch
+_LAZY = {
+    "Attribution": "harmonixr.search.api",
+    "Harmonixr": "harmonixr.search.api",
+    "Match": "harmonixr.search.api",
+    "Passage": "harmonixr.search.api",
+    "Verdict": "harmonixr.search.api",
+}
+
 __all__ = [
+    "Attribution",
+    "Harmonixr",
+    "Match",
     "MidiError",
+    "Passage",
     "Piece",
     "TensorConfig",
     "Tensorized",
+    "Verdict",
     "__version__",
     "load_score",
     "read_corpus",
@@ -18,3 +39,13 @@ __all__ = [
     "tensorize",
     "tensorize_with_stats",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'harmonixr' has no attribute {name!r}")

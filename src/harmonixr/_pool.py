@@ -94,6 +94,97 @@ class _Slot:
         self.conn.close()
 
 
+class RobustPool:
+    """Workers that outlive one batch: :meth:`imap` may be called again and again (a service
+    parsing one upload after another pays for a process start once, not per file). A worker
+    that crashed, hung or was abandoned mid-item is replaced before its next item."""
+
+    def __init__(
+        self,
+        func: Callable[[Any], Any],
+        *,
+        workers: int = 2,
+        timeout: float | None = None,
+        context: mp.context.BaseContext | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.func, self.timeout = func, timeout
+        self.ctx = context or _default_context()
+        self.slots = [_Slot(self.ctx, func) for _ in range(workers)]
+
+    def imap(self, items: Iterable[Any]) -> Iterator[Outcome]:
+        """An :class:`Outcome` per item, in completion order (see :func:`run_robust`)."""
+        ctx, func, slots = self.ctx, self.func, self.slots
+        source = iter(enumerate(items))
+        exhausted = False
+        limit = self.timeout if self.timeout is not None else float("inf")
+        try:
+            while True:
+                for i, slot in enumerate(slots):
+                    if slot.index is None and not exhausted:
+                        nxt = next(source, None)
+                        if nxt is None:
+                            exhausted = True
+                            break
+                        if not slot.proc.is_alive():
+                            slot.kill()
+                            slot = slots[i] = _Slot(ctx, func)
+                        slot.index = nxt[0]
+                        slot.deadline = time.monotonic() + limit
+                        slot.conn.send(nxt)
+                busy = [s for s in slots if s.index is not None]
+                if not busy:
+                    return
+                wait_for = min(s.deadline for s in busy) - time.monotonic()
+                handles: list[Any] = [s.conn for s in busy] + [s.proc.sentinel for s in busy]
+                timeout = None if wait_for == float("inf") else max(0, wait_for)
+                ready = wait(handles, timeout=timeout)
+                now = time.monotonic()
+                for i, slot in enumerate(slots):
+                    if slot.index is None:
+                        continue
+                    index = slot.index
+                    if slot.conn in ready:
+                        try:
+                            _, ok, value, error = slot.conn.recv()
+                            failure = "" if ok else "error"
+                        except (EOFError, OSError):
+                            ok, value, error, failure = False, None, _death_message(slot), "crashed"
+                            slot.kill()
+                            slots[i] = _Slot(ctx, func)
+                        else:
+                            slot.index = None
+                        yield Outcome(index, ok, value, error, failure)
+                    elif slot.proc.sentinel in ready:
+                        error = _death_message(slot)
+                        slot.kill()
+                        slots[i] = _Slot(ctx, func)
+                        yield Outcome(index, False, None, error, "crashed")
+                    elif now >= slot.deadline:
+                        slot.kill()
+                        slots[i] = _Slot(ctx, func)
+                        yield Outcome(index, False, None, f"timed out after {limit:g} s", "timeout")
+        finally:
+            for slot in slots:  # abandoned mid-item: its answer would confuse the next batch
+                if slot.index is not None:
+                    slot.kill()
+                    slot.index = None
+
+    def close(self) -> None:
+        for slot in self.slots:
+            if slot.index is None:
+                slot.stop()
+            else:
+                slot.kill()
+
+    def __enter__(self) -> RobustPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def run_robust(
     func: Callable[[Any], Any],
     items: Iterable[Any],
@@ -108,64 +199,8 @@ def run_robust(
     be importable (a module-level function). A worker that dies or exceeds ``timeout`` seconds is
     replaced and its item reported as failed; the other items are unaffected.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    ctx = context or _default_context()
-    source = iter(enumerate(items))
-    slots = [_Slot(ctx, func) for _ in range(workers)]
-    exhausted = False
-    limit = timeout if timeout is not None else float("inf")
-    try:
-        while True:
-            for i, slot in enumerate(slots):
-                if slot.index is None and not exhausted:
-                    nxt = next(source, None)
-                    if nxt is None:
-                        exhausted = True
-                        break
-                    if not slot.proc.is_alive():
-                        slot.kill()
-                        slot = slots[i] = _Slot(ctx, func)
-                    slot.index = nxt[0]
-                    slot.deadline = time.monotonic() + limit
-                    slot.conn.send(nxt)
-            busy = [s for s in slots if s.index is not None]
-            if not busy:
-                return
-            wait_for = min(s.deadline for s in busy) - time.monotonic()
-            handles: list[Any] = [s.conn for s in busy] + [s.proc.sentinel for s in busy]
-            ready = wait(handles, timeout=None if wait_for == float("inf") else max(0, wait_for))
-            now = time.monotonic()
-            for i, slot in enumerate(slots):
-                if slot.index is None:
-                    continue
-                index = slot.index
-                if slot.conn in ready:
-                    try:
-                        _, ok, value, error = slot.conn.recv()
-                        failure = "" if ok else "error"
-                    except (EOFError, OSError):
-                        ok, value, error, failure = False, None, _death_message(slot), "crashed"
-                        slot.kill()
-                        slots[i] = _Slot(ctx, func)
-                    else:
-                        slot.index = None
-                    yield Outcome(index, ok, value, error, failure)
-                elif slot.proc.sentinel in ready:
-                    error = _death_message(slot)
-                    slot.kill()
-                    slots[i] = _Slot(ctx, func)
-                    yield Outcome(index, False, None, error, "crashed")
-                elif now >= slot.deadline:
-                    slot.kill()
-                    slots[i] = _Slot(ctx, func)
-                    yield Outcome(index, False, None, f"timed out after {limit:g} s", "timeout")
-    finally:
-        for slot in slots:
-            if slot.index is None:
-                slot.stop()
-            else:
-                slot.kill()
+    with RobustPool(func, workers=workers, timeout=timeout, context=context) as pool:
+        yield from pool.imap(items)
 
 
 def _death_message(slot: _Slot) -> str:

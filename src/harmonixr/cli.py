@@ -14,7 +14,8 @@ from rich.table import Table
 
 app = typer.Typer(
     name="harmonixr",
-    help="MIDI → composer-aware embeddings: preprocess a corpus, train SiaViT, evaluate it.",
+    help="MIDI → composer-aware embeddings: preprocess a corpus, train SiaViT, evaluate it; "
+    "embed, attribute, verify and find similar pieces with a run or the shipped model.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -154,6 +155,268 @@ def info(
         for reason, n in stats["skipped"].items():
             skipped.add_row(reason, str(n))
         out.print(skipped)
+
+
+# ------------------------------------------------------------------ asking a model
+
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model", "-m", help="Run directory (default: the model shipped in the package)."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+
+
+def _print_json(data: object) -> None:
+    """Plain JSON on stdout (never wrapped, whatever the path lengths)."""
+    sys.stdout.write(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+def _model(model: Path | None):
+    from harmonixr.search.api import Harmonixr
+
+    return Harmonixr.load(model)
+
+
+def _file_progress(progress, what: str, n: int):
+    task = progress.add_task(what, total=n, current="")
+
+    def tick(i: int, total: int, name: str) -> None:
+        progress.update(task, completed=i, total=total, current=Path(name).name[:40])
+
+    return tick
+
+
+@app.command()
+def embed(
+    files: Annotated[list[Path], typer.Argument(help="MIDI files or folders (searched inside).")],
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="emb.npy (+ emb.paths.txt) or emb.parquet.")
+    ],
+    model: ModelOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Parser processes (default 2).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Whole-piece embeddings of MIDI files; unusable files are listed and skipped."""
+    from harmonixr.search.api import embed_files, embeddings_format, write_embeddings
+    from harmonixr.search.runs import expand_midi_paths
+
+    embeddings_format(out_path)  # a wrong name fails before any work
+    paths = expand_midi_paths(files)
+    hx = _model(model)
+    with _progress() as progress:
+        result = embed_files(
+            hx,
+            paths,
+            workers=workers,
+            progress=_file_progress(progress, "parse", len(paths)),
+            embed_progress=_file_progress(progress, "embed", len(paths)),
+        )
+    written = write_embeddings(out_path, result)
+    if as_json:
+        _print_json({**result.to_dict(), "out": [str(p) for p in written]})
+        return
+    out.print(f"{len(result.paths)} × {result.vectors.shape[1]} → {', '.join(map(str, written))}")
+    if result.errors:
+        table = Table(title=f"skipped {len(result.errors)}")
+        table.add_column("file")
+        table.add_column("reason")
+        for e in result.errors:
+            table.add_row(str(e.path), e.reason + (f" ({e.detail})" if e.detail else ""))
+        console.print(table)
+
+
+@app.command()
+def attribute(
+    file: Annotated[Path, typer.Argument(help="A MIDI file.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="Known composers to list.")] = 5,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Who most likely wrote FILE: calibrated probabilities, and that it is none of them."""
+    result = _model(model).attribute(file, k=k)
+    if as_json:
+        _print_json([a.to_dict() for a in result])
+        return
+    table = Table(title=f"who wrote {file.name}?")
+    table.add_column("composer")
+    table.add_column("probability", justify="right")
+    table.add_column("similarity", justify="right")
+    for a in result:
+        name = a.composer if a.known else "[italic]none of the known composers[/italic]"
+        score = "" if a.score is None else f"{a.score:.3f}"
+        table.add_row(name, f"{a.probability:.3f}", score)
+    out.print(table)
+
+
+@app.command()
+def similar(
+    file: Annotated[Path, typer.Argument(help="A MIDI file.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="Pieces to list.")] = 10,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The indexed pieces most like FILE."""
+    result = _model(model).similar(file, k=k)
+    if as_json:
+        _print_json([m.to_dict() for m in result])
+        return
+    table = Table(title=f"pieces like {file.name}")
+    for col in ("#", "similarity", "composer", "title", "path"):
+        table.add_column(col, justify="right" if col in ("#", "similarity") else "left")
+    for i, m in enumerate(result, 1):
+        table.add_row(str(i), f"{m.similarity:.3f}", m.composer, m.title, m.path)
+    out.print(table)
+
+
+@app.command()
+def verify(
+    a: Annotated[Path, typer.Argument(help="A MIDI file.")],
+    b: Annotated[Path, typer.Argument(help="Another MIDI file.")],
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Whether A and B share a composer."""
+    v = _model(model).verify(a, b)
+    if as_json:
+        _print_json(v.to_dict())
+        return
+    answer = "[green]same composer[/green]" if v.same_composer else "[red]different composers[/red]"
+    out.print(
+        f"{a.name} · {b.name}: {answer} (probability {v.probability:.3f}, "
+        f"similarity {v.similarity:.3f})"
+    )
+
+
+@app.command()
+def timeline(
+    file: Annotated[Path, typer.Argument(help="A MIDI file.")],
+    window: Annotated[float, typer.Option(help="Window length in seconds.")] = 30.0,
+    hop: Annotated[float, typer.Option(help="Seconds between window starts.")] = 10.0,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Composer probabilities passage by passage."""
+    passages = _model(model).timeline(file, window=window, hop=hop)
+    if as_json:
+        _print_json([p.to_dict() for p in passages])
+        return
+    table = Table(title=f"{file.name}, {window:g} s windows every {hop:g} s")
+    for col in ("from", "to", "most likely", "probability", "unknown"):
+        table.add_column(col, justify="left" if col == "most likely" else "right")
+    for p in passages:
+        best = max(p.probabilities, key=p.probabilities.__getitem__, default="")
+        top = p.probabilities.get(best, 0.0)
+        if p.unknown > top:
+            best, top = "none of the known composers", p.unknown
+        table.add_row(f"{p.start_s:.1f}", f"{p.end_s:.1f}", best, f"{top:.3f}", f"{p.unknown:.3f}")
+    out.print(table)
+
+
+index_app = typer.Typer(
+    help="The run's persistent index: embeddings, metadata, centroids, calibration.",
+    no_args_is_help=True,
+)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    run: Annotated[Path, typer.Argument(help="A run directory made by train.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Tensor cache (default: the run's).")
+    ] = None,
+    store: Annotated[
+        str, typer.Option(help="faiss | milvus://HOST:PORT | PATH.db (Milvus Lite).")
+    ] = "faiss",
+    kind: Annotated[str, typer.Option(help="FAISS search: auto | flat | hnsw.")] = "auto",
+    relative_to: Annotated[
+        Path | None, typer.Option(help="Store paths relative to this folder (a corpus root).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Embed the run's corpus into RUN/index (centroids from train, calibration from val)."""
+    from harmonixr.search.index import build_index
+
+    with _progress() as progress:
+        task = progress.add_task("embed", total=None, current="")
+        index = build_index(
+            run,
+            data,
+            store=store,
+            kind=kind,
+            relative_to=relative_to,
+            progress=lambda i, n, _: progress.update(task, completed=i, total=n),
+        )
+    _show_index(index.info(), as_json)
+
+
+@index_app.command("add")
+def index_add(
+    run: Annotated[Path, typer.Argument(help="A run directory with an index.")],
+    files: Annotated[list[Path], typer.Argument(help="MIDI files or folders.")],
+    composer: Annotated[str, typer.Option(help="Composer of the added files, if known.")] = "",
+    workers: Annotated[int | None, typer.Option(help="Parser processes (default 2).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add files to RUN's index without rebuilding it (identical content is stored once)."""
+    from harmonixr.search.api import Harmonixr
+    from harmonixr.search.runs import expand_midi_paths
+
+    result = Harmonixr.load(run).add(expand_midi_paths(files), composer=composer, workers=workers)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    out.print(
+        f"added {len(result.added)}, already indexed {len(result.duplicates)}, "
+        f"unusable {len(result.errors)}"
+    )
+    for error in result.errors:
+        console.print(f"  {error}", style="red", markup=False, highlight=False)
+
+
+@index_app.command("info")
+def index_info(
+    run: Annotated[Path | None, typer.Argument(help="A run (default: the shipped model).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What an index holds and how well its probabilities are calibrated."""
+    _show_index(_model(run).info(), as_json)
+
+
+def _show_index(info: dict, as_json: bool) -> None:
+    if as_json:
+        _print_json(info)
+        return
+    table = Table(
+        title=f"{info['root']}: {info['items']} pieces, {info['dim']}-d", show_header=False
+    )
+    where = info.get("uri", "") + " " + info.get("collection", "")
+    table.add_row("store", f"{info['store']} {info.get('active_kind', '')}{where}".strip())
+    table.add_row("known composers", ", ".join(c["composer"] for c in info["known_composers"]))
+    cal = info["calibration"]
+    if "composer" in cal:
+        c = cal["composer"]
+        table.add_row(
+            "composer probabilities",
+            f"{c['method']} (T = {c['temperature']:.4g}) on {c['pieces']} validation pieces: "
+            f"ECE {c['ece_before']:.3f} → {c['ece_after']:.3f}",
+        )
+    if "unknown" in cal:
+        u = cal["unknown"]
+        table.add_row("unknown composer", f"{u['method']}: AUC {u['auc']:.3f}, ECE {u['ece']:.3f}")
+    if "verify" in cal:
+        v = cal["verify"]
+        threshold = "none" if v["threshold"] is None else f"{v['threshold']:.3f}"
+        table.add_row(
+            "verify",
+            f"threshold {threshold}, balanced accuracy {v['balanced_accuracy']:.3f} "
+            f"on {v['pairs']} validation pairs, ECE {v['ece']:.3f}",
+        )
+    for note in info["notes"]:
+        table.add_row("note", note)
+    out.print(table)
 
 
 @app.command()

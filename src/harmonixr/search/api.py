@@ -1,0 +1,371 @@
+"""``Harmonixr``: a model and its index, asked questions in one line each.
+
+```python
+hx = Harmonixr.load()                     # the shipped model and its reference index
+hx = Harmonixr.load("runs/asap")          # or any run with an index (harmonixr index build)
+hx.embed("a.mid")                         # (D,) float32, L2-normalised, whole piece
+hx.embed(["a.mid", "b.mid"])              # (N, D); also a uint8 (T, 12, 6) array or a Score
+hx.attribute("a.mid", k=5)                # [Attribution(composer, probability, score), ...]
+hx.similar("a.mid", k=10)                 # [Match(composer, title, path, similarity), ...]
+hx.verify("a.mid", "b.mid")               # Verdict(similarity, same_composer, probability)
+hx.timeline("a.mid", window=30, hop=10)   # [Passage(start_s, end_s, {composer: p}), ...]
+```
+
+Files are parsed in child processes (a file that crashes the parser raises
+:class:`~harmonixr.midi.load.MidiError` with reason ``crashed``); bad files raise the same
+reasons as ``preprocess``. Probabilities come from ``search/calibrate.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from harmonixr.midi.load import MidiError
+from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files
+from harmonixr.search.runs import Run, load_files, load_run, parser_pool, pretrained_dir
+
+if TYPE_CHECKING:
+    from harmonixr._pool import RobustPool
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """A known composer with its calibrated probability and its centroid similarity, or the
+    open-set entry (``known=False``, composer ``"unknown"``, no score)."""
+
+    composer: str
+    probability: float
+    score: float | None
+    known: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Match:
+    composer: str
+    title: str
+    path: str
+    similarity: float
+    sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    similarity: float
+    same_composer: bool
+    probability: float  # of the same composer, at an even prior
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One window of a timeline; unpacks as ``(start_s, end_s, probabilities)``. The known
+    composers' probabilities and ``unknown`` sum to one."""
+
+    start_s: float
+    end_s: float
+    probabilities: dict[str, float]
+    unknown: float
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.start_s, self.end_s, self.probabilities))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Input = str | os.PathLike[str] | np.ndarray | Any  # a path, a uint8 tensor, a symusic Score
+
+
+def _is_path(x: object) -> bool:
+    return isinstance(x, str | os.PathLike)
+
+
+class Harmonixr:
+    """A run's encoder with its index (centroids, calibration, searchable corpus)."""
+
+    def __init__(self, run: Run, index: Index | None = None, shipped: bool = False) -> None:
+        self.run, self.index, self.shipped = run, index, shipped
+        self._pool: RobustPool | None = None
+
+    def parsers(self) -> RobustPool:
+        """The child processes that parse this object's files, started on first use and
+        kept (a process start per call would cost more than a short piece's forward)."""
+        if self._pool is None:
+            self._pool = parser_pool()
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the parser processes (they also end with this process)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> Harmonixr:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @classmethod
+    def load(cls, run: str | os.PathLike[str] | None = None, *, device: str = "cpu") -> Harmonixr:
+        """A run directory, or ``None`` for the model shipped in the package. The run's index
+        (``RUN/index``) is loaded when present; without it only :meth:`embed` works."""
+        root = pretrained_dir() if run is None else Path(run)
+        model = load_run(root, device=device)
+        index = None
+        if (root / INDEX_DIR / "index.json").is_file():
+            index = Index.load(root / INDEX_DIR)
+            if index.manifest.get("model_sha256") != model.weights_sha256():
+                raise ValueError(
+                    f"{root / INDEX_DIR}: built with other weights than {root}/model.safetensors;"
+                    f" rebuild it (harmonixr index build {root})"
+                )
+        return cls(model, index, shipped=run is None)
+
+    @property
+    def composers(self) -> list[str]:
+        """The composers this model can name (those with a centroid)."""
+        return list(self._index().known)
+
+    def _index(self) -> Index:
+        if self.index is None:
+            raise ValueError(
+                f"{self.run.root}: no index, so no composers or corpus to compare with; "
+                f"build one: harmonixr index build {self.run.root} --data CACHE"
+            )
+        return self.index
+
+    # ------------------------------------------------------------ inputs
+
+    def _tensor_of(self, x: Any) -> np.ndarray:
+        from harmonixr.midi.load import tensorize_checked
+
+        if hasattr(x, "numpy") and not isinstance(x, np.ndarray) and hasattr(x, "dtype"):
+            x = x.detach().cpu().numpy() if hasattr(x, "detach") else x.numpy()
+        if isinstance(x, np.ndarray):
+            want = (12, self.run.tensor_config.n_octaves)
+            if x.dtype != np.uint8 or x.ndim != 3 or tuple(x.shape[1:]) != want or not len(x):
+                raise ValueError(
+                    f"expected a uint8 (T, {want[0]}, {want[1]}) tensor with T ≥ 1, "
+                    f"got {x.dtype} {tuple(x.shape)}"
+                )
+            return x
+        import symusic
+
+        if isinstance(x, symusic.Score):
+            if str(x.ttype).lower() != "second":  # the length limit is checked in seconds
+                x = x.to("second")
+            return tensorize_checked(x, self.run.tensor_config).tensor
+        raise TypeError(
+            f"cannot embed a {type(x).__name__}: give a path, a uint8 tensor or a Score"
+        )
+
+    def _tensors(self, xs: Sequence[Any]) -> list[np.ndarray]:
+        """Tensors of the inputs in order; files parsed together in child processes; the first
+        bad file (in input order) raises its :class:`MidiError`."""
+        out: list[np.ndarray | None] = [None] * len(xs)
+        where = [i for i, x in enumerate(xs) if _is_path(x)]
+        if where:
+            paths = [xs[i] for i in where]
+            loaded = load_files(paths, self.run.tensor_config, pool=self.parsers())
+        else:
+            loaded = []
+        for i, got in zip(where, loaded, strict=True):
+            if isinstance(got, MidiError):
+                raise got
+            out[i] = got.tensor
+        for i, x in enumerate(xs):
+            if out[i] is None:
+                out[i] = self._tensor_of(x)
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ questions
+
+    def embed(self, x: Input | Sequence[Input]) -> np.ndarray:
+        """Whole-piece embedding: ``(D,)`` for one input, ``(N, D)`` for a list."""
+        single = not isinstance(x, list | tuple)
+        xs = [x] if single else list(x)
+        z = self.run.embed_tensors(self._tensors(xs))
+        return z[0] if single else z
+
+    def _attributions(self, z: np.ndarray, k: int) -> list[Attribution]:
+        index = self._index()
+        sims = index.composer_similarities(z)
+        probs, unknown = index.calibration.composer_probabilities(sims)
+        order = np.lexsort((-sims[0], -probs[0]))[: max(0, k)]
+        out = [Attribution(index.known[c], float(probs[0, c]), float(sims[0, c])) for c in order]
+        out.append(Attribution(UNKNOWN, float(unknown[0]), None, known=False))
+        return sorted(out, key=lambda a: -a.probability)
+
+    def attribute(self, x: Input, k: int = 5) -> list[Attribution]:
+        """The ``k`` most probable known composers and the probability that the composer is
+        none of them (``known=False``), most probable first. All known composers' probabilities
+        and the unknown one sum to one; their order is the order of the centroid scores."""
+        return self._attributions(self.embed(x), k)
+
+    def similar(self, x: Input, k: int = 10) -> list[Match]:
+        """The ``k`` indexed pieces nearest to ``x`` (cosine similarity, best first); a piece
+        already in the index finds itself first."""
+        (hits,) = self._index().search(self.embed(x)[None], k)
+        return [Match(it.composer, it.title, it.path, sim, it.sha256) for it, sim in hits]
+
+    def verify(self, a: Input, b: Input) -> Verdict:
+        """Whether ``a`` and ``b`` share a composer, with the calibrated probability; the
+        decision is ``probability ≥ 0.5`` (the validation-fitted similarity threshold)."""
+        za, zb = self.embed([a, b])
+        sim = float(np.dot(za, zb))
+        p = float(self._index().calibration.same_probability(sim))
+        return Verdict(sim, p >= 0.5, p)
+
+    def timeline(self, x: Input, window: float = 30.0, hop: float = 10.0) -> list[Passage]:
+        """Composer probabilities of windows of ``window`` seconds every ``hop`` seconds (the
+        last window ends at the piece's end). The calibration is the whole-piece one, so a
+        short window's probabilities are indicative rather than calibrated."""
+        from harmonixr.model.embed import embed_windows, piece_windows
+
+        if window <= 0 or hop <= 0:
+            raise ValueError(f"window and hop must be positive, got {window}, {hop}")
+        index = self._index()
+        (tensor,) = self._tensors([x])
+        fs = self.run.frame_seconds
+        crop, step = max(1, round(window / fs)), max(1, round(hop / fs))
+        windows = piece_windows([tensor], crop, step)
+        z = embed_windows(self.run.encoder, [tensor], windows, crop)
+        probs, unknown = index.calibration.composer_probabilities(index.composer_similarities(z))
+        return [
+            Passage(
+                round(w.start * fs, 3),
+                round((w.start + w.valid) * fs, 3),
+                {c: float(p) for c, p in zip(index.known, probs[i], strict=True)},
+                float(unknown[i]),
+            )
+            for i, w in enumerate(windows)
+        ]
+
+    # ------------------------------------------------------------ the index
+
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        composer: str = "",
+        workers: int | None = None,
+    ) -> AddResult:
+        """Add files to this run's index (no rebuild; content already there is skipped)."""
+        index = self._index()
+        if self.shipped:
+            raise ValueError(
+                "the shipped index is part of the installed package; build your own "
+                "(harmonixr index build RUN) to add files"
+            )
+        pool = None if workers else self.parsers()
+        return add_files(self.run, index, paths, composer=composer, workers=workers, pool=pool)
+
+    def info(self) -> dict[str, Any]:
+        return self._index().info()
+
+
+# ---------------------------------------------------------------- many files
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Embeddings of the files that could be read, and why the others could not."""
+
+    paths: tuple[str, ...]
+    vectors: np.ndarray  # (len(paths), D)
+    errors: tuple[MidiError, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "embedded": len(self.paths),
+            "dim": int(self.vectors.shape[1]),
+            "errors": [
+                {"path": e.path, "reason": e.reason, "detail": e.detail} for e in self.errors
+            ],
+        }
+
+
+def embed_files(
+    hx: Harmonixr,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    workers: int | None = None,
+    progress: Any = None,
+    embed_progress: Any = None,
+) -> Embedded:
+    """Embed many files, skipping (and reporting) the bad ones instead of stopping; a single
+    file that cannot be used raises its :class:`MidiError`. ``progress(i, n, name)`` counts
+    parsed files, ``embed_progress(i, n, "")`` embedded ones."""
+    pool = None if workers else hx.parsers()
+    results = load_files(paths, hx.run.tensor_config, workers=workers, pool=pool, progress=progress)
+    errors = tuple(r for r in results if isinstance(r, MidiError))
+    good = [
+        (os.fspath(p), r)
+        for p, r in zip(paths, results, strict=True)
+        if not isinstance(r, MidiError)
+    ]
+    if not good:
+        if len(errors) == 1:
+            raise errors[0]
+        reasons = ", ".join(sorted({e.reason for e in errors}))
+        raise ValueError(f"none of the {len(errors)} files could be embedded ({reasons})")
+    tensors = [r.tensor for _, r in good]  # type: ignore[union-attr]
+    vectors = hx.run.embed_tensors(tensors, chunk=16, progress=embed_progress)
+    return Embedded(tuple(p for p, _ in good), vectors, errors)
+
+
+def embeddings_format(out: str | os.PathLike[str]) -> str:
+    """``npy`` or ``parquet`` from the output's name; raises before any work is done if the
+    name is neither or pyarrow is missing for parquet."""
+    suffix = Path(out).suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            msg = f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use .npy"
+            raise ValueError(msg) from None
+        return "parquet"
+    if suffix == ".npy":
+        return "npy"
+    raise ValueError(f"{out}: the output must end in .npy or .parquet")
+
+
+def write_embeddings(out: str | os.PathLike[str], result: Embedded) -> list[Path]:
+    """``.npy`` (with the paths, one a line, in ``NAME.paths.txt`` beside it) or ``.parquet``
+    (columns ``path`` and ``embedding``, needs pyarrow). Returns the files written."""
+    out = Path(out)
+    if embeddings_format(out) == "npy":
+        np.save(out, result.vectors.astype(np.float32))
+        listing = out.with_suffix(".paths.txt")
+        listing.write_text("".join(p + "\n" for p in result.paths))
+        return [out, listing]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = result.vectors.shape[1]
+    flat = pa.array(result.vectors.astype(np.float32).ravel())
+    table = pa.table(
+        {
+            "path": pa.array(list(result.paths), pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }
+    )
+    pq.write_table(table, out)
+    return [out]

@@ -1,0 +1,378 @@
+"""The persistent index of a run (``RUN/index/``): whole-piece embeddings of its corpus in a
+vector store, a metadata table, composer centroids and the calibration.
+
+```
+RUN/index/
+  index.json        what built it: model hash, store, dimension, centroid composers, counts
+  items.json        the metadata table, one column per field (row i = vector id i)
+  centroids.npy     (C, D) unit composer centroids, from the run's TRAIN split only
+  calibration.json  fitted on the run's VALIDATION split only (search/calibrate.py)
+  embeddings.npy    (N, D) float32 (FAISS store) [+ hnsw.faiss above HNSW_MIN vectors]
+```
+
+No pickle anywhere: JSON, ``.npy`` and ``faiss.write_index``. ``items.json`` is written last
+and is the commit point of an ``add``: vectors past its length (an interrupted add) are
+ignored on load and overwritten by the next one. The test split is never read for a choice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from harmonixr.midi.load import UNREADABLE, MidiError
+from harmonixr.search.calibrate import Calibration, fit_calibration
+from harmonixr.search.runs import Run, file_sha256, load_files, load_run
+from harmonixr.search.store import FaissStore, MilvusStore, VectorStore, milvus_uri
+
+if TYPE_CHECKING:
+    from harmonixr._pool import RobustPool
+
+INDEX_DIR = "index"
+FORMAT = 1
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One indexed piece."""
+
+    composer: str
+    title: str
+    group: str
+    path: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+_COLUMNS = [f.name for f in fields(Item)]
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+class Index:
+    """Search, centroids and calibration of one run; see the module docstring."""
+
+    def __init__(
+        self,
+        root: Path,
+        items: list[Item],
+        store: VectorStore,
+        centroids: np.ndarray,
+        known: Sequence[str],
+        calibration: Calibration,
+        manifest: dict[str, Any],
+    ) -> None:
+        self.root, self.items, self.store = root, items, store
+        self.centroids, self.known = centroids, list(known)
+        self.calibration, self.manifest = calibration, manifest
+        self._shas = {it.sha256 for it in items}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, sha256: str) -> bool:
+        return sha256 in self._shas
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    # ------------------------------------------------------------ queries
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[Item, float]]]:
+        """The ``k`` most similar items per query (cosine similarity, best first)."""
+        sims, ids = self.store.search(np.atleast_2d(queries), k)
+        return [
+            [
+                (self.items[i], float(s))
+                for s, i in zip(srow, irow, strict=True)
+                if 0 <= i < len(self)
+            ]
+            for srow, irow in zip(sims, ids, strict=True)
+        ]
+
+    def composer_similarities(self, z: np.ndarray) -> np.ndarray:
+        """(N, C) cosine similarity of each embedding to each known composer's centroid."""
+        return np.atleast_2d(z).astype(np.float32) @ self.centroids.T
+
+    # ------------------------------------------------------------ writing
+
+    def add(self, vectors: np.ndarray, items: Sequence[Item]) -> list[Item]:
+        """Append pieces not present yet (by sha256, also within ``items``); returns those
+        added. Incremental: FAISS appends to its index, Milvus upserts. Call :meth:`save`."""
+        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        keep, seen = [], set(self._shas)
+        for i, it in enumerate(items):
+            if it.sha256 not in seen:
+                seen.add(it.sha256)
+                keep.append(i)
+        new = [items[i] for i in keep]
+        if new:
+            self.store.add(vectors[keep], [it.to_dict() for it in new], len(self.items))
+            self.items.extend(new)
+            self._shas = seen
+        return new
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _save_npy(self.root / "centroids.npy", np.asarray(self.centroids, np.float32))
+        _write_text(
+            self.root / "calibration.json", json.dumps(self.calibration.to_dict(), indent=1)
+        )
+        manifest = {**self.manifest, **self.store.describe(), "known": self.known}
+        _write_text(self.root / "index.json", json.dumps(manifest, indent=1))
+        self.store.save(self.root)
+        columns = {c: [getattr(it, c) for it in self.items] for c in _COLUMNS}
+        _write_text(self.root / "items.json", json.dumps(columns))  # the commit point
+
+    @classmethod
+    def load(cls, root: str | Path) -> Index:
+        root = Path(root)
+        if not (root / "index.json").is_file():
+            raise ValueError(f"{root}: no index (build one with `harmonixr index build`)")
+        manifest = json.loads((root / "index.json").read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{root}: index format {manifest.get('format')}, expected {FORMAT}")
+        columns = json.loads((root / "items.json").read_text())
+        items = [Item(*vals) for vals in zip(*(columns[c] for c in _COLUMNS), strict=True)]
+        store: VectorStore
+        if manifest["store"] == "milvus":
+            store = MilvusStore(manifest["uri"], manifest["collection"], int(manifest["dim"]))
+        else:
+            store = FaissStore.load(root, manifest, len(items))
+        calibration = Calibration.from_dict(json.loads((root / "calibration.json").read_text()))
+        centroids = np.load(root / "centroids.npy")
+        return cls(root, items, store, centroids, manifest["known"], calibration, manifest)
+
+    def info(self) -> dict[str, Any]:
+        per = Counter(it.composer for it in self.items)
+        m = self.manifest
+        return {
+            "root": str(self.root),
+            "items": len(self),
+            "dim": self.dim,
+            **self.store.describe(),
+            "model_sha256": m.get("model_sha256"),
+            "built": m.get("built"),
+            "source": m.get("source"),
+            "known_composers": [
+                {"composer": c, "train_pieces": m.get("train_pieces", {}).get(c, 0)}
+                for c in self.known
+            ],
+            "pieces_per_composer": dict(per.most_common()),
+            "calibration": self.calibration.report,
+            "threshold": self.calibration.threshold,
+            "notes": list(self.calibration.notes),
+        }
+
+
+# ------------------------------------------------------------------ building
+
+
+def centroids_of(emb: np.ndarray, composers: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(sorted composers, (C, D) unit mean embedding of each)."""
+    names = sorted(set(composers))
+    label = np.array([names.index(c) for c in composers], np.int64)
+    out = np.zeros((len(names), emb.shape[1]), np.float64)
+    np.add.at(out, label, emb.astype(np.float64))
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return names, (out / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def _store_for(spec: str, kind: str, dim: int, model_sha: str) -> VectorStore:
+    if spec == "faiss":
+        return FaissStore(dim, kind)
+    collection = f"harmonixr_{model_sha[:16]}"
+    return MilvusStore(milvus_uri(spec), collection, dim, create=True)
+
+
+def build_index(
+    run_dir: str | Path,
+    cache: str | Path | None = None,
+    *,
+    store: str = "faiss",
+    kind: str = "auto",
+    relative_to: str | Path | None = None,
+    batch_size: int = 32,
+    progress: ProgressFn | None = None,
+) -> Index:
+    """Embed every usable piece of the cache (one per distinct file content) into
+    ``RUN/index``, centroids from the run's training split, calibration from its validation
+    split. ``relative_to`` stores paths relative to that folder (a corpus root)."""
+    from harmonixr.data.cache import TensorCache
+    from harmonixr.data.splits import SIDES, load_split
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    cache = Path(cache or run.config.get("train", {}).get("data", ""))
+    with TensorCache(cache) as c:
+        if c.config != run.tensor_config:
+            raise ValueError(
+                f"{cache}: tensors made with {c.config}, the run used {run.tensor_config}"
+            )
+        rows = c.pieces()
+        if not rows:
+            raise ValueError(f"{cache}: the cache holds no usable pieces")
+        split_path = run_dir / "split.json"
+        if not split_path.is_file():
+            raise ValueError(f"{run_dir}: no split.json, so no training/validation split")
+        split = load_split(split_path, rows)
+        side = {i: s for s in SIDES for i in split[s]}
+        first: dict[str, int] = {}
+        for i, r in enumerate(rows):
+            first.setdefault(r.sha256 or r.path, i)
+        unique = list(first.values())
+        emb = run.embed_tensors([c.load(rows[i]) for i in unique], batch_size, progress=progress)
+    vec = dict(zip(first, emb, strict=True))
+
+    def z(i: int) -> np.ndarray:
+        return vec[rows[i].sha256 or rows[i].path]
+
+    train = [i for i in range(len(rows)) if side.get(i) == "train"]
+    val = [i for i in range(len(rows)) if side.get(i) == "val"]
+    if not train:
+        raise ValueError(f"{run_dir}: the training split holds no piece of {cache}")
+    known, centroids = centroids_of(
+        np.stack([z(i) for i in train]), [rows[i].composer for i in train]
+    )
+    val_emb = np.stack([z(i) for i in val]) if val else np.zeros((0, run.dim), np.float32)
+    calibration = fit_calibration(
+        val_emb,
+        [rows[i].composer for i in val],
+        [rows[i].group for i in val],
+        centroids,
+        known,
+    )
+    root = Path(relative_to).resolve() if relative_to else None
+
+    def shown(path: str) -> str:
+        if root is None:
+            return path
+        try:
+            return str(Path(path).resolve().relative_to(root))
+        except ValueError:
+            return path
+
+    items = [
+        Item(
+            rows[i].composer,
+            rows[i].title,
+            rows[i].group,
+            shown(rows[i].path),
+            rows[i].sha256 or "",
+        )
+        for i in unique
+    ]
+    sha = run.weights_sha256()
+    manifest = {
+        "format": FORMAT,
+        "dim": run.dim,
+        "model_sha256": sha,
+        "tensor": run.tensor_config.to_dict(),
+        "crop_frames": run.crop,
+        "hop_frames": run.hop,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": str(cache),
+        "train_pieces": dict(Counter(rows[i].composer for i in train)),
+    }
+    final = run_dir / INDEX_DIR
+    tmp = run_dir / f"{INDEX_DIR}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vectors = _store_for(store, kind, run.dim, sha)
+    index = Index(tmp, [], vectors, centroids, known, calibration, manifest)
+    index.add(emb, items)
+    index.save()
+    old = run_dir / f"{INDEX_DIR}.old-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    index.root = final
+    return index
+
+
+# ------------------------------------------------------------------ adding files
+
+
+@dataclass(frozen=True)
+class AddResult:
+    added: tuple[str, ...]
+    duplicates: tuple[str, ...]  # content already in the index (or twice in the request)
+    errors: tuple[MidiError, ...]  # unusable files, in input order
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": list(self.added),
+            "duplicates": list(self.duplicates),
+            "errors": [
+                {"path": e.path, "reason": e.reason, "detail": e.detail} for e in self.errors
+            ],
+        }
+
+
+def add_files(
+    run: Run,
+    index: Index,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    composer: str = "",
+    workers: int | None = None,
+    pool: RobustPool | None = None,
+    progress: ProgressFn | None = None,
+) -> AddResult:
+    """Parse, embed and append files to ``index`` and save it, without a rebuild. A file whose
+    content (sha256) is already indexed is not added again. Each file is its own work; its
+    title is its name, its composer ``composer`` (empty: unknown)."""
+    todo: list[tuple[int, str, str]] = []
+    duplicates: list[str] = []
+    errors: dict[int, MidiError] = {}
+    seen = set(index._shas)
+    for n, p in enumerate(paths):
+        path = str(Path(p).resolve())
+        try:
+            sha = file_sha256(path)
+        except OSError as exc:
+            errors[n] = MidiError(path, UNREADABLE, exc.strerror or str(exc))
+            continue
+        if sha in seen:
+            duplicates.append(os.fspath(p))
+        else:
+            seen.add(sha)
+            todo.append((n, path, sha))
+    loaded = load_files(
+        [p for _, p, _ in todo], run.tensor_config, workers=workers, pool=pool, progress=progress
+    )
+    tensors, items = [], []
+    for (n, path, sha), got in zip(todo, loaded, strict=True):
+        if isinstance(got, MidiError):
+            errors[n] = got
+        else:
+            tensors.append(got.tensor)
+            items.append(Item(composer, Path(path).stem, sha, path, sha))
+    if items:
+        index.add(run.embed_tensors(tensors), items)
+        index.save()
+    ordered = tuple(errors[n] for n in sorted(errors))
+    return AddResult(tuple(it.path for it in items), tuple(duplicates), ordered)

@@ -1,0 +1,118 @@
+"""The asking commands (embed, attribute, similar, verify, timeline, index build/add/info):
+--json parses and says the right thing, tables print, errors are one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from midi_factory import write_score
+from search_fixtures import composer_of, split_paths
+from typer.testing import CliRunner
+
+from harmonixr.cli import app
+
+pytestmark = pytest.mark.slow
+
+
+def hx(*args: str) -> str:
+    """Run a command in this process; its stdout."""
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def hx_json(*args: str):
+    return json.loads(hx(*args, "--json"))
+
+
+def test_attribute_json_names_the_composer_with_probabilities(search_run):
+    path = split_paths(search_run, "test")[0]
+    result = hx_json("attribute", path, "--model", search_run, "--k", "1")
+    assert [r["composer"] for r in result][0] == composer_of(path)
+    assert {r["known"] for r in result} == {True, False} and len(result) == 2
+    assert all(0 <= r["probability"] <= 1 for r in result)
+    table = hx("attribute", path, "-m", search_run)
+    assert composer_of(path) in table and "none of the known composers" in table
+
+
+def test_similar_verify_timeline_json(search_run):
+    a, b = split_paths(search_run, "test")[:2]
+    matches = hx_json("similar", a, "--model", search_run, "--k", "4")
+    assert len(matches) == 4 and matches[0]["path"] == a
+    verdict = hx_json("verify", a, b, "--model", search_run)
+    assert verdict["same_composer"] == (composer_of(a) == composer_of(b))
+    assert set(verdict) == {"similarity", "same_composer", "probability"}
+    passages = hx_json("timeline", a, "--model", search_run, "--window", "10", "--hop", "5")
+    assert passages[0]["start_s"] == 0.0 and set(passages[0]["probabilities"]) == {"High", "Low"}
+    assert "10 s windows every 10 s" in hx("timeline", a, "-m", search_run, "--window", "10")
+    assert Path(a).name in hx("similar", a, "-m", search_run)
+    assert "composer" in hx("verify", a, b, "-m", search_run)
+
+
+def test_embed_a_folder_to_npy_and_parquet(search_run, tmp_path):
+    midi = Path(split_paths(search_run, "train")[0]).parents[1]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.mid").write_bytes(b"MThd\x00\x00")
+    write_score(tmp_path / "in" / "ok.mid", [(i * 240, 200, 60 + i % 12, 80) for i in range(40)])
+    summary = hx_json("embed", midi, tmp_path / "in", "--out", tmp_path / "e.npy", "-m", search_run)
+    assert summary["embedded"] == 21 and summary["dim"] == 32
+    assert [(e["path"], e["reason"]) for e in summary["errors"]] == [
+        (str(tmp_path / "in" / "broken.mid"), "truncated")
+    ]
+    emb = np.load(tmp_path / "e.npy")
+    paths = (tmp_path / "e.paths.txt").read_text().splitlines()
+    assert emb.shape == (21, 32) and len(paths) == 21 and paths[-1].endswith("ok.mid")
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed")
+    hx("embed", tmp_path / "in" / "ok.mid", "--out", tmp_path / "e.parquet", "-m", search_run)
+    table = pq.read_table(tmp_path / "e.parquet")
+    assert table.column_names == ["path", "embedding"]
+    np.testing.assert_allclose(np.array(table["embedding"].to_pylist()), emb[-1:], atol=1e-6)
+
+
+def test_index_build_add_info(search_run_copy, tmp_path):
+    run = search_run_copy
+    corpus = Path(split_paths(run, "train")[0]).parents[1]
+    info = hx_json("index", "build", run, "--relative-to", corpus)
+    assert info["items"] == 20 and info["store"] == "faiss"
+    cal = info["calibration"]["composer"]
+    assert cal["ece_after"] <= cal["ece_before"]
+    assert "ECE" in hx("index", "info", run)
+    new = write_score(tmp_path / "new.mid", [(i * 96, 77, 70 + i % 20, 90) for i in range(150)])
+    added = hx_json("index", "add", run, new, "--composer", "High")
+    assert added["added"] == [str(new.resolve())] and added["duplicates"] == []
+    again = hx_json("index", "add", run, tmp_path)  # a folder: the same file inside
+    assert again["added"] == [] and again["duplicates"] == [str(new)]
+    assert hx_json("index", "info", run)["items"] == 21
+    assert hx_json("similar", new, "-m", run, "--k", "1")[0]["path"] == str(new.resolve())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harmonixr.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_errors_are_one_readable_line(search_run, tmp_path):
+    (tmp_path / "x.mid").write_text("not midi")
+    cases = [
+        (["attribute", tmp_path / "x.mid", "-m", search_run], "not_midi"),
+        (["similar", tmp_path / "x.mid", "-m", tmp_path], "not a run directory"),
+        (["embed", tmp_path / "x.mid", "--out", tmp_path / "e.npy", "-m", search_run], "not_midi"),
+        (["embed", tmp_path, "--out", tmp_path / "e.csv"], "must end in .npy or .parquet"),
+        (["index", "info", tmp_path], "not a run directory"),
+    ]
+    for args, words in cases:
+        proc = _cli(*args)
+        err = proc.stderr.strip()
+        assert proc.returncode == 1, proc.stderr
+        assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
+        assert words in err

@@ -1,0 +1,175 @@
+"""The persistent index: its files (no pickle), centroids from the training split only,
+incremental add without rebuild, one copy per content, interrupted adds, HNSW and Milvus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from midi_factory import write_score
+from search_fixtures import composer_of, split_paths
+
+from harmonixr.search.api import Harmonixr
+from harmonixr.search.index import Index, build_index, centroids_of
+from harmonixr.search.store import FaissStore
+
+pytestmark = pytest.mark.slow
+
+
+def _new_piece(path, low=67, high=91, seconds=12, seed=7):
+    """A piece in the style of the synthetic 'High' composer that the index has never seen."""
+    rng = np.random.default_rng(seed)
+    notes, t = [], 0.0
+    while t < seconds:
+        notes.append((round(t * 960), 77, int(rng.integers(low, high)), int(rng.integers(40, 110))))
+        t += 0.1 * float(rng.uniform(0.7, 1.3))
+    return write_score(path, notes)
+
+
+def test_index_files_hold_unit_vectors_and_load_without_pickle(search_run):
+    root = search_run / "index"
+    names = {p.name for p in root.iterdir()}
+    assert names == {
+        "index.json",
+        "items.json",
+        "centroids.npy",
+        "calibration.json",
+        "embeddings.npy",
+    }
+    emb = np.load(root / "embeddings.npy", allow_pickle=False)
+    centroids = np.load(root / "centroids.npy", allow_pickle=False)
+    items = json.loads((root / "items.json").read_text())
+    assert emb.shape == (20, 32) and emb.dtype == np.float32 and len(items["path"]) == 20
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    manifest = json.loads((root / "index.json").read_text())
+    assert manifest["known"] == ["High", "Low"] and manifest["store"] == "faiss"
+    assert manifest["train_pieces"] == {"High": 6, "Low": 6}
+
+
+def test_centroids_are_the_training_pieces_mean(search_run):
+    index = Index.load(search_run / "index")
+    row = {it.path: i for i, it in enumerate(index.items)}
+    emb = index.store.vectors
+    train = split_paths(search_run, "train")
+    names, expected = centroids_of(emb[[row[p] for p in train]], [composer_of(p) for p in train])
+    assert names == index.known
+    np.testing.assert_allclose(index.centroids, expected, atol=1e-6)
+    # and not the mean over every piece (the test split is never used for a choice)
+    _, everything = centroids_of(emb, [it.composer for it in index.items])
+    assert not np.allclose(index.centroids, everything, atol=1e-7)
+
+
+def test_add_then_similar_finds_the_new_file_without_rebuild(search_run_copy, tmp_path):
+    hx = Harmonixr.load(search_run_copy)
+    faiss_index = hx.index.store._ready()
+    new = _new_piece(tmp_path / "newcomer.mid")
+    result = hx.add([new], composer="High")
+    assert result.added == (str(new.resolve()),) and not result.duplicates and not result.errors
+    assert hx.index.store._ready() is faiss_index and faiss_index.ntotal == 21  # appended
+    assert hx.similar(new, k=1)[0].path == str(new.resolve())
+    reloaded = Harmonixr.load(search_run_copy)  # and it was saved
+    first = reloaded.similar(new, k=3)[0]
+    assert (first.path, first.composer, first.title) == (str(new.resolve()), "High", "newcomer")
+    assert first.similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_same_content_is_stored_once(search_run_copy, tmp_path):
+    hx = Harmonixr.load(search_run_copy)
+    new = _new_piece(tmp_path / "a.mid")
+    copy = shutil.copy(new, tmp_path / "b.mid")
+    first = hx.add([new, copy])
+    assert len(first.added) == 1 and first.duplicates == (str(copy),)
+    again = hx.add([new])
+    assert again.added == () and again.duplicates == (str(new),)
+    indexed = Index.load(search_run_copy / "index")
+    assert len(indexed) == 21 and len(indexed.store) == 21
+    # a file from the corpus itself is already there too
+    corpus_file = split_paths(search_run_copy, "test")[0]
+    assert hx.add([corpus_file]).duplicates == (corpus_file,)
+
+
+def test_bad_files_are_reported_not_added(search_run_copy, tmp_path):
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"MThd\x00\x00")
+    result = Harmonixr.load(search_run_copy).add([bad, tmp_path / "missing.mid"])
+    assert result.added == ()
+    assert [(e.path, e.reason) for e in result.errors] == [
+        (str(bad), "truncated"),
+        (str(tmp_path / "missing.mid"), "unreadable"),
+    ]
+    assert len(Index.load(search_run_copy / "index")) == 20
+
+
+def test_vectors_of_an_interrupted_add_are_ignored(search_run_copy):
+    root = search_run_copy / "index"
+    emb = np.load(root / "embeddings.npy")
+    np.save(root / "embeddings.npy", np.concatenate([emb, emb[:3]]))  # items.json not written
+    index = Index.load(root)
+    assert len(index) == 20 and len(index.store) == 20
+    (hits,) = index.search(emb[:1], k=25)
+    assert len(hits) == 20
+
+
+def test_hnsw_agrees_with_exact_search_and_survives_a_reload(search_run, tmp_path):
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((500, 32)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    exact, hnsw = FaissStore(32, "flat", v), FaissStore(32, "hnsw", v)
+    _, e = exact.search(v[:20], 1)
+    _, h = hnsw.search(v[:20], 1)
+    assert (e[:, 0] == np.arange(20)).all() and (h[:, 0] == np.arange(20)).all()
+    hnsw.save(tmp_path)
+    assert (tmp_path / "hnsw.faiss").is_file()
+    back = FaissStore.load(tmp_path, {"dim": 32, "kind": "hnsw"}, 500)
+    assert back._index is not None and back._index.ntotal == 500  # read, not rebuilt
+    np.testing.assert_array_equal(back.search(v[:20], 5)[1], hnsw.search(v[:20], 5)[1])
+
+
+def test_auto_switches_to_hnsw_at_the_measured_size(monkeypatch):
+    from harmonixr.search import store as st
+
+    monkeypatch.setattr(st, "HNSW_MIN", 10)
+    s = FaissStore(4, "auto", np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 2])
+    assert s.kind == "flat"
+    s.add(np.eye(4, dtype=np.float32)[:2], [{}, {}], 8)
+    assert s.kind == "hnsw"
+    with pytest.raises(ValueError, match="ids must continue"):
+        s.add(np.eye(4, dtype=np.float32)[:1], [{}], 3)
+
+
+def _cache(run):
+    return json.loads((run / "config.json").read_text())["train"]["data"]
+
+
+def test_index_records_paths_relative_to_a_corpus_root(search_run_copy):
+    corpus = Path(split_paths(search_run_copy, "train")[0]).parents[1]
+    index = build_index(search_run_copy, _cache(search_run_copy), relative_to=corpus)
+    assert {Path(it.path).parts[0] for it in index.items} == {"High", "Low"}
+    assert (corpus / index.items[0].path).is_file()
+
+
+def test_milvus_lite_store_answers_like_faiss(search_run_copy, tmp_path):
+    pytest.importorskip(
+        "pymilvus", reason="pymilvus not installed (pip install 'harmonixr[milvus]')"
+    )
+    pytest.importorskip("milvus_lite", reason="milvus-lite not installed")
+    faiss_hx = Harmonixr.load(search_run_copy)
+    index = build_index(search_run_copy, _cache(search_run_copy), store=str(tmp_path / "milvus.db"))
+    assert index.info()["store"] == "milvus"
+    hx = Harmonixr.load(search_run_copy)
+    for p in split_paths(search_run_copy, "test"):
+        got, want = hx.similar(p, k=20), faiss_hx.similar(p, k=20)
+        assert got[0].path == p
+        assert {m.path for m in got} == {m.path for m in want}  # all 20, whatever the ties
+        np.testing.assert_allclose(
+            [m.similarity for m in got], [m.similarity for m in want], atol=1e-5
+        )
+    new = _new_piece(tmp_path / "newcomer.mid")
+    assert len(hx.add([new]).added) == 1 and len(hx.add([new]).added) == 0
+    assert len(hx.index.store) == 21
+    assert Harmonixr.load(search_run_copy).similar(new, k=1)[0].path == str(new.resolve())
+    hx.index.store.close()
