@@ -43,6 +43,9 @@ demo: install
 	$(HX) train --data $(DEMO_CACHE) --out $(DEMO_RUN) --preset small --max-steps 600 \
 		--steps-per-epoch 100 --batch-size 32 --crop-seconds 30
 	$(HX) evaluate $(DEMO_RUN)
+	$(HX) viz tsne $(DEMO_RUN) --data $(DEMO_CACHE)
+	$(HX) viz filters $(DEMO_RUN)
+	$(HX) viz curves $(DEMO_RUN)
 	@echo "TensorBoard logs: $(DEMO_RUN)/tb   (tensorboard --logdir $(DEMO_RUN)/tb)"
 	@echo "Evaluation: $(DEMO_RUN)/eval/test/report.md, roc.png, det.png, distances.png"
 

@@ -193,6 +193,7 @@ def test_asap_groups_join_repeat_variants_and_shared_recordings(tmp_path):
     scores = read_corpus(tmp_path, include_scores=True)
     score = next(p for p in scores.pieces if p.path.endswith("26-2/midi_score.mid"))
     assert score.group == g[b + "26-1/Lee01.mid"] and score.performer == ""
+    assert score.kind == "score" and shi.kind == "performance"
 
 
 def test_asap_like_groups_never_straddle_a_split(tmp_path):

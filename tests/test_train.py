@@ -58,6 +58,9 @@ def test_tiny_model_learns_two_composers(cache, tmp_path):
     assert info["metrics"]["val/auc"] > 0.9, info
     for name in ("config.json", "split.json", "model.safetensors"):
         assert (run / name).is_file()
+    # the validation pieces land in TensorBoard's projector with their composers
+    meta = list((run / "tb").rglob("metadata.tsv"))
+    assert meta and "High" in meta[0].read_text() and "Low" in meta[0].read_text()
     assert list((run / "tb").glob("events.out.tfevents.*"))
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["d_model"] == 64 and cfg["train"]["max_steps"] == 60

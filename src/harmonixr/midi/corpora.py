@@ -183,7 +183,8 @@ def read_asap(root: str | Path, include_scores: bool = False) -> Listing:
             path = root / score
             if path.is_file():
                 work = asap_work(row["folder"])
-                pieces.append(Piece(str(path), composer, f"{title} (score)", group, work=work))
+                title_s = f"{title} (score)"
+                pieces.append(Piece(str(path), composer, title_s, group, work=work, kind="score"))
             else:
                 skipped.append((str(path), "listed in metadata.csv but missing"))
     return Listing(pieces, "asap", skipped)

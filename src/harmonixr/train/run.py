@@ -430,4 +430,20 @@ def train(
                 metrics=metrics,
             )
         prune_checkpoints(ckpt_dir, keep)
+        _write_projector(run_dir, val_set, [rows[i] for i in split["val"]], config, trainer)
     return run_dir
+
+
+def _write_projector(run_dir: Path, val_set: PieceSet, val_rows, config, trainer) -> None:
+    """The validation pieces' whole-piece embeddings in TensorBoard's projector, with composer
+    and title (what the exported weights make of pieces they never trained on)."""
+    if not len(val_set):
+        return
+    from harmonixr.model.embed import embed_pieces
+    from harmonixr.model.io import load
+    from harmonixr.viz.projector import write_projector
+
+    z = embed_pieces(load(run_dir), val_set.tensors, config.crop_frames)
+    write_projector(
+        run_dir, z, [(r.composer, r.title) for r in val_rows], tag="val", step=trainer.global_step
+    )
