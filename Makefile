@@ -69,7 +69,7 @@ pretrained: install
 	@test -n "$(ASAP)" || { echo "usage: make pretrained ASAP=path/to/asap-dataset" >&2; exit 2; }
 	$(HX) preprocess $(ASAP) --format asap --out $(PRETRAINED_CACHE) --workers $(WORKERS)
 	rm -rf $(PRETRAINED_RUN)
-	$(HX) train --data $(PRETRAINED_CACHE) --out $(PRETRAINED_RUN) --config configs/pretrained.toml
+	OMP_NUM_THREADS=1 $(HX) train --data $(PRETRAINED_CACHE) --out $(PRETRAINED_RUN) --config configs/pretrained.toml
 	$(HX) index build $(PRETRAINED_RUN) --data $(PRETRAINED_CACHE) --relative-to $(ASAP)
 	rm -rf $(PRETRAINED_DIR)/index $(PRETRAINED_DIR)/model.safetensors $(PRETRAINED_DIR)/config.json
 	cp $(PRETRAINED_RUN)/model.safetensors $(PRETRAINED_RUN)/config.json $(PRETRAINED_DIR)/
