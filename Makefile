@@ -46,6 +46,10 @@ demo: install
 	$(HX) viz tsne $(DEMO_RUN) --data $(DEMO_CACHE)
 	$(HX) viz filters $(DEMO_RUN)
 	$(HX) viz curves $(DEMO_RUN)
+	@echo "Who wrote these? Three built-in pieces the shipped model never saw (it knows ASAP's piano composers):"
+	@d=$$($(PY) -c "from harmonixr.midi.builtin import builtin_dir; print(builtin_dir())"); \
+	for f in $$(ls $$d/bach__*.mid | head -1) $$(ls $$d/mozart__*.mid | head -1) \
+	         $$(ls $$d/palestrina__*.mid | head -1); do $(HX) attribute $$f --k 3 || exit 1; done
 	@echo "TensorBoard logs: $(DEMO_RUN)/tb   (tensorboard --logdir $(DEMO_RUN)/tb)"
 	@echo "Evaluation: $(DEMO_RUN)/eval/test/report.md, roc.png, det.png, distances.png"
 

@@ -3,7 +3,6 @@ whole-piece embeddings of a cache's pieces."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from harmonixr.midi.tensorize import TensorConfig
+from harmonixr.search.runs import file_sha256  # noqa: F401  (one definition, re-exported)
 
 SPLITS = ("all", "train", "val", "test")
 
@@ -48,14 +48,6 @@ def read_run(run: str | Path) -> RunInfo:
         if key not in config:
             raise ValueError(f"{path}: no {key!r} section")
     return RunInfo(root, config)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoints(run: RunInfo) -> list[tuple[int, Path]]:
