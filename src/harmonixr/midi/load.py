@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harmonixr._pool import Outcome, run_robust
+from harmonixr._pool import Outcome
 from harmonixr.midi.tensorize import TensorConfig, Tensorized, TooDense, tensorize_score
+
+if TYPE_CHECKING:
+    import multiprocessing.context
+
+    from harmonixr._pool import RobustPool
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_SECONDS = 4 * 3600.0
@@ -110,7 +117,10 @@ def tensorize_checked(
     max_seconds: float = MAX_SECONDS,
 ) -> Tensorized:
     """Tensorize, turning the unusable results (no notes, drums only, too long, too dense)
-    into errors."""
+    into errors. A Score in ticks or quarters is converted to seconds first (the length limit
+    is in seconds)."""
+    if str(score.ttype).lower() != "second":
+        score = score.to("second")
     end = float(score.end()) if score.note_num() else 0.0
     if end > max_seconds:
         raise MidiError(path, TOO_LONG, f"{end:.0f} s > {max_seconds:.0f} s")
@@ -160,6 +170,51 @@ def failure_reason(outcome: Outcome) -> tuple[str, str]:
     return kinds.get(outcome.failure, INTERNAL_ERROR), outcome.error[:500]
 
 
+def parse_bytes_job(
+    job: tuple[bytes, str, TensorConfig, float, int],
+) -> Tensorized | tuple[str, str]:
+    """Like :func:`load_job` for bytes already in memory (an upload): ``(data, name, config,
+    max_seconds, max_bytes)``; nothing is written to disk."""
+    data, name, config, max_seconds, max_bytes = job
+    try:
+        return tensorize_checked(parse_bytes(data, name, max_bytes), config, name, max_seconds)
+    except MidiError as exc:
+        return (exc.reason, exc.detail)
+
+
+def parser_context() -> multiprocessing.context.BaseContext:
+    """How parser processes start. Linux: ``fork``, so that a user's script without an
+    ``if __name__ == "__main__":`` guard still works (forkserver and spawn re-import the main
+    script in every child, which then fails) and a child starts with the parser already
+    imported; the child only parses (no torch, no OpenMP), so forking a threaded parent is
+    safe here, as for PyTorch's own data-loader workers. Elsewhere ``forkserver`` (or
+    ``spawn``) with the parser preloaded; there scripts need the guard."""
+    import multiprocessing as mp
+
+    methods = mp.get_all_start_methods()
+    if sys.platform.startswith("linux") and "fork" in methods:
+        import symusic  # noqa: F401  (imported once here, inherited by every child)
+
+        return mp.get_context("fork")
+    if "forkserver" not in methods:
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["harmonixr.midi.load", "symusic"])
+    return ctx
+
+
+def parser_pool(
+    func: Any = load_job, *, workers: int = 1, timeout: float | None = 60.0
+) -> RobustPool:
+    """Child processes running ``func`` (default :func:`load_job`) on parse jobs, started with
+    :func:`parser_context`; keep it for many calls and ``close()`` it."""
+    from harmonixr._pool import RobustPool
+
+    with warnings.catch_warnings():  # Python ≥ 3.12 warns about forking a threaded process
+        warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
+        return RobustPool(func, workers=workers, timeout=timeout, context=parser_context())
+
+
 def safe_load(
     path: str | PathLike[str],
     config: TensorConfig = TensorConfig(),
@@ -169,10 +224,12 @@ def safe_load(
     max_bytes: int = MAX_FILE_BYTES,
 ) -> Tensorized:
     """:func:`load_tensor` in a child process, so that a parser crash or hang becomes a
-    :class:`MidiError` (reason ``crashed`` or ``timeout``) instead of taking this process down."""
+    :class:`MidiError` (reason ``crashed`` or ``timeout``) instead of taking this process down.
+    Works from a script without an ``if __name__ == "__main__":`` guard (see
+    :func:`parser_context`)."""
     path = os.fspath(path)
-    jobs = [(path, config, max_seconds, max_bytes)]
-    (outcome,) = run_robust(load_job, jobs, workers=1, timeout=timeout)
+    with parser_pool(workers=1, timeout=timeout) as pool:
+        (outcome,) = pool.imap([(path, config, max_seconds, max_bytes)])
     if outcome.ok and isinstance(outcome.value, Tensorized):
         return outcome.value
     raise MidiError(path, *failure_reason(outcome))

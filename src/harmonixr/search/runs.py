@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,36 +118,14 @@ def load_run(root: str | Path, device: str = "cpu") -> Run:
 # ------------------------------------------------------------------ user files
 
 
-def _context() -> Any:
-    """How parser processes start. Linux: ``fork``, so that a user's script without an
-    ``if __name__ == "__main__":`` guard still works (forkserver and spawn re-import the main
-    script in every child, which then fails) and a child starts with the parser already
-    imported; the child only parses (no torch, no OpenMP), so forking a threaded parent is
-    safe here, as for PyTorch's own data-loader workers. Elsewhere ``forkserver`` (or
-    ``spawn``) with the parser preloaded; there scripts need the guard."""
-    import multiprocessing as mp
-
-    methods = mp.get_all_start_methods()
-    if sys.platform.startswith("linux") and "fork" in methods:
-        import symusic  # noqa: F401  (imported once here, inherited by every child)
-
-        return mp.get_context("fork")
-    if "forkserver" not in methods:
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["harmonixr.midi.load", "symusic"])
-    return ctx
-
-
 def parser_pool(workers: int | None = None, timeout: float = PARSE_TIMEOUT) -> RobustPool:
-    """Child processes that parse user files, kept for many calls (default up to 2)."""
-    from harmonixr._pool import RobustPool
+    """Child processes that parse user files, kept for many calls (default up to 2); they
+    fork on Linux (``midi.load.parser_context``)."""
     from harmonixr.midi.load import load_job
+    from harmonixr.midi.load import parser_pool as make_pool
 
     n = workers or min(2, os.cpu_count() or 1)
-    with warnings.catch_warnings():  # Python ≥ 3.12 warns about forking a threaded process
-        warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
-        return RobustPool(load_job, workers=n, timeout=timeout, context=_context())
+    return make_pool(load_job, workers=n, timeout=timeout)
 
 
 def load_files(
