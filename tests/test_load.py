@@ -30,7 +30,8 @@ def test_length_limit_is_in_seconds_for_a_score_in_ticks():
     assert err.value.reason == "too_long" and err.value.detail == "209 s > 200 s"
 
 
-def test_safe_load_works_in_a_script_without_a_main_guard(tmp_path):
+def test_safe_load_and_preprocess_work_in_a_script_without_a_main_guard(tmp_path):
+    (tmp_path / "in" / "Bach").mkdir(parents=True)
     script = tmp_path / "noguard.py"
     script.write_text(
         textwrap.dedent(
@@ -40,8 +41,10 @@ def test_safe_load_works_in_a_script_without_a_main_guard(tmp_path):
             from pathlib import Path
             from midi_factory import write_score
             from harmonixr import safe_load
-            path = write_score(Path({str(tmp_path / "a.mid")!r}), [(0, 480, 60, 90)])
+            from harmonixr.data.cache import preprocess
+            path = write_score(Path({str(tmp_path / "in" / "Bach" / "a.mid")!r}), [(0, 480, 60, 90)])
             print(safe_load(path).tensor.shape)
+            print(preprocess(path.parent.parent, {str(tmp_path / "cache")!r}, workers=1).ok)
             """
         )
     )
@@ -49,7 +52,7 @@ def test_safe_load_works_in_a_script_without_a_main_guard(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "(10, 12, 6)"
+    assert out.stdout.split("\n")[:2] == ["(10, 12, 6)", "1"]
 
 
 def test_parse_bytes_job_reads_an_upload_without_a_file(tmp_path):

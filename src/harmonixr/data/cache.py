@@ -345,6 +345,7 @@ def preprocess(
 ) -> PreprocessSummary:
     """Tensorize a corpus into the cache at ``out``; rerunning continues a killed run."""
     from harmonixr._pool import run_robust
+    from harmonixr.midi.load import parser_context
 
     t0 = time.perf_counter()
     if listing is None:
@@ -393,7 +394,9 @@ def preprocess(
         cache.db.commit()
         n_workers = max(1, min(workers or (os.cpu_count() or 1), len(todo) or 1))
         jobs = [(p.path, config, max_seconds, max_bytes) for p, _ in todo]
-        for outcome in run_robust(load_job, jobs, workers=n_workers, timeout=timeout):
+        # parser_context: fork on Linux, so a script without a main guard works here too
+        ctx = parser_context()
+        for outcome in run_robust(load_job, jobs, workers=n_workers, timeout=timeout, context=ctx):
             piece, sha = todo[outcome.index]
             result = outcome.value if outcome.ok else None
             if isinstance(result, Tensorized):
