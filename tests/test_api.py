@@ -243,3 +243,10 @@ def test_a_script_without_main_guard_works(search_run, tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [composer_of(path)]
+
+
+def test_questions_from_an_embedding_match_the_questions_from_the_file(hx, search_run):
+    path = split_paths(search_run, "test")[0]
+    z = hx.embed(path)
+    assert hx.attribute_embedding(z, k=2) == hx.attribute(path, k=2)
+    assert hx.similar_embedding(z, k=3) == hx.similar(path, k=3)

@@ -217,12 +217,20 @@ class Harmonixr:
         """The ``k`` most probable known composers and the probability that the composer is
         none of them (``known=False``), most probable first. All known composers' probabilities
         and the unknown one sum to one; their order is the order of the centroid scores."""
-        return self._attributions(self.embed(x), k)
+        return self.attribute_embedding(self.embed(x), k)
+
+    def attribute_embedding(self, z: np.ndarray, k: int = 5) -> list[Attribution]:
+        """:meth:`attribute` for a ``(D,)`` embedding already computed (by :meth:`embed`)."""
+        return self._attributions(np.asarray(z, np.float32).reshape(1, -1), k)
 
     def similar(self, x: Input, k: int = 10) -> list[Match]:
         """The ``k`` indexed pieces nearest to ``x`` (cosine similarity, best first); a piece
         already in the index finds itself first."""
-        (hits,) = self._index().search(self.embed(x)[None], k)
+        return self.similar_embedding(self.embed(x), k)
+
+    def similar_embedding(self, z: np.ndarray, k: int = 10) -> list[Match]:
+        """:meth:`similar` for a ``(D,)`` embedding already computed (by :meth:`embed`)."""
+        (hits,) = self._index().search(np.asarray(z, np.float32).reshape(1, -1), k)
         return [Match(it.composer, it.title, it.path, sim, it.sha256) for it, sim in hits]
 
     def verify(self, a: Input, b: Input) -> Verdict:
