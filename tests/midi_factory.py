@@ -50,33 +50,55 @@ def frames(n: float) -> int:
     return round(n * TICKS_PER_FRAME)
 
 
+# (lowest pitch, highest pitch, seconds between onsets, note length in seconds)
+STYLES = {"Low": (36, 56, 0.4, 0.8), "High": (67, 91, 0.1, 0.08)}
+
+
+def _style_notes(
+    rng, style: str, start_s: float, seconds: float
+) -> list[tuple[int, int, int, int]]:
+    lo, hi, step_s, dur_s = STYLES[style]
+    ticks_per_s = 2 * TPQ  # 120 bpm
+    notes, t = [], start_s
+    while t < start_s + seconds:
+        pitch = int(rng.integers(lo, hi))
+        notes.append(
+            (
+                round(t * ticks_per_s),
+                max(1, round(dur_s * ticks_per_s)),
+                pitch,
+                int(rng.integers(40, 110)),
+            )
+        )
+        t += step_s * float(rng.uniform(0.7, 1.3))
+    return notes
+
+
 def synthetic_corpus(root: Path, n_per: int = 12, seconds: float = 30.0, seed: int = 0) -> Path:
     """Two made-up composers with different habits, one folder each (a piece = a work):
     'Low' writes slow, long notes in the bass; 'High' writes fast, short notes in the treble."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    ticks_per_s = 2 * TPQ  # 120 bpm
-    for composer, (lo, hi, step_s, dur_s) in {
-        "Low": (36, 56, 0.4, 0.8),
-        "High": (67, 91, 0.1, 0.08),
-    }.items():
+    for composer in STYLES:
         (root / composer).mkdir(parents=True, exist_ok=True)
         for i in range(n_per):
-            notes, t = [], 0.0
-            while t < seconds:
-                pitch = int(rng.integers(lo, hi))
-                notes.append(
-                    (
-                        round(t * ticks_per_s),
-                        max(1, round(dur_s * ticks_per_s)),
-                        pitch,
-                        int(rng.integers(40, 110)),
-                    )
-                )
-                t += step_s * float(rng.uniform(0.7, 1.3))
+            notes = _style_notes(rng, composer, 0.0, seconds)
             write_score(root / composer / f"{composer.lower()}{i:02d}.mid", notes)
     return root
+
+
+def synthetic_piece(path: Path, plan: Iterable[tuple[str, float]], seed: int = 1) -> Path:
+    """One piece in the synthetic composers' styles, section after section: ``plan`` is
+    (style, seconds), e.g. ``[("Low", 60), ("High", 60), ("Low", 60)]``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    notes, start = [], 0.0
+    for style, seconds in plan:
+        notes += _style_notes(rng, style, start, seconds)
+        start += seconds
+    return write_score(path, notes)
 
 
 def make_multitrack(

@@ -42,7 +42,8 @@ def test_safe_load_and_preprocess_work_in_a_script_without_a_main_guard(tmp_path
             from midi_factory import write_score
             from harmonixr import safe_load
             from harmonixr.data.cache import preprocess
-            path = write_score(Path({str(tmp_path / "in" / "Bach" / "a.mid")!r}), [(0, 480, 60, 90)])
+            out = Path({str(tmp_path / "in" / "Bach" / "a.mid")!r})
+            path = write_score(out, [(0, 480, 60, 90)])
             print(safe_load(path).tensor.shape)
             print(preprocess(path.parent.parent, {str(tmp_path / "cache")!r}, workers=1).ok)
             """

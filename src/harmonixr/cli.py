@@ -314,6 +314,38 @@ def timeline(
     out.print(table)
 
 
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Uploads worked on at once.")] = 2,
+    queue: Annotated[int, typer.Option(help="Uploads that may wait; beyond, 503.")] = 8,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest MIDI file accepted.")] = 10.0,
+    map_dir: Annotated[
+        Path | None,
+        typer.Option("--map", help="A saved corpus map (default RUN/viz/map, from viz tsne)."),
+    ] = None,
+) -> None:
+    """The web page (drop a MIDI file: composers, nearest pieces, map, timeline) and its JSON
+    API, on http://HOST:PORT/ (OpenAPI at /docs)."""
+    try:
+        from harmonixr.serve.app import serve as run_server
+    except ImportError as exc:
+        msg = f"harmonixr serve needs FastAPI and uvicorn ({exc}): pip install 'harmonixr[serve]'"
+        raise ValueError(msg) from None
+    run_server(
+        model,
+        host=host,
+        port=port,
+        say=lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True),
+        workers=workers,
+        queue=queue,
+        max_upload_mb=max_upload_mb,
+        map_dir=map_dir,
+    )
+
+
 index_app = typer.Typer(
     help="The run's persistent index: embeddings, metadata, centroids, calibration.",
     no_args_is_help=True,

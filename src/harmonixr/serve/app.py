@@ -1,0 +1,274 @@
+"""``harmonixr serve``: the page to drop a MIDI file on, and its JSON endpoints.
+
+```
+GET  /                 the page (static files, nothing from the internet)
+GET  /api/health       model, index size, version, whether a corpus map exists
+GET  /api/map          the corpus map's points (for the page's 3-D plot)
+POST /api/attribute    one file  → [Attribution]        (?k=5)
+POST /api/similar      one file  → [Match]              (?k=10)
+POST /api/embed        one file  → Embedding
+POST /api/timeline     one file  → [Passage]            (?window=30&hop=10)
+POST /api/roll         one file  → Roll (piano-roll thumbnail)
+POST /api/analyze      one file  → Analysis (all of the above that the page shows, one parse)
+POST /api/verify       files a, b → Verdict
+GET  /docs             OpenAPI
+```
+
+Uploads are multipart form fields (``file``; ``a`` and ``b`` for verify). A body over the size
+limit is refused while it streams in (413); a file that is not MIDI by its header gets 415; a
+MIDI file that cannot be used gets 422 with its reason; parsing runs in child processes with a
+time limit; at most ``workers`` uploads are worked on at once and ``queue`` more wait, beyond
+that 503 with ``Retry-After``. Every refusal is a :class:`~harmonixr.serve.schemas.Problem`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from harmonixr.serve import schemas
+from harmonixr.serve.limits import BodyTooLarge, Gate, UploadLimit, problem
+from harmonixr.serve.service import MB, Limits, Service, UploadError, clean_name
+
+if TYPE_CHECKING:
+    from harmonixr.search.api import Harmonixr
+
+STATIC = Path(__file__).parent / "static"
+FORM_SLACK = 64 * 1024  # multipart boundaries and headers around the file's own bytes
+log = logging.getLogger("harmonixr.serve")
+
+PAGE_HEADERS = {
+    # the page may load only what this server serves: nothing leaves the machine
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.Problem, "description": text}
+    for code, text in (
+        (413, "The upload is larger than the limit."),
+        (415, "The file is not MIDI (by its header)."),
+        (422, "The MIDI file cannot be used; `reason` says why."),
+        (503, "Busy: retry after `Retry-After` seconds."),
+    )
+}
+
+
+def plotly_js() -> Path | None:
+    """plotly.js as the installed ``plotly`` package ships it (no CDN)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "package_data" / "plotly.min.js"
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_model(model: Harmonixr | str | os.PathLike[str] | None) -> Harmonixr:
+    from harmonixr.search.api import Harmonixr
+
+    if isinstance(model, Harmonixr):
+        return model
+    return Harmonixr.load(model)
+
+
+def create_app(
+    model: Harmonixr | str | os.PathLike[str] | None = None,
+    *,
+    max_upload_mb: float = 10.0,
+    workers: int = 2,
+    queue: int = 8,
+    parse_timeout: float = 30.0,
+    max_seconds: float | None = None,
+    map_dir: str | os.PathLike[str] | None = None,
+    retry_after: int = 5,
+    loader: Callable[[Any], Any] | None = None,
+) -> FastAPI:
+    """The service for ``model``: a :class:`Harmonixr`, a run directory, or None for the
+    shipped model. The model needs an index (``harmonixr index build RUN``). ``loader``
+    replaces the function run in the parser processes (tests make it hang or crash)."""
+    if queue < 0:
+        raise ValueError(f"queue must be 0 or more, got {queue}")
+    limits = Limits(max_bytes=max(1, round(max_upload_mb * MB)), parse_timeout=parse_timeout)
+    if max_seconds is not None:
+        limits = Limits(limits.max_bytes, max_seconds, parse_timeout)
+    extra = {} if loader is None else {"loader": loader}
+    service = Service(_load_model(model), workers=workers, limits=limits, map_dir=map_dir, **extra)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    from harmonixr import __version__
+
+    app = FastAPI(
+        title="Harmonixr",
+        version=__version__,
+        description="Who wrote this MIDI file, which pieces are like it, same composer?",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    def limit_for(path: str) -> tuple[int, str]:
+        files = 2 if path.rstrip("/") == "/api/verify" else 1
+        size = f"{limits.max_bytes / MB:g} MB"
+        text = f"The upload is larger than the {size} limit" + (" per file" if files > 1 else "")
+        return files * limits.max_bytes + FORM_SLACK, text
+
+    app.add_middleware(Gate, capacity=workers + queue, retry_after=retry_after)
+    app.add_middleware(UploadLimit, limit_for=limit_for)  # outermost: counts every byte
+    _handlers(app)
+    _routes(app, service)
+    return app
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(UploadError)
+    async def upload_error(_: Request, exc: UploadError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), exc.status)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(problem(exc.detail, "too_large"), 413, {"Connection": "close"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
+            parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg"))
+        return JSONResponse(problem("; ".join(parts) or "invalid request", "invalid_request"), 422)
+
+
+async def _read(upload: UploadFile) -> tuple[bytes, str]:
+    """The upload's bytes (already held to the size limit) and its name, for messages."""
+    try:
+        return await upload.read(), clean_name(upload.filename)
+    finally:
+        await upload.close()
+
+
+def _routes(app: FastAPI, service: Service) -> None:
+    ask = service.ask
+    one = File(description="A MIDI file (.mid, .midi, .kar, .rmi).")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/vendor/plotly.min.js", include_in_schema=False)
+    async def plotly() -> Response:
+        path = plotly_js()
+        if path is None:
+            return JSONResponse(problem("plotly.js is not installed", "missing"), 404)
+        return FileResponse(path, media_type="text/javascript", headers=PAGE_HEADERS)
+
+    @app.get("/api/health", response_model=schemas.Health)
+    async def health() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/api/map", response_model=schemas.CorpusMapPoints)
+    async def corpus_map() -> dict[str, Any]:
+        return await run_in_threadpool(service.corpus_map)
+
+    @app.post("/api/attribute", response_model=list[schemas.Attribution], responses=ERRORS)
+    async def attribute(
+        file: UploadFile = one, k: int = Query(5, ge=1, le=100, description="Known composers.")
+    ) -> list[dict[str, Any]]:
+        """Who most likely wrote the file: calibrated probabilities, and "unknown"."""
+        upload = await _read(file)
+        got = await run_in_threadpool(ask, [upload], lambda t: service.hx.attribute(t, k))
+        return [a.to_dict() for a in got]
+
+    @app.post("/api/similar", response_model=list[schemas.Match], responses=ERRORS)
+    async def similar(
+        file: UploadFile = one, k: int = Query(10, ge=1, le=100, description="Pieces.")
+    ) -> list[dict[str, Any]]:
+        """The indexed pieces nearest to the file, best first."""
+        upload = await _read(file)
+        got = await run_in_threadpool(ask, [upload], lambda t: service.hx.similar(t, k))
+        return [m.to_dict() for m in got]
+
+    @app.post("/api/embed", response_model=schemas.Embedding, responses=ERRORS)
+    async def embed(file: UploadFile = one) -> dict[str, Any]:
+        """The file's whole-piece embedding."""
+        z = await run_in_threadpool(ask, [await _read(file)], service.embed)
+        return {"dim": int(z.shape[0]), "embedding": z.tolist()}
+
+    @app.post("/api/timeline", response_model=list[schemas.Passage], responses=ERRORS)
+    async def timeline(
+        file: UploadFile = one,
+        window: float = Query(30.0, gt=0, le=600, description="Window length, seconds."),
+        hop: float = Query(10.0, gt=0, le=600, description="Seconds between windows."),
+    ) -> list[dict[str, Any]]:
+        """Composer probabilities window by window (indicative: calibrated on whole pieces)."""
+        upload = await _read(file)
+        return await run_in_threadpool(ask, [upload], lambda t: service.timeline(t, window, hop))
+
+    @app.post("/api/roll", response_model=schemas.Roll, responses=ERRORS)
+    async def roll(file: UploadFile = one) -> dict[str, Any]:
+        """A piano-roll thumbnail of the file as the model sees it."""
+        return await run_in_threadpool(ask, [await _read(file)], service.roll)
+
+    @app.post("/api/analyze", response_model=schemas.Analysis, responses=ERRORS)
+    async def analyze(
+        file: UploadFile = one,
+        k: int = Query(5, ge=1, le=100, description="Known composers."),
+        n: int = Query(10, ge=1, le=100, description="Nearest pieces."),
+        window: float = Query(30.0, gt=0, le=600, description="Timeline window, seconds."),
+        hop: float = Query(30.0, gt=0, le=600, description="Seconds between windows."),
+    ) -> dict[str, Any]:
+        """What the page shows: composers, nearest pieces, timeline, roll, map position."""
+        data, name = await _read(file)
+        return await run_in_threadpool(
+            ask, [(data, name)], lambda t: service.analyze(t, name, k, n, window, hop)
+        )
+
+    @app.post("/api/verify", response_model=schemas.Verdict, responses=ERRORS)
+    async def verify(
+        a: UploadFile = File(description="A MIDI file."),
+        b: UploadFile = File(description="Another MIDI file."),
+    ) -> dict[str, Any]:
+        """Whether the two files share a composer, with the calibrated probability."""
+        files = [await _read(a), await _read(b)]
+        got = await run_in_threadpool(ask, files, service.hx.verify)
+        return got.to_dict()
+
+
+def serve(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    say: Callable[[str], None] = print,
+    **options: Any,
+) -> None:
+    """Run the service with uvicorn until interrupted (``options``: see :func:`create_app`)."""
+    import uvicorn
+
+    app = create_app(model, **options)
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    say(f"Harmonixr: {app.state.service.model_name()}; open http://{shown}:{port}/ (Ctrl-C stops)")
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        say(f"note: listening on {host}, so other machines can reach this page")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,108 @@
+"""The service's response shapes: the API's records (``search.api``) as pydantic models, so
+that the OpenAPI page at ``/docs`` documents them and every answer is checked against them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Attribution(BaseModel):
+    composer: str = Field(description='A known composer, or "unknown" (known=false).')
+    probability: float = Field(description="Calibrated; all entries with unknown sum to 1.")
+    score: float | None = Field(description="Cosine similarity to the composer's centroid.")
+    known: bool = True
+
+
+class Match(BaseModel):
+    composer: str
+    title: str
+    path: str = Field(description="The piece's path as the index recorded it.")
+    similarity: float = Field(description="Cosine similarity of the whole-piece embeddings.")
+    sha256: str = ""
+
+
+class Verdict(BaseModel):
+    similarity: float
+    same_composer: bool = Field(description="probability ≥ 0.5")
+    probability: float = Field(description="Of the same composer, at an even prior.")
+
+
+class Passage(BaseModel):
+    start_s: float
+    end_s: float
+    probabilities: dict[str, float] = Field(description="Known composers; with unknown, sum 1.")
+    unknown: float
+
+
+class Embedding(BaseModel):
+    dim: int
+    embedding: list[float] = Field(description="L2-normalised whole-piece embedding.")
+
+
+class Roll(BaseModel):
+    """A piano-roll thumbnail: ``data`` is base64 of uint8 ``(pitches, columns)``, row ``r``
+    the MIDI note ``low_note + r``, each column the loudest cell of its time bin (0–127)."""
+
+    pitches: int
+    columns: int
+    low_note: int
+    seconds: float
+    max_value: int
+    data: str
+
+
+class Timeline(BaseModel):
+    window_s: float
+    hop_s: float
+    passages: list[Passage]
+
+
+class Position(BaseModel):
+    x: float
+    y: float
+    z: float
+
+
+class Analysis(BaseModel):
+    """Everything the page shows for one file."""
+
+    file: str
+    seconds: float
+    attribution: list[Attribution]
+    similar: list[Match]
+    timeline: Timeline
+    roll: Roll
+    position: Position | None = Field(description="In the corpus map; null without a map.")
+
+
+class CorpusMapPoints(BaseModel):
+    available: bool
+    note: str
+    x: list[float] = []
+    y: list[float] = []
+    z: list[float] = []
+    composers: list[str] = []
+    titles: list[str] = []
+    colours: dict[str, str] = {}
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    model: str
+    shipped: bool
+    index_size: int
+    composers: list[str]
+    colours: dict[str, str] = Field(description="Composer → colour, as in the map pictures.")
+    map: bool
+    map_note: str
+    max_upload_bytes: int
+    workers: int
+
+
+class Problem(BaseModel):
+    """Every refused request: a sentence for people, a reason for programs."""
+
+    detail: str
+    reason: str
+    file: str | None = None

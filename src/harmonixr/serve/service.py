@@ -1,0 +1,330 @@
+"""What the web service does with an upload, off the event loop: check its header, parse and
+tensorize it in a child process with a time limit, embed it once and ask the model.
+
+No FastAPI here: :class:`Service` takes bytes and returns plain dictionaries (the shapes of the
+API's records), so it can be tested and timed without a server. Uploads are never written to
+disk by this module: the bytes go to the parser process through a pipe.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from harmonixr.midi.load import (
+    CRASHED,
+    EMPTY,
+    MAX_SECONDS,
+    NOT_MIDI,
+    TIMEOUT,
+    TOO_LARGE,
+    MidiError,
+    Tensorized,
+    failure_reason,
+    parse_bytes_job,
+)
+
+if TYPE_CHECKING:
+    from harmonixr._pool import RobustPool
+    from harmonixr.search.api import Harmonixr
+    from harmonixr.viz.tsne import CorpusMap
+
+T = TypeVar("T")
+MB = 1024 * 1024
+ROLL_COLUMNS = 720  # the piano-roll thumbnail's width in time bins (max over each bin)
+
+# What each reason means to a person reading the page ({name}: the uploaded file's name).
+MESSAGES = {
+    EMPTY: "{name} is empty",
+    NOT_MIDI: "{name} is not a MIDI file (it does not start with the MIDI header 'MThd')",
+    "truncated": "{name} is cut short: {detail}",
+    "parse_error": "{name} could not be read as MIDI: {detail}",
+    "no_notes": "{name} holds no notes",
+    "no_notes_in_range": "{name} has no notes in the range the model reads ({detail})",
+    "drums_only": "{name} holds only drum-channel notes",
+    TOO_LARGE: "{name} is larger than the {limit} limit",
+    "too_long": "{name} is too long to analyse ({detail})",
+    "too_dense": "{name} holds too many long overlapping notes to analyse ({detail})",
+    TIMEOUT: "Reading {name} took longer than {timeout:g} s and was stopped",
+    CRASHED: "{name} crashed the MIDI parser (only its own child process was lost)",
+    "internal_error": "{name} could not be read ({detail})",
+}
+
+
+class UploadError(Exception):
+    """A bad upload: the HTTP status, a reason from ``midi.load`` (or ``busy``, ``too_many``)
+    and a sentence a person can read."""
+
+    def __init__(self, status: int, reason: str, message: str, file: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.file = status, reason, message, file
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"detail": self.message, "reason": self.reason, "file": self.file}
+
+
+def clean_name(name: str | None) -> str:
+    """The upload's file name for messages only (never a path on this machine)."""
+    base = PurePath((name or "").replace("\\", "/")).name.strip()
+    base = "".join(ch for ch in base if ch.isprintable())[:120]
+    return base or "the upload"
+
+
+def has_midi_header(data: bytes) -> bool:
+    """Whether ``data`` starts like a standard MIDI file (or an RMID-wrapped one)."""
+    return data[:4] == b"MThd" or (data[:4] == b"RIFF" and data[8:12] == b"RMID")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 10 * MB  # one uploaded file
+    max_seconds: float = MAX_SECONDS  # a piece's length
+    parse_timeout: float = 30.0  # seconds for the child process to parse and tensorize a file
+    max_windows: int = 2000  # timeline windows of one request
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_seconds <= 0 or self.parse_timeout <= 0:
+            raise ValueError(f"limits must be positive, got {self}")
+
+
+def error_for(exc: MidiError, name: str, limits: Limits) -> UploadError:
+    """The HTTP answer to a file the parser refused: 415 for what is not MIDI at all, 413 for
+    what is too large, 422 with the reason for the rest."""
+    status = {EMPTY: 415, NOT_MIDI: 415, TOO_LARGE: 413}.get(exc.reason, 422)
+    template = MESSAGES.get(exc.reason, "{name} cannot be used: {reason} ({detail})")
+    text = template.format(
+        name=name,
+        detail=exc.detail,
+        reason=exc.reason,
+        limit=f"{limits.max_bytes / MB:g} MB",
+        timeout=limits.parse_timeout,
+    )
+    return UploadError(status, exc.reason, text, name)
+
+
+def roll_summary(tensor: np.ndarray, frame_s: float, low_note: int, columns: int = ROLL_COLUMNS):
+    """A piano-roll thumbnail: rows are pitches from ``low_note`` up, columns time bins (the
+    loudest cell of each bin), as base64 of uint8 ``(pitches, columns)`` in row order."""
+    t, pcs, octaves = tensor.shape
+    rows = np.ascontiguousarray(tensor.transpose(0, 2, 1)).reshape(t, octaves * pcs)
+    n = max(1, min(columns, t))
+    edges = np.linspace(0, t, n + 1).astype(np.int64)[:-1]
+    binned = np.maximum.reduceat(rows, edges, axis=0) if t else np.zeros((1, rows.shape[1]))
+    grid = np.ascontiguousarray(binned.T.astype(np.uint8))
+    return {
+        "pitches": int(grid.shape[0]),
+        "columns": int(grid.shape[1]),
+        "low_note": int(low_note),
+        "seconds": round(t * frame_s, 3),
+        "max_value": 127,
+        "data": base64.b64encode(grid.tobytes()).decode("ascii"),
+    }
+
+
+# ------------------------------------------------------------------ the corpus map
+
+
+def find_map(root: Path, map_dir: str | Path | None = None) -> tuple[CorpusMap | None, str]:
+    """The saved corpus map of the model at ``root`` (``map_dir``, else ``ROOT/viz/map`` as
+    ``viz tsne`` saves it, else ``ROOT/map``), checked against the model's weights; or None
+    and why. Never fits one: that takes minutes."""
+    from harmonixr.viz._run import read_run
+    from harmonixr.viz.maps import weights_key
+    from harmonixr.viz.tsne import MAP_JSON, CorpusMap
+
+    places = [Path(map_dir)] if map_dir else [root / "viz" / "map", root / "map"]
+    found = next((p for p in places if (p / MAP_JSON).is_file()), None)
+    if found is None:
+        where = " or ".join(str(p) for p in places)
+        return None, (
+            f"no saved corpus map for this model (looked in {where}); make one with "
+            f"'harmonixr viz tsne {root} --data CACHE'"
+        )
+    try:
+        cmap = CorpusMap.load(found)
+        key = weights_key(read_run(root))
+    except (ValueError, OSError, KeyError) as exc:
+        return None, f"{found}: the saved map cannot be used ({exc})"
+    if cmap.info.get("weights") != key:
+        return None, (
+            f"{found}: the saved map was made with other weights than the model's; remake it "
+            f"with 'harmonixr viz tsne {root} --data CACHE'"
+        )
+    return cmap, f"{len(cmap)} pieces, saved in {found}"
+
+
+# ------------------------------------------------------------------ the service
+
+
+class Service:
+    """The model, its parser processes (one per worker, each used by one request at a time)
+    and the saved map. Every method blocks: call it from a worker thread."""
+
+    def __init__(
+        self,
+        hx: Harmonixr,
+        *,
+        workers: int = 2,
+        limits: Limits = Limits(),
+        map_dir: str | Path | None = None,
+        loader: Callable[[Any], Any] = parse_bytes_job,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        hx._index()  # raises, naming the run, when the model has no index
+        self.hx, self.workers, self.limits, self.loader = hx, workers, limits, loader
+        self._pools: queue.Queue[RobustPool | None] = queue.Queue()
+        for _ in range(workers):
+            self._pools.put(None)  # started on first use
+        self._made: list[RobustPool] = []
+        self._lock = threading.Lock()
+        self.map, self.map_note = find_map(hx.run.root, map_dir)
+        self._map_json: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ processes
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[RobustPool]:
+        """One worker's parser process, waited for when all are busy."""
+        from harmonixr.midi.load import parser_pool
+
+        pool = self._pools.get()
+        try:
+            if pool is None:
+                pool = parser_pool(self.loader, workers=1, timeout=self.limits.parse_timeout)
+                with self._lock:
+                    self._made.append(pool)
+            yield pool
+        finally:
+            self._pools.put(pool)
+
+    def close(self) -> None:
+        with self._lock:
+            made, self._made = self._made, []
+        for pool in made:
+            pool.close()
+        self.hx.close()
+
+    # ------------------------------------------------------------ inputs
+
+    def tensor(self, pool: RobustPool, data: bytes, name: str) -> np.ndarray:
+        """The uploaded file's tensor, parsed in ``pool``'s child process; raises
+        :class:`UploadError` with the status and reason for a bad file."""
+        if not has_midi_header(data):
+            reason = EMPTY if not data else NOT_MIDI
+            raise error_for(MidiError(name, reason), name, self.limits)
+        lim = self.limits
+        job = (data, name, self.hx.run.tensor_config, lim.max_seconds, lim.max_bytes)
+        (outcome,) = pool.imap([job])
+        if outcome.ok and isinstance(outcome.value, Tensorized):
+            return outcome.value.tensor
+        raise error_for(MidiError(name, *failure_reason(outcome)), name, lim)
+
+    def ask(self, files: list[tuple[bytes, str]], question: Callable[..., T]) -> T:
+        """``question(*tensors)`` of the uploaded files, the whole of it (parse, forward,
+        search) while holding one worker, so at most ``workers`` requests work at once."""
+        with self.slot() as pool:
+            tensors = [self.tensor(pool, data, name) for data, name in files]
+            return question(*tensors)
+
+    # ------------------------------------------------------------ questions
+
+    def model_name(self) -> str:
+        root = self.hx.run.root
+        return "the shipped model" if self.hx.shipped else root.name or str(root)
+
+    def colours(self) -> dict[str, str]:
+        """A colour per composer, as the map pictures give them (most pieces first)."""
+        from harmonixr.viz._style import composer_colours
+
+        index = self.hx._index()
+        pieces = self.map.composers if self.map is not None else [it.composer for it in index.items]
+        return composer_colours(pieces)  # the rest are drawn grey, as in the pictures
+
+    def health(self) -> dict[str, Any]:
+        from harmonixr import __version__
+
+        index = self.hx._index()
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": self.model_name(),
+            "shipped": self.hx.shipped,
+            "index_size": len(index),
+            "composers": list(index.known),
+            "colours": self.colours(),
+            "map": self.map is not None,
+            "map_note": self.map_note,
+            "max_upload_bytes": self.limits.max_bytes,
+            "workers": self.workers,
+        }
+
+    def embed(self, tensor: np.ndarray) -> np.ndarray:
+        return self.hx.embed(tensor)
+
+    def timeline(self, tensor: np.ndarray, window: float, hop: float) -> list[dict[str, Any]]:
+        seconds = tensor.shape[0] * self.hx.run.frame_seconds
+        n = max(0.0, seconds - window) / hop + 1
+        if n > self.limits.max_windows:
+            raise UploadError(
+                422,
+                "too_many_windows",
+                f"{seconds:.0f} s in windows every {hop:g} s would make {n:.0f} windows, more "
+                f"than the {self.limits.max_windows} allowed; choose a longer hop",
+            )
+        return [p.to_dict() for p in self.hx.timeline(tensor, window=window, hop=hop)]
+
+    def roll(self, tensor: np.ndarray) -> dict[str, Any]:
+        cfg = self.hx.run.tensor_config
+        return roll_summary(tensor, self.hx.run.frame_seconds, cfg.low_note)
+
+    def place(self, z: np.ndarray) -> dict[str, Any] | None:
+        """Where an embedding lands in the saved map (corpus points never move)."""
+        if self.map is None:
+            return None
+        with self._lock:  # openTSNE's transform is not documented as thread-safe
+            xyz = self.map.place(z[None])[0]
+        return {"x": float(xyz[0]), "y": float(xyz[1]), "z": float(xyz[2])}
+
+    def corpus_map(self) -> dict[str, Any]:
+        """The corpus map's points, columnwise, for the page's plot (computed once)."""
+        if self.map is None:
+            return {"available": False, "note": self.map_note}
+        if self._map_json is None:
+            m = self.map
+            xyz = np.round(m.coords, 3)
+            self._map_json = {
+                "available": True,
+                "note": self.map_note,
+                "x": xyz[:, 0].tolist(),
+                "y": xyz[:, 1].tolist(),
+                "z": xyz[:, 2].tolist(),
+                "composers": list(m.composers),
+                "titles": list(m.titles),
+                "colours": self.colours(),
+            }
+        return self._map_json
+
+    def analyze(
+        self, tensor: np.ndarray, name: str, k: int, n: int, window: float, hop: float
+    ) -> dict[str, Any]:
+        """Everything the page shows for one file: one parse, one whole-piece embedding."""
+        timeline = self.timeline(tensor, window, hop)
+        z = self.embed(tensor)
+        return {
+            "file": name,
+            "seconds": round(tensor.shape[0] * self.hx.run.frame_seconds, 3),
+            "attribution": [a.to_dict() for a in self.hx.attribute_embedding(z, k)],
+            "similar": [m.to_dict() for m in self.hx.similar_embedding(z, n)],
+            "timeline": {"window_s": window, "hop_s": hop, "passages": timeline},
+            "roll": self.roll(tensor),
+            "position": self.place(z),
+        }

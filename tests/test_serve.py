@@ -1,0 +1,513 @@
+"""The web service: every endpoint on a tiny run (and the shipped model when present), every bad
+input with its status and reason, the limits (size while streaming, parser crash and hang, the
+queue), 300 hostile uploads to a real server, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from midi_factory import synthetic_piece, write_dense, write_score
+from search_fixtures import composer_of, split_paths
+from serve_fixtures import (
+    add_track,
+    chunked_upload,
+    mutations,
+    server_process,
+    server_thread,
+)
+
+import harmonixr
+from harmonixr.midi.load import parse_bytes_job
+
+fastapi = pytest.importorskip("fastapi", reason="the service needs FastAPI (harmonixr[serve])")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from harmonixr.serve.app import create_app  # noqa: E402
+from harmonixr.serve.limits import Gate, UploadLimit  # noqa: E402
+
+pytestmark = pytest.mark.slow
+MB = 1024 * 1024
+PRETRAINED = Path(harmonixr.__file__).parent / "pretrained"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def map_dir(search_run, tmp_path_factory):
+    """A saved corpus map of the tiny run (a small t-SNE), outside the run folder."""
+    from harmonixr.viz._run import read_run
+    from harmonixr.viz.maps import build_map
+
+    out = tmp_path_factory.mktemp("servemap")
+    build_map(read_run(search_run), search_run.parent / "cache", "all", out, perplexity=5)
+    return out / "map"
+
+
+@pytest.fixture(scope="module")
+def client(search_run, map_dir):
+    with TestClient(create_app(search_run, map_dir=map_dir)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def piece(search_run):
+    path = split_paths(search_run, "test")[0]
+    return path, Path(path).read_bytes()
+
+
+def upload(name: str, data: bytes) -> dict:
+    return {"file": (name, data, "audio/midi")}
+
+
+# ------------------------------------------------------------------ the endpoints
+
+
+def test_health_names_the_model_its_index_and_its_map(client):
+    h = client.get("/api/health").json()
+    assert h["status"] == "ok" and h["version"] == harmonixr.__version__
+    assert (h["model"], h["shipped"], h["index_size"]) == ("run", False, 20)
+    assert h["composers"] == ["High", "Low"] and set(h["colours"]) == {"High", "Low"}
+    assert h["map"] is True and h["max_upload_bytes"] == 10 * MB
+
+
+def test_every_endpoint_gives_the_api_answer(client, piece):
+    path, data = piece
+    hx = client.app.state.service.hx
+    got = client.post("/api/attribute?k=1", files=upload("a.mid", data))
+    assert got.status_code == 200
+    assert got.json() == [a.to_dict() for a in hx.attribute(path, k=1)]
+    assert [a["composer"] for a in got.json()].count("unknown") == 1
+    got = client.post("/api/similar?k=3", files=upload("a.mid", data)).json()
+    assert got == [m.to_dict() for m in hx.similar(path, k=3)]
+    assert got[0]["path"] == path and got[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    got = client.post("/api/embed", files=upload("a.mid", data)).json()
+    assert got["dim"] == 32
+    np.testing.assert_allclose(got["embedding"], hx.embed(path), atol=1e-6)
+    got = client.post("/api/timeline?window=10&hop=5", files=upload("a.mid", data)).json()
+    assert got == [p.to_dict() for p in hx.timeline(path, window=10, hop=5)]
+    got = client.post("/api/verify", files={"a": ("a.mid", data), "b": ("b.mid", data)})
+    assert got.json() == hx.verify(path, path).to_dict()
+
+
+def test_roll_is_the_tensor_binned_by_max(client, piece):
+    path, data = piece
+    roll = client.post("/api/roll", files=upload("a.mid", data)).json()
+    tensor = harmonixr.tensorize(path)
+    assert (roll["pitches"], roll["low_note"], roll["max_value"]) == (72, 29, 127)
+    assert roll["columns"] == min(720, len(tensor))
+    assert roll["seconds"] == pytest.approx(len(tensor) * 0.05)
+    grid = np.frombuffer(base64.b64decode(roll["data"]), np.uint8).reshape(72, -1)
+    pitches = tensor.transpose(0, 2, 1).reshape(len(tensor), 72)  # octave-major: MIDI order
+    assert grid.max() == tensor.max() and (grid.max(1) == pitches.max(0)).all()
+
+
+def test_analyze_gives_everything_the_page_shows(client, piece):
+    path, data = piece
+    got = client.post("/api/analyze?n=4", files=upload("dir/x/piece.mid", data))
+    assert got.status_code == 200
+    a = got.json()
+    assert a["file"] == "piece.mid"  # only the name is kept, never the client's path
+    assert a["attribution"][0]["composer"] == composer_of(path)
+    assert sum(x["probability"] for x in a["attribution"]) == pytest.approx(1.0, abs=1e-9)
+    assert [m["path"] for m in a["similar"]][:1] == [path] and len(a["similar"]) == 4
+    assert a["timeline"]["window_s"] == 30 and len(a["timeline"]["passages"]) >= 1
+    assert set(a["position"]) == {"x", "y", "z"}
+    m = client.get("/api/map").json()
+    assert m["available"] and len(m["x"]) == len(m["composers"]) == 20
+
+
+def test_openapi_documents_every_endpoint(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for name in ("attribute", "similar", "embed", "timeline", "roll", "analyze", "verify"):
+        assert "post" in paths[f"/api/{name}"], name
+    assert "get" in paths["/api/health"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_page_and_plotly_are_served_locally(client):
+    page = client.get("/")
+    assert (
+        page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+    )
+    assert "http://" not in page.text and "https://" not in page.text
+    js = client.get("/vendor/plotly.min.js")
+    assert js.status_code == 200 and b"plotly.js" in js.content[:2000]
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_without_a_saved_map_the_service_says_so(search_run, piece):
+    with TestClient(create_app(search_run)) as c:
+        h = c.get("/api/health").json()
+        assert h["map"] is False and "viz tsne" in h["map_note"]
+        assert c.get("/api/map").json()["available"] is False
+        a = c.post("/api/analyze", files=upload("a.mid", piece[1])).json()
+        assert a["position"] is None and a["attribution"]
+
+
+@pytest.mark.skipif(
+    not (PRETRAINED / "model.safetensors").is_file(),
+    reason="no shipped model in src/harmonixr/pretrained (make pretrained ASAP=...)",
+)
+def test_the_shipped_model_answers_every_endpoint(piece):
+    with TestClient(create_app()) as c:
+        h = c.get("/api/health").json()
+        assert h["shipped"] is True and h["index_size"] > 0
+        for name in ("attribute", "similar", "embed", "timeline", "roll", "analyze"):
+            assert c.post(f"/api/{name}", files=upload("a.mid", piece[1])).status_code == 200
+        pair = {"a": ("a.mid", piece[1]), "b": ("b.mid", piece[1])}
+        assert c.post("/api/verify", files=pair).status_code == 200
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _bad_files(tmp: Path, good: bytes) -> list[tuple[str, bytes, int, str, str]]:
+    """(name, bytes, status, reason, words of the message)."""
+    silent = write_score(tmp / "silent.mid", []).read_bytes()
+    low = write_score(tmp / "low.mid", [(0, 480, 10, 90)]).read_bytes()
+    drums = write_score(tmp / "drums.mid", [], drums=[(0, 480, 40, 90)]).read_bytes()
+    dense = write_dense(tmp / "dense.mid").read_bytes()
+    body = b"\x00\x90\x40\xff" * 100  # note-ons of velocity 255
+    garbage = good[:14] + b"MTrk" + len(body).to_bytes(4, "big") + body
+    return [
+        ("notes.txt", b"just some text\n", 415, "not_midi", "notes.txt is not a MIDI file"),
+        ("empty.mid", b"", 415, "empty", "empty.mid is empty"),
+        ("cut.mid", good[:30], 422, "truncated", "cut.mid is cut short"),
+        ("garbage.mid", garbage, 422, "parse_error", "could not be read as MIDI"),
+        ("silent.mid", silent, 422, "no_notes", "holds no notes"),
+        ("low.mid", low, 422, "no_notes_in_range", "no notes in the range"),
+        ("drums.mid", drums, 422, "drums_only", "only drum-channel notes"),
+        ("dense.mid", dense, 422, "too_dense", "too many long overlapping notes"),
+    ]
+
+
+def test_each_bad_file_gets_its_status_and_reason(client, piece, tmp_path):
+    for name, data, status, reason, words in _bad_files(tmp_path, piece[1]):
+        for endpoint in ("/api/attribute", "/api/analyze"):
+            got = client.post(endpoint, files=upload(name, data))
+            assert (got.status_code, got.json()["reason"]) == (status, reason), (name, got.text)
+            assert words in got.json()["detail"] and got.json()["file"] == name
+    got = client.post("/api/verify", files={"a": ("a.mid", piece[1]), "b": ("t.txt", b"hi")})
+    assert (got.status_code, got.json()["file"]) == (415, "t.txt")
+
+
+def test_requests_that_are_not_uploads_get_a_readable_422(client, piece):
+    for got in (
+        client.post("/api/attribute"),
+        client.post("/api/attribute", content=piece[1], headers={"content-type": "audio/midi"}),
+        client.post("/api/attribute?k=0", files=upload("a.mid", piece[1])),
+        client.post("/api/verify", files=upload("a.mid", piece[1])),
+    ):
+        assert got.status_code == 422 and got.json()["reason"] == "invalid_request", got.text
+    got = client.post("/api/timeline?window=1&hop=0.005", files=upload("a.mid", piece[1]))
+    assert (got.status_code, got.json()["reason"]) == (422, "too_many_windows")
+    assert client.post(
+        "/api/attribute",
+        content=b"--x\r\n",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    ).status_code in (400, 422)
+
+
+def test_too_long_and_too_large_files(search_run, piece, tmp_path):
+    path, data = piece
+    with TestClient(create_app(search_run, max_seconds=10, max_upload_mb=0.25)) as c:
+        got = c.post("/api/attribute", files=upload("a.mid", data))
+        assert (got.status_code, got.json()["reason"]) == (422, "too_long")
+        assert "too long" in got.json()["detail"]
+        big = add_track(data, b"x" * (300 * 1024))  # parses, but 0.3 MB > 0.25 MB
+        got = c.post("/api/attribute", files=upload("big.mid", big))
+        assert got.status_code == 413 and got.json()["reason"] == "too_large"
+        assert "0.25 MB limit" in got.json()["detail"]
+        # a declared Content-Length over the limit is refused before the body is read
+        got = c.post("/api/attribute", content=b"x" * MB, headers={"content-type": "a/b"})
+        assert got.status_code == 413
+
+
+def test_upload_limit_stops_reading_the_body_at_the_limit():
+    pulled = 0
+
+    async def receive():
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"\0" * MB, "more_body": pulled < 100}
+
+    async def app(scope, receive, send):  # reads the whole body, as a form parser would
+        while (await receive()).get("more_body"):
+            pass
+        raise AssertionError("the body should have been cut off")
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    limited = UploadLimit(app, lambda path: (10 * MB, "too big"))
+    scope = {"type": "http", "method": "POST", "path": "/api/attribute", "headers": []}
+    asyncio.run(limited(scope, receive, send))
+    assert sent[0]["status"] == 413 and b"too big" in sent[1]["body"]
+    assert pulled == 11  # 11 MB read of a 100 MB body
+
+
+def test_gate_answers_503_with_retry_after_beyond_its_capacity():
+    async def main():
+        hold = asyncio.Event()
+        started = asyncio.Event()
+
+        async def app(scope, receive, send):
+            started.set()
+            await hold.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        gate = Gate(app, capacity=1, retry_after=7)
+        sent: list[list[dict]] = [[], []]
+
+        def sender(i):
+            async def send(message):
+                sent[i].append(message)
+
+            return send
+
+        scope = {"type": "http", "method": "POST", "path": "/api/attribute", "headers": []}
+        first = asyncio.create_task(gate(scope, None, sender(0)))
+        await started.wait()
+        await gate(scope, None, sender(1))  # answered at once
+        hold.set()
+        await first
+        return sent, gate.active
+
+    sent, active = asyncio.run(main())
+    assert sent[0][0]["status"] == 200 and sent[1][0]["status"] == 503
+    assert (b"retry-after", b"7") in sent[1][0]["headers"] and active == 0
+
+
+def _flaky(job):
+    """A parser that hangs or crashes on request (by the upload's name), else parses."""
+    name = job[1]
+    if name.startswith("hang"):
+        time.sleep(3600)
+    if name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if name.startswith("slow"):
+        time.sleep(3)
+    return parse_bytes_job(job)
+
+
+def test_a_crashing_or_hanging_parser_costs_one_request(search_run, piece):
+    data = piece[1]
+    app = create_app(search_run, workers=1, parse_timeout=2, loader=_flaky)
+    with TestClient(app) as c:
+        got = c.post("/api/attribute", files=upload("crash.mid", data))
+        assert (got.status_code, got.json()["reason"]) == (422, "crashed")
+        assert "crashed the MIDI parser" in got.json()["detail"]
+        t0 = time.monotonic()
+        got = c.post("/api/attribute", files=upload("hang.mid", data))
+        assert (got.status_code, got.json()["reason"]) == (422, "timeout")
+        assert time.monotonic() - t0 < 10 and "longer than 2 s" in got.json()["detail"]
+        assert c.post("/api/attribute", files=upload("fine.mid", data)).status_code == 200
+        assert c.get("/api/health").status_code == 200
+
+
+def test_a_full_queue_answers_503_and_the_server_carries_on(search_run, piece):
+    import httpx
+
+    data = piece[1]
+    app = create_app(search_run, workers=1, queue=0, retry_after=3, loader=_flaky)
+    with server_thread(app) as url:
+        slow = {}
+
+        def first():
+            slow["r"] = httpx.post(
+                url + "/api/attribute", files=upload("slow.mid", data), timeout=60
+            )
+
+        t = threading.Thread(target=first)
+        t.start()
+        time.sleep(1.0)
+        busy = httpx.post(url + "/api/attribute", files=upload("a.mid", data), timeout=60)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "3"
+        assert busy.json()["reason"] == "busy"
+        assert httpx.get(url + "/api/health", timeout=10).status_code == 200
+        t.join()
+        assert slow["r"].status_code == 200
+        ok = httpx.post(url + "/api/attribute", files=upload("a.mid", data), timeout=60)
+        assert ok.status_code == 200
+
+
+def test_uploads_leave_no_file_behind(client, piece, tmp_path, monkeypatch):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    big = add_track(piece[1], b"x" * (3 * MB))  # over Starlette's 1 MB, so spooled to disk
+    assert client.post("/api/analyze", files=upload("big.mid", big)).status_code == 200
+    assert (
+        client.post("/api/analyze", files=upload("t.mid", b"MThd" + b"\1" * 2 * MB)).status_code
+        == 422
+    )
+    assert list(spool.iterdir()) == []
+
+
+# ------------------------------------------------------------------ a real server
+
+
+def test_300_hostile_uploads_cost_the_server_nothing(search_run, map_dir, piece, tmp_path):
+    import httpx
+    import psutil
+
+    data = piece[1]
+    cases = mutations(data, tmp_path, n=300, seed=0)
+    assert len(cases) == 300
+    args = ("--model", str(search_run), "--map", str(map_dir))
+    with server_process(*args) as (url, proc), httpx.Client(base_url=url, timeout=120) as http:
+        for _ in range(5):  # warm: parser processes, the map's neighbour index, allocator
+            assert http.post("/api/analyze", files=upload("a.mid", data)).status_code == 200
+        rss0 = psutil.Process(proc.pid).memory_info().rss
+        statuses: dict[int, int] = {}
+        t0 = time.monotonic()
+        for i, (kind, body) in enumerate(cases):
+            got = http.post("/api/analyze", files=upload(f"{kind}{i}.mid", body))
+            statuses[got.status_code] = statuses.get(got.status_code, 0) + 1
+            assert 200 <= got.status_code < 500, (kind, i, got.status_code, got.text[:300])
+            if got.status_code >= 400:
+                assert got.json()["reason"], got.text
+        elapsed = time.monotonic() - t0
+        assert http.get("/api/health").json()["status"] == "ok"
+        assert http.post("/api/analyze", files=upload("a.mid", data)).status_code == 200
+        grown = (psutil.Process(proc.pid).memory_info().rss - rss0) / MB
+        status, sent = chunked_upload(url, "/api/attribute", total=200 * MB)
+        assert status == 413 and sent < 100 * MB, sent
+        assert http.get("/api/health").status_code == 200
+    print(f"\nfuzz: 300 uploads in {elapsed:.1f} s, statuses {statuses}, RSS +{grown:.1f} MB")
+    assert grown < 200, grown
+
+
+# ------------------------------------------------------------------ the page in Chromium
+
+needs_chromium = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"no {CHROMIUM} (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def live(search_run, map_dir):
+    with server_thread(create_app(search_run, map_dir=map_dir)) as url:
+        yield url
+
+
+def _drop(page, name: str, data: bytes) -> None:
+    """A file dropped on the drop zone, as a person dragging it from their desktop would."""
+    page.evaluate(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: "audio/midi" }));
+            const zone = document.getElementById("drop");
+            zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true }));
+            zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true }));
+        }""",
+        [name, base64.b64encode(data).decode()],
+    )
+
+
+def _shots() -> Path | None:
+    where = os.environ.get("HARMONIXR_SCREENSHOTS")
+    if where:
+        Path(where).mkdir(parents=True, exist_ok=True)
+    return Path(where) if where else None
+
+
+@needs_chromium
+@pytest.mark.parametrize("width,height,tag", [(1280, 800, "desktop"), (390, 844, "phone")])
+def test_page_drop_a_file_then_compare_two(browser, live, search_run, tmp_path, width, height, tag):
+    # three minutes: a minute in each synthetic style, so the timeline has something to show
+    mixed = synthetic_piece(
+        tmp_path / "three-minutes.mid", [("Low", 60), ("High", 60), ("Low", 60)]
+    )
+    page = browser.new_page(viewport={"width": width, "height": height})
+    requests, errors = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(live + "/")
+    page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+    # keyboard: Tab reaches the file input and the compare button
+    reached = []
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id"))
+    assert "file" in reached and "file-a" in reached and "compare" in reached, reached
+    page.evaluate("document.activeElement.blur()")
+    _drop(page, mixed.name, mixed.read_bytes())
+    page.wait_for_selector("#bars li >> nth=1")
+    page.wait_for_selector("#map .main-svg")
+    page.wait_for_timeout(400)  # plotly's first WebGL frame
+    assert page.locator("#bars li").count() == 3  # Low, High and "Someone else"
+    assert page.locator("#nearest tbody tr").count() == 10
+    assert page.locator("#map-card").is_visible()
+    assert "3:01 of music" in page.inner_text("#status")
+    inked = page.evaluate(
+        """() => ["roll", "strip"].map((id) => {
+            const c = document.getElementById(id);
+            const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 3; i < d.length; i += 4) n += d[i] > 0;
+            return n;
+        })"""
+    )
+    assert min(inked) > 500, inked
+    assert page.locator("#passages tbody tr").count() == 7  # 0, 30, …, 150 s and the last 30 s
+    assert page.locator("#legend li").count() >= 1
+    shots = _shots()
+    if shots:
+        page.screenshot(path=shots / f"{tag}.png")
+        page.screenshot(path=shots / f"{tag}-full.png", full_page=True)
+    # a text file shows a readable error, and the results go away
+    text = tmp_path / "notes.txt"
+    text.write_text("not music")
+    page.set_input_files("#file", str(text))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "notes.txt is not a MIDI file" in page.inner_text("#error")
+    assert page.locator("#results").is_hidden()
+    # two files: a verdict with its probability
+    a, b = split_paths(search_run, "test")[:2]
+    page.set_input_files("#file-a", a)
+    page.set_input_files("#file-b", b)
+    page.click("#compare")
+    page.wait_for_selector("#verdict:not([hidden])")
+    verdict = page.inner_text("#verdict")
+    assert "composer" in verdict and "%" in verdict
+    page.evaluate("document.activeElement.blur()")
+    if shots:
+        page.locator(".verify").screenshot(path=shots / f"{tag}-verify.png")
+    port = live.rsplit(":", 1)[1]
+    local = (f"http://127.0.0.1:{port}/", "data:", "blob:")
+    outside = [u for u in requests if not u.startswith(local)]
+    errors = [e for e in errors if "status of 415" not in e]  # the text file, on purpose
+    assert outside == [] and errors == [], (outside, errors)
+    page.close()
