@@ -13,7 +13,8 @@ TRAIN_ARGS ?=
 # CPU only: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install preprocess info train demo pretrained test lint format clean reinstall bench
+.PHONY: install preprocess info train demo pretrained test lint format clean reinstall bench \
+	serve screenshots
 
 install: $(VENV)/.installed
 
@@ -61,6 +62,16 @@ maps: install
 	$(HX) viz tsne $(MAPS_RUN) --data $(MAPS_CACHE)
 	$(HX) viz filters $(MAPS_RUN)
 	$(HX) viz curves $(MAPS_RUN)
+
+# serve: the web page on http://127.0.0.1:8000/ (the shipped model, or SERVE_MODEL=RUN with an
+# index: harmonixr index build RUN --data CACHE; a map from 'make maps' is shown when present)
+SERVE_MODEL ?=
+serve: install
+	$(HX) serve $(if $(SERVE_MODEL),--model $(SERVE_MODEL))
+
+# screenshots: the page in headless Chromium on the tests' tiny run → docs/screenshots/
+screenshots: install
+	HARMONIXR_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_serve.py -k page_drop
 
 # pretrained: the model shipped in the package, from ASAP's performances (docs/model-card.md).
 # make pretrained ASAP=path/to/asap-dataset  → src/harmonixr/pretrained/{model.safetensors,

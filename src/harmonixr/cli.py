@@ -15,7 +15,8 @@ from rich.table import Table
 app = typer.Typer(
     name="harmonixr",
     help="MIDI → composer-aware embeddings: preprocess a corpus, train SiaViT, evaluate it; "
-    "embed, attribute, verify and find similar pieces with a run or the shipped model.",
+    "embed, attribute, verify and find similar pieces with a run or the shipped model, or "
+    "serve a page that does it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

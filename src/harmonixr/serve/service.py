@@ -188,6 +188,7 @@ class Service:
         self._lock = threading.Lock()
         self.map, self.map_note = find_map(hx.run.root, map_dir)
         self._map_json: dict[str, Any] | None = None
+        self._colours: dict[str, str] | None = None
 
     # ------------------------------------------------------------ processes
 
@@ -242,12 +243,16 @@ class Service:
         return "the shipped model" if self.hx.shipped else root.name or str(root)
 
     def colours(self) -> dict[str, str]:
-        """A colour per composer, as the map pictures give them (most pieces first)."""
+        """A colour per composer, as the map pictures give them (the 16 with the most pieces;
+        the rest are drawn grey); computed once."""
         from harmonixr.viz._style import composer_colours
 
-        index = self.hx._index()
-        pieces = self.map.composers if self.map is not None else [it.composer for it in index.items]
-        return composer_colours(pieces)  # the rest are drawn grey, as in the pictures
+        if self._colours is None:
+            index = self.hx._index()
+            m = self.map
+            pieces = m.composers if m is not None else [it.composer for it in index.items]
+            self._colours = composer_colours(pieces)
+        return self._colours
 
     def health(self) -> dict[str, Any]:
         from harmonixr import __version__

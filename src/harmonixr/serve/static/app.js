@@ -247,20 +247,26 @@ function drawRoll(roll) {
   off.width = roll.columns;
   off.height = roll.pitches;
   off.getContext("2d").putImageData(image, 0, 0);
-  // a faint line at every C, labelled, so the octaves can be read
-  ctx.font = "10px system-ui, sans-serif";
-  ctx.textBaseline = "middle";
+  // a faint line at every C, so the octaves can be read; the notes over it; labels on top
+  const cs = [];
   for (let r = 0; r < roll.pitches; r++) {
     const note = roll.low_note + r;
-    if (note % 12) continue;
-    const y = height - ((r + 0.5) / roll.pitches) * height;
-    ctx.fillStyle = "#e7e3d8";
-    ctx.fillRect(0, Math.round(y), width, 1);
-    ctx.fillStyle = "#9a968c";
-    ctx.fillText(`C${note / 12 - 1}`, 3, Math.max(6, y - 6));
+    if (note % 12 === 0) cs.push([note, height - ((r + 0.5) / roll.pitches) * height]);
   }
+  ctx.fillStyle = "#e7e3d8";
+  for (const [, y] of cs) ctx.fillRect(0, Math.round(y), width, 1);
   ctx.imageSmoothingEnabled = roll.columns > width;
   ctx.drawImage(off, 0, 0, width, height);
+  ctx.font = "10px system-ui, sans-serif";
+  ctx.textBaseline = "middle";
+  for (const [note, y] of cs) {
+    const label = `C${note / 12 - 1}`;
+    const yy = Math.max(6, y - 6);
+    ctx.fillStyle = "rgba(251, 250, 246, 0.85)";
+    ctx.fillRect(1, yy - 6, ctx.measureText(label).width + 4, 12);
+    ctx.fillStyle = "#8a867c";
+    ctx.fillText(label, 3, yy);
+  }
 }
 
 function niceStep(seconds, width) {

@@ -1,0 +1,214 @@
+"""The web service's overhead and throughput over loopback, against the API call it wraps.
+
+    python bench/serve.py [--model RUN] [--requests 200] [--clients 4] [--per-client 50]
+
+(a) ``--requests`` sequential ``POST /api/attribute`` of a generated 3-minute piece to
+``harmonixr serve`` (a child process on 127.0.0.1), alternated in blocks of 20 with the same
+question asked of the API in this process (``Harmonixr.attribute(path)``: parse in a child
+process, forward, calibrated probabilities): medians, p99, and the ratio of the medians (goal,
+issue #11: ≤ 1.5×). Blocks, not single calls: two PyTorch processes on few cores slow each
+other down for a while after each forward (OpenMP threads spin), which a real client, running
+no model, does not do. (b) ``--clients`` concurrent clients × ``--per-client`` requests
+each: throughput, p99 and errors (goal: none). The server runs with its defaults (2 workers,
+a queue of 8).
+
+``--model`` defaults to the shipped model; without one, a throwaway ``small`` run is trained
+for two steps on generated pieces and indexed (speed does not depend on the weights). The
+machine's load average is printed before and after: other processes change the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from embed import write_piece  # noqa: E402  (bench/embed.py: a generated piano piece)
+
+BLOCK, PAUSE = 20, 0.5  # requests per alternated block, seconds between blocks
+
+
+def throwaway_run(root: Path) -> Path:
+    """A ``small`` run trained for two steps on generated pieces, with its index."""
+    from harmonixr.data.cache import preprocess
+    from harmonixr.search.index import build_index
+    from harmonixr.train.config import TrainConfig
+    from harmonixr.train.quiet import quiet_lightning
+    from harmonixr.train.run import train
+
+    for i in range(24):
+        folder = root / "midi" / ("Alpha" if i % 2 else "Beta")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_piece(folder / f"p{i:02d}.mid", 60.0, seed=100 + i)
+    preprocess(root / "midi", root / "cache", workers=2)
+    config = TrainConfig(
+        loss="contrastive",
+        data=str(root / "cache"),
+        out=str(root / "run"),
+        preset="small",
+        crop_seconds=60,
+        batch_size=4,
+        steps_per_epoch=2,
+        max_steps=2,
+        warmup_steps=1,
+        val_pairs=20,
+        split_fractions=(0.5, 0.25, 0.25),
+        checkpoint_every_steps=1000,
+        seed=0,
+    )
+    with quiet_lightning():
+        run = train(config)
+    build_index(run, root / "cache")
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path | None, port: int) -> subprocess.Popen:
+    import httpx
+
+    cmd = [sys.executable, "-m", "harmonixr.cli", "serve", "--port", str(port)]
+    cmd += ["--model", str(model)] if model else []
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"harmonixr serve exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("harmonixr serve did not answer within 180 s")
+
+
+def p99(xs: list[float]) -> float:
+    return float(np.percentile(xs, 99))
+
+
+def concurrent(url: str, data: bytes, clients: int, per_client: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            for _ in range(per_client):
+                t0 = time.perf_counter()
+                try:
+                    r = http.post("/api/attribute", files={"file": ("piece.mid", data)})
+                    ok = r.status_code == 200
+                    why = f"{r.status_code} {r.text[:80]}"
+                except httpx.HTTPError as exc:
+                    ok, why = False, repr(exc)
+                dt = time.perf_counter() - t0
+                with lock:
+                    latencies.append(dt)
+                    if not ok:
+                        errors.append(why)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"wall": wall, "latencies": latencies, "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="run with an index")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--per-client", type=int, default=50)
+    args = parser.parse_args()
+
+    import httpx
+
+    import harmonixr
+    from harmonixr.search.api import Harmonixr
+
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        model = args.model
+        shipped = (Path(harmonixr.__file__).parent / "pretrained" / "model.safetensors").is_file()
+        if model is None and not shipped:
+            print("no shipped model: a throwaway small run (2 steps, generated pieces)", flush=True)
+            model = throwaway_run(tmp_path / "throwaway")
+        piece = write_piece(tmp_path / "piece.mid", 180.0, seed=7)
+        data = piece.read_bytes()
+        hx = Harmonixr.load(model)
+        print(f"model: {model or 'shipped'}; piece: 3 min, {len(data)} bytes", flush=True)
+        port = free_port()
+        proc = start_server(model, port)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with httpx.Client(base_url=url, timeout=120) as http:
+                for _ in range(5):  # warm both sides
+                    hx.attribute(piece)
+                    assert http.post("/api/attribute", files={"file": ("p.mid", data)}).is_success
+                api: list[float] = []
+                web: list[float] = []
+                # blocks of BLOCK, alternated so that drifts in load hit both sides; a pause
+                # between blocks lets one process's OpenMP threads stop spinning (they keep
+                # both cores busy for a while after a forward) before the other one works
+                for b0 in range(0, args.requests, BLOCK):
+                    n = min(BLOCK, args.requests - b0)
+                    for _ in range(n):
+                        t0 = time.perf_counter()
+                        hx.attribute(piece)
+                        api.append(time.perf_counter() - t0)
+                    time.sleep(PAUSE)
+                    for _ in range(n):
+                        t0 = time.perf_counter()
+                        r = http.post("/api/attribute", files={"file": ("p.mid", data)})
+                        web.append(time.perf_counter() - t0)
+                        assert r.status_code == 200, r.text
+                    time.sleep(PAUSE)
+            hx.close()
+            conc = concurrent(url, data, args.clients, args.per_client)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    ms = 1000.0
+    print(f"\n(a) {args.requests} sequential attribute requests, 3-minute piece")
+    for name, xs in (("API call", api), ("HTTP request", web)):
+        med, tail = statistics.median(xs) * ms, p99(xs) * ms
+        print(f"    {name:<14} median {med:7.1f} ms   p99 {tail:7.1f} ms")
+    ratio = statistics.median(web) / statistics.median(api)
+    print(f"    ratio of medians {ratio:.2f}×  (goal ≤ 1.5×)")
+    n = args.clients * args.per_client
+    lat = conc["latencies"]
+    print(f"\n(b) {args.clients} concurrent clients × {args.per_client} requests")
+    print(f"    throughput {n / conc['wall']:.1f} requests/s   ({n} in {conc['wall']:.1f} s)")
+    print(f"    median {statistics.median(lat) * ms:.1f} ms   p99 {p99(lat) * ms:.1f} ms")
+    print(
+        f"    errors {len(conc['errors'])}" + (f": {conc['errors'][:3]}" if conc["errors"] else "")
+    )
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
