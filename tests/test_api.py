@@ -129,8 +129,12 @@ def test_timeline_windows_cover_the_piece_and_name_its_composer(hx, search_run):
         assert sum(probs.values()) + p.unknown == pytest.approx(1.0, abs=1e-9)
     hits = sum(max(p.probabilities, key=p.probabilities.get) == composer_of(path) for p in passages)
     assert hits > len(passages) / 2
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="window must be"):
         hx.timeline(path, window=0)
+    with pytest.raises(ValueError, match="window must be"):
+        hx.timeline(path, window=600, hop=300)  # longer than the model can judge
+    with pytest.raises(ValueError, match="hop must be"):
+        hx.timeline(path, window=30, hop=0.05)  # would push 600× the piece through the model
 
 
 def test_records_are_frozen_and_serialise(hx, search_run):

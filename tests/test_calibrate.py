@@ -163,3 +163,31 @@ def test_validation_pairs_skip_same_work_and_are_capped():
     ]
     i, j = validation_pairs([str(k) for k in range(100)], max_pairs=50)
     assert len(i) == 50 and (i < j).all()
+
+
+def test_unknown_never_rises_with_similarity_or_margin_and_ignores_margin_for_two_composers():
+    from harmonixr.search.calibrate import _logistic_decreasing
+
+    rng = np.random.default_rng(0)
+    # a feature whose fitted sign would be "wrong" (unknown rises with it) is dropped
+    x = rng.normal(size=(400, 2))
+    y = (x[:, 0] < 0).astype(int)  # unknown when the top similarity is low
+    x[:, 1] = y + rng.normal(scale=0.1, size=400)  # a margin that *rises* with unknown
+    coef, _ = _logistic_decreasing(x, y, (True, True))
+    assert coef[0] < 0 and coef[1] == 0.0
+    coef, _ = _logistic_decreasing(x, y, (True, False))
+    assert coef[1] == 0.0
+
+
+def test_shipped_unknown_probability_is_monotone():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "src/harmonixr/pretrained/index/calibration.json"
+    if not path.is_file():
+        pytest.skip("no shipped model")
+    params = json.loads(path.read_text())
+    flat = json.dumps(params)
+    assert "unknown_coef" in flat
+    coef = params.get("unknown_coef") or params.get("params", {}).get("unknown_coef")
+    assert coef is not None and all(c <= 0 for c in coef), coef

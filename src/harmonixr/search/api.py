@@ -96,6 +96,9 @@ def _is_path(x: object) -> bool:
     return isinstance(x, str | os.PathLike)
 
 
+MIN_WINDOW_S, MAX_WINDOW_S, MAX_OVERLAP = 5.0, 120.0, 4
+
+
 class Harmonixr:
     """A run's encoder with its index (centroids, calibration, searchable corpus)."""
 
@@ -247,8 +250,17 @@ class Harmonixr:
         short window's probabilities are indicative rather than calibrated."""
         from harmonixr.model.embed import embed_windows, piece_windows
 
-        if window <= 0 or hop <= 0:
-            raise ValueError(f"window and hop must be positive, got {window}, {hop}")
+        if not (MIN_WINDOW_S <= window <= MAX_WINDOW_S):
+            raise ValueError(
+                f"window must be {MIN_WINDOW_S:g}–{MAX_WINDOW_S:g} s (what the model can judge), "
+                f"got {window}"
+            )
+        if not (window / MAX_OVERLAP <= hop <= window):
+            # bounds the work: at most MAX_OVERLAP× the piece's frames go through the model
+            raise ValueError(
+                f"hop must be between window/{MAX_OVERLAP} and window ({window / MAX_OVERLAP:g}–"
+                f"{window:g} s), got {hop}"
+            )
         index = self._index()
         (tensor,) = self._tensors([x])
         fs = self.run.frame_seconds

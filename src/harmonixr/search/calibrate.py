@@ -117,6 +117,26 @@ def _logistic(x: np.ndarray, y: np.ndarray, balanced: bool = False) -> tuple[lis
     return [float(c) for c in coef], float(model.intercept_[0] - np.dot(coef, mean))
 
 
+def _logistic_decreasing(x: np.ndarray, y: np.ndarray, use: Sequence[bool]) -> tuple[list, float]:
+    """A logistic model of "unknown" whose every coefficient is ≤ 0, so a higher top similarity
+    or a clearer margin never makes a piece look *more* unknown: a feature whose fitted sign is
+    wrong (or that ``use`` switches off) is dropped and the rest refitted."""
+    keep = [bool(u) for u in use]
+    while any(keep):
+        cols = [i for i, k in enumerate(keep) if k]
+        coef_k, bias = _logistic(x[:, cols], y)
+        wrong = [c for c, v in zip(cols, coef_k, strict=True) if v > 0]
+        if not wrong:
+            coef = [0.0] * x.shape[1]
+            for c, v in zip(cols, coef_k, strict=True):
+                coef[c] = v
+            return coef, bias
+        for c in wrong:
+            keep[c] = False
+    rate = float(np.clip(np.mean(y), 1e-6, 1 - 1e-6))
+    return [0.0] * x.shape[1], float(np.log(rate / (1 - rate)))
+
+
 def _folds(groups: Sequence[str], k: int = FOLDS, seed: int = 0) -> np.ndarray:
     """Fold number per item; items of one group share a fold."""
     names = sorted(set(groups))
@@ -244,7 +264,10 @@ def _fit_open(
     from sklearn.metrics import roc_auc_score
 
     x, y, f = _open_set_examples(sims, labels, folds)
-    coef, bias = _logistic(x, y)
+    # with two known composers, leaving one out leaves a single centroid: every simulated
+    # stranger has margin 0, so the margin would only learn that artefact
+    use = (True, sims.shape[1] >= 3)
+    coef, bias = _logistic_decreasing(x, y, use)
     oof = np.zeros(len(y))
     for k in np.unique(f):
         out = f == k
@@ -252,10 +275,12 @@ def _fit_open(
         if out.all() or len(np.unique(train_y)) < 2:
             c, b = coef, bias
         else:
-            c, b = _logistic(x[~out], train_y)
+            c, b = _logistic_decreasing(x[~out], train_y, use)
         oof[out] = _sigmoid(x[out] @ np.asarray(c) + b)
     report["unknown"] = {
-        "method": "logistic on (top similarity, margin), leave-one-composer-out",
+        "method": "logistic on (top similarity, margin), leave-one-composer-out, "
+        "coefficients constrained ≤ 0",
+        "coefficients": [float(coef[0]), float(coef[1])],
         "examples": int(len(y)),
         "held_out_composer_pieces": int((labels < 0).sum()),
         "auc": float(roc_auc_score(y, oof)),

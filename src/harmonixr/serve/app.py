@@ -218,8 +218,8 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.post("/api/timeline", response_model=list[schemas.Passage], responses=ERRORS)
     async def timeline(
         file: UploadFile = one,
-        window: float = Query(30.0, gt=0, le=600, description="Window length, seconds."),
-        hop: float = Query(10.0, gt=0, le=600, description="Seconds between windows."),
+        window: float = Query(30.0, ge=5, le=120, description="Window length, seconds."),
+        hop: float = Query(10.0, gt=0, le=120, description="Seconds between windows."),
     ) -> list[dict[str, Any]]:
         """Composer probabilities window by window (indicative: calibrated on whole pieces)."""
         upload = await _read(file)
@@ -235,8 +235,8 @@ def _routes(app: FastAPI, service: Service) -> None:
         file: UploadFile = one,
         k: int = Query(5, ge=1, le=100, description="Known composers."),
         n: int = Query(10, ge=1, le=100, description="Nearest pieces."),
-        window: float = Query(30.0, gt=0, le=600, description="Timeline window, seconds."),
-        hop: float = Query(30.0, gt=0, le=600, description="Seconds between windows."),
+        window: float = Query(30.0, ge=5, le=120, description="Timeline window, seconds."),
+        hop: float = Query(30.0, gt=0, le=120, description="Seconds between windows."),
     ) -> dict[str, Any]:
         """What the page shows: composers, nearest pieces, timeline, roll, map position."""
         data, name = await _read(file)
