@@ -15,10 +15,11 @@ GET  /docs             OpenAPI
 ```
 
 Uploads are multipart form fields (``file``; ``a`` and ``b`` for verify). A body over the size
-limit is refused while it streams in (413); a file that is not MIDI by its header gets 415; a
-MIDI file that cannot be used gets 422 with its reason; parsing runs in child processes with a
-time limit; at most ``workers`` uploads are worked on at once and ``queue`` more wait, beyond
-that 503 with ``Retry-After``. Every refusal is a :class:`~harmonixr.serve.schemas.Problem`.
+limit is refused while it streams in (413), one still arriving after ``upload_timeout`` too
+(408); a file that is not MIDI by its header gets 415; a MIDI file that cannot be used gets 422
+with its reason; parsing runs in child processes with a time limit; at most ``workers`` uploads
+are worked on at once and ``queue`` more wait, beyond that 503 with ``Retry-After``. Every
+refusal is a :class:`~harmonixr.serve.schemas.Problem`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from harmonixr.serve import schemas
-from harmonixr.serve.limits import BodyTooLarge, Gate, UploadLimit, problem
+from harmonixr.serve.limits import BodyRefused, Gate, UploadLimit, problem
 from harmonixr.serve.service import MB, Limits, Service, UploadError, clean_name
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ PAGE_HEADERS = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.Problem, "description": text}
     for code, text in (
+        (408, "The upload took too long to arrive."),
         (413, "The upload is larger than the limit."),
         (415, "The file is not MIDI (by its header)."),
         (422, "The MIDI file cannot be used; `reason` says why."),
@@ -99,10 +101,12 @@ def create_app(
     max_seconds: float | None = None,
     map_dir: str | os.PathLike[str] | None = None,
     retry_after: int = 5,
+    upload_timeout: float = 60.0,
     loader: Callable[[Any], Any] | None = None,
 ) -> FastAPI:
     """The service for ``model``: a :class:`Harmonixr`, a run directory, or None for the
-    shipped model. The model needs an index (``harmonixr index build RUN``). ``loader``
+    shipped model. The model needs an index (``harmonixr index build RUN``). A body must
+    arrive within ``upload_timeout`` seconds (408). ``loader``
     replaces the function run in the parser processes (tests make it hang or crash)."""
     if queue < 0:
         raise ValueError(f"queue must be 0 or more, got {queue}")
@@ -134,7 +138,8 @@ def create_app(
         return files * limits.max_bytes + FORM_SLACK, text
 
     app.add_middleware(Gate, capacity=workers + queue, retry_after=retry_after)
-    app.add_middleware(UploadLimit, limit_for=limit_for)  # outermost: counts every byte
+    # outermost: counts every byte, and the time the body takes to arrive
+    app.add_middleware(UploadLimit, limit_for=limit_for, timeout=upload_timeout)
     _handlers(app)
     _routes(app, service)
     return app
@@ -145,9 +150,10 @@ def _handlers(app: FastAPI) -> None:
     async def upload_error(_: Request, exc: UploadError) -> JSONResponse:
         return JSONResponse(exc.to_dict(), exc.status)
 
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
-        return JSONResponse(problem(exc.detail, "too_large"), 413, {"Connection": "close"})
+    @app.exception_handler(BodyRefused)
+    async def refused(_: Request, exc: BodyRefused) -> JSONResponse:
+        body = problem(exc.detail, exc.reason)
+        return JSONResponse(body, exc.status_code, {"Connection": "close"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

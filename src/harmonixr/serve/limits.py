@@ -1,10 +1,12 @@
 """Two ASGI middlewares that keep hostile or heavy traffic from costing the server: a body
-size limit enforced while the body streams in (413), and a cap on the uploads being worked on
-or waiting (503 with ``Retry-After``), checked before any of the body is read."""
+size limit enforced while the body streams in (413) and a time limit for it to arrive (408, so
+that a client trickling bytes cannot hold a place for ever), and a cap on the uploads being
+worked on or waiting (503 with ``Retry-After``), checked before any of the body is read."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -18,13 +20,14 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 WITH_BODY = ("POST", "PUT", "PATCH")
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` once the body passes its limit; FastAPI answers it (it passes
-    HTTP exceptions raised while reading a body through), else :class:`UploadLimit` does."""
+class BodyRefused(HTTPException):
+    """Raised from ``receive`` once the body passes its size or time limit; FastAPI answers it
+    (it passes HTTP exceptions raised while reading a body through), else :class:`UploadLimit`
+    does. ``reason``: ``too_large`` (413) or ``too_slow`` (408)."""
 
-    def __init__(self, limit: int, text: str) -> None:
-        self.limit = limit
-        super().__init__(413, text)
+    def __init__(self, status: int, reason: str, text: str) -> None:
+        self.reason = reason
+        super().__init__(status, text)
 
 
 async def send_json(
@@ -33,7 +36,7 @@ async def send_json(
     data = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    if status == 413:  # the rest of the body will not be read: the connection cannot be reused
+    if status in (408, 413):  # the rest of the body will not be read: the connection is done
         raw.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": data})
@@ -43,12 +46,17 @@ class UploadLimit:
     """Refuses a body larger than the limit of its path (``limit_for(path)`` gives the bytes
     and the sentence to answer with): at once when its declared Content-Length says so, else
     as soon as the bytes received pass the limit (the rest is never read, so a 1 GB upload
-    costs the server 10 MB at most)."""
+    costs the server 10 MB at most). A body still arriving ``timeout`` seconds after the
+    request began is refused with 408."""
 
-    def __init__(self, app: App, limit_for: Callable[[str], tuple[int, str]]) -> None:
-        self.app, self.limit_for = app, limit_for
+    def __init__(
+        self, app: App, limit_for: Callable[[str], tuple[int, str]], timeout: float = 60.0
+    ) -> None:
+        self.app, self.limit_for, self.timeout = app, limit_for, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        import anyio
+
         if scope["type"] != "http" or scope["method"] not in WITH_BODY:
             await self.app(scope, receive, send)
             return
@@ -58,15 +66,25 @@ class UploadLimit:
             await send_json(send, 413, problem(text, "too_large"))
             return
         seen = 0
+        complete = False
         started = False
+        deadline = time.monotonic() + self.timeout
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body, only a disconnect can come: no limit to wait for
+                return await receive()
+            try:
+                with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                slow = f"The upload did not arrive within {self.timeout:g} s"
+                raise BodyRefused(408, "too_slow", slow) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge(limit, text)
+                    raise BodyRefused(413, "too_large", text)
+                complete = not message.get("more_body", False)
             return message
 
         async def watched(message: Message) -> None:
@@ -76,10 +94,10 @@ class UploadLimit:
 
         try:
             await self.app(scope, limited, watched)
-        except BodyTooLarge as exc:
+        except BodyRefused as exc:
             if started:
                 raise
-            await send_json(send, 413, problem(exc.detail, "too_large"))
+            await send_json(send, exc.status_code, problem(exc.detail, exc.reason))
 
 
 class Gate:

@@ -73,6 +73,10 @@ function megabytes(bytes) {
   return `${+(bytes / 1048576).toFixed(1)} MB`;
 }
 
+function readable(title) {
+  return title.replaceAll("_", " "); // corpus names such as Piano_Sonatas_26-1
+}
+
 function colourOf(composer) {
   if (composer === "unknown") return UNKNOWN_COLOUR;
   return (state.health && state.health.colours[composer]) || OTHER_COLOUR;
@@ -196,8 +200,8 @@ function drawNearest(matches) {
         "tr",
         {},
         el("td", { class: "num" }, i + 1),
-        el("td", {}, dot, m.composer),
-        el("td", { class: "title", title: m.path }, m.title || m.path),
+        el("td", { class: "composer" }, dot, m.composer),
+        el("td", { class: "title", title: m.path }, readable(m.title || m.path)),
         el("td", { class: "num" }, m.similarity.toFixed(3)),
       ),
     );
@@ -452,8 +456,28 @@ async function drawMap(result) {
     scene: { xaxis: axis, yaxis: axis, zaxis: axis, camera: { eye: { x: 1.25, y: 1.25, z: 0.75 }, center: { x: 0, y: 0, z: -0.12 } } },
     uirevision: "keep",
   };
+  // plotly's legend (click a name to hide it) where there is room; on a phone an HTML one
+  // below the plot, so that the legend does not cover the map
+  const wide = $("map").clientWidth >= 600;
+  layout.showlegend = wide;
+  drawMapLegend(wide ? [] : order, corpus.colours);
   const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["toImage"] };
   await window.Plotly.react($("map"), traces, layout, config);
+}
+
+function drawMapLegend(names, colours) {
+  const legend = $("map-legend");
+  legend.replaceChildren();
+  legend.hidden = names.length === 0;
+  for (const name of names) {
+    const chip = el("span", { class: "chip" });
+    chip.style.background = colours[name] || OTHER_COLOUR;
+    legend.append(el("li", {}, chip, name));
+  }
+  if (names.length) {
+    const star = el("span", { class: "chip star", "aria-hidden": "true" });
+    legend.append(el("li", {}, star, "your piece"));
+  }
 }
 
 // ------------------------------------------------------------------ two files
