@@ -161,6 +161,14 @@ def test_without_a_saved_map_the_service_says_so(search_run, piece):
         assert a["position"] is None and a["attribution"]
 
 
+def test_a_run_without_an_index_cannot_be_served(search_run_copy):
+    import shutil
+
+    shutil.rmtree(search_run_copy / "index")
+    with pytest.raises(ValueError, match="index build"):
+        create_app(search_run_copy)
+
+
 @pytest.mark.skipif(
     not (PRETRAINED / "model.safetensors").is_file(),
     reason="no shipped model in src/harmonixr/pretrained (make pretrained ASAP=...)",

@@ -179,7 +179,8 @@ class Service:
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        hx._index()  # raises, naming the run, when the model has no index
+        if not hx.composers:  # raises, naming the run, when the model has no index at all
+            raise ValueError(f"{hx.run.root}: its index names no composers to attribute to")
         self.hx, self.workers, self.limits, self.loader = hx, workers, limits, loader
         self._pools: queue.Queue[RobustPool | None] = queue.Queue()
         for _ in range(workers):
@@ -189,6 +190,10 @@ class Service:
         self.map, self.map_note = find_map(hx.run.root, map_dir)
         self._map_json: dict[str, Any] | None = None
         self._colours: dict[str, str] | None = None
+
+    @property
+    def index(self) -> Any:
+        return self.hx.index
 
     # ------------------------------------------------------------ processes
 
@@ -248,7 +253,7 @@ class Service:
         from harmonixr.viz._style import composer_colours
 
         if self._colours is None:
-            index = self.hx._index()
+            index = self.index
             m = self.map
             pieces = m.composers if m is not None else [it.composer for it in index.items]
             self._colours = composer_colours(pieces)
@@ -257,7 +262,7 @@ class Service:
     def health(self) -> dict[str, Any]:
         from harmonixr import __version__
 
-        index = self.hx._index()
+        index = self.index
         return {
             "status": "ok",
             "version": __version__,
