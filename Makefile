@@ -51,6 +51,8 @@ demo: install
 	@d=$$($(PY) -c "from harmonixr.midi.builtin import builtin_dir; print(builtin_dir())"); \
 	for f in $$(ls $$d/bach__*.mid | head -1) $$(ls $$d/mozart__*.mid | head -1) \
 	         $$(ls $$d/palestrina__*.mid | head -1); do $(HX) attribute $$f --k 3 || exit 1; done
+	@echo "Web page: $(HX) serve   then open http://localhost:8000/  (the shipped model)"
+	@echo "  the demo run there: $(HX) index build $(DEMO_RUN) --data $(DEMO_CACHE) && $(HX) serve --model $(DEMO_RUN)   ('make maps' adds its map)"
 	@echo "TensorBoard logs: $(DEMO_RUN)/tb   (tensorboard --logdir $(DEMO_RUN)/tb)"
 	@echo "Evaluation: $(DEMO_RUN)/eval/test/report.md, roc.png, det.png, distances.png"
 
