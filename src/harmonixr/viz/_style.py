@@ -45,6 +45,17 @@ def pyplot() -> Any:
     return plt
 
 
+def save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (folders made) on white, and always release it."""
+    plt = pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=100, facecolor="white")
+    finally:
+        plt.close(fig)
+    return path
+
+
 def composer_colours(composers: Sequence[str], top: int = MAX_COLOURS) -> dict[str, str]:
     """Colours of the ``top`` composers with the most pieces (ties by name), in that order;
     the others are drawn as :data:`OTHER`. A composer literally named "other" keeps the grey."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harmonixr.viz._style import PALETTE, pyplot
+from harmonixr.viz._style import PALETTE, pyplot, save_png
 
 # panel title → tags (those present are drawn)
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -80,11 +80,4 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
         ax.axis("off")
     fig.suptitle(f"Training curves of {run}", fontsize=13, weight="bold")
     fig.tight_layout()
-    out = Path(out) if out else Path(run) / "viz"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "curves.png"
-    try:
-        fig.savefig(path, dpi=100, facecolor="white")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, (Path(out) if out else Path(run) / "viz") / "curves.png")

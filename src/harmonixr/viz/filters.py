@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harmonixr.viz._style import pyplot
+from harmonixr.viz._style import pyplot, save_png
 
 
 def stem_kernels(run: str | Path) -> tuple[np.ndarray, float, float]:
@@ -75,11 +75,4 @@ def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:
     )
     cax = fig.add_axes((1 - 1.25 / fig_w, 0.45 / fig_h, 0.18 / fig_w, 1 - 1.75 / fig_h))
     fig.colorbar(img, cax=cax, label="weight")
-    out = Path(out) if out else Path(run) / "viz"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "filters.png"
-    try:
-        fig.savefig(path, dpi=100, facecolor="white")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, (Path(out) if out else Path(run) / "viz") / "filters.png")

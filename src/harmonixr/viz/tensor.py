@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonixr.viz._style import figure_image, pyplot, save_gif
+from harmonixr.viz._style import figure_image, pyplot, save_gif, save_png
 
 PITCH_CLASSES = ("F", "F♯", "G", "G♯", "A", "A♯", "B", "C", "C♯", "D", "D♯", "E")
 OCTAVES = ("1", "2", "3", "4", "5", "6")  # octave o holds F(o+1)…E(o+2): F1–E2 is "1"
@@ -131,11 +131,7 @@ def roll_png(
     )
     cax = fig.add_axes((0.91, 0.12, 0.015, 0.76))
     fig.colorbar(img, cax=cax, label="decayed velocity")
-    try:
-        fig.savefig(path, dpi=100, facecolor="white")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def grid_gif(
