@@ -206,6 +206,14 @@ def attribution(train: Side, val: Side, held: Side, s: Settings) -> dict[str, fl
     return out
 
 
+def class_probabilities(model, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(N, n_classes)`` probabilities of a fitted classifier, 0 for classes it never saw."""
+    p = np.zeros((x.shape[0], n_classes))
+    if x.shape[0]:
+        p[:, model.classes_] = model.predict_proba(x)
+    return p
+
+
 def _probe(
     train: Side,
     val: Side,
@@ -227,14 +235,13 @@ def _probe(
     def fit(c: float) -> LogisticRegression:
         return LogisticRegression(C=c, max_iter=3000, random_state=s.seed).fit(train.emb, y_train)
 
-    def full(model: LogisticRegression, x: np.ndarray) -> np.ndarray:
-        p = np.zeros((x.shape[0], len(names)))
-        p[:, model.classes_] = model.predict_proba(x)
-        return p
+    models = {c: fit(c) for c in PROBE_CS}  # each C fitted once, the chosen one reused
 
-    best = max(PROBE_CS, key=lambda c: np.mean(full(fit(c), val.emb[vseen]).argmax(1) == y_val))
-    model = fit(best)
-    out = _attribution_metrics(full(model, held.emb[seen]), labels, held.group[seen], "probe", s)
+    def full(c: float, x: np.ndarray) -> np.ndarray:
+        return class_probabilities(models[c], x, len(names))
+
+    best = max(PROBE_CS, key=lambda c: np.mean(full(c, val.emb[vseen]).argmax(1) == y_val))
+    out = _attribution_metrics(full(best, held.emb[seen]), labels, held.group[seen], "probe", s)
     out["probe_C"] = best
     return out
 

@@ -20,7 +20,14 @@ from harmonixr.data.cache import CachedPiece, TensorCache
 from harmonixr.data.splits import load_split
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.metrics import roc_auc
-from harmonixr.evaluate.protocols import Curves, Settings, Side, cross_pairs, evaluate_method
+from harmonixr.evaluate.protocols import (
+    Curves,
+    Settings,
+    Side,
+    class_probabilities,
+    cross_pairs,
+    evaluate_method,
+)
 
 SPLITS = ("test", "val", "unseen-composer")
 MODEL = "SiaViT"
@@ -220,10 +227,7 @@ def _lr_baseline(
     x_train = feats("train")
 
     def probs(model, k: str) -> np.ndarray:
-        p = np.zeros((len(rows[k]), len(names)))
-        if len(rows[k]):
-            p[:, model.classes_] = model.predict_proba(feats(k))
-        return p
+        return class_probabilities(model, feats(k), len(names))
 
     scored = []
     for c in LR_CS:
