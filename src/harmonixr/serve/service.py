@@ -281,15 +281,6 @@ class Service:
         return self.hx.embed(tensor)
 
     def timeline(self, tensor: np.ndarray, window: float, hop: float) -> list[dict[str, Any]]:
-        from harmonixr.search.api import MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
-
-        if not (MIN_WINDOW_S <= window <= MAX_WINDOW_S and window / MAX_OVERLAP <= hop <= window):
-            raise UploadError(
-                422,
-                "bad_window",
-                f"window must be {MIN_WINDOW_S:g}–{MAX_WINDOW_S:g} s and hop between window/"
-                f"{MAX_OVERLAP} and window; got window {window:g} s, hop {hop:g} s",
-            )
         seconds = tensor.shape[0] * self.hx.run.frame_seconds
         n = max(0.0, seconds - window) / hop + 1
         if n > self.limits.max_windows:
@@ -299,7 +290,11 @@ class Service:
                 f"{seconds:.0f} s in windows every {hop:g} s would make {n:.0f} windows, more "
                 f"than the {self.limits.max_windows} allowed; choose a longer hop",
             )
-        return [p.to_dict() for p in self.hx.timeline(tensor, window=window, hop=hop)]
+        try:
+            passages = self.hx.timeline(tensor, window=window, hop=hop)
+        except ValueError as exc:  # the API's bounds on window and hop, said as they are
+            raise UploadError(422, "bad_window", str(exc)) from None
+        return [p.to_dict() for p in passages]
 
     def roll(self, tensor: np.ndarray) -> dict[str, Any]:
         cfg = self.hx.run.tensor_config
