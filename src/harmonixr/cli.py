@@ -537,8 +537,42 @@ def evaluate(
     ] = None,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Only the model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            help="Cross-validate instead: RUN is the job's folder; K fold runs are trained on "
+            "--data with --config and pooled (rerun the same command to resume).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="With --folds: TOML with [train], [model].")
+    ] = None,
+    split_mode: Annotated[
+        str, typer.Option(help="With --folds: group | unseen-composer (composers dealt).")
+    ] = "group",
+    seed: Annotated[int, typer.Option(help="With --folds: the seed of folds and training.")] = 0,
+    max_steps: Annotated[int | None, typer.Option(help="With --folds: steps per fold.")] = None,
+    fold: Annotated[
+        list[int] | None, typer.Option(help="With --folds: train only these folds (repeatable).")
+    ] = None,
 ) -> None:
-    """Evaluate a run against baselines: RUN/eval/SPLIT/report.{json,md}, roc/det/distances.png."""
+    """Evaluate a run against baselines: RUN/eval/SPLIT/report.{json,md}, roc/det/distances.png.
+    With --folds K: cross-validation, pooled out-of-fold figures in RUN/report.{json,md}."""
+    if folds is not None:
+        _crossval(
+            run,
+            data,
+            folds,
+            config,
+            split_mode,
+            seed,
+            max_steps,
+            fold,
+            resamples,
+            not no_baselines,
+            as_json,
+        )
+        return
     from harmonixr.evaluate.report import evaluate_run
 
     report = evaluate_run(
@@ -555,6 +589,52 @@ def evaluate(
         out.print_json(json.dumps(report))
         return
     out.print((Path(report["out"]) / "report.md").read_text(), markup=False, highlight=False)
+
+
+def _crossval(
+    out_dir: Path,
+    data: Path | None,
+    folds: int,
+    config: Path | None,
+    mode: str,
+    seed: int,
+    max_steps: int | None,
+    only: list[int] | None,
+    resamples: int,
+    baselines: bool,
+    as_json: bool,
+) -> None:
+    from harmonixr.evaluate.crossval import CV_FILE, FoldPlan, pooled_report, run_folds
+    from harmonixr.train.config import TrainConfig, load_toml
+
+    recorded = out_dir / CV_FILE
+    if recorded.is_file() and data is None and config is None:
+        rec = json.loads(recorded.read_text())  # resume: the job's own settings
+        settings = dict(rec["train"])
+        model = settings.pop("model", {})
+        data, plan = (
+            Path(rec["data"]),
+            FoldPlan(rec["folds"], rec["seed"], rec["mode"], rec["val_fraction"]),
+        )
+    else:
+        if data is None:
+            raise typer.BadParameter("--folds needs --data CACHE (or RUN holding a cv.json)")
+        settings, model = load_toml(config) if config else ({}, {})
+        settings = TrainConfig.from_dict({**settings, "seed": seed}).to_dict()
+        if max_steps is not None:
+            settings["max_steps"] = max_steps
+        plan = FoldPlan(folds, seed, mode)
+    settings.update({"data": str(Path(data).resolve()), "out": str(out_dir), "split": plan.mode})
+    cfg = TrainConfig.from_dict(settings)
+    run_folds(data, out_dir, cfg, plan, model, only=only, progress=_say)
+    if only is not None:
+        _say(f"folds {only} done; run without --fold to finish and pool")
+        return
+    report = pooled_report(out_dir, resamples=resamples, baselines=baselines, progress=_say)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
 
 
 viz = typer.Typer(

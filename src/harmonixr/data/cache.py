@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,19 @@ CREATE TABLE IF NOT EXISTS pieces (
     performer TEXT NOT NULL DEFAULT '',
     source TEXT NOT NULL DEFAULT '',
     work TEXT NOT NULL DEFAULT '',
-    kind TEXT NOT NULL DEFAULT ''
+    kind TEXT NOT NULL DEFAULT '',
+    licence TEXT NOT NULL DEFAULT '',
+    edition TEXT NOT NULL DEFAULT '',
+    links TEXT NOT NULL DEFAULT '',
+    corpus TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS pieces_sha ON pieces (sha256);
 CREATE INDEX IF NOT EXISTS pieces_composer ON pieces (composer);
 """
 
 TMP_MARK = ".tmp-"
+# label columns added after the first schema (older caches get them, empty)
+LABEL_COLUMNS = ("performer", "source", "work", "kind", "licence", "edition", "links", "corpus")
 # reasons that may not recur (a worker crash or hang, a bug): a rerun tries these files again
 RETRY_REASONS = (CRASHED, TIMEOUT, INTERNAL_ERROR)
 
@@ -86,6 +92,16 @@ class CachedPiece:
     source: str = ""
     work: str = ""  # "" means the group is the work
     kind: str = ""  # performance | score | "" (unknown)
+    licence: str = ""
+    edition: str = ""
+    links: str = ""  # other names of the composition ("|"-separated), joined by data.groups
+    corpus: str = ""  # the reader that listed it (asap, manifest, folder, ...)
+
+    @property
+    def origin(self) -> str:
+        """Where a piece comes from, for per-source counts: a manifest's source (and converter),
+        else the corpus reader (ASAP's MAESTRO recordings are not sources)."""
+        return self.source if self.corpus == "manifest" else (self.corpus or self.source)
 
     @property
     def work_id(self) -> str:
@@ -161,7 +177,7 @@ class TensorCache:
     def _migrate(self) -> None:
         """Caches made before performer/source/work existed get the columns (empty)."""
         have = {r[1] for r in self.db.execute("PRAGMA table_info(pieces)")}
-        for col in ("performer", "source", "work", "kind"):
+        for col in LABEL_COLUMNS:
             if have and col not in have:
                 self.db.execute(f"ALTER TABLE pieces ADD COLUMN {col} TEXT NOT NULL DEFAULT ''")
         self.db.commit()
@@ -183,7 +199,7 @@ class TensorCache:
         sql = (
             'SELECT id, path, sha256, composer, title, "group", n_frames, n_notes, '
             "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work, "
-            "kind FROM pieces"
+            "kind, licence, edition, links, corpus FROM pieces"
         )
         args: tuple[Any, ...] = ()
         if status is not None:
@@ -192,8 +208,18 @@ class TensorCache:
         rows = [CachedPiece(*r) for r in self.db.execute(sql, args)]
         return sorted(rows, key=lambda r: r.path)
 
-    def pieces(self) -> list[CachedPiece]:
-        return self.rows("ok")
+    def pieces(self, joined: bool = True) -> list[CachedPiece]:
+        """Usable rows ordered by path. With ``joined`` (the default) each row's ``group`` is
+        its leak-free unit across every source in the cache (:func:`harmonixr.data.groups.
+        join_groups`): one work's editions, its ASAP performances and one recording's or
+        recital's pieces share it."""
+        rows = self.rows("ok")
+        if not joined:
+            return rows
+        from harmonixr.data.groups import join_groups
+
+        unit = join_groups(rows)
+        return [replace(r, group=unit[r.path]) for r in rows]
 
     def tensor_path(self, key: str) -> Path:
         return self.root / "tensors" / key[:2] / f"{key}.npy"
@@ -243,6 +269,19 @@ class TensorCache:
             "skipped": {r[0]: r[1] for r in reasons},
         }
 
+    def breakdown(self) -> list[dict[str, Any]]:
+        """Pieces and works per composer × source × kind (works: distinct ``work_id``)."""
+        cells: dict[tuple[str, str, str], tuple[int, set[str]]] = {}
+        for r in self.rows("ok"):
+            key = (r.composer, r.origin, r.kind)
+            n, works = cells.get(key, (0, set()))
+            works.add(r.work_id)
+            cells[key] = (n + 1, works)
+        return [
+            {"composer": c, "source": s, "kind": k, "pieces": n, "works": len(w)}
+            for (c, s, k), (n, w) in sorted(cells.items())
+        ]
+
     # ------------------------------------------------------------ writing
 
     def cleanup_temp(self) -> int:
@@ -269,11 +308,13 @@ class TensorCache:
         self.db.execute(
             'INSERT INTO pieces (path, sha256, composer, title, "group", n_frames, n_notes, '
             "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work, "
-            "kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "kind, licence, edition, links, corpus) "
+            f"VALUES ({','.join('?' * 21)}) "
             "ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, composer=excluded.composer, "
             'title=excluded.title, "group"=excluded."group", n_frames=excluded.n_frames, '
             "performer=excluded.performer, source=excluded.source, work=excluded.work, "
-            "kind=excluded.kind, "
+            "kind=excluded.kind, licence=excluded.licence, edition=excluded.edition, "
+            "links=excluded.links, corpus=excluded.corpus, "
             "n_notes=excluded.n_notes, dropped_notes=excluded.dropped_notes, "
             "duration_s=excluded.duration_s, status=excluded.status, reason=excluded.reason, "
             "detail=excluded.detail, tensor=excluded.tensor",
@@ -295,6 +336,10 @@ class TensorCache:
                 piece.source,
                 piece.work,
                 piece.kind,
+                piece.licence,
+                piece.edition,
+                piece.links,
+                piece.corpus,
             ),
         )
         self.db.commit()
@@ -445,11 +490,16 @@ def _refresh_labels(cache: TensorCache, piece: Piece) -> None:
         piece.source,
         piece.work,
         piece.kind,
+        piece.licence,
+        piece.edition,
+        piece.links,
+        piece.corpus,
     )
     cache.db.execute(  # committed once after the scan
-        'UPDATE pieces SET composer=?, title=?, "group"=?, performer=?, source=?, work=?, kind=? '
+        'UPDATE pieces SET composer=?, title=?, "group"=?, performer=?, source=?, work=?, kind=?, '
+        "licence=?, edition=?, links=?, corpus=? "
         'WHERE path=? AND (composer!=? OR title!=? OR "group"!=? OR performer!=? OR source!=? '
-        "OR work!=? OR kind!=?)",
+        "OR work!=? OR kind!=? OR licence!=? OR edition!=? OR links!=? OR corpus!=?)",
         labels + (piece.path,) + labels,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -118,6 +119,8 @@ def load_split(path: str | Path, pieces: Sequence[Labelled]) -> dict[str, list[i
     index = {p.path: i for i, p in enumerate(pieces)}
     out = {}
     for s in SIDES:
+        # entries are paths, or {"path", "sha256", "group"} in a split manifest
+        data[s] = [e["path"] if isinstance(e, dict) else e for e in data[s]]
         missing = [p for p in data[s] if p not in index]
         if missing:
             raise ValueError(
@@ -125,3 +128,102 @@ def load_split(path: str | Path, pieces: Sequence[Labelled]) -> dict[str, list[i
             )
         out[s] = [index[p] for p in data[s]]
     return out
+
+
+# ---------------------------------------------------------------- cross-validation folds
+
+
+def _unit_hash(seed: int, salt: str, unit: str) -> float:
+    """A number in [0, 1) fixed by the seed and the unit's name alone."""
+    h = hashlib.sha256(f"{seed}\x00{salt}\x00{unit}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64
+
+
+def fold_units(pieces: Sequence[Labelled], mode: str = "group") -> list[str]:
+    """The unit each piece is dealt with: its leak-free group (``group``; byte-identical files
+    joined) or its composer (``unseen-composer``)."""
+    if mode not in MODES:
+        raise ValueError(f"split mode must be one of {MODES}, got {mode!r}")
+    if mode == "unseen-composer":
+        return [p.composer for p in pieces]
+    unit = _content_joined_groups(pieces)
+    return [unit[p.group] for p in pieces]
+
+
+def fold_of(unit: str, folds: int, seed: int) -> int:
+    """The fold of a unit: a hash of its name and the seed. Adding or dropping a file can move
+    only the unit it belongs to, never another one."""
+    return int(_unit_hash(seed, "fold", unit) * folds)
+
+
+def fold_split(
+    pieces: Sequence[Labelled],
+    folds: int,
+    fold: int,
+    seed: int = 0,
+    mode: str = "group",
+    val_fraction: float = 0.1,
+) -> dict[str, list[int]]:
+    """Indices per side for fold ``fold`` of ``folds``: its units are the test side; of the
+    other units, those whose second hash falls below ``val_fraction / (1 − 1/folds)`` are
+    validation (about ``val_fraction`` of the corpus), the rest train. Every unit is a test
+    unit in exactly one fold; validation never meets the fold's test side."""
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"fold must be in [0, {folds}) with at least 2 folds, got {fold}")
+    if not 0.0 < val_fraction < 1.0 - 1.0 / folds:
+        raise ValueError(f"val_fraction must be in (0, {1 - 1 / folds:.2f}), got {val_fraction}")
+    units = fold_units(pieces, mode)
+    cut = val_fraction / (1.0 - 1.0 / folds)
+    out: dict[str, list[int]] = {s: [] for s in SIDES}
+    side_of: dict[str, str] = {}
+    for i, u in enumerate(units):
+        if u not in side_of:
+            if fold_of(u, folds, seed) == fold:
+                side_of[u] = "test"
+            else:
+                side_of[u] = "val" if _unit_hash(seed, "val", u) < cut else "train"
+        out[side_of[u]].append(i)
+    return out
+
+
+def split_manifest(
+    pieces: Sequence[Any], split: dict[str, list[int]], **info: Any
+) -> dict[str, Any]:
+    """What fixes a split for good: per side, each piece's path, content hash and unit."""
+    return {
+        **info,
+        **{
+            s: [
+                {
+                    "path": pieces[i].path,
+                    "sha256": getattr(pieces[i], "sha256", None),
+                    "group": pieces[i].group,
+                }
+                for i in split[s]
+            ]
+            for s in SIDES
+        },
+    }
+
+
+def check_manifest(manifest: dict[str, Any], split: dict[str, list[int]], pieces, where: str):
+    """Refuse when the cache no longer gives the recorded split: a piece changed content, unit
+    or side, or pieces appeared or vanished."""
+    recorded = {
+        e["path"]: (s, e.get("sha256"), e.get("group")) for s in SIDES for e in manifest.get(s, [])
+    }
+    now = {
+        pieces[i].path: (s, getattr(pieces[i], "sha256", None), pieces[i].group)
+        for s in SIDES
+        for i in split[s]
+    }
+    changed = [p for p in recorded if p in now and recorded[p] != now[p]]
+    gone = [p for p in recorded if p not in now]
+    new = [p for p in now if p not in recorded]
+    if changed or gone or new:
+        example = (changed or gone or new)[0]
+        raise ValueError(
+            f"{where}: the cache no longer matches the recorded split ({len(changed)} pieces "
+            f"changed content, unit or side, {len(gone)} vanished, {len(new)} are new; e.g. "
+            f"{example}). Evaluate with the cache the run was made from, or start a new run"
+        )

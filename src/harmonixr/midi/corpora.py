@@ -6,11 +6,23 @@ import csv
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".rmi")
-FORMATS = ("auto", "giantmidi", "asap", "maestro", "folder", "builtin")
+FORMATS = ("auto", "giantmidi", "asap", "maestro", "manifest", "folder", "builtin")
+# the columns that make a metadata.csv a labelled multi-source manifest (``read_manifest``)
+MANIFEST_COLUMNS = ("path", "composer", "work")
+MANIFEST_OPTIONAL = (
+    "title",
+    "asap_work",
+    "source",
+    "converter",
+    "licence",
+    "kind",
+    "edition",
+    "performer",
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,10 @@ class Piece:
     source: str = ""  # the recording it was cut from, where the corpus says (ASAP); "" otherwise
     work: str = ""  # the musical work when ``group`` joins several (ASAP); "" means ``group``
     kind: str = ""  # "performance" or "score" (a deadpan score MIDI) where known; "" otherwise
+    licence: str = ""  # the file's licence where the corpus says (manifest)
+    edition: str = ""  # which edition of the work (e.g. a first edition's publisher), manifest
+    links: str = ""  # other names of the same composition ("|"-separated), e.g. an ASAP folder
+    corpus: str = ""  # the reader that listed it (asap, manifest, folder, ...)
 
 
 @dataclass
@@ -93,6 +109,7 @@ def read_giantmidi(root: str | Path) -> Listing:
 _REPEAT_SUFFIX = re.compile(r"_(?:no_2_repeat|no_first_repeat|no_repeat|repeat)$")
 _PERFORMER = re.compile(r"^(.*?)\d")
 _REC = "\U0010ffffrec:"
+_RECITAL = "\U0010ffffrecital:"
 
 
 def asap_work(folder: str) -> str:
@@ -112,8 +129,23 @@ def asap_performer(path: str) -> str:
     return re.sub(r"[^a-z]", "", m.group(1).casefold()) if m and m.group(1) else ""
 
 
-class _Union:
-    """Union-find over names; each set is named by its smallest member (stable, seed-free)."""
+def asap_collection(work: str) -> str:
+    """The collection an ASAP work belongs to, for recitals: a sonata's movements
+    (``Beethoven/Piano_Sonatas/21-1`` → ``…/21``), a WTC prelude and its fugue
+    (``Bach/Prelude/bwv_846`` → ``Bach/bwv_846``), a cycle's pieces (``Schumann/Kreisleriana/3``
+    → ``Schumann/Kreisleriana``); a work of its own is its own collection."""
+    parts = work.split("/")
+    if len(parts) == 3 and parts[0] == "Bach" and parts[1] in ("Prelude", "Fugue"):
+        return f"Bach/{parts[2]}"
+    if len(parts) >= 3:
+        head = "/".join(parts[:-1])
+        m = re.match(r"^(\d+)-", parts[-1])
+        return f"{head}/{m.group(1)}" if m else head
+    return work
+
+
+class UnionFind:
+    """Union-find over names; each set is named by its smallest member."""
 
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
@@ -138,20 +170,25 @@ def read_asap(root: str | Path, include_scores: bool = False) -> Listing:
 
     The group is leak-free: the work (folder without its repeat suffix), joined with every work
     cut from the same MAESTRO recording (a prelude and its fugue, a sonata's movements in one
-    recital share a performer, a piano and a recording session)."""
+    recital share a performer, a piano and a recording session). Performances without a MAESTRO
+    recording are joined by recital: one pianist's performances within one collection
+    (:func:`asap_collection`), e.g. the Kreisleriana movements one pianist played."""
     root = Path(root)
     meta = root / "metadata.csv"
     if not meta.is_file():
         raise ValueError(f"{root}: no metadata.csv, so this is not an ASAP folder")
     with meta.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    works = _Union()
+    works = UnionFind()
     for row in rows:
         work = asap_work(row["folder"])
         works.find(work)
         rec = (row.get("maestro_midi_performance") or "").strip()
         if rec:
             works.union(work, _REC + rec)  # recording keys sort after every work name
+        elif row.get("midi_performance"):
+            performer = asap_performer(row["midi_performance"]) or row["midi_performance"]
+            works.union(work, f"{_RECITAL}{performer}|{asap_collection(work)}")
     pieces, skipped = [], []
     seen_scores: set[str] = set()
     for row in rows:
@@ -255,6 +292,73 @@ def read_folder(root: str | Path, labels: str | Path | None = None) -> Listing:
     return Listing(pieces, "folder", skipped)
 
 
+# ---------------------------------------------------------------- labelled manifests
+
+
+def _is_manifest(meta: Path) -> bool:
+    with meta.open(newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return all(c in header for c in MANIFEST_COLUMNS)
+
+
+def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Listing:
+    """A labelled multi-source corpus: ``metadata.csv`` (or ``manifest``) with one row per file,
+    columns ``path, composer, work`` and optionally ``title, movement, asap_work, source,
+    converter, licence, kind, edition, performer``.
+
+    ``work`` names the composition across sources and editions, so it is the group: every
+    edition and every movement of one work share it. ``asap_work`` (an ASAP folder) is kept as
+    a link, so a cache holding ASAP too joins the two (see ``data.groups``). ``source`` records
+    the converter where one is given (``source/converter``): the program that rendered a score
+    is something a model could learn instead of the composer."""
+    root = Path(root)
+    meta = Path(manifest) if manifest is not None else root / "metadata.csv"
+    if not meta.is_file():
+        raise ValueError(f"{root}: no {meta.name}, so this is not a labelled manifest")
+    pieces, skipped = [], []
+    with meta.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{meta}: missing column(s) {', '.join(sorted(missing))}")
+        for row in reader:
+            cells = {k: nfc(v or "") for k, v in row.items() if isinstance(k, str)}
+            cells = {k: cells.get(k, "") for k in MANIFEST_OPTIONAL} | cells
+            get = cells.__getitem__
+            rel = row["path"]
+            path = Path(rel) if Path(rel).is_absolute() else root / rel
+            if not path.is_file():
+                skipped.append((str(path), f"listed in {meta.name} but missing"))
+                continue
+            composer, work = get("composer"), get("work")
+            if not composer or not work:
+                skipped.append((str(path), "no composer or no work given"))
+                continue
+            title = get("title") or path.stem
+            source = "/".join(x for x in (get("source"), get("converter")) if x)
+            kind = get("kind")
+            if kind not in ("", "score", "performance"):
+                skipped.append((str(path), f"kind {kind!r} is neither score nor performance"))
+                continue
+            link = get("asap_work")
+            pieces.append(
+                Piece(
+                    str(path),
+                    composer,
+                    title,
+                    group=work,
+                    performer=get("performer"),
+                    source=source,
+                    work=work,
+                    kind=kind,
+                    licence=get("licence"),
+                    edition=get("edition"),
+                    links=asap_work(link) if link else "",
+                )
+            )
+    return Listing(pieces, "manifest", skipped)
+
+
 # ---------------------------------------------------------------- dispatch
 
 
@@ -271,6 +375,8 @@ def detect_format(source: str | Path) -> str:
             header = fh.readline()
         if "midi_performance" in header and "folder" in header:
             return "asap"
+        if _is_manifest(meta):
+            return "manifest"
     if _maestro_csv(root) is not None:
         return "maestro"
     files = _midi_files(root)
@@ -291,17 +397,23 @@ def read_corpus(
     if format not in FORMATS:
         raise ValueError(f"unknown corpus format {format!r}; choose one of {', '.join(FORMATS)}")
     if format == "auto":
-        format = "folder" if labels is not None else detect_format(source)
+        if labels is not None:
+            format = "manifest" if _is_manifest(Path(labels)) else "folder"
+        else:
+            format = detect_format(source)
     if format != "builtin" and not Path(source).is_dir():
         raise ValueError(f"{source}: no such folder")
     readers: dict[str, Callable[[], Listing]] = {
         "giantmidi": lambda: read_giantmidi(source),
         "asap": lambda: read_asap(source, include_scores=include_scores),
         "maestro": lambda: read_maestro(source),
+        "manifest": lambda: read_manifest(source, labels),
         "folder": lambda: read_folder(source, labels),
     }
     if format == "builtin":
         from harmonixr.midi.builtin import read_builtin
 
         return read_builtin()
-    return readers[format]()
+    listing = readers[format]()
+    listing.pieces = [replace(p, corpus=listing.format) for p in listing.pieces]
+    return listing

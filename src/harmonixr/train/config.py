@@ -34,6 +34,9 @@ class TrainConfig:
     noise_sigma: float = 0.1
     velocity_gain: float = 0.0  # a: each crop's velocities × g, log g ~ U(−a, a) (recording level)
     time_stretch: float = 0.0  # a: each crop played f× slower, log f ~ U(−a, a) (tempo)
+    velocity_curve: float = 0.0  # a: values v → v^γ per crop, log γ ~ U(−a, a) (touch curve)
+    onset_jitter: int = 0  # each key of a crop shifted by up to ± this many frames (humanise)
+    key_gain: float = 0.0  # a: each key of a crop × g, log g ~ U(−a, a) (humanise voicing)
     ema: float = 0.0  # > 0: validate and export an exponential moving average of the weights
     ema_start: float = 0.5  # …started from the weights at this fraction of the steps
     export: str = "last"  # model.safetensors: the last weights, or "best" by validation AUC
@@ -76,8 +79,10 @@ class TrainConfig:
             raise ValueError(f"ema_start must be in [0, 1), got {self.ema_start}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if self.velocity_gain < 0 or self.time_stretch < 0:
-            raise ValueError("velocity_gain and time_stretch must be ≥ 0")
+        if min(self.velocity_gain, self.time_stretch, self.velocity_curve, self.key_gain) < 0:
+            raise ValueError("velocity_gain, time_stretch, velocity_curve and key_gain must be ≥ 0")
+        if self.onset_jitter < 0:
+            raise ValueError(f"onset_jitter must be ≥ 0, got {self.onset_jitter}")
         if self.crop_seconds <= 0 or self.lr <= 0:
             raise ValueError("crop_seconds and lr must be positive")
         if self.loss == "supcon" and self.batch_size < 2 * 2:

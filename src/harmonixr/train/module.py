@@ -64,6 +64,10 @@ class SiameseModule(L.LightningModule):
                 x, lengths = time_stretch(x, lengths, c.time_stretch)
             if c.velocity_gain > 0:
                 x = velocity_gain(x, c.velocity_gain)
+            if c.velocity_curve > 0:
+                x = velocity_curve(x, c.velocity_curve)
+            if c.onset_jitter > 0 or c.key_gain > 0:
+                x = humanise(x, c.onset_jitter, c.key_gain)
             x = multiplicative_noise(x, c.noise_sigma)
         return self.encoder(x, lengths)
 
@@ -148,6 +152,33 @@ def velocity_gain(x: torch.Tensor, a: float) -> torch.Tensor:
     loudness calibration is not the composer's."""
     g = _log_uniform(x.shape[0], a, x.device).view(-1, *([1] * (x.dim() - 1)))
     return (x * g).clamp_(0.0, 1.0)
+
+
+def velocity_curve(x: torch.Tensor, a: float) -> torch.Tensor:
+    """Each crop's values v → v^γ, log γ ~ U(−a, a): a notation program's fixed velocity
+    levels and a piano's touch curve map loudness differently; the composer does not."""
+    g = _log_uniform(x.shape[0], a, x.device).view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(x > 0, x.clamp(min=1e-6) ** g, x)
+
+
+def humanise(x: torch.Tensor, jitter: int, gain: float) -> torch.Tensor:
+    """Score renditions sit on the metrical grid at one velocity; performances do not. Each
+    of a crop's 72 keys ``(B, 1, 12, 6, L)`` is shifted in time by an integer number of frames
+    drawn from [−jitter, jitter] (frames shifted in from outside are silent) and scaled by a
+    gain, log g ~ U(−gain, gain), clipped to [0, 1]. Chords lose their perfect alignment and
+    voices their uniform level, so neither can tell a score from a performance."""
+    b, _, p, o, n = x.shape
+    out = x
+    if jitter > 0:
+        shift = torch.randint(-jitter, jitter + 1, (b, 1, p, o, 1), device=x.device)
+        frames = torch.arange(n, device=x.device).view(1, 1, 1, 1, n)
+        src = frames - shift
+        inside = (src >= 0) & (src < n)
+        out = out.gather(-1, src.clamp(0, n - 1)) * inside.to(x.dtype)
+    if gain > 0:
+        g = torch.exp((torch.rand((b, 1, p, o, 1), device=x.device) * 2 - 1) * gain)
+        out = (out * g).clamp(0.0, 1.0)
+    return out
 
 
 def time_stretch(

@@ -1,0 +1,634 @@
+"""Cross-validation: K fold runs over one cache, pooled out-of-fold figures with intervals.
+
+``run_folds`` deals the cache's leak-free units (or, with ``unseen-composer``, its composers) to
+K folds by a hash of the unit and the seed (``data.splits.fold_split``). For each fold it trains
+a run on the other folds (validation taken from them), embeds every piece with that fold's
+model and stores the embeddings; a killed job resumes fold by fold (a fold's training resumes
+from its last checkpoint). ``pooled_report`` then measures every method on each fold's test
+side with the choices made on that fold's validation side, and pools the folds:
+
+- pairs are formed inside a test fold only (two folds' models embed into different spaces);
+- every interval resamples units, so pairs sharing a unit are never counted as independent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonixr.data.cache import CachedPiece, TensorCache
+from harmonixr.data.splits import check_manifest, fold_split, split_manifest
+from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
+from harmonixr.evaluate.bootstrap import bootstrap_interval
+from harmonixr.evaluate.metrics import equal_error_rate, roc_auc
+from harmonixr.evaluate.protocols import class_probabilities
+
+MODEL = "SiaViT"
+LR = "logistic regression, 5 histograms"
+MIN_WORKS = 5  # attribution: composers with at least this many training units
+CV_FILE = "cv.json"
+EMB_FILE = "embeddings.npz"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    folds: int = 5
+    seed: int = 0
+    mode: str = "group"
+    val_fraction: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folds": self.folds,
+            "seed": self.seed,
+            "mode": self.mode,
+            "val_fraction": self.val_fraction,
+        }
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def fold_sides(rows: list[CachedPiece], plan: FoldPlan, fold: int) -> dict[str, list[int]]:
+    return fold_split(rows, plan.folds, fold, plan.seed, plan.mode, plan.val_fraction)
+
+
+def prepare(out: Path, data: Path, plan: FoldPlan, train: dict[str, Any]) -> None:
+    """Write (or check) ``cv.json``: a resumed job must be the same job."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"data": str(Path(data).resolve()), **plan.to_dict(), "train": train}
+    path = out / CV_FILE
+    if path.is_file():
+        was = json.loads(path.read_text())
+        if {k: was.get(k) for k in record} != record:
+            differ = [k for k in record if was.get(k) != record[k]]
+            raise ValueError(
+                f"{path}: records another cross-validation ({', '.join(differ)} differ); "
+                "use another --out to change it"
+            )
+    else:
+        _atomic_json(path, record)
+
+
+def run_folds(
+    data: str | Path,
+    out: str | Path,
+    config: Any,
+    plan: FoldPlan = FoldPlan(),
+    model_overrides: dict[str, Any] | None = None,
+    only: list[int] | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Train and embed each fold (skipping those already done); returns ``out``."""
+    from harmonixr.data.splits import SIDES
+    from harmonixr.model.io import WEIGHTS
+    from harmonixr.train.run import last_checkpoint, train
+
+    say = progress or (lambda _m: None)
+    out, data = Path(out), Path(data)
+    prepare(out, data, plan, {**config.to_dict(), "model": model_overrides or {}})
+    with TensorCache(data) as cache:
+        rows = cache.pieces()
+    for k in only if only is not None else range(plan.folds):
+        d = out / f"fold-{k}"
+        if (d / EMB_FILE).is_file():
+            say(f"fold {k}: done before")
+            continue
+        split = fold_sides(rows, plan, k)
+        info = {"mode": plan.mode, "seed": plan.seed, "folds": plan.folds, "fold": k}
+        manifest = split_manifest(rows, split, **info)
+        d.mkdir(parents=True, exist_ok=True)
+        if (d / "split.json").is_file():
+            check_manifest(json.loads((d / "split.json").read_text()), split, rows, str(d))
+        else:
+            _atomic_json(d / "split.json", manifest)
+        if not (d / WEIGHTS).is_file():
+            resume = last_checkpoint(d / "checkpoints") is not None
+            say(
+                f"fold {k}: training ({'resumed' if resume else 'new'}), "
+                + ", ".join(f"{s} {len(split[s])}" for s in SIDES)
+            )
+            t0 = time.perf_counter()
+            train(
+                config.replace(out=str(d), data=str(data), split=plan.mode),
+                model_overrides,
+                resume=resume,
+            )
+            _stamp(d, "train_seconds", time.perf_counter() - t0)
+        say(f"fold {k}: embedding {len(rows)} pieces")
+        t0 = time.perf_counter()
+        embed_fold(d, data, rows, split)
+        _stamp(d, "embed_seconds", time.perf_counter() - t0)
+    return out
+
+
+def _stamp(d: Path, key: str, value: float) -> None:
+    path = d / "timing.json"
+    t = json.loads(path.read_text()) if path.is_file() else {}
+    t[key] = round(value, 1)
+    _atomic_json(path, t)
+
+
+def embed_fold(d: Path, data: Path, rows: list[CachedPiece], split: dict[str, list[int]]) -> None:
+    """Every piece of the fold embedded whole by its model: validation and test with the
+    default half-crop hop, training (used for centroids and probes) with a hop of one crop."""
+    from harmonixr.model.embed import embed_pieces
+    from harmonixr.model.io import load
+
+    cfg = json.loads((d / "config.json").read_text())["train"]
+    crop = max(1, round(cfg["crop_seconds"] * 1000.0 / cfg.get("frame_ms", 50.0)))
+    encoder = load(d)
+    parts: dict[str, np.ndarray] = {}
+    with TensorCache(data) as cache:
+        for side in ("test", "val", "train"):
+            tensors = [cache.load(rows[i]) for i in split[side]]
+            hop = crop if side == "train" else None
+            parts[side] = embed_pieces(encoder, tensors, crop, hop=hop)
+    tmp = d / f"{EMB_FILE}.tmp-{os.getpid()}.npz"
+    np.savez(
+        tmp,
+        **{f"emb_{s}": parts[s] for s in parts},
+        **{f"path_{s}": np.array([rows[i].path for i in split[s]]) for s in parts},
+    )
+    os.replace(tmp, d / EMB_FILE)
+
+
+# ---------------------------------------------------------------- pooled evaluation
+
+
+@dataclass
+class Fold:
+    """One fold's pieces (row indices per side) and one method's embeddings of them."""
+
+    idx: dict[str, np.ndarray]
+    emb: dict[str, np.ndarray]
+
+
+class Corpus:
+    """Per-piece labels of the whole cache as arrays, indexed like ``rows``."""
+
+    def __init__(self, rows: list[CachedPiece]) -> None:
+        self.rows = rows
+        self.composer = np.array([r.composer for r in rows], dtype=object)
+        self.group = np.array([r.group for r in rows], dtype=object)
+        self.work = np.array([r.work_id for r in rows], dtype=object)
+        self.kind = np.array([r.kind or "?" for r in rows], dtype=object)
+        self.source = np.array([r.source or "?" for r in rows], dtype=object)
+        units = sorted(set(self.group.tolist()))
+        code = {u: i for i, u in enumerate(units)}
+        self.unit = np.array([code[g] for g in self.group], np.int64)
+        self.n_units = len(units)
+
+
+def _pairs(c: Corpus, test: np.ndarray, emb: np.ndarray) -> dict[str, np.ndarray]:
+    """All pairs of a fold's test pieces from different units."""
+    ii, jj = np.triu_indices(test.size, k=1)
+    a, b = test[ii], test[jj]
+    keep = c.unit[a] != c.unit[b]
+    ii, jj, a, b = ii[keep], jj[keep], a[keep], b[keep]
+    sim = np.einsum("nd,nd->n", emb[ii], emb[jj])
+    ka, kb = c.kind[a], c.kind[b]
+    cat = np.where(
+        (ka == "performance") & (kb == "performance"),
+        "performance",
+        np.where(
+            (ka == "score") & (kb == "score"), "score", np.where(ka != kb, "cross-kind", "other")
+        ),
+    )
+    return {
+        "d": 1.0 - sim,
+        "y": c.composer[a] == c.composer[b],
+        "ua": c.unit[a],
+        "ub": c.unit[b],
+        "cat": cat,
+    }
+
+
+def _cat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def group_pair_weights(ua: np.ndarray, ub: np.ndarray) -> np.ndarray:
+    """Weight 1 / (pairs of the same two units): every pair of units counts once, however many
+    pieces each holds."""
+    lo, hi = np.minimum(ua, ub), np.maximum(ua, ub)
+    key = lo.astype(np.int64) * (int(max(hi.max(initial=0), lo.max(initial=0))) + 1) + hi
+    _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inv]
+
+
+def verification_figures(
+    p: dict[str, np.ndarray], n_units: int, resamples: int, seed: int
+) -> dict[str, float]:
+    """AUC pair-weighted and group-pair-equal, each with a unit-bootstrap interval, and EER."""
+    d, y = p["d"], p["y"]
+    out: dict[str, float] = {"pairs": float(y.size), "same": float(y.sum())}
+    if not 0 < y.sum() < y.size:
+        return out
+    gpe = group_pair_weights(p["ua"], p["ub"])
+    units = np.arange(n_units)
+
+    for name, base in (("auc", None), ("auc_gpe", gpe)):
+        out[name] = roc_auc(d, y, weights=base)
+
+        def stat(w: np.ndarray, base=base) -> float:
+            pw = w[p["ua"]] * w[p["ub"]]
+            if base is not None:
+                pw = pw * base
+            if not (pw[y].sum() > 0 and pw[~y].sum() > 0):
+                return float("nan")
+            return roc_auc(d, y, weights=pw)
+
+        out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_interval(stat, units, resamples, seed)
+    out["eer"] = equal_error_rate(d, y)
+    return out
+
+
+def _centroids(emb: np.ndarray, labels: np.ndarray, names: list[str]) -> np.ndarray:
+    cen = np.stack([emb[labels == n].mean(axis=0) for n in names])
+    norm = np.linalg.norm(cen, axis=1, keepdims=True)
+    return cen / np.where(norm > 0, norm, 1.0)
+
+
+def _attribution(c: Corpus, f: Fold) -> dict[str, np.ndarray] | None:
+    """Test pieces by composers with ≥ MIN_WORKS training units, scored against the centroids
+    of exactly those composers (from this fold's training pieces)."""
+    tr = f.idx["train"]
+    works: dict[str, set[int]] = {}
+    for i in tr:
+        works.setdefault(c.composer[i], set()).add(int(c.unit[i]))
+    names = sorted(n for n, u in works.items() if len(u) >= MIN_WORKS)
+    if len(names) < 2:
+        return None
+    cen = _centroids(f.emb["train"], c.composer[tr], names)
+    index = {n: k for k, n in enumerate(names)}
+    test = f.idx["test"]
+    seen = np.array([x in index for x in c.composer[test]], bool)
+    if not seen.any():
+        return None
+    scores = f.emb["test"][seen] @ cen.T
+    labels = np.array([index[x] for x in c.composer[test][seen]])
+    return {
+        "top1": (scores.argmax(1) == labels).astype(float),
+        "top3": np.array(
+            [labels[i] in np.argsort(-scores[i])[:3] for i in range(labels.size)], float
+        ),
+        "unit": c.unit[test][seen],
+        "kind": c.kind[test][seen],
+        "composers": np.full(labels.size, len(names)),
+    }
+
+
+def _retrieval(c: Corpus, f: Fold) -> dict[str, np.ndarray]:
+    """Each test piece queries the fold's other test pieces: AP over same-composer pieces of
+    other units; same-work recall@1 where the work has another rendition in the fold."""
+    test, emb = f.idx["test"], f.emb["test"]
+    sim = emb @ emb.T
+    n = test.size
+    comp, unit, work = c.composer[test], c.unit[test], c.work[test]
+    aps = np.full(n, np.nan)
+    r1 = np.full(n, np.nan)
+    for q in range(n):
+        other = unit != unit[q]
+        rel = (comp == comp[q]) & other
+        if rel.any():
+            order = np.argsort(-sim[q][other], kind="stable")
+            hits = rel[other][order]
+            ranks = np.flatnonzero(hits) + 1
+            aps[q] = float(np.mean(np.arange(1, ranks.size + 1) / ranks))
+        same = (work == work[q]) & (np.arange(n) != q)
+        if same.any():
+            s = sim[q].copy()
+            s[q] = -np.inf
+            r1[q] = float(same[int(np.argmax(s))])
+    return {"ap": aps, "r1": r1, "unit": unit}
+
+
+def _mean_interval(values: np.ndarray, units: np.ndarray, n_units: int, resamples: int, seed: int):
+    ok = np.isfinite(values)
+    v, u = values[ok], units[ok]
+    if not v.size:
+        return float("nan"), float("nan"), float("nan")
+
+    def stat(w: np.ndarray) -> float:
+        ww = w[u]
+        return float(np.sum(ww * v) / ww.sum()) if ww.sum() > 0 else float("nan")
+
+    lo, hi = bootstrap_interval(stat, np.arange(n_units), resamples, seed)
+    return float(v.mean()), lo, hi
+
+
+def _histogram_methods(
+    c: Corpus, hists: dict[str, np.ndarray], folds: list[dict[str, np.ndarray]], seed: int
+) -> tuple[dict[str, list[Fold]], dict[str, list[dict[str, Any]]]]:
+    """Each histogram kind (transform chosen per fold on its validation AUC) and the logistic
+    regression on all of them (C chosen per fold on validation p·q AUC)."""
+    methods: dict[str, list[Fold]] = {}
+    choices: dict[str, list[dict[str, Any]]] = {}
+    for kind, h in hists.items():
+        name = f"{kind} histogram"
+        methods[name], choices[name] = [], []
+        for idx in folds:
+            best = max(
+                TRANSFORMS,
+                key=lambda tr: np.nan_to_num(
+                    _side_auc(c, idx["val"], normalise_rows(h[idx["val"]], tr)), nan=-1
+                ),
+            )
+            choices[name].append({"transform": best})
+            methods[name].append(Fold(idx, {s: normalise_rows(h[idx[s]], best) for s in idx}))
+    feats = np.concatenate([hists[k] for k in hists], axis=1)
+    methods[LR], choices[LR] = [], []
+    for idx in folds:
+        names = sorted(set(c.composer[idx["train"]].tolist()))
+        label = {n: i for i, n in enumerate(names)}
+        y = np.array([label[x] for x in c.composer[idx["train"]]])
+        scored = []
+        for cval in LR_CS:
+            model = fit_lr(feats[idx["train"]], y, cval, seed)
+            pv = class_probabilities(model, feats[idx["val"]], len(names))
+            scored.append((np.nan_to_num(_side_auc(c, idx["val"], pv), nan=-1.0), cval, model))
+        auc, cval, model = max(scored, key=lambda t: t[0])
+        choices[LR].append({"C": cval, "val_auc": float(auc)})
+        methods[LR].append(
+            Fold(idx, {s: class_probabilities(model, feats[idx[s]], len(names)) for s in idx})
+        )
+    return methods, choices
+
+
+def _side_auc(c: Corpus, idx: np.ndarray, emb: np.ndarray) -> float:
+    p = _pairs(c, idx, emb)
+    if not 0 < p["y"].sum() < p["y"].size:
+        return float("nan")
+    return roc_auc(p["d"], p["y"])
+
+
+def method_figures(
+    c: Corpus, folds: list[Fold], resamples: int, seed: int, attribution: bool = True
+) -> dict[str, Any]:
+    """Pooled out-of-fold figures of one method."""
+    pairs = _cat([_pairs(c, f.idx["test"], f.emb["test"]) for f in folds])
+    out: dict[str, Any] = {"verify": verification_figures(pairs, c.n_units, resamples, seed)}
+    for cat in ("performance", "score", "cross-kind"):
+        sel = pairs["cat"] == cat
+        sub = {k: v[sel] for k, v in pairs.items()}
+        out[f"verify_{cat}"] = verification_figures(sub, c.n_units, resamples, seed)
+    val = [_side_auc(c, f.idx["val"], f.emb["val"]) for f in folds]
+    out["val_auc_per_fold"] = [float(v) for v in val]
+    if attribution:
+        attr = [a for f in folds if (a := _attribution(c, f)) is not None]
+        if attr:
+            a = _cat(attr)
+            fig: dict[str, float] = {"pieces": float(a["top1"].size)}
+            for k in ("top1", "top3"):
+                fig[k], fig[f"{k}_lo"], fig[f"{k}_hi"] = _mean_interval(
+                    a[k], a["unit"], c.n_units, resamples, seed
+                )
+            perf = a["kind"] == "performance"
+            if perf.any():
+                fig["top1_performance"], fig["top1_performance_lo"], fig["top1_performance_hi"] = (
+                    _mean_interval(a["top1"][perf], a["unit"][perf], c.n_units, resamples, seed)
+                )
+            fig["candidates_per_fold"] = [int(x["composers"][0]) for x in attr]
+            out["attribution"] = fig
+    r = _cat([_retrieval(c, f) for f in folds])
+    m, lo, hi = _mean_interval(r["ap"], r["unit"], c.n_units, resamples, seed)
+    w, wlo, whi = _mean_interval(r["r1"], r["unit"], c.n_units, resamples, seed)
+    out["retrieval"] = {
+        "map": m,
+        "map_lo": lo,
+        "map_hi": hi,
+        "work_r1": w,
+        "work_r1_lo": wlo,
+        "work_r1_hi": whi,
+        "work_queries": float(np.isfinite(r["r1"]).sum()),
+    }
+    return out
+
+
+def source_probe(c: Corpus, folds: list[Fold], seed: int) -> dict[str, Any]:
+    """How well a logistic regression on a method's embeddings tells what it should not hear:
+    score vs performance, and which converter/source made a score. Cross-validated inside each
+    test fold by unit (GroupKFold), balanced accuracy against chance (1 / classes)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    from harmonixr.evaluate.metrics import balanced_accuracy
+
+    out: dict[str, Any] = {}
+    for target in ("kind", "source"):
+        preds, truth = [], []
+        for f in folds:
+            test = f.idx["test"]
+            lab = (c.kind if target == "kind" else c.source)[test]
+            sel = np.ones(test.size, bool) if target == "kind" else c.kind[test] == "score"
+            classes, y = np.unique(lab[sel], return_inverse=True)
+            units = c.unit[test][sel]
+            if classes.size < 2 or np.unique(units).size < 5:
+                continue
+            model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+            p = cross_val_predict(model, f.emb["test"][sel], y, groups=units, cv=GroupKFold(5))
+            preds.append(classes[p])
+            truth.append(classes[y])
+        if preds:
+            pr, tr = np.concatenate(preds), np.concatenate(truth)
+            classes, code = np.unique(tr, return_inverse=True)
+            lookup = {k: i for i, k in enumerate(classes)}
+            pc = np.array([lookup.get(x, -1) for x in pr])
+            out[target] = {
+                "balanced_accuracy": balanced_accuracy(pc, code),
+                "chance": 1.0 / classes.size,
+                "classes": classes.tolist(),
+                "pieces": int(tr.size),
+            }
+    return out
+
+
+def load_folds(out: Path, rows: list[CachedPiece], plan: FoldPlan) -> list[Fold]:
+    """The model's folds from their stored embeddings, refused if the cache has changed."""
+    index = {r.path: i for i, r in enumerate(rows)}
+    folds = []
+    for k in range(plan.folds):
+        d = out / f"fold-{k}"
+        if not (d / EMB_FILE).is_file():
+            raise ValueError(f"{d}: fold {k} is not finished; rerun the same command to resume")
+        split = fold_sides(rows, plan, k)
+        check_manifest(json.loads((d / "split.json").read_text()), split, rows, str(d))
+        z = np.load(d / EMB_FILE)
+        idx = {s: np.array([index[p] for p in z[f"path_{s}"]], np.int64) for s in split}
+        folds.append(Fold(idx, {s: z[f"emb_{s}"].astype(np.float64) for s in split}))
+    return folds
+
+
+def pooled_report(
+    out: str | Path,
+    resamples: int = 1000,
+    baselines: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Every method's pooled out-of-fold figures; written to ``out/report.json`` and ``.md``."""
+    say = progress or (lambda _m: None)
+    out = Path(out)
+    rec = json.loads((out / CV_FILE).read_text())
+    plan = FoldPlan(rec["folds"], rec["seed"], rec["mode"], rec["val_fraction"])
+    t0 = time.perf_counter()
+    with TensorCache(rec["data"]) as cache:
+        rows = cache.pieces()
+        c = Corpus(rows)
+        folds = load_folds(out, rows, plan)
+        methods: dict[str, list[Fold]] = {MODEL: folds}
+        choices: dict[str, Any] = {}
+        if baselines:
+            say("histograms of every piece")
+            hists = _histograms(out, cache, rows)
+            hm, choices = _histogram_methods(c, hists, [f.idx for f in folds], plan.seed)
+            methods.update(hm)
+    attribution = plan.mode == "group"
+    report: dict[str, Any] = {
+        "out": str(out),
+        "cache": rec["data"],
+        "plan": plan.to_dict(),
+        "pieces": len(rows),
+        "units": c.n_units,
+        "composers": len(set(c.composer.tolist())),
+        "fold_sizes": [{s: int(f.idx[s].size) for s in f.idx} for f in folds],
+        "resamples": resamples,
+        "auc_weighting": "auc: every pair of pieces from different units counts once; auc_gpe: "
+        "every pair of units counts once (pairs weighted 1 / pairs of those two units)",
+        "intervals": "95% percentile bootstrap over units (pairs weighted by both units' counts)",
+        "choices_made_on": "each fold's validation side",
+        "choices": choices,
+        "methods": {},
+    }
+    for name, mf in methods.items():
+        say(f"figures: {name}")
+        report["methods"][name] = method_figures(c, mf, resamples, plan.seed, attribution)
+    say("source probes")
+    report["source_probe"] = {
+        name: source_probe(c, methods[name], plan.seed) for name in methods if name in (MODEL, LR)
+    }
+    report["timing"] = {
+        f"fold-{k}": json.loads((out / f"fold-{k}" / "timing.json").read_text())
+        for k in range(plan.folds)
+        if (out / f"fold-{k}" / "timing.json").is_file()
+    }
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    _atomic_json(out / "report.json", _clean(report))
+    (out / "report.md").write_text(report_markdown(report))
+    return report
+
+
+def _histograms(out: Path, cache: TensorCache, rows: list[CachedPiece]) -> dict[str, np.ndarray]:
+    """Every histogram kind of every piece, computed once per job and stored by path."""
+    path = out / "histograms.npz"
+    paths = np.array([r.path for r in rows])
+    if path.is_file():
+        z = np.load(path)
+        if np.array_equal(z["paths"], paths):
+            return {k[2:]: z[k] for k in z.files if k.startswith("h_")}
+    table = histogram_table([cache.load(r) for r in rows])
+    tmp = out / f"histograms.tmp-{os.getpid()}.npz"
+    np.savez(tmp, paths=paths, **{f"h_{k}": v for k, v in table.items()})
+    os.replace(tmp, path)
+    return table
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def _f(m: dict[str, Any], key: str) -> str:
+    v = m.get(key)
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "—"
+    lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{v:.3f}"
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    p = r["plan"]
+    lines = [
+        f"# Cross-validation: {p['folds']} folds, {p['mode']} split, seed {p['seed']}",
+        "",
+        f"{r['pieces']} pieces, {r['units']} leak-free units, {r['composers']} composers. "
+        "Pooled out-of-fold figures; every choice made on the fold's validation side.",
+        f"AUC weighting — {r['auc_weighting']}. Intervals: {r['intervals']}.",
+        "",
+        "## Verification (same composer?), pairs inside each test fold",
+        "",
+        "| method | all: AUC | all: AUC (unit pairs equal) | EER | performances: AUC | "
+        "performances: AUC (unit pairs equal) | scores: AUC | cross-kind: AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in r["methods"].items():
+        v, vp, vs, vx = (
+            m["verify"],
+            m["verify_performance"],
+            m["verify_score"],
+            m["verify_cross-kind"],
+        )
+        lines.append(
+            f"| {name} | {_f(v, 'auc')} | {_f(v, 'auc_gpe')} | {_f(v, 'eer')} | {_f(vp, 'auc')} | "
+            f"{_f(vp, 'auc_gpe')} | {_f(vs, 'auc')} | {_f(vx, 'auc')} |"
+        )
+    if any("attribution" in m for m in r["methods"].values()):
+        lines += [
+            "",
+            f"## Attribution to composers with ≥ {MIN_WORKS} training works (centroids)",
+            "",
+            "| method | pieces | top-1 | top-3 | top-1 on performances |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in r["methods"].items():
+            a = m.get("attribution")
+            if a:
+                lines.append(
+                    f"| {name} | {int(a['pieces'])} | {_f(a, 'top1')} | {_f(a, 'top3')} | "
+                    f"{_f(a, 'top1_performance')} |"
+                )
+    lines += [
+        "",
+        "## Retrieval",
+        "",
+        "| method | same-composer mAP | same-work recall@1 |",
+        "|---|---|---|",
+    ]
+    for name, m in r["methods"].items():
+        lines.append(f"| {name} | {_f(m['retrieval'], 'map')} | {_f(m['retrieval'], 'work_r1')} |")
+    if r.get("source_probe"):
+        lines += [
+            "",
+            "## Source probes (what the embedding should not tell)",
+            "",
+            "| method | target | balanced accuracy | chance | pieces |",
+            "|---|---|---|---|---|",
+        ]
+        for name, probes in r["source_probe"].items():
+            for target, s in probes.items():
+                lines.append(
+                    f"| {name} | {target} | {s['balanced_accuracy']:.3f} | {s['chance']:.3f} | "
+                    f"{s['pieces']} |"
+                )
+    lines += ["", f"Fold sizes: {r['fold_sizes']}", f"Timing (s): {r.get('timing')}", ""]
+    return "\n".join(lines)
