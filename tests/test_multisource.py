@@ -395,4 +395,18 @@ def test_crossval_trains_each_fold_resumes_and_pools(tmp_path):
     assert set(rep["choices"]["logistic regression, 5 histograms"][0]) == {"C", "val_auc"}
     assert rep["choices_made_on"] == "each fold's validation side"
     assert (out / "report.md").read_text().startswith("# Cross-validation: 2 folds")
+    # the CLI resumes the recorded job (no --data, no --config) and pools it
+    from typer.testing import CliRunner
+
+    from harmonixr.cli import app
+
+    res = CliRunner().invoke(
+        app, ["evaluate", str(out), "--folds", "2", "--resamples", "20", "--no-baselines", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "report.json").read_text())["folds_reported"] == [0, 1]
+    one = pooled_report(out, resamples=20, baselines=False, only=[1])
+    assert one["folds_reported"] == [1] and set(one["methods"]) == {"SiaViT"}
+    assert sum(s["test"] for s in one["fold_sizes"]) == rep["fold_sizes"][1]["test"]
+    assert "only (not the whole corpus)" in (out / "report-folds-1.md").read_text()
     assert "kind" in rep["source_probe"]["SiaViT"] or rep["source_probe"]["SiaViT"] == {}

@@ -51,7 +51,10 @@ def _progress():
 
 @app.command()
 def preprocess(
-    source: Annotated[str, typer.Argument(help="Corpus folder, or 'builtin'.")],
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Corpus folder(s), or 'builtin'; several go into one cache."),
+    ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to create or extend.")],
     format: Annotated[
         str, typer.Option("--format", "-f", help="auto|giantmidi|asap|maestro|folder|builtin")
@@ -70,7 +73,27 @@ def preprocess(
     limit: Annotated[int | None, typer.Option(help="Only the first N files.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Turn a corpus of MIDI files into a tensor cache (resumable: rerun to continue)."""
+    """Turn corpora of MIDI files into one tensor cache (resumable: rerun to continue)."""
+    if len(sources) > 1 and (labels is not None or format not in ("auto",)):
+        raise typer.BadParameter("--labels and --format apply to one source; give one at a time")
+    for source in sources:
+        _preprocess_one(
+            source, out_dir, format, labels, scores, workers, binary, no_pedal, limit, as_json
+        )
+
+
+def _preprocess_one(
+    source: str,
+    out_dir: Path,
+    format: str,
+    labels: Path | None,
+    scores: bool,
+    workers: int | None,
+    binary: bool,
+    no_pedal: bool,
+    limit: int | None,
+    as_json: bool,
+) -> None:
     from harmonixr.data.cache import preprocess as run
     from harmonixr.midi.corpora import read_corpus
     from harmonixr.midi.tensorize import TensorConfig
@@ -107,7 +130,7 @@ def preprocess(
     if as_json:
         out.print_json(json.dumps(summary.to_dict()))
         return
-    table = Table(title=f"preprocess → {out_dir}", show_header=False)
+    table = Table(title=f"preprocess {source} → {out_dir}", show_header=False)
     table.add_row("files seen", str(summary.seen))
     table.add_row(
         "ok",
@@ -136,12 +159,15 @@ def info(
 
     with TensorCache(cache) as c:
         stats = c.stats()
+        stats["breakdown"] = c.breakdown()
+        units = {r.group for r in c.pieces()}
+    stats["units"] = len(units)
     if as_json:
         out.print_json(json.dumps(stats))
         return
     table = Table(
         title=f"{cache}: {stats['pieces']} pieces, {stats['works']} works "
-        f"({stats['groups']} split groups), {stats['hours']:.2f} h"
+        f"({stats['units']} split groups across sources), {stats['hours']:.2f} h"
     )
     table.add_column("composer")
     table.add_column("pieces", justify="right")
@@ -149,6 +175,21 @@ def info(
     for row in stats["composers"]:
         table.add_row(row["composer"], str(row["pieces"]), f"{row['hours']:.2f}")
     out.print(table)
+    kinds = {(r["source"], r["kind"]) for r in stats["breakdown"]}
+    if len(kinds) > 1:
+        cols = sorted(kinds)
+        by = Table(title="pieces / works per composer × source × kind")
+        by.add_column("composer")
+        for src, kind in cols:
+            by.add_column(f"{src or '—'} ({kind or '?'})", justify="right")
+        cells: dict[str, dict[tuple[str, str], str]] = {}
+        for r in stats["breakdown"]:
+            cells.setdefault(r["composer"], {})[(r["source"], r["kind"])] = (
+                f"{r['pieces']}/{r['works']}"
+            )
+        for composer in sorted(cells):
+            by.add_row(composer, *(cells[composer].get(c, "") for c in cols))
+        out.print(by)
     if stats["skipped"]:
         skipped = Table(title="skipped")
         skipped.add_column("reason")
@@ -627,14 +668,13 @@ def _crossval(
     settings.update({"data": str(Path(data).resolve()), "out": str(out_dir), "split": plan.mode})
     cfg = TrainConfig.from_dict(settings)
     run_folds(data, out_dir, cfg, plan, model, only=only, progress=_say)
-    if only is not None:
-        _say(f"folds {only} done; run without --fold to finish and pool")
-        return
-    report = pooled_report(out_dir, resamples=resamples, baselines=baselines, progress=_say)
+    report = pooled_report(
+        out_dir, resamples=resamples, baselines=baselines, progress=_say, only=only
+    )
     if as_json:
         out.print_json(json.dumps(report))
         return
-    out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
+    out.print((out_dir / report["files"][1]).read_text(), markup=False, highlight=False)
 
 
 viz = typer.Typer(

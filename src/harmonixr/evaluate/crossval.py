@@ -97,7 +97,8 @@ def run_folds(
 
     say = progress or (lambda _m: None)
     out, data = Path(out), Path(data)
-    prepare(out, data, plan, {**config.to_dict(), "model": model_overrides or {}})
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "split")}
+    prepare(out, data, plan, {**recipe, "model": model_overrides or {}})
     with TensorCache(data) as cache:
         rows = cache.pieces()
     for k in only if only is not None else range(plan.folds):
@@ -455,11 +456,13 @@ def source_probe(c: Corpus, folds: list[Fold], seed: int) -> dict[str, Any]:
     return out
 
 
-def load_folds(out: Path, rows: list[CachedPiece], plan: FoldPlan) -> list[Fold]:
+def load_folds(
+    out: Path, rows: list[CachedPiece], plan: FoldPlan, only: list[int] | None = None
+) -> list[Fold]:
     """The model's folds from their stored embeddings, refused if the cache has changed."""
     index = {r.path: i for i, r in enumerate(rows)}
     folds = []
-    for k in range(plan.folds):
+    for k in only if only is not None else range(plan.folds):
         d = out / f"fold-{k}"
         if not (d / EMB_FILE).is_file():
             raise ValueError(f"{d}: fold {k} is not finished; rerun the same command to resume")
@@ -476,8 +479,15 @@ def pooled_report(
     resamples: int = 1000,
     baselines: bool = True,
     progress: Progress | None = None,
+    only: list[int] | None = None,
+    side: str = "test",
 ) -> dict[str, Any]:
-    """Every method's pooled out-of-fold figures; written to ``out/report.json`` and ``.md``."""
+    """Every method's pooled out-of-fold figures; written to ``out/report.json`` and ``.md``
+    (with ``only``: those folds' test sides alone, to ``out/report-folds-….json|md``).
+    ``side="val"`` measures the validation sides instead, for choosing a recipe: the test
+    sides are then never looked at (``report-val…``)."""
+    if side not in ("test", "val"):
+        raise ValueError(f"side must be test or val, got {side!r}")
     say = progress or (lambda _m: None)
     out = Path(out)
     rec = json.loads((out / CV_FILE).read_text())
@@ -486,7 +496,12 @@ def pooled_report(
     with TensorCache(rec["data"]) as cache:
         rows = cache.pieces()
         c = Corpus(rows)
-        folds = load_folds(out, rows, plan)
+        folds = load_folds(out, rows, plan, only)
+        if side == "val":  # the validation side stands where the test side would
+            folds = [
+                Fold({**f.idx, "test": f.idx["val"]}, {**f.emb, "test": f.emb["val"]})
+                for f in folds
+            ]
         methods: dict[str, list[Fold]] = {MODEL: folds}
         choices: dict[str, Any] = {}
         if baselines:
@@ -499,6 +514,7 @@ def pooled_report(
         "out": str(out),
         "cache": rec["data"],
         "plan": plan.to_dict(),
+        "folds_reported": list(only) if only is not None else list(range(plan.folds)),
         "pieces": len(rows),
         "units": c.n_units,
         "composers": len(set(c.composer.tolist())),
@@ -507,6 +523,7 @@ def pooled_report(
         "auc_weighting": "auc: every pair of pieces from different units counts once; auc_gpe: "
         "every pair of units counts once (pairs weighted 1 / pairs of those two units)",
         "intervals": "95% percentile bootstrap over units (pairs weighted by both units' counts)",
+        "measured_on": side,
         "choices_made_on": "each fold's validation side",
         "choices": choices,
         "methods": {},
@@ -520,12 +537,16 @@ def pooled_report(
     }
     report["timing"] = {
         f"fold-{k}": json.loads((out / f"fold-{k}" / "timing.json").read_text())
-        for k in range(plan.folds)
+        for k in report["folds_reported"]
         if (out / f"fold-{k}" / "timing.json").is_file()
     }
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    _atomic_json(out / "report.json", _clean(report))
-    (out / "report.md").write_text(report_markdown(report))
+    stem = "report" if only is None else "report-folds-" + "-".join(map(str, only))
+    if side == "val":
+        stem = stem.replace("report", "report-val")
+    report["files"] = [f"{stem}.json", f"{stem}.md"]
+    _atomic_json(out / f"{stem}.json", _clean(report))
+    (out / f"{stem}.md").write_text(report_markdown(report))
     return report
 
 
@@ -570,6 +591,11 @@ def report_markdown(r: dict[str, Any]) -> str:
     p = r["plan"]
     lines = [
         f"# Cross-validation: {p['folds']} folds, {p['mode']} split, seed {p['seed']}",
+        "",
+        f"{'Validation' if r['measured_on'] == 'val' else 'Test'} sides of fold(s) "
+        f"{r['folds_reported']}"
+        + ("" if len(r["folds_reported"]) == p["folds"] else " only (not the whole corpus)")
+        + ".",
         "",
         f"{r['pieces']} pieces, {r['units']} leak-free units, {r['composers']} composers. "
         "Pooled out-of-fold figures; every choice made on the fold's validation side.",
