@@ -178,3 +178,45 @@ def test_ema_starts_late_and_exports_the_average(cache, tmp_path):
     assert any(not torch.equal(plain[k], averaged[k]) for k in plain)  # the average is exported
     cb = late_ema(0.9, start_step=3)
     assert not cb.should_update(step_idx=2) and cb.should_update(step_idx=3)
+
+
+def test_humanise_shifts_and_scales_each_key_by_its_own_draw():
+    import numpy as np
+
+    from harmonixr.train.module import humanise, velocity_curve
+
+    torch.manual_seed(3)
+    x = torch.zeros(4, 1, 12, 6, 40)
+    x[..., 10:12] = 0.5  # every key sounds at frames 10 and 11
+    torch.manual_seed(7)
+    y = humanise(x, jitter=2, gain=0.0)
+    torch.manual_seed(7)
+    shift = torch.randint(-2, 3, (4, 1, 12, 6, 1))  # the draw humanise makes
+    for b, p, o in [(0, 0, 0), (1, 5, 3), (3, 11, 5), (2, 7, 1)]:
+        s = int(shift[b, 0, p, o, 0])
+        want = torch.zeros(40)
+        want[10 + s : 12 + s] = 0.5
+        assert torch.equal(y[b, 0, p, o], want), (b, p, o, s)
+    assert len({int(v) for v in shift.flatten()}) > 1  # keys move independently
+    # gain: each key scaled by one factor within [e^-a, e^a]; silence stays silent
+    z = humanise(x, jitter=0, gain=0.4)
+    ratio = z[..., 10] / x[..., 10]
+    assert torch.equal(z[..., 10], z[..., 11]) and float(z[..., :10].abs().sum()) == 0
+    assert ratio.min() >= np.exp(-0.4) - 1e-6 and ratio.max() <= np.exp(0.4) + 1e-6
+    assert ratio.std() > 0
+    # edges: a key shifted past the crop's end loses those frames, nothing wraps round
+    edge = torch.zeros(1, 1, 12, 6, 5)
+    edge[..., 0] = 1.0
+    torch.manual_seed(0)
+    e = humanise(edge, jitter=1, gain=0.0)
+    assert float(e[..., 4].sum()) == 0 and float(e.sum()) <= 72
+    # velocity curve: v → v^γ per crop, one γ for all its cells, silence untouched
+    v = torch.full((3, 1, 12, 6, 4), 0.25)
+    v[..., 0] = 0.0
+    w = velocity_curve(v, 0.5)
+    g = torch.log(w[:, 0, 0, 0, 1]) / np.log(0.25)
+    assert torch.allclose(
+        torch.log(w[..., 1:]) / np.log(0.25), g.view(3, 1, 1, 1, 1).expand(3, 1, 12, 6, 3)
+    )
+    assert float(w[..., 0].abs().sum()) == 0
+    assert float(g.min()) >= np.exp(-0.5) - 1e-5 and float(g.max()) <= np.exp(0.5) + 1e-5

@@ -644,6 +644,7 @@ def _crossval(
     resamples: int,
     baselines: bool,
     as_json: bool,
+    side: str = "test",
 ) -> None:
     from harmonixr.evaluate.crossval import CV_FILE, FoldPlan, pooled_report, run_folds
     from harmonixr.train.config import TrainConfig, load_toml
@@ -669,7 +670,7 @@ def _crossval(
     cfg = TrainConfig.from_dict(settings)
     run_folds(data, out_dir, cfg, plan, model, only=only, progress=_say)
     report = pooled_report(
-        out_dir, resamples=resamples, baselines=baselines, progress=_say, only=only
+        out_dir, resamples=resamples, baselines=baselines, progress=_say, only=only, side=side
     )
     if as_json:
         out.print_json(json.dumps(report))
