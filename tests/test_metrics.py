@@ -133,3 +133,21 @@ def test_group_bootstrap_is_seeded_and_resamples_whole_groups():
     values = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
     lo, hi = bootstrap_interval(lambda w: float(w @ values / w.sum()), groups, n=500, seed=0)
     assert 0 <= lo < 5 / 6 < hi <= 1
+
+
+def test_ranked_pairs_auc_equals_weighted_roc_auc_with_ties():
+    from harmonixr.evaluate.metrics import RankedPairs
+
+    rng = np.random.default_rng(0)
+    d = rng.integers(0, 6, 300).astype(float)  # many ties
+    y = rng.uniform(size=300) < 0.3 + 0.05 * (6 - d)
+    ranked = RankedPairs(d, y)
+    assert ranked.auc() == pytest.approx(roc_auc(d, y))
+    for k in range(5):
+        w = rng.integers(0, 4, 300).astype(float)
+        assert ranked.auc(w) == pytest.approx(roc_auc(d, y, weights=w)), k
+    # by hand: positives at d 1 and 3, negatives at 2 and 3 → (1 + 1 + 0.5·... )
+    # pos d=1 beats both negatives (2); pos d=3 loses to d=2, ties d=3 (0.5) → 2.5 / 4
+    hand = RankedPairs(np.array([1.0, 3.0, 2.0, 3.0]), np.array([True, True, False, False]))
+    assert hand.auc() == pytest.approx(2.5 / 4)
+    assert np.isnan(hand.auc(np.array([1.0, 1.0, 0.0, 0.0])))  # no negatives left

@@ -27,7 +27,7 @@ from harmonixr.data.cache import CachedPiece, TensorCache
 from harmonixr.data.splits import check_manifest, fold_split, split_manifest
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.bootstrap import bootstrap_interval
-from harmonixr.evaluate.metrics import equal_error_rate, roc_auc
+from harmonixr.evaluate.metrics import RankedPairs, equal_error_rate, roc_auc
 from harmonixr.evaluate.protocols import class_probabilities
 
 MODEL = "SiaViT"
@@ -239,17 +239,13 @@ def verification_figures(
         return out
     gpe = group_pair_weights(p["ua"], p["ub"])
     units = np.arange(n_units)
-
+    ranked = RankedPairs(d, y)
     for name, base in (("auc", None), ("auc_gpe", gpe)):
-        out[name] = roc_auc(d, y, weights=base)
+        out[name] = ranked.auc(base)
 
         def stat(w: np.ndarray, base=base) -> float:
             pw = w[p["ua"]] * w[p["ub"]]
-            if base is not None:
-                pw = pw * base
-            if not (pw[y].sum() > 0 and pw[~y].sum() > 0):
-                return float("nan")
-            return roc_auc(d, y, weights=pw)
+            return ranked.auc(pw if base is None else pw * base)
 
         out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_interval(stat, units, resamples, seed)
     out["eer"] = equal_error_rate(d, y)

@@ -170,3 +170,29 @@ def retrieval_scores(
             aps[q] = average_precision(rel)
             pks[q] = float(rel[:k].sum()) / min(k, rel.size)
     return aps, pks
+
+
+class RankedPairs:
+    """ROC AUC (score −d, ties count half) of one set of scored pairs under many weightings,
+    as a bootstrap needs: the pairs are sorted once, and each weighting costs two bincounts
+    instead of a sort. ``auc(w)`` equals ``roc_auc(d, y, weights=w)``."""
+
+    def __init__(self, d: np.ndarray, y: np.ndarray) -> None:
+        d, y = _check(d, y)
+        self.order = np.argsort(d, kind="stable")
+        ds = d[self.order]
+        new = np.ones(ds.size, bool)
+        new[1:] = ds[1:] != ds[:-1]
+        self.tie = np.cumsum(new) - 1
+        self.n_ties = int(self.tie[-1]) + 1 if ds.size else 0
+        self.pos = y[self.order].astype(np.float64)
+
+    def auc(self, weights: np.ndarray | None = None) -> float:
+        w = np.ones(self.pos.size) if weights is None else np.asarray(weights, float)[self.order]
+        wp = np.bincount(self.tie, weights=w * self.pos, minlength=self.n_ties)
+        wn = np.bincount(self.tie, weights=w * (1.0 - self.pos), minlength=self.n_ties)
+        p, n = wp.sum(), wn.sum()
+        if p <= 0 or n <= 0:
+            return float("nan")
+        later = n - np.cumsum(wn)  # negatives strictly farther than this tie group
+        return float(np.sum(wp * (later + 0.5 * wn)) / (p * n))
