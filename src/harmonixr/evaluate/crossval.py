@@ -129,7 +129,7 @@ def run_folds(
             _stamp(d, "train_seconds", time.perf_counter() - t0)
         say(f"fold {k}: embedding {len(rows)} pieces")
         t0 = time.perf_counter()
-        embed_fold(d, data, rows, split)
+        embed_fold(d, data, rows, split, plan.mode)
         _stamp(d, "embed_seconds", time.perf_counter() - t0)
     return out
 
@@ -141,9 +141,13 @@ def _stamp(d: Path, key: str, value: float) -> None:
     _atomic_json(path, t)
 
 
-def embed_fold(d: Path, data: Path, rows: list[CachedPiece], split: dict[str, list[int]]) -> None:
-    """Every piece of the fold embedded whole by its model: validation and test with the
-    default half-crop hop, training (used for centroids and probes) with a hop of one crop."""
+def embed_fold(
+    d: Path, data: Path, rows: list[CachedPiece], split: dict[str, list[int]], mode: str = "group"
+) -> None:
+    """The fold's pieces embedded by its model: validation and test whole (overlapping crops,
+    the default half-crop hop, as ``Harmonixr.embed`` does). Training pieces only serve the
+    composer centroids of attribution, so each gives its centre crop; with an
+    ``unseen-composer`` split there is no attribution and they are not embedded."""
     from harmonixr.model.embed import embed_pieces
     from harmonixr.model.io import load
 
@@ -153,16 +157,27 @@ def embed_fold(d: Path, data: Path, rows: list[CachedPiece], split: dict[str, li
     parts: dict[str, np.ndarray] = {}
     with TensorCache(data) as cache:
         for side in ("test", "val", "train"):
-            tensors = [cache.load(rows[i]) for i in split[side]]
-            hop = crop if side == "train" else None
-            parts[side] = embed_pieces(encoder, tensors, crop, hop=hop)
+            idx = split[side] if side != "train" or mode == "group" else []
+            tensors = [cache.load(rows[i]) for i in idx]
+            if side == "train":
+                tensors = [_centre(t, crop) for t in tensors]
+            parts[side] = embed_pieces(encoder, tensors, crop)
     tmp = d / f"{EMB_FILE}.tmp-{os.getpid()}.npz"
     np.savez(
         tmp,
         **{f"emb_{s}": parts[s] for s in parts},
-        **{f"path_{s}": np.array([rows[i].path for i in split[s]]) for s in parts},
+        **{
+            f"path_{s}": np.array([rows[i].path for i in split[s]][: len(parts[s])], dtype=str)
+            for s in parts
+        },
+        train_embedding=np.array("centre crop" if mode == "group" else "none"),
     )
     os.replace(tmp, d / EMB_FILE)
+
+
+def _centre(t: np.ndarray, crop: int) -> np.ndarray:
+    start = max(0, (t.shape[0] - crop) // 2)
+    return t[start : start + crop]
 
 
 # ---------------------------------------------------------------- pooled evaluation
@@ -465,8 +480,15 @@ def load_folds(
         split = fold_sides(rows, plan, k)
         check_manifest(json.loads((d / "split.json").read_text()), split, rows, str(d))
         z = np.load(d / EMB_FILE)
-        idx = {s: np.array([index[p] for p in z[f"path_{s}"]], np.int64) for s in split}
-        folds.append(Fold(idx, {s: z[f"emb_{s}"].astype(np.float64) for s in split}))
+        idx = {s: np.asarray(split[s], np.int64) for s in split}
+        emb = {}
+        for s in split:
+            stored = np.array([index[p] for p in z[f"path_{s}"]], np.int64)
+            # training pieces are not embedded when unused (unseen-composer folds)
+            if (s != "train" or stored.size) and not np.array_equal(stored, idx[s]):
+                raise ValueError(f"{d / EMB_FILE}: its {s} pieces are not the split's")
+            emb[s] = z[f"emb_{s}"].astype(np.float64)
+        folds.append(Fold(idx, emb))
     return folds
 
 
