@@ -558,6 +558,10 @@ def pooled_report(
         for k in report["folds_reported"]
         if (out / f"fold-{k}" / "timing.json").is_file()
     }
+    report["model_sha256"] = {
+        f"fold-{k}": _file_sha256(out / f"fold-{k}" / "model.safetensors")
+        for k in report["folds_reported"]
+    }
     report["seconds"] = round(time.perf_counter() - t0, 1)
     stem = "report" if only is None else "report-folds-" + "-".join(map(str, only))
     if side == "val":
@@ -566,6 +570,16 @@ def pooled_report(
     _atomic_json(out / f"{stem}.json", _clean(report))
     (out / f"{stem}.md").write_text(report_markdown(report))
     return report
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _histograms(out: Path, cache: TensorCache, rows: list[CachedPiece]) -> dict[str, np.ndarray]:
