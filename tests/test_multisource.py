@@ -410,3 +410,42 @@ def test_crossval_trains_each_fold_resumes_and_pools(tmp_path):
     assert sum(s["test"] for s in one["fold_sizes"]) == rep["fold_sizes"][1]["test"]
     assert "only (not the whole corpus)" in (out / "report-folds-1.md").read_text()
     assert "kind" in rep["source_probe"]["SiaViT"] or rep["source_probe"]["SiaViT"] == {}
+
+
+def test_unseen_composer_crossval_never_trains_on_a_test_composer(tmp_path):
+    from midi_factory import synthetic_corpus
+
+    from harmonixr.evaluate.crossval import FoldPlan, pooled_report, run_folds
+    from harmonixr.train.config import TrainConfig
+
+    midi = synthetic_corpus(tmp_path / "midi", n_per=12, seconds=10)
+    lines, composer_of = ["path,composer,work"], {}
+    for k, p in enumerate(sorted(midi.rglob("*.mid"))):
+        composer = f"{p.parent.name}-{k % 3}"  # six composers, two styles
+        composer_of[str(p)] = composer
+        lines.append(f"{p.relative_to(midi)},{composer},{composer} w{k}")
+    (midi / "metadata.csv").write_text("\n".join(lines) + "\n")
+    preprocess(midi, tmp_path / "cache", workers=1)
+    cfg = TrainConfig(
+        preset="tiny",
+        loss="supcon",
+        crop_seconds=4,
+        batch_size=8,
+        max_steps=4,
+        steps_per_epoch=2,
+        warmup_steps=1,
+        val_pairs=20,
+    )
+    plan = FoldPlan(folds=3, seed=0, mode="unseen-composer", val_fraction=0.15)
+    out = run_folds(tmp_path / "cache", tmp_path / "cv", cfg, plan)
+    tested = set()
+    for k in range(3):
+        split = json.loads((out / f"fold-{k}" / "split.json").read_text())
+        who = {s: {composer_of[e["path"]] for e in split[s]} for s in ("train", "val", "test")}
+        assert who["test"] and not who["test"] & (who["train"] | who["val"]), k
+        tested |= who["test"]
+    assert tested == set(composer_of.values())  # every composer is unseen once
+    rep = pooled_report(out, resamples=20)
+    assert "attribution" not in rep["methods"]["SiaViT"]  # no composer of the test is known
+    assert rep["methods"]["SiaViT"]["verify"]["pairs"] > 0
+    assert rep["methods"]["logistic regression, 5 histograms"]["verify"]["pairs"] > 0
