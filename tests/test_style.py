@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -41,3 +43,29 @@ def test_style_test_on_centroids_ordered_by_birth():
     assert out["composers"] == names  # composers outside the table are left out
     assert out["birth_year"]["spearman"] > 0.95 and out["birth_year"]["p"] <= 0.01
     assert out["era"]["spearman"] > 0.5
+
+
+def test_composer_style_uses_dated_composers_with_enough_pieces(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import harmonixr.search.index as index_module
+    from harmonixr.viz.eras import composer_style
+
+    table = composer_table()
+    known = ["Bach", "Mozart", "Chopin", "Debussy", "Bartok", "Nobody", "Haydn"]
+    angle = np.array([table[n].born if n in table else 1700 for n in known], float) / 300
+    fake = SimpleNamespace(
+        known=known,
+        centroids=np.stack([np.cos(angle), np.sin(angle), np.zeros(7)], axis=1),
+        manifest={"train_pieces": {n: 5 for n in known} | {"Haydn": 1}},
+    )
+    monkeypatch.setattr(index_module.Index, "load", staticmethod(lambda _root: fake))
+    res = composer_style(tmp_path / "index", tmp_path / "out", min_pieces=3, permutations=99)
+    # Nobody has no date, Haydn too few training pieces
+    assert res["composers"] == ["Bach", "Mozart", "Chopin", "Debussy", "Bartok"]
+    assert res["birth_year"]["spearman"] > 0.9
+    assert (tmp_path / "out" / "composers-eras.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "out" / "style.json").read_text())["permutations"] == 99
+    fake.manifest = {"train_pieces": {}}
+    with pytest.raises(ValueError, match="composers with a date"):
+        composer_style(tmp_path / "index", tmp_path / "out")

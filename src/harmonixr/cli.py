@@ -760,6 +760,36 @@ def viz_filters(
     _print_paths({"filters": filter_grid(run, out_dir)})
 
 
+@viz.command("style")
+def viz_style(
+    run: Annotated[
+        Path | None, typer.Argument(help="Run with an index (default: the shipped model).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (default RUN/viz, or ./viz)."),
+    ] = None,
+    min_pieces: Annotated[int, typer.Option(help="Training pieces a composer needs.")] = 3,
+    permutations: Annotated[int, typer.Option(help="Permutations of the Mantel test.")] = 9999,
+) -> None:
+    """Do composer centroids follow music history? Rank correlation of centroid distances with
+    birth-year and era distances (permutation p-values), and the composers coloured by era."""
+    from harmonixr.search.api import Harmonixr
+    from harmonixr.viz.eras import composer_style
+
+    root = Harmonixr.load(run).run.root
+    res = composer_style(
+        root / "index", out_dir or (Path(run or ".") / "viz"), min_pieces, permutations
+    )
+    b, e = res["birth_year"], res["era"]
+    out.print(
+        f"{len(res['composers'])} composers: Spearman with birth-year distance "
+        f"{b['spearman']:.3f} (p = {b['p']:.4f}), with era distance {e['spearman']:.3f} "
+        f"(p = {e['p']:.4f}); {res['picture']}",
+        highlight=False,
+    )
+
+
 @viz.command("curves")
 def viz_curves(
     run: Annotated[Path, typer.Argument(help="Run directory (reads RUN/tb).")],
