@@ -405,6 +405,26 @@ def test_crossval_trains_each_fold_resumes_and_pools(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert json.loads((out / "report.json").read_text())["folds_reported"] == [0, 1]
+    # --split val measures the validation sides (for choosing a recipe), never the test sides
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(out),
+            "--folds",
+            "2",
+            "--split",
+            "val",
+            "--resamples",
+            "20",
+            "--no-baselines",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    val = json.loads((out / "report-val.json").read_text())
+    assert val["measured_on"] == "val"
+    assert [s["test"] for s in val["fold_sizes"]] == [s["val"] for s in rep["fold_sizes"]]
     one = pooled_report(out, resamples=20, baselines=False, only=[1])
     assert one["folds_reported"] == [1] and set(one["methods"]) == {"SiaViT"}
     assert sum(s["test"] for s in one["fold_sizes"]) == rep["fold_sizes"][1]["test"]

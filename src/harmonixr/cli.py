@@ -612,6 +612,7 @@ def evaluate(
             resamples,
             not no_baselines,
             as_json,
+            "val" if split == "val" else "test",
         )
         return
     from harmonixr.evaluate.report import evaluate_run
