@@ -147,6 +147,10 @@ def make_asap(root: Path) -> Path:
         ("Schumann", "Kreisleriana_1", "Schumann/Kreisleriana/1", "Fu01.mid", ""),
         ("Schumann", "Kreisleriana_5", "Schumann/Kreisleriana/5", "Fu05.mid", ""),
         ("Schumann", "Kreisleriana_3", "Schumann/Kreisleriana/3", "Gil01.mid", ""),
+        # one recital, each movement its own MAESTRO file, or none
+        ("Schumann", "Kreisleriana_2", "Schumann/Kreisleriana/2", "Park04M.mid", "r7"),
+        ("Schumann", "Kreisleriana_4", "Schumann/Kreisleriana/4", "Park05M.mid", "r8"),
+        ("Schumann", "Kreisleriana_6", "Schumann/Kreisleriana/6", "Park06.mid", ""),
     ]
     lines = ["composer,title,folder,xml_score,midi_score,midi_performance,maestro_midi_performance"]
     for i, (composer, title, folder, name, rec) in enumerate(rows):
@@ -199,6 +203,8 @@ def test_asap_recitals_join_one_pianists_collection(tmp_path):
     assert g["Dee01.mid"] == g["Dee02.mid"]  # one sonata, one pianist, no recording id
     assert g["Dee03.mid"] == g["Eve01.mid"] != g["Dee01.mid"]  # another sonata
     assert g["Fu01.mid"] == g["Fu05.mid"] != g["Gil01.mid"]  # one pianist's Kreisleriana
+    # a recital whose movements are separate MAESTRO files (or none) is still one group
+    assert g["Park04M.mid"] == g["Park05M.mid"] == g["Park06.mid"]
     assert g["Ann01.mid"] == g["Bob02.mid"] != g["Cy01.mid"]
 
 
@@ -215,7 +221,7 @@ def test_one_cache_two_sources_units_span_sources(both):
     with TensorCache(both / "cache") as cache:
         rows = cache.pieces()
         raw = cache.pieces(joined=False)
-    assert len(rows) == 18 and {r.kind for r in rows} == {"score", "performance"}
+    assert len(rows) == 21 and {r.kind for r in rows} == {"score", "performance"}
     unit = {Path(r.path).name: r.group for r in rows}
     # every edition and source of the etude with its two ASAP performances
     etude = {unit[n] for n in ("e1.mid", "e1-1a.mid", "e1-2.mid", "Ann01.mid", "Bob02.mid")}
@@ -289,6 +295,34 @@ def test_unseen_composer_folds_deal_composers(both):
         assert not test & other
         seen_as_test |= test
     assert seen_as_test == {r.composer for r in rows}
+
+
+def test_unseen_composer_folds_never_cut_a_unit_shared_by_two_composers():
+    from types import SimpleNamespace as P
+
+    # one file labelled with two composers (same content) and a work key shared by mistake
+    pieces = [
+        P(path="a", composer="A", group="w1", sha256="x"),
+        P(path="b", composer="B", group="w2", sha256="x"),
+        P(path="c", composer="C", group="w3", sha256="y"),
+        P(path="d", composer="D", group="w3", sha256="z"),
+        *[P(path=f"e{k}", composer=f"E{k}", group=f"v{k}", sha256=f"s{k}") for k in range(12)],
+    ]
+    for seed in range(10):
+        for k in range(3):
+            split = fold_split(pieces, 3, k, seed, mode="unseen-composer", val_fraction=0.2)
+            side = {pieces[i].path: s for s, idx in split.items() for i in idx}
+            assert side["a"] == side["b"] and side["c"] == side["d"], (seed, k)
+
+
+def test_validation_is_drawn_afresh_in_each_fold(both):
+    with TensorCache(both / "cache") as cache:
+        rows = cache.pieces()
+    vals = [frozenset(fold_split(rows * 1, 2, k, 3, val_fraction=0.4)["val"]) for k in range(2)]
+    tests = [frozenset(fold_split(rows, 2, k, 3, val_fraction=0.4)["test"]) for k in range(2)]
+    assert not vals[0] & tests[0] and not vals[1] & tests[1]
+    # fold 1's validation is not fold 0's validation minus fold 1's test side
+    assert vals[1] != vals[0] - tests[1]
 
 
 def test_split_manifest_refuses_a_changed_cache(both):

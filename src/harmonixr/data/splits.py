@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from harmonixr.midi.corpora import UnionFind
+
 SIDES = ("train", "val", "test")
 MODES = ("group", "unseen-composer")
 
@@ -141,13 +143,21 @@ def _unit_hash(seed: int, salt: str, unit: str) -> float:
 
 def fold_units(pieces: Sequence[Labelled], mode: str = "group") -> list[str]:
     """The unit each piece is dealt with: its leak-free group (``group``; byte-identical files
-    joined) or its composer (``unseen-composer``)."""
+    joined) or, with ``unseen-composer``, its composer joined with every other composer that
+    shares a group with it (one file labelled with two composers, a work key shared by
+    mistake), so that no group is ever cut."""
     if mode not in MODES:
         raise ValueError(f"split mode must be one of {MODES}, got {mode!r}")
-    if mode == "unseen-composer":
-        return [p.composer for p in pieces]
     unit = _content_joined_groups(pieces)
-    return [unit[p.group] for p in pieces]
+    if mode == "group":
+        return [unit[p.group] for p in pieces]
+    uf = UnionFind()
+    owner: dict[str, str] = {}
+    for p in pieces:
+        uf.find(p.composer)
+        first = owner.setdefault(unit[p.group], p.composer)
+        uf.union(first, p.composer)
+    return [uf.find(p.composer) for p in pieces]
 
 
 def fold_of(unit: str, folds: int, seed: int) -> int:
@@ -181,7 +191,8 @@ def fold_split(
             if fold_of(u, folds, seed) == fold:
                 side_of[u] = "test"
             else:
-                side_of[u] = "val" if _unit_hash(seed, "val", u) < cut else "train"
+                # a fold's own draw: validation differs from fold to fold
+                side_of[u] = "val" if _unit_hash(seed, f"val{fold}", u) < cut else "train"
         out[side_of[u]].append(i)
     return out
 

@@ -70,8 +70,15 @@ def prepare(out: Path, data: Path, plan: FoldPlan, train: dict[str, Any]) -> Non
     record = {"data": str(Path(data).resolve()), **plan.to_dict(), "train": train}
     path = out / CV_FILE
     if path.is_file():
+        from harmonixr.train.config import RESUMABLE
+
         was = json.loads(path.read_text())
-        if {k: was.get(k) for k in record} != record:
+
+        def what(r: dict[str, Any]) -> dict[str, Any]:  # how long / on what it runs may change
+            keep = {k: v for k, v in r.get("train", {}).items() if k not in RESUMABLE}
+            return {**{k: r.get(k) for k in record if k != "train"}, "train": keep}
+
+        if what(was) != what(record):
             differ = [k for k in record if was.get(k) != record[k]]
             raise ValueError(
                 f"{path}: records another cross-validation ({', '.join(differ)} differ); "
@@ -114,7 +121,8 @@ def run_folds(
             check_manifest(json.loads((d / "split.json").read_text()), split, rows, str(d))
         else:
             _atomic_json(d / "split.json", manifest)
-        if not (d / WEIGHTS).is_file():
+        # finished = timed after train() returned (export="best" writes weights mid-training)
+        if not (d / WEIGHTS).is_file() or "train_seconds" not in _timing(d):
             resume = last_checkpoint(d / "checkpoints") is not None
             say(
                 f"fold {k}: training ({'resumed' if resume else 'new'}), "
@@ -134,9 +142,14 @@ def run_folds(
     return out
 
 
+def _timing(d: Path) -> dict[str, float]:
+    path = d / "timing.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _stamp(d: Path, key: str, value: float) -> None:
     path = d / "timing.json"
-    t = json.loads(path.read_text()) if path.is_file() else {}
+    t = _timing(d)
     t[key] = round(value, 1)
     _atomic_json(path, t)
 
@@ -542,7 +555,8 @@ def pooled_report(
         "every pair of units counts once (pairs weighted 1 / pairs of those two units)",
         "intervals": "95% percentile bootstrap over units (pairs weighted by both units' counts)",
         "measured_on": side,
-        "choices_made_on": "each fold's validation side",
+        "choices_made_on": "each fold's validation side"
+        + (" (baselines chosen and measured on it: optimistic for them)" if side == "val" else ""),
         "choices": choices,
         "methods": {},
     }

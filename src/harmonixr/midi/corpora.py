@@ -170,9 +170,9 @@ def read_asap(root: str | Path, include_scores: bool = False) -> Listing:
 
     The group is leak-free: the work (folder without its repeat suffix), joined with every work
     cut from the same MAESTRO recording (a prelude and its fugue, a sonata's movements in one
-    recital share a performer, a piano and a recording session). Performances without a MAESTRO
-    recording are joined by recital: one pianist's performances within one collection
-    (:func:`asap_collection`), e.g. the Kreisleriana movements one pianist played."""
+    recital share a performer, a piano and a recording session), and joined by recital: one
+    pianist's performances within one collection (:func:`asap_collection`), e.g. the
+    Kreisleriana movements one pianist played, with or without a MAESTRO recording each."""
     root = Path(root)
     meta = root / "metadata.csv"
     if not meta.is_file():
@@ -186,7 +186,9 @@ def read_asap(root: str | Path, include_scores: bool = False) -> Listing:
         rec = (row.get("maestro_midi_performance") or "").strip()
         if rec:
             works.union(work, _REC + rec)  # recording keys sort after every work name
-        elif row.get("midi_performance"):
+        if row.get("midi_performance"):
+            # a recital: MAESTRO keeps one piece per file, so one pianist's movements of one
+            # collection are joined whether or not they carry a MAESTRO recording
             performer = asap_performer(row["midi_performance"]) or row["midi_performance"]
             works.union(work, f"{_RECITAL}{performer}|{asap_collection(work)}")
     pieces, skipped = [], []
