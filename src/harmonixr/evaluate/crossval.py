@@ -28,7 +28,7 @@ from harmonixr.data.splits import check_manifest, fold_split, split_manifest
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.metrics import RankedPairs, equal_error_rate, roc_auc
-from harmonixr.evaluate.protocols import class_probabilities
+from harmonixr.evaluate.protocols import PROBE_CS, class_probabilities
 
 MODEL = "SiaViT"
 LR = "logistic regression, 5 histograms"
@@ -286,24 +286,31 @@ def _centroids(emb: np.ndarray, labels: np.ndarray, names: list[str]) -> np.ndar
     return cen / np.where(norm > 0, norm, 1.0)
 
 
-def _attribution(c: Corpus, f: Fold) -> dict[str, np.ndarray] | None:
-    """Test pieces by composers with ≥ MIN_WORKS training units, scored against the centroids
-    of exactly those composers (from this fold's training pieces)."""
+def _attribution(c: Corpus, f: Fold, probe: bool = False) -> dict[str, np.ndarray] | None:
+    """Test pieces by composers with ≥ MIN_WORKS training units, scored against exactly those
+    composers: by the centroids of this fold's training pieces, or (``probe``) by a logistic
+    regression on them whose C is chosen by validation top-1."""
     tr = f.idx["train"]
+    if f.emb["train"].shape[0] != tr.size:
+        return None  # training pieces not embedded (unseen-composer folds)
     works: dict[str, set[int]] = {}
     for i in tr:
         works.setdefault(c.composer[i], set()).add(int(c.unit[i]))
     names = sorted(n for n, u in works.items() if len(u) >= MIN_WORKS)
     if len(names) < 2:
         return None
-    cen = _centroids(f.emb["train"], c.composer[tr], names)
     index = {n: k for k, n in enumerate(names)}
     test = f.idx["test"]
     seen = np.array([x in index for x in c.composer[test]], bool)
     if not seen.any():
         return None
-    scores = f.emb["test"][seen] @ cen.T
     labels = np.array([index[x] for x in c.composer[test][seen]])
+    if probe:
+        scores = _probe_scores(c, f, names, f.emb["test"][seen])
+        if scores is None:
+            return None
+    else:
+        scores = f.emb["test"][seen] @ _centroids(f.emb["train"], c.composer[tr], names).T
     return {
         "top1": (scores.argmax(1) == labels).astype(float),
         "top3": np.array(
@@ -313,6 +320,25 @@ def _attribution(c: Corpus, f: Fold) -> dict[str, np.ndarray] | None:
         "kind": c.kind[test][seen],
         "composers": np.full(labels.size, len(names)),
     }
+
+
+def _probe_scores(c: Corpus, f: Fold, names: list[str], x: np.ndarray) -> np.ndarray | None:
+    from sklearn.linear_model import LogisticRegression
+
+    index = {n: k for k, n in enumerate(names)}
+    tr = np.array([x in index for x in c.composer[f.idx["train"]]])
+    va = np.array([x in index for x in c.composer[f.idx["val"]]])
+    if not va.any():
+        return None
+    y_tr = np.array([index[x] for x in c.composer[f.idx["train"]][tr]])
+    y_va = np.array([index[x] for x in c.composer[f.idx["val"]][va]])
+    best, best_acc = None, -1.0
+    for cval in PROBE_CS:
+        model = LogisticRegression(C=cval, max_iter=3000).fit(f.emb["train"][tr], y_tr)
+        acc = float(np.mean(model.predict(f.emb["val"][va]) == y_va))
+        if acc > best_acc:
+            best, best_acc = model, acc
+    return class_probabilities(best, x, len(names))
 
 
 def _retrieval(c: Corpus, f: Fold) -> dict[str, np.ndarray]:
@@ -400,9 +426,15 @@ def _side_auc(c: Corpus, idx: np.ndarray, emb: np.ndarray) -> float:
 
 
 def method_figures(
-    c: Corpus, folds: list[Fold], resamples: int, seed: int, attribution: bool = True
+    c: Corpus,
+    folds: list[Fold],
+    resamples: int,
+    seed: int,
+    attribution: bool = True,
+    embeddings: bool = False,
 ) -> dict[str, Any]:
-    """Pooled out-of-fold figures of one method."""
+    """Pooled out-of-fold figures of one method (``embeddings``: a model's, so that a
+    logistic-regression probe on them is worth fitting as well as the centroids)."""
     pairs = _cat([_pairs(c, f.idx["test"], f.emb["test"]) for f in folds])
     out: dict[str, Any] = {"verify": verification_figures(pairs, c.n_units, resamples, seed)}
     for cat in ("performance", "score", "cross-kind"):
@@ -412,10 +444,14 @@ def method_figures(
     val = [_side_auc(c, f.idx["val"], f.emb["val"]) for f in folds]
     out["val_auc_per_fold"] = [float(v) for v in val]
     if attribution:
-        attr = [a for f in folds if (a := _attribution(c, f)) is not None]
-        if attr:
+        for key, probe in (("attribution", False), ("attribution_probe", True)):
+            if probe and not embeddings:
+                continue
+            attr = [a for f in folds if (a := _attribution(c, f, probe)) is not None]
+            if not attr:
+                continue
             a = _cat(attr)
-            fig: dict[str, float] = {"pieces": float(a["top1"].size)}
+            fig: dict[str, Any] = {"pieces": float(a["top1"].size)}
             for k in ("top1", "top3"):
                 fig[k], fig[f"{k}_lo"], fig[f"{k}_hi"] = _mean_interval(
                     a[k], a["unit"], c.n_units, resamples, seed
@@ -426,7 +462,7 @@ def method_figures(
                     _mean_interval(a["top1"][perf], a["unit"][perf], c.n_units, resamples, seed)
                 )
             fig["candidates_per_fold"] = [int(x["composers"][0]) for x in attr]
-            out["attribution"] = fig
+            out[key] = fig
     r = _cat([_retrieval(c, f) for f in folds])
     m, lo, hi = _mean_interval(r["ap"], r["unit"], c.n_units, resamples, seed)
     w, wlo, whi = _mean_interval(r["r1"], r["unit"], c.n_units, resamples, seed)
@@ -562,7 +598,9 @@ def pooled_report(
     }
     for name, mf in methods.items():
         say(f"figures: {name}")
-        report["methods"][name] = method_figures(c, mf, resamples, plan.seed, attribution)
+        report["methods"][name] = method_figures(
+            c, mf, resamples, plan.seed, attribution, embeddings=name == MODEL
+        )
     say("source probes")
     report["source_probe"] = {
         name: source_probe(c, methods[name], plan.seed) for name in methods if name in (MODEL, LR)
@@ -673,12 +711,13 @@ def report_markdown(r: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for name, m in r["methods"].items():
-            a = m.get("attribution")
-            if a:
-                lines.append(
-                    f"| {name} | {int(a['pieces'])} | {_f(a, 'top1')} | {_f(a, 'top3')} | "
-                    f"{_f(a, 'top1_performance')} |"
-                )
+            for key, what in (("attribution", ""), ("attribution_probe", " (probe, C on val)")):
+                a = m.get(key)
+                if a:
+                    lines.append(
+                        f"| {name}{what} | {int(a['pieces'])} | {_f(a, 'top1')} | "
+                        f"{_f(a, 'top3')} | {_f(a, 'top1_performance')} |"
+                    )
     lines += [
         "",
         "## Retrieval",
