@@ -545,3 +545,13 @@ def test_page_drop_a_file_then_compare_two(browser, live, search_run, tmp_path, 
     errors = [e for e in errors if "status of 415" not in e]  # the text file, on purpose
     assert outside == [] and errors == [], (outside, errors)
     page.close()
+
+
+def test_an_rmi_upload_is_unwrapped_and_answered_like_its_midi(client, piece):
+    smf = piece[1]
+    body = b"RMID" + b"data" + len(smf).to_bytes(4, "little") + smf
+    rmi = b"RIFF" + len(body).to_bytes(4, "little") + body
+    a = client.post("/api/embed", files=upload("a.rmi", rmi))
+    b = client.post("/api/embed", files=upload("a.mid", smf))
+    assert a.status_code == b.status_code == 200, a.text
+    assert a.json()["embedding"] == b.json()["embedding"]

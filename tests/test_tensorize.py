@@ -396,3 +396,36 @@ def test_config_validates_and_round_trips():
         TensorConfig(high_note=99)
     with pytest.raises(ValueError, match="octave_decay"):
         TensorConfig(octave_decay=(1.0, 2.0))
+
+
+def _rmid(smf: bytes, extra_chunk: bool = True) -> bytes:
+    """A RIFF RMID file (little-endian chunk sizes, odd chunks padded) holding ``smf``."""
+    chunks = b""
+    if extra_chunk:
+        info = b"INFOx"  # an odd-length chunk before the data: padded to even
+        chunks += b"LIST" + len(info).to_bytes(4, "little") + info + b"\x00"
+    chunks += b"data" + len(smf).to_bytes(4, "little") + smf
+    body = b"RMID" + chunks
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
+def test_rmi_riff_wrapped_midi_gives_the_same_tensor(tmp_path):
+    from harmonixr.data.cache import TensorCache, preprocess
+    from harmonixr.midi.load import MidiError, load_tensor, unwrap_rmid
+
+    (tmp_path / "x" / "A").mkdir(parents=True)
+    plain = write_score(tmp_path / "x" / "A" / "p.mid", [(0, 480, 60, 90), (480, 240, 67, 70)])
+    smf = plain.read_bytes()
+    wrapped = tmp_path / "x" / "A" / "p.rmi"
+    wrapped.write_bytes(_rmid(smf))
+    assert unwrap_rmid(_rmid(smf)) == smf and unwrap_rmid(smf) == smf
+    cfg = TensorConfig()
+    assert np.array_equal(load_tensor(wrapped, cfg).tensor, load_tensor(plain, cfg).tensor)
+    preprocess(tmp_path / "x", tmp_path / "cache", workers=1)
+    with TensorCache(tmp_path / "cache") as cache:
+        rows = {r.path.rsplit(".", 1)[1]: r for r in cache.rows(None)}
+    assert rows["rmi"].status == "ok" and rows["rmi"].n_notes == rows["mid"].n_notes == 2
+    with pytest.raises(MidiError, match="without a 'data' chunk"):
+        unwrap_rmid(b"RIFF\x04\x00\x00\x00RMID")
+    with pytest.raises(MidiError, match="cut short"):
+        unwrap_rmid(_rmid(smf, extra_chunk=False)[:-5])

@@ -51,6 +51,22 @@ class MidiError(ValueError):
         super().__init__(msg)
 
 
+def unwrap_rmid(data: bytes, path: str | PathLike[str] | None = None) -> bytes:
+    """The standard MIDI file inside a RIFF RMID wrapper (``.rmi``): the payload of its ``data``
+    chunk; any other bytes are returned unchanged."""
+    if not (data[:4] == b"RIFF" and data[8:12] == b"RMID"):
+        return data
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if cid == b"data":
+            if pos + 8 + size > len(data):
+                raise MidiError(path, TRUNCATED, "RIFF 'data' chunk is cut short")
+            return data[pos + 8 : pos + 8 + size]
+        pos += 8 + size + (size & 1)  # RIFF chunks are padded to an even length
+    raise MidiError(path, NOT_MIDI, "RIFF RMID file without a 'data' chunk")
+
+
 def check_midi_bytes(
     data: bytes, path: str | PathLike[str] | None = None, max_bytes: int = MAX_FILE_BYTES
 ) -> None:
@@ -59,11 +75,8 @@ def check_midi_bytes(
         raise MidiError(path, EMPTY, "file has 0 bytes")
     if len(data) > max_bytes:
         raise MidiError(path, TOO_LARGE, f"{len(data)} bytes > {max_bytes}")
+    data = unwrap_rmid(data, path)
     offset = 0
-    if data[:4] == b"RIFF" and data[8:12] == b"RMID":  # RIFF-wrapped MIDI
-        offset = data.find(b"MThd")
-        if offset < 0:
-            raise MidiError(path, NOT_MIDI, "RIFF file without an MThd chunk")
     if data[offset : offset + 4] != b"MThd":
         raise MidiError(path, NOT_MIDI, "does not start with the MIDI header 'MThd'")
     if len(data) < offset + 14:
@@ -99,7 +112,7 @@ def parse_bytes(
 
     check_midi_bytes(data, path, max_bytes)
     try:
-        return symusic.Score.from_midi(data, ttype="second")
+        return symusic.Score.from_midi(unwrap_rmid(data, path), ttype="second")
     except Exception as exc:  # symusic raises RuntimeError with a readable message
         detail = str(exc).replace("MiniMidi: ", "").replace(": iostream error", "")
         raise MidiError(path, PARSE_ERROR, detail) from exc
