@@ -555,3 +555,15 @@ def test_an_rmi_upload_is_unwrapped_and_answered_like_its_midi(client, piece):
     b = client.post("/api/embed", files=upload("a.mid", smf))
     assert a.status_code == b.status_code == 200, a.text
     assert a.json()["embedding"] == b.json()["embedding"]
+
+
+def test_api_docs_are_served_offline(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    html = page.text
+    for path in ("/api/attribute", "/api/similar", "/api/verify", "/openapi.json"):
+        assert path in html
+    # nothing is fetched from elsewhere: no script or stylesheet at all, no absolute URL
+    assert "<script" not in html and "<link" not in html and "http" not in html
+    assert client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").json()["paths"]

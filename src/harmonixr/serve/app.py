@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -128,6 +128,9 @@ def create_app(
         version=__version__,
         description="Who wrote this MIDI file, which pieces are like it, same composer?",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN: /docs is a page of our own
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
 
@@ -172,6 +175,37 @@ async def _read(upload: UploadFile) -> tuple[bytes, str]:
         await upload.close()
 
 
+def api_page(spec: dict[str, Any]) -> str:
+    """The API as a plain page, built from the OpenAPI schema: nothing loads from elsewhere."""
+    from html import escape
+
+    rows = []
+    for path, methods in sorted(spec.get("paths", {}).items()):
+        for method, op in methods.items():
+            params = [
+                f"{escape(q['name'])} ({escape(str(q.get('schema', {}).get('type', '')))})"
+                for q in op.get("parameters", [])
+            ]
+            body = "multipart upload" if "requestBody" in op else ""
+            rows.append(
+                f"<tr><td><code>{method.upper()} {escape(path)}</code></td>"
+                f"<td>{escape(op.get('summary', ''))}</td>"
+                f"<td>{escape(', '.join(params) or body)}</td></tr>"
+            )
+    info = spec.get("info", {})
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Harmonixr API</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td{padding:4px 10px;"
+        "border-bottom:1px solid #ddd;vertical-align:top}</style></head><body>"
+        f"<h1>{escape(info.get('title', 'API'))} {escape(info.get('version', ''))}</h1>"
+        f"<p>{escape(info.get('description', ''))}</p>"
+        "<p>The full schema: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3; any OpenAPI "
+        "viewer reads it).</p><table><tr><th>endpoint</th><th>what</th><th>parameters</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
+
+
 def _routes(app: FastAPI, service: Service) -> None:
     ask = service.ask
     one = File(description="A MIDI file (.mid, .midi, .kar, .rmi).")
@@ -188,6 +222,10 @@ def _routes(app: FastAPI, service: Service) -> None:
         if path is None:
             return JSONResponse(problem("plotly.js is not installed", "missing"), 404)
         return FileResponse(path, media_type="text/javascript", headers=PAGE_HEADERS)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(api_page(app.openapi()), headers=PAGE_HEADERS)
 
     @app.get("/api/health", response_model=schemas.Health)
     async def health() -> dict[str, Any]:
