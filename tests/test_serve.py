@@ -567,3 +567,18 @@ def test_api_docs_are_served_offline(client):
     assert "<script" not in html and "<link" not in html and "http" not in html
     assert client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").json()["paths"]
+
+
+def test_a_busy_port_is_refused_before_anything_is_announced(search_run):
+    import socket
+
+    from harmonixr.serve.app import serve
+
+    said: list[str] = []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"port {port} on 127.0.0.1 is taken.*--port"):
+            serve(search_run, port=port, say=said.append)
+    assert said == []  # no "open http://…" for a server that never started

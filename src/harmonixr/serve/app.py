@@ -299,6 +299,22 @@ def _routes(app: FastAPI, service: Service) -> None:
         return got.to_dict()
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, with the way out, a port another program already listens on."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(
+                f"port {port} on {host} is taken ({exc.strerror or exc}): another "
+                f"'harmonixr serve' may be running; choose another with --port, e.g. "
+                f"--port {port + 1}"
+            ) from None
+
+
 def serve(
     model: str | os.PathLike[str] | None = None,
     *,
@@ -310,6 +326,7 @@ def serve(
     """Run the service with uvicorn until interrupted (``options``: see :func:`create_app`)."""
     import uvicorn
 
+    check_port_free(host, port)  # before the model loads and before "open …" is printed
     app = create_app(model, **options)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     say(f"Harmonixr: {app.state.service.model_name()}; open http://{shown}:{port}/ (Ctrl-C stops)")
