@@ -470,6 +470,11 @@ def test_crossval_trains_each_fold_resumes_and_pools(tmp_path, monkeypatch):
     assert sum(s["test"] for s in one["fold_sizes"]) == rep["fold_sizes"][1]["test"]
     assert "only (not the whole corpus)" in (out / "report-folds-1.md").read_text()
     assert "kind" in rep["source_probe"]["SiaViT"] or rep["source_probe"]["SiaViT"] == {}
+    # a fold run is a run: its split manifest gives the index its centroids and calibration
+    from harmonixr.search.index import build_index
+
+    index = build_index(out / "fold-1", tmp_path / "cache")
+    assert len(index) == 32 and sorted(index.known) == ["High", "Low"]
 
 
 def test_unseen_composer_crossval_never_trains_on_a_test_composer(tmp_path):
