@@ -582,3 +582,22 @@ def test_a_busy_port_is_refused_before_anything_is_announced(search_run):
         with pytest.raises(ValueError, match=f"port {port} on 127.0.0.1 is taken.*--port"):
             serve(search_run, port=port, say=said.append)
     assert said == []  # no "open http://…" for a server that never started
+
+
+def test_malformed_multipart_bodies_answer_in_the_documented_shape(client):
+    mp = "multipart/form-data"
+    cases = [
+        (b"abc", mp),  # no boundary
+        (b"garbage", f"{mp}; boundary=x"),  # invalid data
+    ]
+    for body, ctype in cases:
+        r = client.post("/api/embed", content=body, headers={"content-type": ctype})
+        assert r.status_code == 400, r.text
+        assert r.json()["reason"] == "bad_multipart" and r.json()["detail"], r.text
+    many = [(f"f{i}", ("a.mid", b"x", "audio/midi")) for i in range(1001)]
+    r = client.post("/api/embed", files=many)
+    assert r.status_code == 400 and r.json()["reason"] == "bad_multipart", r.text
+    r = client.get("/api/nowhere")
+    assert r.status_code == 404 and r.json()["reason"] == "not_found"
+    r = client.get("/api/embed")
+    assert r.status_code == 405 and r.json()["reason"] == "method_not_allowed"

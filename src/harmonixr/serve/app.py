@@ -37,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from harmonixr.serve import schemas
 from harmonixr.serve.limits import BodyRefused, Gate, UploadLimit, problem
@@ -157,6 +158,19 @@ def _handlers(app: FastAPI) -> None:
     async def refused(_: Request, exc: BodyRefused) -> JSONResponse:
         body = problem(exc.detail, exc.reason)
         return JSONResponse(body, exc.status_code, {"Connection": "close"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Every other refusal in the documented shape: a multipart body the parser rejects
+        (no boundary, invalid data, too many fields or files) is ``bad_multipart``."""
+        detail = str(exc.detail)
+        if exc.status_code == 400:
+            low = detail.lower()
+            multipart = "multipart" in low or "boundary" in low or "too many" in low
+            reason = "bad_multipart" if multipart else "bad_request"
+        else:
+            reason = HTTP_REASONS.get(exc.status_code, "http_error")
+        return JSONResponse(problem(detail, reason), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -297,6 +311,9 @@ def _routes(app: FastAPI, service: Service) -> None:
         files = [await _read(a), await _read(b)]
         got = await run_in_threadpool(ask, files, service.hx.verify)
         return got.to_dict()
+
+
+HTTP_REASONS = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 408: "too_slow"}
 
 
 def check_port_free(host: str, port: int) -> None:
