@@ -382,6 +382,25 @@ def test_group_pair_weights_count_each_pair_of_units_once():
     assert fig2["auc_gpe"] == pytest.approx(1 / 2)  # unit pairs: 0↔1 right, 0↔3 wrong
 
 
+def _labelled_cache(midi: Path, lines: list[str], cache: Path):
+    """Write the manifest, cache the folder, and return a tiny training config for it."""
+    from harmonixr.train.config import TrainConfig
+
+    (midi / "metadata.csv").write_text("\n".join(lines) + "\n")
+    preprocess(midi, cache, workers=1)
+    return TrainConfig(
+        preset="tiny",
+        loss="supcon",
+        crop_seconds=4,
+        batch_size=8,
+        max_steps=4,
+        steps_per_epoch=2,
+        warmup_steps=1,
+        lr=2e-3,
+        val_pairs=20,
+    )
+
+
 def test_crossval_trains_each_fold_resumes_and_pools(tmp_path, monkeypatch):
     """Two folds of a tiny model on two synthetic composers (scores and 'performances' of
     shared works): every piece is tested once, a rerun trains nothing, and the pooled report
@@ -389,7 +408,6 @@ def test_crossval_trains_each_fold_resumes_and_pools(tmp_path, monkeypatch):
     from midi_factory import synthetic_corpus
 
     from harmonixr.evaluate.crossval import FoldPlan, pooled_report, run_folds
-    from harmonixr.train.config import TrainConfig
 
     midi = synthetic_corpus(tmp_path / "midi", n_per=16, seconds=12)
     lines = ["path,composer,work,kind,source"]
@@ -399,19 +417,7 @@ def test_crossval_trains_each_fold_resumes_and_pools(tmp_path, monkeypatch):
         work = f"{p.parent.name} w{k // 2}"
         kind = "score" if k % 2 else "performance"
         lines.append(f"{rel},{p.parent.name},{work},{kind},{'eng' if k % 2 else 'piano'}")
-    (midi / "metadata.csv").write_text("\n".join(lines) + "\n")
-    preprocess(midi, tmp_path / "cache", workers=1)
-    cfg = TrainConfig(
-        preset="tiny",
-        loss="supcon",
-        crop_seconds=4,
-        batch_size=8,
-        max_steps=6,
-        steps_per_epoch=3,
-        warmup_steps=2,
-        lr=2e-3,
-        val_pairs=20,
-    )
+    cfg = _labelled_cache(midi, lines, tmp_path / "cache").replace(max_steps=6, steps_per_epoch=3)
     plan = FoldPlan(folds=2, seed=0, mode="group", val_fraction=0.2)
     out = run_folds(tmp_path / "cache", tmp_path / "cv", cfg, plan)
     stamps = [(out / f"fold-{k}" / "embeddings.npz").stat().st_mtime_ns for k in range(2)]
@@ -481,7 +487,6 @@ def test_unseen_composer_crossval_never_trains_on_a_test_composer(tmp_path):
     from midi_factory import synthetic_corpus
 
     from harmonixr.evaluate.crossval import FoldPlan, pooled_report, run_folds
-    from harmonixr.train.config import TrainConfig
 
     midi = synthetic_corpus(tmp_path / "midi", n_per=12, seconds=10)
     lines, composer_of = ["path,composer,work"], {}
@@ -489,18 +494,7 @@ def test_unseen_composer_crossval_never_trains_on_a_test_composer(tmp_path):
         composer = f"{p.parent.name}-{k % 3}"  # six composers, two styles
         composer_of[str(p)] = composer
         lines.append(f"{p.relative_to(midi)},{composer},{composer} w{k}")
-    (midi / "metadata.csv").write_text("\n".join(lines) + "\n")
-    preprocess(midi, tmp_path / "cache", workers=1)
-    cfg = TrainConfig(
-        preset="tiny",
-        loss="supcon",
-        crop_seconds=4,
-        batch_size=8,
-        max_steps=4,
-        steps_per_epoch=2,
-        warmup_steps=1,
-        val_pairs=20,
-    )
+    cfg = _labelled_cache(midi, lines, tmp_path / "cache")
     plan = FoldPlan(folds=3, seed=0, mode="unseen-composer", val_fraction=0.15)
     out = run_folds(tmp_path / "cache", tmp_path / "cv", cfg, plan)
     tested = set()
