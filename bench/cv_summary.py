@@ -66,6 +66,13 @@ def main(paths: list[str]) -> None:
                 f"{fmt(a, 'top3')}, on performances {fmt(a, 'top1_performance')} "
                 f"({int(a['pieces'])} pieces); {name}: top-1 {fmt(b, 'top1')}"
             )
+        pr = r["methods"][MODEL].get("attribution_probe")
+        if pr:
+            print(
+                f"attribution by a probe on the embeddings (C on validation): top-1 "
+                f"{fmt(pr, 'top1')}, top-3 {fmt(pr, 'top3')}, on performances "
+                f"{fmt(pr, 'top1_performance')}"
+            )
         rt = r["methods"][MODEL]["retrieval"]
         print(f"retrieval: mAP {fmt(rt, 'map')}, same-work recall@1 {fmt(rt, 'work_r1')}")
         for name, probes in r.get("source_probe", {}).items():
