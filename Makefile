@@ -47,7 +47,7 @@ demo: install
 	$(HX) viz tsne $(DEMO_RUN) --data $(DEMO_CACHE)
 	$(HX) viz filters $(DEMO_RUN)
 	$(HX) viz curves $(DEMO_RUN)
-	@echo "Who wrote these? Three built-in pieces the shipped model never saw. It knows 141 keyboard"
+	@echo "Who wrote these? Three built-in pieces the shipped model never saw. It can name 128 keyboard"
 	@echo "composers, Bach and Mozart among them, Palestrina not; these are a chorale, a string quartet"
 	@echo "and a mass movement, not keyboard music. Right answers: Bach, Mozart, 'none of the known composers'."
 	@d=$$($(PY) -c "from harmonixr.midi.builtin import builtin_dir; print(builtin_dir())"); \
@@ -90,7 +90,7 @@ PRETRAINED_DIR   := src/harmonixr/pretrained
 pretrained: install
 	@test -n "$(ASAP)" -a -n "$(SCORES)" || { echo "usage: make pretrained ASAP=path/to/asap-dataset SCORES=path/to/scores" >&2; exit 2; }
 	$(HX) preprocess $(ASAP) $(SCORES) --out $(PRETRAINED_CACHE) --workers $(WORKERS)
-	OMP_NUM_THREADS=2 $(HX) evaluate $(PRETRAINED_RUN) --folds 10 --fold 0 --data $(PRETRAINED_CACHE) --config configs/pretrained.toml
+	OMP_NUM_THREADS=2 $(HX) evaluate $(PRETRAINED_RUN) --folds 10 --fold 0 --data $(PRETRAINED_CACHE) --config configs/pretrained.toml --resamples 300
 	$(HX) index build $(PRETRAINED_RUN)/fold-0 --data $(PRETRAINED_CACHE) --relative-to $(abspath $(ASAP)/..)
 	rm -rf $(PRETRAINED_DIR)/index $(PRETRAINED_DIR)/map $(PRETRAINED_DIR)/model.safetensors $(PRETRAINED_DIR)/config.json
 	cp $(PRETRAINED_RUN)/fold-0/model.safetensors $(PRETRAINED_RUN)/fold-0/config.json $(PRETRAINED_DIR)/
