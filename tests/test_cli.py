@@ -52,7 +52,8 @@ def test_errors_are_one_line(tmp_path):
         assert proc.stderr.strip().startswith("error:") and proc.stderr.strip().count("\n") == 0
 
 
-# the commands DESIGN §9 plans; the top-level help may name one only once it exists
+# the commands the design plans (docs/architecture.md); the top-level help may name one only
+# once it exists
 PLANNED = ("preprocess", "info", "train", "evaluate", "embed", "index", "attribute", "similar")
 PLANNED += ("viz", "serve", "demo", "search")
 

@@ -1,4 +1,4 @@
-"""tensorize against hand-computed tensors (DESIGN §2) and a slow reference."""
+"""tensorize against hand-computed tensors (docs/architecture.md) and a slow reference."""
 
 from __future__ import annotations
 
@@ -266,7 +266,8 @@ def test_type0_and_type1_give_same_tensor(tmp_path):
 
 
 def reference_tensor(score: symusic.Score, cfg: TensorConfig) -> np.ndarray:
-    """DESIGN §2 read word for word, one note and one frame at a time (slow, obviously right).
+    """The tensor contract of docs/architecture.md read word for word, one note and one frame at
+    a time (slow, obviously right).
 
     - All tracks merged; drum tracks ignored (their notes and their controls).
     - One sustain pedal: the CC64 events of every non-drum track, in time order (events at the

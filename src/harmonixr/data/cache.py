@@ -1,4 +1,4 @@
-"""The tensor cache (DESIGN §4): content-addressed ``.npy`` tensors and a SQLite index.
+"""The tensor cache (docs/architecture.md): content-addressed ``.npy`` tensors and a SQLite index.
 
 ``preprocess`` lists a corpus, hashes each file, parses and tensorizes the new ones in a robust
 process pool, and the parent alone writes: tensor to a temporary name, rename, then the row.

@@ -1,4 +1,4 @@
-"""Training pairs, crops and validation pair sets over cached tensors (DESIGN §6)."""
+"""Training pairs, crops and validation pair sets over cached tensors (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Simple, strong-enough baselines on the same tensors the model sees (DESIGN §7).
+"""Simple, strong-enough baselines on the same tensors the model sees (docs/architecture.md).
 
 Each turns a ``uint8 (T, 12, 6)`` tensor into an L1-normalised histogram; pieces are compared by
 the cosine of their histograms (optionally square-rooted first). ``fit_lr`` trains a logistic

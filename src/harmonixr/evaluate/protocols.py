@@ -1,4 +1,4 @@
-"""The evaluation protocols (DESIGN §7) on whole-piece embeddings of one method.
+"""The evaluation protocols (docs/architecture.md) on whole-piece embeddings of one method.
 
 Every method (the model, an untrained model, each baseline) is an embedding per piece; two
 pieces are compared by the inner product of their embeddings (cosine for normalised ones) and

@@ -1,4 +1,4 @@
-"""MIDI → the 12 × 6 × T tensor of DESIGN §2, vectorised over symusic's note arrays."""
+"""MIDI → the 12 × 6 × T tensor of docs/architecture.md, vectorised over symusic's note arrays."""
 
 from __future__ import annotations
 
@@ -289,5 +289,6 @@ def tensorize_with_stats(
 def tensorize(
     source: str | PathLike[str] | Any, config: TensorConfig = TensorConfig()
 ) -> np.ndarray:
-    """The uint8 ``(T, 12, 6)`` tensor of a MIDI path or a ``symusic.Score`` (DESIGN §2)."""
+    """The uint8 ``(T, 12, 6)`` tensor of a MIDI path or a ``symusic.Score`` (the tensor
+    contract in docs/architecture.md)."""
     return tensorize_with_stats(source, config).tensor

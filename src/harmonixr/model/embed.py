@@ -1,4 +1,4 @@
-"""Whole-piece embeddings (DESIGN §7, §10): the mean of the embeddings of overlapping crops
+"""Whole-piece embeddings (docs/architecture.md): the mean of the embeddings of overlapping crops
 covering the piece, weighted by each crop's valid frames, then renormalised.
 
 Works on ``uint8 (T, 12, 6)`` arrays (the cache's tensors), so evaluation, pictures and search

@@ -287,7 +287,7 @@ def train(
     resume: bool = False,
     callbacks: list[L.Callback] | None = None,
 ) -> Path:
-    """Train SiaViT on a tensor cache; returns the run directory (see DESIGN §6)."""
+    """Train SiaViT on a tensor cache; returns the run directory (docs/architecture.md)."""
     if not config.data or not config.out:
         raise ValueError("training needs a cache (--data) and a run directory (--out)")
     # recorded absolute, so evaluate/index find the cache from wherever they run

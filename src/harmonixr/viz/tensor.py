@@ -1,5 +1,5 @@
 """``harmonixr viz tensor``: a piece's 12×6×T tensor as an animated GIF of the (pitch class ×
-octave) grid over time, and a PNG of the unrolled 72-note roll (DESIGN §2)."""
+octave) grid over time, and a PNG of the unrolled 72-note roll (docs/architecture.md)."""
 
 from __future__ import annotations
 
