@@ -47,7 +47,8 @@ def test_padding_is_masked_out(name, length):
 @pytest.mark.parametrize("length", [157, 40])
 def test_padding_changes_nothing_in_train_mode(name, length):
     """docs/architecture.md (the model): in train mode too, a padded crop computes and learns
-    exactly what the crop alone would: same outputs, same batch-norm running statistics, same gradients."""
+    exactly what the crop alone would: same outputs, same batch-norm running statistics, same
+    gradients."""
     config = PRESETS[name].replace(conv_dropout=0.0, dropout=0.0)  # dropout draws differ
     torch.manual_seed(0)
     a, b = SiaViT(config).train(), SiaViT(config).train()
