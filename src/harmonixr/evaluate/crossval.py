@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from harmonixr.data.cache import CachedPiece, TensorCache
+from harmonixr.data.cache import CachedPiece, TensorCache, _atomic_write_text, _sha_of
 from harmonixr.data.splits import check_manifest, fold_split, split_manifest
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.metrics import RankedPairs, equal_error_rate, roc_auc
-from harmonixr.evaluate.protocols import PROBE_CS, class_probabilities
+from harmonixr.evaluate.protocols import PROBE_CS, centroids, class_probabilities
 
 MODEL = "SiaViT"
 LR = "logistic regression, 5 histograms"
@@ -55,9 +55,7 @@ class FoldPlan:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    _atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def fold_sides(rows: list[CachedPiece], plan: FoldPlan, fold: int) -> dict[str, list[int]]:
@@ -280,12 +278,6 @@ def verification_figures(
     return out
 
 
-def _centroids(emb: np.ndarray, labels: np.ndarray, names: list[str]) -> np.ndarray:
-    cen = np.stack([emb[labels == n].mean(axis=0) for n in names])
-    norm = np.linalg.norm(cen, axis=1, keepdims=True)
-    return cen / np.where(norm > 0, norm, 1.0)
-
-
 def _attribution(c: Corpus, f: Fold, probe: bool = False) -> dict[str, np.ndarray] | None:
     """Test pieces by composers with ≥ MIN_WORKS training units, scored against exactly those
     composers: by the centroids of this fold's training pieces, or (``probe``) by a logistic
@@ -310,7 +302,7 @@ def _attribution(c: Corpus, f: Fold, probe: bool = False) -> dict[str, np.ndarra
         if scores is None:
             return None
     else:
-        scores = f.emb["test"][seen] @ _centroids(f.emb["train"], c.composer[tr], names).T
+        scores = f.emb["test"][seen] @ centroids(f.emb["train"], c.composer[tr], names).T
     return {
         "top1": (scores.argmax(1) == labels).astype(float),
         "top3": np.array(
@@ -611,7 +603,7 @@ def pooled_report(
         if (out / f"fold-{k}" / "timing.json").is_file()
     }
     report["model_sha256"] = {
-        f"fold-{k}": _file_sha256(out / f"fold-{k}" / "model.safetensors")
+        f"fold-{k}": _sha_of(str(out / f"fold-{k}" / "model.safetensors"))
         for k in report["folds_reported"]
     }
     report["seconds"] = round(time.perf_counter() - t0, 1)
@@ -622,16 +614,6 @@ def pooled_report(
     _atomic_json(out / f"{stem}.json", _clean(report))
     (out / f"{stem}.md").write_text(report_markdown(report))
     return report
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _histograms(out: Path, cache: TensorCache, rows: list[CachedPiece]) -> dict[str, np.ndarray]:

@@ -159,10 +159,15 @@ def seed_protocol(val: Side, held: Side, s: Settings) -> tuple[dict[str, float],
     return out, thr
 
 
-def _centroids(side: Side, names: Sequence[str]) -> np.ndarray:
-    c = np.stack([side.emb[side.composer == n].mean(axis=0) for n in names])
+def centroids(emb: np.ndarray, composers: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """``(len(names), D)`` unit mean embedding of each named composer's pieces."""
+    c = np.stack([emb[composers == n].mean(axis=0) for n in names])
     norm = np.linalg.norm(c, axis=1, keepdims=True)
     return c / np.where(norm > 0, norm, 1.0)
+
+
+def _centroids(side: Side, names: Sequence[str]) -> np.ndarray:
+    return centroids(side.emb, side.composer, names)
 
 
 def _attribution_metrics(
