@@ -21,7 +21,7 @@ KEYS = [
     "attr_top3",
     "probe_top1",
     "retr_map",
-    "conf_diff_performer_auc",
+    "conf_performer_auc",
     "conf_score_auc",
 ]
 

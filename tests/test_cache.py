@@ -16,7 +16,7 @@ from harmonixr import tensorize
 from harmonixr.data.cache import TensorCache, preprocess
 
 
-def _good(path, pitch=60, n=3):
+def _good(path, pitch=60, n=30):  # 6 s: above the 5 s of sounding music a piece needs
     return write_score(path, [(frames(i * 4), frames(4), pitch + i % 20, 90) for i in range(n)])
 
 
@@ -34,6 +34,8 @@ def test_each_bad_input_has_its_reason_and_the_rest_is_cached(tmp_path):
     write_score(src / "silent.mid", [])
     _good(src / "big.mid", n=400)
     write_score(src / "long.mid", [(0, frames(2), 60, 90), (frames(400), frames(2), 62, 90)])
+    # 0.4 s of sounding notes, with silence around them: under the 5 s the model needs
+    write_score(src / "short.mid", [(frames(2), frames(4), 60, 90), (frames(8), frames(4), 64, 90)])
     summary = preprocess(
         tmp_path / "corpus", tmp_path / "cache", workers=2, max_seconds=15.0, max_bytes=2000
     )
@@ -46,9 +48,10 @@ def test_each_bad_input_has_its_reason_and_the_rest_is_cached(tmp_path):
         "no_notes": 1,
         "too_large": 1,
         "too_long": 1,
+        "too_short": 1,
     }
     assert dict(summary.skipped) == want
-    assert (summary.seen, summary.ok, summary.new) == (10, 2, 2)
+    assert (summary.seen, summary.ok, summary.new) == (11, 2, 2)
     with TensorCache(tmp_path / "cache") as cache:
         rows = {r.path.rsplit("/", 1)[1]: r for r in cache.rows(status=None)}
         assert rows["truncated.mid"].reason == "truncated"

@@ -1,5 +1,6 @@
 """Calibration: ECE by hand, temperature recovered, probabilities that sum with the unknown to
-one in the order of the scores, held-out composers look unknown, verification threshold."""
+one, the named composers and operating point chosen on validation only, strangers look
+unknown, the prior obeys Bayes, verification weighted by group pair."""
 
 from __future__ import annotations
 
@@ -8,15 +9,29 @@ import json
 import numpy as np
 import pytest
 
-from harmonixr.search.calibrate import (
+from harmonixr.evaluate.calibrate import (
+    FALSE_UNKNOWN,
+    FITTED_ON,
     Calibration,
-    expected_calibration_error,
+    OpenSetModel,
+    _logistic,
     fit_calibration,
+    fit_decreasing,
     fit_temperature,
     open_set_features,
     softmax,
-    validation_pairs,
+    spread_statistics,
+    verify_pairs,
+    work_counts,
 )
+from harmonixr.evaluate.metrics import (
+    balanced_weights,
+    binary_balanced_accuracy,
+    binary_ece,
+    expected_calibration_error,
+    group_pair_weights,
+)
+from harmonixr.evaluate.protocols import centroids as centroids_of
 
 
 def test_ece_by_hand():
@@ -27,6 +42,28 @@ def test_ece_by_hand():
     assert expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
     perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert expected_calibration_error(perfect, np.array([0, 1])) == 0.0
+    # weights: the first bin alone (weights 0 elsewhere) → |0.5 − 0.9|
+    w = np.array([1.0, 1.0, 0.0, 0.0])
+    assert expected_calibration_error(probs, labels, weights=w) == pytest.approx(0.4)
+
+
+def test_binary_ece_and_balanced_accuracy_by_hand():
+    # p = 0.8 for three positives and one negative: bin 0.8 right 3/4 → |0.75 − 0.8|
+    assert binary_ece(np.full(4, 0.8), np.array([1, 1, 1, 0])) == pytest.approx(0.05)
+    # recall of class 1: 2/3, of class 0: 1/1 → 5/6
+    d = np.array([True, True, False, False])
+    assert binary_balanced_accuracy(d, np.array([1, 1, 1, 0])) == pytest.approx(5 / 6)
+
+
+def test_ece_at_an_even_prior_reweights_the_classes_by_hand():
+    from harmonixr.evaluate.metrics import balanced_weights_weighted
+
+    # p = 0.8 everywhere; 3 positives, 1 negative. Unweighted: right 3/4 → |0.75 − 0.8| =
+    # 0.05. At an even prior each class weighs half: right 1/2 → |0.5 − 0.8| = 0.3
+    p, y = np.full(4, 0.8), np.array([1, 1, 1, 0])
+    w = balanced_weights_weighted(y, np.ones(4))
+    np.testing.assert_allclose(w, [1 / 6, 1 / 6, 1 / 6, 1 / 2])
+    assert binary_ece(p, y, weights=w) == pytest.approx(0.3)
 
 
 def test_temperature_is_recovered_from_data_drawn_at_that_temperature():
@@ -37,29 +74,47 @@ def test_temperature_is_recovered_from_data_drawn_at_that_temperature():
     assert fit_temperature(sims, labels) == pytest.approx(0.2, rel=0.1)
 
 
-def test_open_set_features_are_top_and_margin():
-    x = open_set_features(np.array([[0.1, 0.7, 0.4], [0.5, 0.5, 0.0]]))
-    np.testing.assert_allclose(x, [[0.7, 0.3], [0.5, 0.0]])
-    np.testing.assert_allclose(open_set_features(np.array([[0.3]])), [[0.3, 0.0]])
+def test_open_set_features_are_top_margin_and_spread_score():
+    mean, std = np.array([0.5, 0.6, 0.2]), np.array([0.1, 0.05, 0.2])
+    x = open_set_features(np.array([[0.1, 0.7, 0.4], [0.5, 0.5, 0.0]]), mean, std)
+    # row 0: top is column 1 → (0.7 − 0.6) / 0.05; row 1: tie, first column → (0.5 − 0.5) / 0.1
+    np.testing.assert_allclose(x, [[0.7, 0.3, 2.0], [0.5, 0.0, 0.0]])
+    one = open_set_features(np.array([[0.3]]), np.array([0.1]), np.array([0.1]))
+    np.testing.assert_allclose(one, [[0.3, 0.0, 2.0]])
+
+
+def test_spread_is_shrunk_towards_the_pooled_one():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((23, 6))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    comp = np.array(["A"] * 20 + ["B"] * 3)
+    cents, mean, std = spread_statistics(emb, comp, ["A", "B"])
+    sa = emb[:20] @ cents[0]
+    sb = emb[20:] @ cents[1]
+    pooled = np.std(np.concatenate([sa - sa.mean(), sb - sb.mean()]))
+    assert mean[0] == pytest.approx(sa.mean())
+    # by the rule: (n · own variance + 5 · pooled variance) / (n + 5)
+    assert std[1] == pytest.approx(np.sqrt((3 * sb.var() + 5 * pooled**2) / 8))
+
+
+def test_group_pair_weights_give_each_pair_of_groups_one():
+    w = group_pair_weights(["a", "a", "b", "a"], ["b", "b", "a", "c"])
+    np.testing.assert_allclose(w, [1 / 3, 1 / 3, 1 / 3, 1.0])
 
 
 def _centres(rng, names, dim=16):
     return {c: (v := rng.standard_normal(dim)) / np.linalg.norm(v) for c in names}
 
 
-def _pieces(rng, centres, per, noise=0.25):
-    """Unit embeddings scattered around each composer's direction."""
+def _pieces(rng, centres, per, noise=0.25, tag=""):
+    """Unit embeddings scattered around each composer's direction, each its own group."""
     emb, comp = [], []
     for c, centre in centres.items():
         emb.append(centre + noise * rng.standard_normal((per, len(centre))))
         comp += [c] * per
     emb = np.concatenate(emb).astype(np.float32)
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True), comp
-
-
-def _centroids(emb, comp, names):
-    c = np.stack([emb[[i for i, x in enumerate(comp) if x == n]].mean(0) for n in names])
-    return c / np.linalg.norm(c, axis=1, keepdims=True)
+    groups = [f"{tag}{i}" for i in range(len(comp))]
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True), comp, groups
 
 
 KNOWN = ["A", "B", "C", "D"]
@@ -68,52 +123,99 @@ KNOWN = ["A", "B", "C", "D"]
 @pytest.fixture(scope="module")
 def world():
     rng = np.random.default_rng(1)
-    centres = _centres(rng, [*KNOWN, "E"])
+    centres = _centres(rng, [*KNOWN, "E", "F"])
     stranger = {"E": centres.pop("E")}
-    train, train_c = _pieces(rng, centres, 30)
-    val, val_c = _pieces(rng, centres, 30)
-    centroids = _centroids(train, train_c, KNOWN)
-    groups = [f"w{i}" for i in range(len(val))]  # each piece its own work
-    cal = fit_calibration(val, val_c, groups, centroids, KNOWN)
+    # F has a single training work (40 movements) that sounds like A: named, it would take
+    # A's pieces; with too few works it stays barely known
+    centres.pop("F")
+    few = {"F": centres["A"]}
+    tr, tr_c, tr_g = _pieces(rng, centres, 30, tag="t")
+    f_emb, f_c, _ = _pieces(rng, few, 40)
+    tr, tr_c, tr_g = np.concatenate([tr, f_emb]), tr_c + f_c, [*tr_g, *["f0"] * 40]
+    va, va_c, va_g = _pieces(rng, centres, 30, tag="v")
+    cal = fit_calibration(tr, tr_c, tr_g, va, va_c, va_g)
     return {
         "cal": cal,
-        "centroids": centroids,
-        "val": (val, val_c),
+        "train": (tr, tr_c, tr_g),
+        "centroids": centroids_of(tr, np.asarray(tr_c), KNOWN),
+        "val": (va, va_c, va_g),
         "test": _pieces(rng, centres, 30)[0],
         "stranger": _pieces(rng, stranger, 40)[0],
     }
 
 
-def test_probabilities_sum_with_unknown_to_one_in_score_order(world):
-    cal, centroids = world["cal"], world["centroids"]
-    rng = np.random.default_rng(3)
-    z = rng.standard_normal((50, centroids.shape[1])).astype(np.float32)
-    sims = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ centroids.T
-    probs, unknown = cal.composer_probabilities(sims)
-    assert probs.shape == sims.shape and unknown.shape == (50,)
-    assert (
-        (probs >= 0).all() and (probs <= 1).all() and (unknown >= 0).all() and (unknown <= 1).all()
-    )
-    np.testing.assert_allclose(probs.sum(1) + unknown, 1.0, atol=1e-9)
-    for s, p in zip(sims, probs, strict=True):
-        assert list(np.argsort(-s, kind="stable")) == list(np.argsort(-p, kind="stable"))
-
-
-def test_report_says_calibration_lowered_the_error(world):
+def test_named_composers_need_enough_works_chosen_on_validation(world):
     cal = world["cal"]
-    c = cal.report["composer"]
-    assert c["method"] == "temperature scaling" and c["pieces"] == 120
-    assert c["ece_after"] < c["ece_before"]
-    assert cal.temperature < 1.0  # raw cosine softmax is far too flat
-    assert not cal.notes
+    assert list(cal.composers) == KNOWN  # F, with one work, is barely known
+    assert cal.min_works > 1
+    table = cal.report["named"]["choices"]
+    best = max(r["val_named_right"] for r in table)
+    chosen = [r for r in table if r["min_works"] == cal.min_works]
+    assert max(r["val_named_right"] for r in chosen) == best
+    assert work_counts(["A", "A", "B"], ["x", "y", "x"]) == {"A": 2, "B": 1}
 
 
-def test_a_composer_without_centroid_looks_unknown(world):
-    cal, centroids = world["cal"], world["centroids"]
-    u_stranger = cal.unknown_probability(world["stranger"] @ centroids.T)
-    u_known = cal.unknown_probability(world["test"] @ centroids.T)
+def test_probabilities_sum_with_unknown_to_one(world):
+    cal, cents = world["cal"], world["centroids"]
+    z = world["test"]
+    probs, unknown = cal.composer_probabilities(z, z @ cents.T)
+    assert probs.shape == (len(z), 4) and unknown.shape == (len(z),)
+    assert (probs >= 0).all() and (unknown >= 0).all() and (unknown <= 1).all()
+    np.testing.assert_allclose(probs.sum(1) + unknown, 1.0, atol=1e-9)
+
+
+def test_every_figure_says_where_it_was_measured(world):
+    report = world["cal"].report
+    for part in ("named", "composer", "operating_point", "verify", "unknown_simulated"):
+        assert report[part]["measured_on"] == FITTED_ON, part
+    assert any("simulated strangers" in n for n in world["cal"].notes)
+
+
+def test_a_composer_without_centroid_looks_unknown_and_the_answer_says_so(world):
+    cal, cents = world["cal"], world["centroids"]
+    s, t = world["stranger"], world["test"]
+    u_stranger = cal.unknown_probability(s, s @ cents.T)
+    u_known = cal.unknown_probability(t, t @ cents.T)
     assert np.median(u_stranger) > 0.5 > np.median(u_known)
-    assert cal.report["unknown"]["auc"] > 0.9
+    assert np.mean(cal.answers(s, s @ cents.T) == -1) > 0.5
+    right = cal.answers(t, t @ cents.T) == np.repeat(np.arange(4), 30)
+    assert right.mean() > 0.8
+
+
+def test_operating_point_comes_from_validation_only(world):
+    cal, cents = world["cal"], world["centroids"]
+    va = world["val"][0]
+    u = cal.unknown_probability(va, va @ cents.T)
+    expected = max(0.5, float(np.quantile(u, 1 - FALSE_UNKNOWN)))
+    assert cal.operating_point == pytest.approx(expected)
+    # refitting with different test or stranger pieces around cannot move it: only the
+    # training and validation sides enter the fit
+    tr, tr_c, tr_g = world["train"]
+    again = fit_calibration(tr, tr_c, tr_g, *world["val"])
+    assert again.operating_point == pytest.approx(cal.operating_point)
+
+
+def test_prior_moves_the_odds_as_bayes_says(world):
+    cal, cents = world["cal"], world["centroids"]
+    z = world["test"][:10]
+    p = cal.unknown_probability(z, z @ cents.T)
+    for prior in (0.1, 0.5, 0.9):
+        q = cal.unknown_probability(z, z @ cents.T, prior_unknown=prior)
+        # posterior odds = likelihood ratio (the odds at the even prior) × prior odds
+        np.testing.assert_allclose(q / (1 - q), p / (1 - p) * prior / (1 - prior), rtol=1e-9)
+        probs, unknown = cal.composer_probabilities(z, z @ cents.T, prior_unknown=prior)
+        np.testing.assert_allclose(probs.sum(1) + unknown, 1.0, atol=1e-9)
+    with pytest.raises(ValueError, match="prior_unknown"):
+        cal.unknown_probability(z, z @ cents.T, prior_unknown=1.0)
+
+
+def test_an_open_set_model_learnt_elsewhere_is_used_as_given(world):
+    tr, tr_c, tr_g = world["train"]
+    model = OpenSetModel((-5.0, -1.0, -0.5), 3.0, "real strangers: test")
+    cal = fit_calibration(tr, tr_c, tr_g, *world["val"], open_set=model)
+    assert cal.unknown_coef == model.coef and cal.unknown_bias == 3.0
+    assert cal.unknown_source == "real strangers: test"
+    assert not any("simulated" in n for n in cal.notes)
 
 
 def test_verify_threshold_separates_same_from_different(world):
@@ -125,35 +227,70 @@ def test_verify_threshold_separates_same_from_different(world):
     assert cal.same_probability(t) == pytest.approx(0.5)
     assert cal.same_probability(t + 0.1) > 0.5 > cal.same_probability(t - 0.1)
     # p = 0.5 sits about where the best balanced accuracy over all thresholds is
-    val, comp = world["val"]
-    i, j = validation_pairs([f"w{k}" for k in range(len(val))], max_pairs=10**6)
+    val, comp, _ = world["val"]
+    i, j = verify_pairs([f"w{k}" for k in range(len(val))], max_pairs=10**6)
     cos = np.einsum("nd,nd->n", val[i], val[j])
     same = np.asarray(comp)[i] == np.asarray(comp)[j]
     best = max(((cos >= c)[same].mean() + (cos < c)[~same].mean()) / 2 for c in np.unique(cos))
     assert best - 0.02 <= v["balanced_accuracy"] <= best
 
 
+def test_verify_fit_is_not_dominated_by_one_prolific_pair_of_groups():
+    # composer A: two groups of 40 pieces pointing in opposite directions (1,600 same-composer
+    # pairs of cosine ≈ −1); composers B and C: single-piece groups, B along u and C along −u
+    # (same-composer cosine ≈ +1, B–C pairs ≈ −1); A is orthogonal to u (A–B, A–C pairs ≈ 0)
+    rng = np.random.default_rng(0)
+    v, u = np.eye(8)[0], np.eye(8)[1]
+    emb, comp, groups = [], [], []
+    for g, sign in (("big1", 1.0), ("big2", -1.0)):
+        for _ in range(40):
+            emb.append(sign * v + 0.05 * rng.standard_normal(8))
+            comp.append("A")
+            groups.append(g)
+    for k in range(40):
+        c = "B" if k % 2 else "C"
+        emb.append((u if c == "B" else -u) + 0.05 * rng.standard_normal(8))
+        comp.append(c)
+        groups.append(f"s{k}")
+    emb = np.asarray(emb)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    # the control: every pair counted once, similar pieces would look *less* likely to share a
+    # composer (the 1,600 pairs of A's two groups outweigh everything)
+    i, j = verify_pairs(groups, max_pairs=10**6)
+    y = (np.asarray(comp)[i] == np.asarray(comp)[j]).astype(int)
+    cos = np.einsum("nd,nd->n", emb[i], emb[j])
+    (slope,), _ = _logistic(cos[:, None], y, balanced_weights(y))
+    assert slope < 0
+    # weighted by group pair, the big pair counts once: similar means same composer
+    cal = fit_calibration(emb, comp, groups, emb, comp, groups, max_pairs=10**6)
+    assert cal.same_coef > 0
+
+
 def test_calibration_round_trips_through_json(world):
-    cal, centroids = world["cal"], world["centroids"]
+    cal, cents = world["cal"], world["centroids"]
     back = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
-    sims = np.random.default_rng(4).uniform(-1, 1, (5, len(centroids)))
+    z = world["stranger"][:5]
     np.testing.assert_allclose(
-        back.composer_probabilities(sims)[0], cal.composer_probabilities(sims)[0]
+        back.composer_probabilities(z, z @ cents.T)[0],
+        cal.composer_probabilities(z, z @ cents.T)[0],
+        rtol=1e-5,
     )
-    assert back.threshold == cal.threshold
+    assert back.threshold == cal.threshold and back.composers == cal.composers
+    with pytest.raises(ValueError, match="rebuild the index"):
+        Calibration.from_dict({"temperature": 1.0})
 
 
 def test_unfittable_parts_stay_neutral_and_say_why():
     emb = np.eye(3, dtype=np.float32)
-    cal = fit_calibration(emb, ["X", "Y", "Z"], ["a", "b", "c"], emb[:1], ["X"])
-    assert any("unknown not calibrated" in n for n in cal.notes)
+    cal = fit_calibration(emb, ["X", "Y", "Z"], ["a", "b", "c"], emb[:1], ["X"], ["d"])
     assert any("verify not calibrated" in n for n in cal.notes)
-    assert cal.unknown_probability(np.array([[0.2]]))[0] < 1e-9
     assert cal.same_probability(1.0) == 1.0 and cal.threshold == 0.0
+    one = fit_calibration(emb[:1], ["X"], ["a"], emb[:1], ["X"], ["b"])
+    assert not one.composers and any("composers not calibrated" in n for n in one.notes)
 
 
-def test_validation_pairs_skip_same_work_and_are_capped():
-    i, j = validation_pairs(["a", "a", "b", "c"], max_pairs=100)
+def test_verify_pairs_skip_same_group_and_are_capped():
+    i, j = verify_pairs(["a", "a", "b", "c"], max_pairs=100)
     assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == [
         (0, 2),
         (0, 3),
@@ -161,33 +298,28 @@ def test_validation_pairs_skip_same_work_and_are_capped():
         (1, 3),
         (2, 3),
     ]
-    i, j = validation_pairs([str(k) for k in range(100)], max_pairs=50)
+    i, j = verify_pairs([str(k) for k in range(100)], max_pairs=50)
     assert len(i) == 50 and (i < j).all()
 
 
-def test_unknown_never_rises_with_similarity_or_margin_and_ignores_margin_for_two_composers():
-    from harmonixr.search.calibrate import _logistic_decreasing
-
+def test_unknown_never_rises_with_a_feature():
     rng = np.random.default_rng(0)
     # a feature whose fitted sign would be "wrong" (unknown rises with it) is dropped
-    x = rng.normal(size=(400, 2))
+    x = rng.normal(size=(400, 3))
     y = (x[:, 0] < 0).astype(int)  # unknown when the top similarity is low
     x[:, 1] = y + rng.normal(scale=0.1, size=400)  # a margin that *rises* with unknown
-    coef, _ = _logistic_decreasing(x, y, (True, True))
+    coef, _ = fit_decreasing(x, y)
     assert coef[0] < 0 and coef[1] == 0.0
-    coef, _ = _logistic_decreasing(x, y, (True, False))
+    coef, _ = fit_decreasing(x, y, (True, False, True))
     assert coef[1] == 0.0
 
 
 def test_shipped_unknown_probability_is_monotone():
-    import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "src/harmonixr/pretrained/index/calibration.json"
     if not path.is_file():
         pytest.skip("no shipped model")
     params = json.loads(path.read_text())
-    flat = json.dumps(params)
-    assert "unknown_coef" in flat
-    coef = params.get("unknown_coef") or params.get("params", {}).get("unknown_coef")
-    assert coef is not None and all(c <= 0 for c in coef), coef
+    assert all(c <= 0 for c in params["unknown_coef"]), params["unknown_coef"]
+    assert params["unknown_source"].startswith("real strangers")

@@ -37,7 +37,12 @@ def test_attribute_json_names_the_composer_with_probabilities(search_run):
     assert {r["known"] for r in result} == {True, False} and len(result) == 2
     assert all(0 <= r["probability"] <= 1 for r in result)
     table = hx("attribute", path, "-m", search_run)
-    assert composer_of(path) in table and "none of the known composers" in table
+    assert composer_of(path) in table and "someone else" in table and "← answer" in table
+    # another prior moves "someone else" as Bayes says: odds × 9 for a prior of 0.9
+    even = {r["composer"]: r["probability"] for r in result}["unknown"]
+    high = hx_json("attribute", path, "--model", search_run, "--k", "1", "--prior-unknown", "0.9")
+    p = {r["composer"]: r["probability"] for r in high}["unknown"]
+    assert p / (1 - p) == pytest.approx(9 * even / (1 - even), rel=1e-6)
 
 
 def test_similar_verify_timeline_json(search_run):
@@ -81,8 +86,10 @@ def test_index_build_add_info(search_run_copy, tmp_path):
     info = hx_json("index", "build", run, "--relative-to", corpus)
     assert info["items"] == 20 and info["store"] == "faiss"
     cal = info["calibration"]["composer"]
-    assert cal["ece_after"] <= cal["ece_before"]
-    assert "ECE" in hx("index", "info", run)
+    assert cal["measured_on"].startswith("validation") and 0 <= cal["ece"] <= 1
+    assert info["named_composers"] == ["High", "Low"]
+    shown = hx("index", "info", run)
+    assert "fitted on validation" in shown and "not measured" in shown
     new = write_score(tmp_path / "new.mid", [(i * 96, 77, 70 + i % 20, 90) for i in range(150)])
     added = hx_json("index", "add", run, new, "--composer", "High")
     assert added["added"] == [str(new.resolve())] and added["duplicates"] == []

@@ -20,7 +20,7 @@ HEADLINE_KEYS = {
     "verify_pairs", "seed_threshold", "seed_acc_mixed", "seed_acc_same", "seed_acc_different",
     "attr_top1", "attr_top1_lo", "attr_top1_hi", "attr_top3", "attr_top5", "attr_balanced_acc",
     "attr_macro_f1", "probe_top1", "probe_C", "retr_map", "retr_p10", "retr_work_r1",
-    "conf_diff_performer_auc", "conf_same_performer_share", "conf_score_auc", "val_verify_auc",
+    "conf_performer_auc", "conf_same_performer_share", "conf_score_auc", "val_verify_auc",
 }  # fmt: skip
 
 

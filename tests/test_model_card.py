@@ -43,3 +43,40 @@ def test_card_and_readme_quote_the_shipped_models_own_report():
     assert list(report["model_sha256"].values()) == [file_sha256(WEIGHTS)]
     index = json.loads((WEIGHTS.parent / "index" / "index.json").read_text())
     assert index["model_sha256"] == file_sha256(WEIGHTS)
+
+
+MEASURE = ROOT / "docs" / "pretrained-eval" / "measure.json"
+SPLIT = WEIGHTS.parent / "split.json"
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="no shipped model in src/harmonixr/pretrained")
+def test_card_quotes_the_held_out_answers_and_the_index_carries_them():
+    from harmonixr.search.runs import file_sha256
+
+    m = json.loads(MEASURE.read_text())
+    card = CARD.read_text()
+    assert m["model_sha256"] == file_sha256(WEIGHTS)
+
+    def quoted(d: dict) -> str:
+        return f"{d['value']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
+
+    for figure in (
+        m["composer"]["answer_accuracy"],
+        m["composer"]["called_unknown"],
+        m["open_set_all"]["detection_auc"],
+        m["open_set_all"]["strangers_caught"],
+        m["open_set_music21"]["detection_auc"],
+    ):
+        assert quoted(figure) in card, quoted(figure)
+    v = m["verify"]
+    assert f"{v['balanced_accuracy']:.3f}" in card and f"{v['ece']:.3f}" in card
+    # `index info` shows exactly these held-out figures beside the fitted-on ones
+    cal = json.loads((WEIGHTS.parent / "index" / "calibration.json").read_text())
+    assert cal["report"]["held_out"] == m
+    assert cal["report"]["verify"]["measured_on"].startswith("validation")
+    # the shipped split: portable paths, a hash for every file, the test side the figures use
+    split = json.loads(SPLIT.read_text())
+    assert sum(len(split[s]) for s in ("train", "val", "test")) == 3334
+    assert all(e["sha256"] and not e["path"].startswith(("/", "..")) for e in split["test"])
+    named = m["test_pieces"]
+    assert sum(named.values()) == len(split["test"])

@@ -357,7 +357,8 @@ def test_info_counts_per_composer_source_and_kind(both):
 
 
 def test_group_pair_weights_count_each_pair_of_units_once():
-    from harmonixr.evaluate.crossval import group_pair_weights, verification_figures
+    from harmonixr.evaluate.crossval import verification_figures
+    from harmonixr.evaluate.metrics import group_pair_weights
 
     ua, ub = np.array([0, 0, 0, 1]), np.array([1, 1, 2, 0])
     np.testing.assert_allclose(group_pair_weights(ua, ub), [1 / 3, 1 / 3, 1.0, 1 / 3])

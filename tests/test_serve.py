@@ -192,6 +192,10 @@ def _bad_files(tmp: Path, good: bytes) -> list[tuple[str, bytes, int, str, str]]
     low = write_score(tmp / "low.mid", [(0, 480, 10, 90)]).read_bytes()
     drums = write_score(tmp / "drums.mid", [], drums=[(0, 480, 40, 90)]).read_bytes()
     dense = write_dense(tmp / "dense.mid").read_bytes()
+    # a whole piece squeezed into a fraction of a second (a huge tempo)
+    # (200 quarter notes, 100 s at 120 bpm, played at 12,000 bpm: one second)
+    notes = [(i * 480, 480, 60 + i % 12, 90) for i in range(200)]
+    squeezed = write_score(tmp / "squeezed.mid", notes, tempos=((0, 12000.0),)).read_bytes()
     body = b"\x00\x90\x40\xff" * 100  # note-ons of velocity 255
     garbage = good[:14] + b"MTrk" + len(body).to_bytes(4, "big") + body
     return [
@@ -203,6 +207,7 @@ def _bad_files(tmp: Path, good: bytes) -> list[tuple[str, bytes, int, str, str]]
         ("low.mid", low, 422, "no_notes_in_range", "no notes in the range"),
         ("drums.mid", drums, 422, "drums_only", "only drum-channel notes"),
         ("dense.mid", dense, 422, "too_dense", "too many long overlapping notes"),
+        ("squeezed.mid", squeezed, 422, "too_short", "too little music to judge"),
     ]
 
 
@@ -601,3 +606,39 @@ def test_malformed_multipart_bodies_answer_in_the_documented_shape(client):
     assert r.status_code == 404 and r.json()["reason"] == "not_found"
     r = client.get("/api/embed")
     assert r.status_code == 405 and r.json()["reason"] == "method_not_allowed"
+
+
+@needs_chromium
+def test_page_never_shows_an_older_answer_over_a_newer_one(browser, live, tmp_path):
+    """A long piece is dropped, then a short one 300 ms later; the long one's answer arrives
+    last (held back 1.5 s in the page, as a slow server would). The page shows the short one."""
+    long = synthetic_piece(tmp_path / "long-piece.mid", [("Low", 90)])
+    short = synthetic_piece(tmp_path / "short-piece.mid", [("High", 20)])
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.add_init_script(
+        """(() => {
+            const real = window.fetch.bind(window);
+            let analyses = 0;
+            window.fetch = (url, opts) => {
+                if (String(url).includes("/api/analyze") && analyses++ === 0) {
+                    const answer = real(url, { ...opts, signal: undefined });
+                    return new Promise((ok, fail) =>
+                        setTimeout(() => answer.then(ok, fail), 1500));
+                }
+                return real(url, opts);
+            };
+        })()"""
+    )
+    page.goto(live + "/")
+    page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+    _drop(page, long.name, long.read_bytes())
+    page.wait_for_timeout(300)
+    _drop(page, short.name, short.read_bytes())
+    page.wait_for_function(
+        "document.getElementById('status').textContent.includes('short-piece.mid')"
+    )
+    page.wait_for_timeout(2500)  # the held-back answer for the long piece has arrived by now
+    assert page.inner_text("#piece-name") == "short-piece.mid"
+    assert "short-piece.mid" in page.inner_text("#status")
+    assert "long-piece" not in page.inner_text("#status")
+    page.close()

@@ -415,7 +415,8 @@ def test_rmi_riff_wrapped_midi_gives_the_same_tensor(tmp_path):
     from harmonixr.midi.load import MidiError, load_tensor, unwrap_rmid
 
     (tmp_path / "x" / "A").mkdir(parents=True)
-    plain = write_score(tmp_path / "x" / "A" / "p.mid", [(0, 480, 60, 90), (480, 240, 67, 70)])
+    notes = [(480 * i, 480, 60 + i % 7, 90) for i in range(16)]  # 8 s
+    plain = write_score(tmp_path / "x" / "A" / "p.mid", notes)
     smf = plain.read_bytes()
     wrapped = tmp_path / "x" / "A" / "p.rmi"
     wrapped.write_bytes(_rmid(smf))
@@ -425,7 +426,7 @@ def test_rmi_riff_wrapped_midi_gives_the_same_tensor(tmp_path):
     preprocess(tmp_path / "x", tmp_path / "cache", workers=1)
     with TensorCache(tmp_path / "cache") as cache:
         rows = {r.path.rsplit(".", 1)[1]: r for r in cache.rows(None)}
-    assert rows["rmi"].status == "ok" and rows["rmi"].n_notes == rows["mid"].n_notes == 2
+    assert rows["rmi"].status == "ok" and rows["rmi"].n_notes == rows["mid"].n_notes == 16
     with pytest.raises(MidiError, match="without a 'data' chunk"):
         unwrap_rmid(b"RIFF\x04\x00\x00\x00RMID")
     with pytest.raises(MidiError, match="cut short"):

@@ -272,12 +272,16 @@ def embed(
 @app.command()
 def attribute(
     file: Annotated[Path, typer.Argument(help="A MIDI file.")],
-    k: Annotated[int, typer.Option("--k", "-k", help="Known composers to list.")] = 5,
+    k: Annotated[int, typer.Option("--k", "-k", help="Named composers to list.")] = 5,
+    prior_unknown: Annotated[
+        float | None,
+        typer.Option(help="Prior that the composer is none of the named ones (default 0.5)."),
+    ] = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Who most likely wrote FILE: calibrated probabilities, and that it is none of them."""
-    result = _model(model).attribute(file, k=k)
+    """Who most likely wrote FILE: the answer first, then calibrated probabilities."""
+    result = _model(model).attribute(file, k=k, prior_unknown=prior_unknown)
     if as_json:
         _print_json([a.to_dict() for a in result])
         return
@@ -285,10 +289,13 @@ def attribute(
     table.add_column("composer")
     table.add_column("probability", justify="right")
     table.add_column("similarity", justify="right")
-    for a in result:
-        name = a.composer if a.known else "[italic]none of the known composers[/italic]"
+    for n, a in enumerate(result):
+        name = a.composer if a.known else "[italic]someone else[/italic]"
+        if a.barely_known:
+            name = f"{a.composer} [dim](barely known: too few works to name)[/dim]"
         score = "" if a.score is None else f"{a.score:.3f}"
-        table.add_row(name, f"{a.probability:.3f}", score)
+        prob = "" if a.barely_known else f"{a.probability:.3f}"
+        table.add_row(f"[bold]{name}[/bold] ← answer" if n == 0 else name, prob, score)
     out.print(table)
 
 
@@ -331,6 +338,12 @@ def verify(
     )
 
 
+TIMELINE_NOTE = (
+    "Window probabilities use the whole-piece calibration; short windows are not calibrated "
+    "(see docs/model-card.md for what they are worth)."
+)
+
+
 @app.command()
 def timeline(
     file: Annotated[Path, typer.Argument(help="A MIDI file.")],
@@ -354,6 +367,7 @@ def timeline(
             best, top = "none of the known composers", p.unknown
         table.add_row(f"{p.start_s:.1f}", f"{p.end_s:.1f}", best, f"{top:.3f}", f"{p.unknown:.3f}")
     out.print(table)
+    out.print(TIMELINE_NOTE, style="dim")
 
 
 @app.command()
@@ -408,6 +422,17 @@ def index_build(
     relative_to: Annotated[
         Path | None, typer.Option(help="Store paths relative to this folder (a corpus root).")
     ] = None,
+    open_set: Annotated[
+        Path | None,
+        typer.Option(
+            help="Unknown-composer model learnt on real strangers (open-set.json, or the "
+            "unseen-composer cross-validation folder that holds it). Default: simulated."
+        ),
+    ] = None,
+    min_works: Annotated[
+        int | None,
+        typer.Option(help="Works a composer needs to be named (default: chosen on validation)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Embed the run's corpus into RUN/index (centroids from train, calibration from val)."""
@@ -422,8 +447,87 @@ def index_build(
             kind=kind,
             relative_to=relative_to,
             progress=lambda i, n, _: progress.update(task, completed=i, total=n),
+            open_set=open_set,
+            min_works=min_works,
         )
     _show_index(index.info(), as_json)
+
+
+@index_app.command("measure")
+def index_measure(
+    run: Annotated[Path, typer.Argument(help="A run directory with an index and split.json.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="The run's tensor cache.")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for measure.json and measure.md.")
+    ] = None,
+    music21: Annotated[
+        bool, typer.Option(help="Also measure on music21's strangers (converted once).")
+    ] = True,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure RUN's index where nothing was fitted: answers, "someone else", verify and the
+    timeline on its test side and on music21's strangers; stored beside the fitted-on figures."""
+    from harmonixr.midi.builtin import cache_dir
+    from harmonixr.search.measure import measure_index, measure_markdown, store_held_out
+
+    report = measure_index(
+        run,
+        data,
+        music21_dir=cache_dir() / "music21-open-set-v1" if music21 else None,
+        resamples=resamples,
+        progress=_say,
+    )
+    store_held_out(run, report)
+    target = out_dir or run
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "measure.json").write_text(json.dumps(report, indent=1))
+    (target / "measure.md").write_text(measure_markdown(report))
+    if as_json:
+        _print_json(report)
+    else:
+        out.print(measure_markdown(report), markup=False, highlight=False)
+
+
+@index_app.command("open-set")
+def index_open_set(
+    strangers: Annotated[
+        Path,
+        typer.Argument(help="An unseen-composer cross-validation (evaluate --split-mode ...)."),
+    ],
+    known: Annotated[
+        Path, typer.Argument(help="A by-group cross-validation of the same recipe and cache.")
+    ],
+    exclude_split: Annotated[
+        Path | None,
+        typer.Option(
+            help="A run's split.json: its test groups stay out of every fit and measurement "
+            "(the run that will ship with this model)."
+        ),
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Learn "someone else" from real strangers (STRANGERS' folds) against held-out pieces of
+    known composers (KNOWN's folds), cross-fitted over the folds; writes
+    STRANGERS/open-set.json for `index build --open-set`."""
+    from harmonixr.evaluate.openset import embed_training_sides, openset_markdown, openset_study
+
+    excluded = None
+    if exclude_split is not None:
+        test = json.loads(exclude_split.read_text())["test"]
+        excluded = {e["group"] for e in test if isinstance(e, dict) and e.get("group")}
+        if len(excluded) == 0 and test:
+            raise typer.BadParameter(f"{exclude_split}: no groups recorded (an old split.json)")
+    for cv in (strangers, known):
+        embed_training_sides(cv, progress=_say)
+    result = openset_study(
+        strangers, known, resamples=resamples, progress=_say, exclude_groups=excluded
+    )
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(openset_markdown(result), markup=False, highlight=False)
 
 
 @index_app.command("add")
@@ -459,6 +563,48 @@ def index_info(
     _show_index(_model(run).info(), as_json)
 
 
+def _num(d: dict, key: str) -> str:
+    v = d.get(key)
+    if isinstance(v, dict):
+        v = v.get("value")
+    return "–" if v is None else f"{v:.3f}"
+
+
+def calibration_rows(cal: dict) -> list[tuple[str, str, str]]:
+    """(figure, fitted-on value, held-out value) for `index info`: where each was measured."""
+    held = cal.get("held_out") or {}
+    comp, ver = cal.get("composer", {}), cal.get("verify", {})
+    hc, hv = held.get("composer", {}), held.get("verify", {})
+    hs = held.get("open_set_all") or held.get("open_set_test_side") or {}
+    none = "not measured (harmonixr index measure)"
+    return [
+        (
+            "composer ECE / top-1",
+            f"{_num(comp, 'ece')} / {_num(comp, 'top1_accuracy')}",
+            f"{_num(hc, 'ece')} / {_num(hc, 'top1')}" if hc else none,
+        ),
+        (
+            "answer accuracy, named composers",
+            "–",
+            _num(hc, "answer_accuracy") if hc else none,
+        ),
+        (
+            "someone else: AUC / strangers caught / known called unknown",
+            f"– / – / {_num(cal.get('operating_point', {}), 'named_called_unknown')}",
+            " / ".join(
+                _num(hs, k) for k in ("detection_auc", "strangers_caught", "known_called_unknown")
+            )
+            if hs
+            else none,
+        ),
+        (
+            "verify balanced accuracy / ECE",
+            f"{_num(ver, 'balanced_accuracy')} / {_num(ver, 'ece')}",
+            f"{_num(hv, 'balanced_accuracy')} / {_num(hv, 'ece')}" if hv else none,
+        ),
+    ]
+
+
 def _show_index(info: dict, as_json: bool) -> None:
     if as_json:
         _print_json(info)
@@ -468,26 +614,19 @@ def _show_index(info: dict, as_json: bool) -> None:
     )
     where = info.get("uri", "") + " " + info.get("collection", "")
     table.add_row("store", f"{info['store']} {info.get('active_kind', '')}{where}".strip())
-    table.add_row("known composers", ", ".join(c["composer"] for c in info["known_composers"]))
-    cal = info["calibration"]
-    if "composer" in cal:
-        c = cal["composer"]
-        table.add_row(
-            "composer probabilities",
-            f"{c['method']} (T = {c['temperature']:.4g}) on {c['pieces']} validation pieces: "
-            f"ECE {c['ece_before']:.3f} → {c['ece_after']:.3f}",
-        )
-    if "unknown" in cal:
-        u = cal["unknown"]
-        table.add_row("unknown composer", f"{u['method']}: AUC {u['auc']:.3f}, ECE {u['ece']:.3f}")
-    if "verify" in cal:
-        v = cal["verify"]
-        threshold = "none" if v["threshold"] is None else f"{v['threshold']:.3f}"
-        table.add_row(
-            "verify",
-            f"threshold {threshold}, balanced accuracy {v['balanced_accuracy']:.3f} "
-            f"on {v['pairs']} validation pairs, ECE {v['ece']:.3f}",
-        )
+    table.add_row(
+        "named composers",
+        f"{len(info['named_composers'])} with ≥ {info['min_works']} training works: "
+        + ", ".join(info["named_composers"]),
+    )
+    if info["barely_known"]:
+        table.add_row("barely known", f"{len(info['barely_known'])} (never named)")
+    table.add_row(
+        "someone else",
+        f"{info['unknown_model']}; answer when p ≥ {info['operating_point']:.3f}",
+    )
+    for label, fitted, held in calibration_rows(info["calibration"]):
+        table.add_row(label, f"fitted on validation: {fitted}\nmeasured held out: {held}")
     for note in info["notes"]:
         table.add_row("note", note)
     out.print(table)

@@ -238,3 +238,47 @@ def check_manifest(manifest: dict[str, Any], split: dict[str, list[int]], pieces
             f"changed content, unit or side, {len(gone)} vanished, {len(new)} are new; e.g. "
             f"{example}). Evaluate with the cache the run was made from, or start a new run"
         )
+
+
+def portable_manifest(manifest: dict[str, Any], root: str | Path) -> dict[str, Any]:
+    """A split manifest whose paths are relative to ``root`` (a corpus folder), so that it can
+    ship beside the weights and be checked on another machine."""
+    base = Path(root).resolve()
+
+    def rel(p: str) -> str:
+        try:
+            return Path(p).resolve().relative_to(base).as_posix()
+        except ValueError as exc:
+            raise ValueError(f"{p} is not under {base}") from exc
+
+    out = {k: v for k, v in manifest.items() if k not in SIDES}
+    for s in SIDES:
+        out[s] = [
+            {"path": rel(e["path"]), "sha256": e.get("sha256"), "group": e.get("group")}
+            for e in manifest.get(s, [])
+        ]
+    return out
+
+
+def compare_manifests(shipped: str | Path, rebuilt: str | Path) -> None:
+    """Refuse a rebuilt split that differs from the shipped one: by content hash, every file
+    must keep its side and group (paths may differ between machines). Files are counted as a
+    multiset of (hash, side, group), so identical content on two sides cannot hide."""
+    from collections import Counter
+
+    def sides(path: str | Path) -> Counter:
+        m = json.loads(Path(path).read_text())
+        entries = [(e.get("sha256"), s, e.get("group")) for s in SIDES for e in m.get(s, [])]
+        if any(h is None for h, _, _ in entries):
+            raise ValueError(f"{path}: a split manifest needs every file's sha256")
+        return Counter(entries)
+
+    a, b = sides(shipped), sides(rebuilt)
+    if a != b:
+        gone, new = a - b, b - a
+        hashes = {h for h, _, _ in gone} & {h for h, _, _ in new}
+        raise ValueError(
+            f"{rebuilt} differs from the shipped split {shipped}: {len(hashes)} files changed "
+            f"side or group, {sum(gone.values()) - len(hashes)} are missing, "
+            f"{sum(new.values()) - len(hashes)} are new"
+        )

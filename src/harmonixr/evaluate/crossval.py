@@ -27,7 +27,12 @@ from harmonixr.data.cache import CachedPiece, TensorCache, _atomic_write_text, _
 from harmonixr.data.splits import check_manifest, fold_split, split_manifest
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.bootstrap import bootstrap_interval
-from harmonixr.evaluate.metrics import RankedPairs, equal_error_rate, roc_auc
+from harmonixr.evaluate.metrics import (
+    RankedPairs,
+    equal_error_rate,
+    group_pair_weights,
+    roc_auc,
+)
 from harmonixr.evaluate.protocols import PROBE_CS, centroids, class_probabilities
 
 MODEL = "SiaViT"
@@ -244,15 +249,6 @@ def _pairs(c: Corpus, test: np.ndarray, emb: np.ndarray) -> dict[str, np.ndarray
 
 def _cat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def group_pair_weights(ua: np.ndarray, ub: np.ndarray) -> np.ndarray:
-    """Weight 1 / (pairs of the same two units): every pair of units counts once, however many
-    pieces each holds."""
-    lo, hi = np.minimum(ua, ub), np.maximum(ua, ub)
-    key = lo.astype(np.int64) * (int(max(hi.max(initial=0), lo.max(initial=0))) + 1) + hi
-    _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
-    return 1.0 / counts[inv]
 
 
 def verification_figures(

@@ -7,6 +7,9 @@ need both classes raise ``ValueError`` when one is missing rather than return a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 
@@ -196,3 +199,102 @@ class RankedPairs:
             return float("nan")
         later = n - np.cumsum(wn)  # negatives strictly farther than this tie group
         return float(np.sum(wp * (later + 0.5 * wn)) / (p * n))
+
+
+# ---------------------------------------------------------------- calibration and weights
+
+N_BINS = 10
+
+
+def expected_calibration_error(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    n_bins: int = N_BINS,
+    weights: np.ndarray | None = None,
+) -> float:
+    """Top-label ECE (Guo et al. 2017): ``probs`` (N, C), ``labels`` (N,) class indices; the
+    confidence of each row's most probable class against whether it is right, in ``n_bins``
+    equal-width bins, weighted by bin size (or by the summed ``weights`` of its rows)."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+    if probs.shape[0] == 0:
+        return float("nan")
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
+    conf = probs.max(axis=1)
+    right = (probs.argmax(axis=1) == labels).astype(np.float64)
+    bins = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any() and w[sel].sum() > 0:
+            wb = w[sel]
+            gap = np.dot(wb, right[sel]) / wb.sum() - np.dot(wb, conf[sel]) / wb.sum()
+            ece += wb.sum() / w.sum() * abs(gap)
+    return float(ece)
+
+
+def binary_ece(
+    p: np.ndarray, y: np.ndarray, n_bins: int = N_BINS, weights: np.ndarray | None = None
+) -> float:
+    """ECE of a binary probability ``p`` of ``y`` (both classes as a two-column table)."""
+    p = np.asarray(p, np.float64)
+    table = np.stack([1 - p, p], axis=1)
+    return expected_calibration_error(table, np.asarray(y, np.int64), n_bins, weights)
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    """Weights giving each class of a binary ``y`` half the total (what an even prior means)."""
+    y = np.asarray(y).astype(bool)
+    n1, n0 = y.sum(), (~y).sum()
+    return np.where(y, 0.5 / max(n1, 1), 0.5 / max(n0, 1))
+
+
+def binary_balanced_accuracy(
+    decision: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
+):
+    """Mean of the two classes' (weighted) recalls."""
+    y = np.asarray(y).astype(bool)
+    d = np.asarray(decision).astype(bool)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    recalls = [np.dot(w[m], d[m] == y[m]) / w[m].sum() for m in (y, ~y) if w[m].sum() > 0]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def group_pair_weights(ga: Sequence[Any], gb: Sequence[Any]) -> np.ndarray:
+    """Weight 1 / (pairs of the same two groups): every pair of groups weighs one in total."""
+    _, codes = np.unique(
+        np.concatenate([np.asarray(ga, str), np.asarray(gb, str)]), return_inverse=True
+    )
+    a, b = codes[: len(ga)], codes[len(ga) :]
+    lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
+    _, inv, counts = np.unique(
+        lo * (int(codes.max(initial=0)) + 1) + hi, return_inverse=True, return_counts=True
+    )
+    return 1.0 / counts[inv.ravel()]
+
+
+def balanced_weights_weighted(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Multipliers giving each class half of the total weight ``w``."""
+    y = np.asarray(y).astype(bool)
+    s1, s0 = w[y].sum(), w[~y].sum()
+    return np.where(y, 0.5 / max(s1, 1e-300), 0.5 / max(s0, 1e-300))
+
+
+def stratified_auc(
+    d: np.ndarray, y: np.ndarray, strata: np.ndarray, weights: np.ndarray | None = None
+) -> float:
+    """ROC AUC (score −d) counting only pairs of a positive and a negative from the same
+    stratum: each stratum's AUC weighted by its (weighted) positives × negatives. Strata with
+    one class only do not count; nan when none has both."""
+    d, y = np.asarray(d, np.float64), np.asarray(y).astype(bool)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    strata = np.asarray(strata)
+    total, acc = 0.0, 0.0
+    for s in np.unique(strata):
+        m = (strata == s) & (w > 0)
+        pos, neg = w[m & y].sum(), w[m & ~y].sum()
+        if pos > 0 and neg > 0:
+            from sklearn.metrics import roc_auc_score
+
+            acc += pos * neg * float(roc_auc_score(y[m], -d[m], sample_weight=w[m]))
+            total += pos * neg
+    return acc / total if total > 0 else float("nan")

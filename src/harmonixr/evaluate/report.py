@@ -259,7 +259,7 @@ HEADLINE = [
     ("attr_macro_f1", "macro-F1"),
     ("retr_map", "mAP"),
     ("retr_work_r1", "same-work R@1"),
-    ("conf_diff_performer_auc", "AUC diff. performers"),
+    ("conf_performer_auc", "performer AUC (0.5 = deaf to it)"),
     ("conf_score_auc", "AUC score MIDIs"),
     ("val_verify_auc", "val AUC"),
 ]
@@ -268,7 +268,7 @@ INTERVALS = (
     "attr_top1",
     "probe_top1",
     "retr_map",
-    "conf_diff_performer_auc",
+    "conf_performer_auc",
     "conf_score_auc",
 )
 
@@ -314,8 +314,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     share = model.get("conf_same_performer_share")
     if share is not None:
         lines.append(
-            f"Same-composer held-out pairs played by the same performer: {share:.1%} "
-            "(the different-performer column drops them)."
+            f"Same-composer held-out pairs played by the same performer: {share:.1%}. The "
+            "performer AUC asks whether, among pairs of different composers, the similarity "
+            "tells one performer from two (0.5: the embedding does not hear the performer)."
         )
     return "\n".join(lines) + "\n"
 

@@ -32,6 +32,8 @@ NO_NOTES_IN_RANGE = "no_notes_in_range"
 DRUMS_ONLY = "drums_only"
 TOO_LARGE = "too_large"
 TOO_LONG = "too_long"
+TOO_SHORT = "too_short"  # less sounding music than the model can judge
+MIN_SOUNDING_S = 5.0  # seconds during which at least one note sounds
 TOO_DENSE = "too_dense"  # notes that would cost too much work (thousands of hours-long notes)
 CRASHED = "crashed"
 TIMEOUT = "timeout"
@@ -128,10 +130,12 @@ def tensorize_checked(
     config: TensorConfig,
     path: str | PathLike[str] | None = None,
     max_seconds: float = MAX_SECONDS,
+    min_sounding_s: float = MIN_SOUNDING_S,
 ) -> Tensorized:
-    """Tensorize, turning the unusable results (no notes, drums only, too long, too dense)
-    into errors. A Score in ticks or quarters is converted to seconds first (the length limit
-    is in seconds)."""
+    """Tensorize, turning the unusable results (no notes, drums only, too long, too dense,
+    under ``min_sounding_s`` of sounding notes: too little for the model to judge; 0 for
+    pictures of any file) into errors. A Score in ticks or quarters is
+    converted to seconds first (the length limit is in seconds)."""
     if str(score.ttype).lower() != "second":
         score = score.to("second")
     end = float(score.end()) if score.note_num() else 0.0
@@ -149,6 +153,12 @@ def tensorize_checked(
     if result.notes == result.dropped_notes or not np.any(result.tensor):
         lo, hi = config.low_note, config.high_note
         raise MidiError(path, NO_NOTES_IN_RANGE, f"all {result.notes} notes outside {lo}..{hi}")
+    sounding = float(np.count_nonzero(result.tensor.reshape(result.n_frames, -1).any(axis=1)))
+    sounding *= config.frame_ms / 1000.0
+    if sounding < min_sounding_s:
+        raise MidiError(
+            path, TOO_SHORT, f"{sounding:.2f} s of sounding notes < {min_sounding_s:g} s"
+        )
     return result
 
 
@@ -157,13 +167,15 @@ def load_tensor(
     config: TensorConfig = TensorConfig(),
     max_seconds: float = MAX_SECONDS,
     max_bytes: int = MAX_FILE_BYTES,
+    min_sounding_s: float = MIN_SOUNDING_S,
 ) -> Tensorized:
     """Read, check, parse and tensorize one file in this process."""
     score = parse_bytes(read_bytes(path, max_bytes), path, max_bytes)
-    return tensorize_checked(score, config, path, max_seconds)
+    return tensorize_checked(score, config, path, max_seconds, min_sounding_s)
 
 
-LoadJob = tuple[str, TensorConfig, float, int]  # path, config, max_seconds, max_bytes
+# path, config, max_seconds, max_bytes[, min_sounding_s]
+LoadJob = tuple[str, TensorConfig, float, int] | tuple[str, TensorConfig, float, int, float]
 
 
 def load_job(job: LoadJob) -> Tensorized | tuple[str, str]:
@@ -235,6 +247,7 @@ def safe_load(
     timeout: float = 60.0,
     max_seconds: float = MAX_SECONDS,
     max_bytes: int = MAX_FILE_BYTES,
+    min_sounding_s: float = MIN_SOUNDING_S,
 ) -> Tensorized:
     """:func:`load_tensor` in a child process, so that a parser crash or hang becomes a
     :class:`MidiError` (reason ``crashed`` or ``timeout``) instead of taking this process down.
@@ -242,7 +255,7 @@ def safe_load(
     :func:`parser_context`)."""
     path = os.fspath(path)
     with parser_pool(workers=1, timeout=timeout) as pool:
-        (outcome,) = pool.imap([(path, config, max_seconds, max_bytes)])
+        (outcome,) = pool.imap([(path, config, max_seconds, max_bytes, min_sounding_s)])
     if outcome.ok and isinstance(outcome.value, Tensorized):
         return outcome.value
     raise MidiError(path, *failure_reason(outcome))

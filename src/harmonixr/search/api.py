@@ -13,7 +13,7 @@ hx.timeline("a.mid", window=30, hop=10)   # [Passage(start_s, end_s, {composer: 
 
 Files are parsed in child processes (a file that crashes the parser raises
 :class:`~harmonixr.midi.load.MidiError` with reason ``crashed``); bad files raise the same
-reasons as ``preprocess``. Probabilities come from ``search/calibrate.py``.
+reasons as ``preprocess``. Probabilities come from ``evaluate/calibrate.py``.
 """
 
 from __future__ import annotations
@@ -38,13 +38,17 @@ UNKNOWN = "unknown"
 
 @dataclass(frozen=True)
 class Attribution:
-    """A known composer with its calibrated probability and its centroid similarity, or the
-    open-set entry (``known=False``, composer ``"unknown"``, no score)."""
+    """A named composer with its calibrated probability and its centroid similarity; the
+    open-set entry (``known=False``, composer ``"unknown"``: someone else, no score); or a
+    *barely known* composer (``known=False, barely_known=True``): one with a centroid but too
+    few training works to be named, shown with its similarity and probability 0 (its share is
+    part of "someone else")."""
 
     composer: str
     probability: float
     score: float | None
     known: bool = True
+    barely_known: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +101,7 @@ def _is_path(x: object) -> bool:
 
 
 MIN_WINDOW_S, MAX_WINDOW_S, MAX_OVERLAP = 5.0, 120.0, 4
+BARELY_SHOWN = 3  # barely known composers listed after an answer, at most
 
 
 class Harmonixr:
@@ -143,8 +148,13 @@ class Harmonixr:
 
     @property
     def composers(self) -> list[str]:
-        """The composers this model can name (those with a centroid)."""
-        return list(self._index().known)
+        """The composers this model can name (enough training works; see ``barely_known``)."""
+        return list(self._index().calibration.composers)
+
+    @property
+    def barely_known(self) -> list[str]:
+        """Composers with a centroid but too few training works to be named."""
+        return self._index().barely_known
 
     def _index(self) -> Index:
         if self.index is None:
@@ -207,24 +217,56 @@ class Harmonixr:
         z = self.run.embed_tensors(self._tensors(xs))
         return z[0] if single else z
 
-    def _attributions(self, z: np.ndarray, k: int) -> list[Attribution]:
+    def _attributions(
+        self, z: np.ndarray, k: int, prior_unknown: float | None = None
+    ) -> list[Attribution]:
         index = self._index()
-        sims = index.composer_similarities(z)
-        probs, unknown = index.calibration.composer_probabilities(sims)
-        order = np.lexsort((-sims[0], -probs[0]))[: max(0, k)]
-        out = [Attribution(index.known[c], float(probs[0, c]), float(sims[0, c])) for c in order]
-        out.append(Attribution(UNKNOWN, float(unknown[0]), None, known=False))
-        return sorted(out, key=lambda a: -a.probability)
+        cal = index.calibration
+        every = index.composer_similarities(z)
+        sims = index.named_similarities(every)
+        probs, unknown = cal.composer_probabilities(z, sims, prior_unknown)
+        answer = int(cal.answers(z, sims, prior_unknown)[0])
+        order = [int(c) for c in np.argsort(-probs[0], kind="stable")[: max(0, k)]]
+        if answer >= 0 and answer not in order:
+            order.insert(0, answer)  # the answer is always listed, whatever k
+        named = [
+            Attribution(cal.composers[c], float(probs[0, c]), float(sims[0, c])) for c in order
+        ]
+        other = Attribution(UNKNOWN, float(unknown[0]), None, known=False)
+        first = other if answer < 0 else named[order.index(answer)]
+        rest = sorted((a for a in [*named, other] if a is not first), key=lambda a: -a.probability)
+        out = [first, *rest]
+        top = float(sims[0].max()) if sims.shape[1] else -1.0
+        column = {c: n for n, c in enumerate(index.known)}
+        close = sorted(
+            (c for c in index.barely_known if every[0, column[c]] > top),
+            key=lambda c: -every[0, column[c]],
+        )[:BARELY_SHOWN]
+        out += [
+            Attribution(c, 0.0, float(every[0, column[c]]), known=False, barely_known=True)
+            for c in close
+        ]
+        return out
 
-    def attribute(self, x: Input, k: int = 5) -> list[Attribution]:
-        """The ``k`` most probable known composers and the probability that the composer is
-        none of them (``known=False``), most probable first. All known composers' probabilities
-        and the unknown one sum to one; their order is the order of the centroid scores."""
-        return self.attribute_embedding(self.embed(x), k)
+    def attribute(
+        self, x: Input, k: int = 5, *, prior_unknown: float | None = None
+    ) -> list[Attribution]:
+        """The answer first, then the ``k`` most probable named composers and "someone else"
+        (``known=False``) by probability, then up to three *barely known* composers whose
+        centroid is closer than the answer's (never named: too few training works).
 
-    def attribute_embedding(self, z: np.ndarray, k: int = 5) -> list[Attribution]:
+        The answer is "someone else" when its probability reaches the calibration's operating
+        point (chosen on validation), else the most probable named composer. Probabilities of
+        all named composers and "someone else" sum to one; they assume an even prior between
+        "a named composer" and "someone else" unless ``prior_unknown`` says otherwise (Bayes'
+        rule on the odds)."""
+        return self.attribute_embedding(self.embed(x), k, prior_unknown=prior_unknown)
+
+    def attribute_embedding(
+        self, z: np.ndarray, k: int = 5, *, prior_unknown: float | None = None
+    ) -> list[Attribution]:
         """:meth:`attribute` for a ``(D,)`` embedding already computed (by :meth:`embed`)."""
-        return self._attributions(np.asarray(z, np.float32).reshape(1, -1), k)
+        return self._attributions(np.asarray(z, np.float32).reshape(1, -1), k, prior_unknown)
 
     def similar(self, x: Input, k: int = 10) -> list[Match]:
         """The ``k`` indexed pieces nearest to ``x`` (cosine similarity, best first); a piece
@@ -267,12 +309,13 @@ class Harmonixr:
         crop, step = max(1, round(window / fs)), max(1, round(hop / fs))
         windows = piece_windows([tensor], crop, step)
         z = embed_windows(self.run.encoder, [tensor], windows, crop)
-        probs, unknown = index.calibration.composer_probabilities(index.composer_similarities(z))
+        sims = index.named_similarities(index.composer_similarities(z))
+        probs, unknown = index.calibration.composer_probabilities(z, sims)
         return [
             Passage(
                 round(w.start * fs, 3),
                 round((w.start + w.valid) * fs, 3),
-                {c: float(p) for c, p in zip(index.known, probs[i], strict=True)},
+                {c: float(p) for c, p in zip(index.calibration.composers, probs[i], strict=True)},
                 float(unknown[i]),
             )
             for i, w in enumerate(windows)

@@ -6,7 +6,7 @@ RUN/index/
   index.json        what built it: model hash, store, dimension, centroid composers, counts
   items.json        the metadata table, one column per field (row i = vector id i)
   centroids.npy     (C, D) unit composer centroids, from the run's TRAIN split only
-  calibration.json  fitted on the run's VALIDATION split only (search/calibrate.py)
+  calibration.json  probe + calibration: TRAIN and VALIDATION splits only (evaluate/calibrate.py)
   embeddings.npy    (N, D) float32 (FAISS store) [+ hnsw.faiss above HNSW_MIN vectors]
 ```
 
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harmonixr.evaluate.calibrate import Calibration, OpenSetModel, fit_calibration
 from harmonixr.midi.load import UNREADABLE, MidiError
-from harmonixr.search.calibrate import Calibration, fit_calibration
 from harmonixr.search.runs import Run, file_sha256, load_files, load_run
 from harmonixr.search.store import FaissStore, MilvusStore, VectorStore, milvus_uri
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from harmonixr._pool import RobustPool
 
 INDEX_DIR = "index"
-FORMAT = 1
+FORMAT = 2  # 2: named composers, probe and operating point in calibration.json
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -88,6 +88,11 @@ class Index:
         self.centroids, self.known = centroids, list(known)
         self.calibration, self.manifest = calibration, manifest
         self._shas = {it.sha256 for it in items}
+        column = {c: k for k, c in enumerate(self.known)}
+        missing = [c for c in calibration.composers if c not in column]
+        if missing:
+            raise ValueError(f"{root}: calibrated composers without a centroid: {missing[:3]}")
+        self._named = np.array([column[c] for c in calibration.composers], np.int64)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -116,6 +121,17 @@ class Index:
     def composer_similarities(self, z: np.ndarray) -> np.ndarray:
         """(N, C) cosine similarity of each embedding to each known composer's centroid."""
         return np.atleast_2d(z).astype(np.float32) @ self.centroids.T
+
+    def named_similarities(self, sims: np.ndarray) -> np.ndarray:
+        """The columns of :meth:`composer_similarities` of the named composers, in the
+        calibration's order."""
+        return np.atleast_2d(sims)[:, self._named]
+
+    @property
+    def barely_known(self) -> list[str]:
+        """Composers with a centroid who are never named (too few training works)."""
+        named = set(self.calibration.composers)
+        return [c for c in self.known if c not in named]
 
     # ------------------------------------------------------------ writing
 
@@ -182,6 +198,11 @@ class Index:
                 for c in self.known
             ],
             "pieces_per_composer": dict(per.most_common()),
+            "named_composers": list(self.calibration.composers),
+            "min_works": self.calibration.min_works,
+            "barely_known": self.barely_known,
+            "unknown_model": self.calibration.unknown_source,
+            "operating_point": self.calibration.operating_point,
             "calibration": self.calibration.report,
             "threshold": self.calibration.threshold,
             "notes": list(self.calibration.notes),
@@ -189,6 +210,17 @@ class Index:
 
 
 # ------------------------------------------------------------------ building
+
+
+def load_open_set(path: str | Path) -> OpenSetModel:
+    """The unknown-composer model stored by ``evaluate.openset`` (``open-set.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "open-set.json"
+    try:
+        return OpenSetModel.from_dict(json.loads(path.read_text())["model"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: not an open-set model ({exc})") from exc
 
 
 def centroids_of(emb: np.ndarray, composers: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -217,10 +249,15 @@ def build_index(
     relative_to: str | Path | None = None,
     batch_size: int = 32,
     progress: ProgressFn | None = None,
+    open_set: OpenSetModel | str | Path | None = None,
+    min_works: int | None = None,
 ) -> Index:
     """Embed every usable piece of the cache (one per distinct file content) into
-    ``RUN/index``, centroids from the run's training split, calibration from its validation
-    split. ``relative_to`` stores paths relative to that folder (a corpus root)."""
+    ``RUN/index``, centroids and probe from the run's training split, calibration from its
+    validation split (``evaluate/calibrate.py``). ``open_set`` is an unknown-composer model
+    learnt on real strangers (an ``OpenSetModel`` or the ``open-set.json`` that
+    ``harmonixr evaluate-openset`` writes); without one it is simulated on validation.
+    ``relative_to`` stores paths relative to that folder (a corpus root)."""
     from harmonixr.data.cache import TensorCache
     from harmonixr.data.splits import SIDES, load_split
 
@@ -258,12 +295,17 @@ def build_index(
         np.stack([z(i) for i in train]), [rows[i].composer for i in train]
     )
     val_emb = np.stack([z(i) for i in val]) if val else np.zeros((0, run.dim), np.float32)
+    if open_set is not None and not isinstance(open_set, OpenSetModel):
+        open_set = load_open_set(open_set)
     calibration = fit_calibration(
+        np.stack([z(i) for i in train]),
+        [rows[i].composer for i in train],
+        [rows[i].group for i in train],
         val_emb,
         [rows[i].composer for i in val],
         [rows[i].group for i in val],
-        centroids,
-        known,
+        open_set=open_set,
+        min_works=min_works,
     )
     root = Path(relative_to).resolve() if relative_to else None
 

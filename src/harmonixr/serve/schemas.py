@@ -7,10 +7,16 @@ from pydantic import BaseModel, Field
 
 
 class Attribution(BaseModel):
-    composer: str = Field(description='A known composer, or "unknown" (known=false).')
-    probability: float = Field(description="Calibrated; all entries with unknown sum to 1.")
+    composer: str = Field(
+        description='The first entry is the answer: a named composer, or "unknown" (known=false, '
+        "someone else)."
+    )
+    probability: float = Field(description="Calibrated; named entries with unknown sum to 1.")
     score: float | None = Field(description="Cosine similarity to the composer's centroid.")
     known: bool = True
+    barely_known: bool = Field(
+        False, description="Too few training works to be named: shown, probability 0."
+    )
 
 
 class Match(BaseModel):
@@ -55,6 +61,9 @@ class Timeline(BaseModel):
     window_s: float
     hop_s: float
     passages: list[Passage]
+    calibrated: bool = Field(
+        False, description="Window probabilities use the whole-piece calibration: not calibrated."
+    )
 
 
 class Position(BaseModel):

@@ -52,6 +52,7 @@ MESSAGES = {
     "drums_only": "{name} holds only drum-channel notes",
     TOO_LARGE: "{name} is larger than the {limit} limit",
     "too_long": "{name} is too long to analyse ({detail})",
+    "too_short": "{name} holds too little music to judge ({detail})",
     "too_dense": "{name} holds too many long overlapping notes to analyse ({detail})",
     TIMEOUT: "Reading {name} took longer than {timeout:g} s and was stopped",
     CRASHED: "{name} crashed the MIDI parser (only its own child process was lost)",
@@ -338,7 +339,12 @@ class Service:
             "seconds": round(tensor.shape[0] * self.hx.run.frame_seconds, 3),
             "attribution": [a.to_dict() for a in self.hx.attribute_embedding(z, k)],
             "similar": [m.to_dict() for m in self.hx.similar_embedding(z, n)],
-            "timeline": {"window_s": window, "hop_s": hop, "passages": timeline},
+            "timeline": {
+                "window_s": window,
+                "hop_s": hop,
+                "passages": timeline,
+                "calibrated": False,  # whole-piece calibration applied to windows
+            },
             "roll": self.roll(tensor),
             "position": self.place(z),
         }

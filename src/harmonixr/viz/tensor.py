@@ -54,7 +54,7 @@ def tensor_pictures(
 
     config = config or TensorConfig()
     path = Path(path)
-    tensor = safe_load(path, config).tensor
+    tensor = safe_load(path, config, min_sounding_s=0.0).tensor  # a picture of any file
     fps = 1000.0 / config.frame_ms
     n = tensor.shape[0]
     if seconds is None:

@@ -5,7 +5,7 @@
 const UNKNOWN_COLOUR = "#9aa0a6";
 const OTHER_COLOUR = "#b4b4b4";
 const INK = [27, 42, 74]; // piano-roll notes
-const state = { health: null, corpus: null, last: null };
+const state = { health: null, corpus: null, last: null, request: null };
 const $ = (id) => document.getElementById(id);
 
 // ------------------------------------------------------------------ talking to the server
@@ -15,6 +15,7 @@ async function api(path, options) {
   try {
     response = await fetch(path, options);
   } catch (err) {
+    if (err.name === "AbortError") throw err;
     throw new Error("The server cannot be reached: is `harmonixr serve` still running?");
   }
   let body = null;
@@ -136,21 +137,37 @@ async function analyze(file) {
     showError($("error"), big);
     return;
   }
+  // a newer file replaces an older one: abort the older request (the server stops its work
+  // when the client hangs up) and never draw an answer that is no longer the latest
+  if (state.request) state.request.abort();
+  const request = new AbortController();
+  state.request = request;
+  const current = () => state.request === request;
   setStatus(`Reading ${file.name}…`, true);
   $("results").setAttribute("aria-busy", "true");
   const form = new FormData();
   form.append("file", file, file.name);
   try {
-    const result = await api("/api/analyze?k=5&n=10&window=30&hop=30", { method: "POST", body: form });
+    const result = await api("/api/analyze?k=5&n=10&window=30&hop=30", {
+      method: "POST",
+      body: form,
+      signal: request.signal,
+    });
+    if (!current()) return;
     state.last = result;
     await show(result);
+    if (!current()) return;
     setStatus(`${result.file}: ${clock(result.seconds)} of music analysed.`);
   } catch (err) {
+    if (!current() || err.name === "AbortError") return;
     setStatus("");
     $("results").hidden = true;
     showError($("error"), err.message);
   } finally {
-    $("results").removeAttribute("aria-busy");
+    if (current()) {
+      $("results").removeAttribute("aria-busy");
+      state.request = null;
+    }
   }
 }
 
@@ -171,22 +188,25 @@ async function show(result) {
 function drawBars(attribution) {
   const list = $("bars");
   list.replaceChildren();
-  for (const a of attribution) {
-    const name = a.known ? a.composer : "Someone else";
+  attribution.forEach((a, i) => {
+    const name = a.known || a.barely_known ? a.composer : "Someone else";
     const fill = el("span", { class: "fill" });
     fill.style.width = `${(100 * a.probability).toFixed(2)}%`;
     if (a.known) fill.style.background = colourOf(a.composer);
-    const label = `${name}: ${percent(a.probability)}`;
+    // the first entry is the answer; barely known composers are shown, never named
+    const pct = a.barely_known ? "barely known" : percent(a.probability);
+    const label = `${i === 0 ? "Answer: " : ""}${name}: ${pct}`;
+    const cls = a.barely_known ? "barely" : a.known ? "known" : "unknown";
     list.append(
       el(
         "li",
-        { class: a.known ? "known" : "unknown", "aria-label": label },
+        { class: i === 0 ? `${cls} answer` : cls, "aria-label": label },
         el("span", { class: "name", title: name }, name),
         el("span", { class: "track", "aria-hidden": "true" }, fill),
-        el("span", { class: "pct", "aria-hidden": "true" }, percent(a.probability)),
+        el("span", { class: "pct", "aria-hidden": "true" }, pct),
       ),
     );
-  }
+  });
 }
 
 function drawNearest(matches) {

@@ -1,0 +1,546 @@
+"""Calibrated answers from embeddings: every part fitted on a run's training and validation
+sides (or on real strangers of an unseen-composer cross-validation), never on a test side.
+
+What a user sees and how it is made:
+
+- **Named composers.** Only a composer whose training side holds at least ``min_works`` works
+  (split groups) can be the answer. The others are *barely known*: ``attribute`` shows their
+  centroid similarity but never names them, because a centroid resting on one or two works
+  attracts answers it cannot back. ``min_works`` and the probe's C are chosen together on
+  validation: the pair that names the most validation pieces rightly, a piece of a composer left
+  out counting as wrong.
+- **Composer** (closed set): a multinomial logistic-regression probe on the training pieces'
+  embeddings over the named composers, its logits divided by one temperature fitted on the
+  validation pieces (temperature scaling, Guo et al. 2017). One parameter cannot overfit a
+  validation side of a few hundred pieces and keeps the order of the scores.
+- **Someone else** (open set): a logistic model on three features of a piece (``FEATURES``):
+  its top similarity to a named composer's centroid, the margin over the second, and that top
+  similarity measured against the spread of the composer's own training pieces around their
+  centroid (a z-score: some composers are tight, others wide). All three come from centroids,
+  so the model can be learnt on one encoder's strangers and used with another of the same
+  recipe. Every coefficient is ≤ 0, so a piece that fits better never looks more foreign.
+  It is fitted on real strangers when one is given (``OpenSetModel``, learnt by
+  ``evaluate.openset`` on composers that unseen-composer folds kept from their encoder);
+  otherwise on validation pieces scored with their own composer left out (simulated strangers,
+  said in ``notes``). Both classes weigh the same in the fit, so the probability assumes an even
+  prior; ``prior_unknown`` moves the odds by Bayes' rule.
+- **The answer** is "someone else" when that probability reaches the operating point: the larger
+  of 0.5 and the value that only ``FALSE_UNKNOWN`` of the validation pieces of named composers
+  reach. Otherwise it is the most probable named composer.
+- **Verification**: Platt scaling, ``sigmoid(a · cos + b)``, on pairs of validation pieces from
+  different groups; each group pair weighs one in total (so one prolific composer's pairs cannot
+  dominate) and the two classes weigh the same, so ``p = 0.5`` is the decision threshold.
+
+``Calibration.report`` holds the figures measured on the validation side the parts were fitted
+on, each labelled ``measured_on``; held-out figures are measured by ``evaluate.openset`` and
+added under ``held_out`` with the side they come from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harmonixr.evaluate.metrics import (
+    balanced_weights,
+    balanced_weights_weighted,
+    binary_balanced_accuracy,
+    binary_ece,
+    expected_calibration_error,
+    group_pair_weights,
+)
+
+REGULARISATION = 1.0  # logistic C (inverse L2 strength) of the small models on standardised x
+FEATURES = ("top similarity", "margin", "top similarity in the composer's spread")
+SPREAD_PRIOR = 5.0  # pieces' worth of the pooled spread mixed into each composer's own
+MIN_WORKS_CHOICES = (1, 2, 3, 5, 8, 13)
+PROBE_CS = (0.01, 0.1, 1.0, 10.0)
+FALSE_UNKNOWN = 0.10  # share of validation pieces of named composers allowed to be called unknown
+FITTED_ON = "validation (fitted on it)"
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The ``T`` minimising the NLL of ``softmax(logits / T)`` (searched over 1e-4…100)."""
+    from scipy.optimize import minimize_scalar
+
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z[np.arange(len(z)), labels] - np.log(np.exp(z).sum(axis=1))
+        return float(-logp.mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(1e-4), np.log(100.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def open_set_features(sims: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(N, 3) ``FEATURES``: the top centroid similarity, its margin over the second (0 with a
+    single composer), and ``(top − mean[c]) / std[c]`` for the top composer ``c``."""
+    sims = np.atleast_2d(np.asarray(sims, np.float64))
+    if sims.shape[1] == 0:
+        return np.zeros((sims.shape[0], 3))
+    best = sims.argmax(axis=1)
+    top = sims[np.arange(len(sims)), best]
+    second = -np.sort(-sims, axis=1)[:, 1] if sims.shape[1] > 1 else top
+    z = (top - np.asarray(mean, np.float64)[best]) / np.asarray(std, np.float64)[best]
+    return np.stack([top, top - second, z], axis=1)
+
+
+def spread_statistics(
+    emb: np.ndarray, composers: np.ndarray, names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centroids (E, D), mean (E,), std (E,)) of the named composers: the mean and spread of
+    their training pieces' similarity to their own centroid, each std shrunk towards the pooled
+    one by ``SPREAD_PRIOR`` pieces (a composer of three pieces has no reliable spread)."""
+    from harmonixr.evaluate.protocols import centroids
+
+    cents = centroids(emb, composers, names)
+    sims = [emb[composers == n] @ cents[k] for k, n in enumerate(names)]
+    pooled = float(np.std(np.concatenate([s - s.mean() for s in sims]))) if sims else 1.0
+    pooled = max(pooled, 1e-6)
+    mean = np.array([s.mean() for s in sims])
+    var = np.array(
+        [(len(s) * s.var() + SPREAD_PRIOR * pooled**2) / (len(s) + SPREAD_PRIOR) for s in sims]
+    )
+    return cents, mean, np.sqrt(var)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def _logistic(
+    x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[list[float], float]:
+    """(coefficients, intercept) of an L2-regularised logistic regression, fitted on
+    standardised features (so the regularisation does not depend on how spread one model's
+    similarities are) and returned on the original scale. ``weights`` per example."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(x, np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)
+    model = LogisticRegression(C=REGULARISATION, max_iter=1000)
+    w = None if weights is None else np.asarray(weights, np.float64) * len(y) / np.sum(weights)
+    model.fit((x - mean) / std, y, sample_weight=w)
+    coef = model.coef_[0] / std
+    return [float(c) for c in coef], float(model.intercept_[0] - np.dot(coef, mean))
+
+
+def fit_decreasing(
+    x: np.ndarray, y: np.ndarray, use: Sequence[bool] | None = None
+) -> tuple[list[float], float]:
+    """A class-balanced logistic model of "unknown" (``y = 1``) whose every coefficient is ≤ 0:
+    a feature whose fitted sign is wrong (or that ``use`` switches off) is dropped and the rest
+    refitted."""
+    y = np.asarray(y, np.int64)
+    keep = [True] * x.shape[1] if use is None else [bool(u) for u in use]
+    w = balanced_weights(y)
+    while any(keep):
+        cols = [i for i, k in enumerate(keep) if k]
+        coef_k, bias = _logistic(x[:, cols], y, w)
+        wrong = [c for c, v in zip(cols, coef_k, strict=True) if v > 0]
+        if not wrong:
+            coef = [0.0] * x.shape[1]
+            for c, v in zip(cols, coef_k, strict=True):
+                coef[c] = v
+            return coef, bias
+        for c in wrong:
+            keep[c] = False
+    return [0.0] * x.shape[1], 0.0  # balanced classes, no usable feature: p = 0.5
+
+
+def prior_shift(prior_unknown: float | None) -> float:
+    """Log-odds added to the unknown logit for a prior other than the even one it was fitted
+    at (Bayes' rule: posterior odds = likelihood ratio × prior odds)."""
+    if prior_unknown is None:
+        return 0.0
+    if not 0.0 < prior_unknown < 1.0:
+        raise ValueError(f"prior_unknown must be strictly between 0 and 1, got {prior_unknown}")
+    return math.log(prior_unknown / (1.0 - prior_unknown))
+
+
+@dataclass(frozen=True)
+class OpenSetModel:
+    """An unknown-composer model learnt elsewhere (on real strangers), for ``FEATURES``."""
+
+    coef: tuple[float, ...]
+    bias: float
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"coef": list(self.coef), "bias": self.bias, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OpenSetModel:
+        return cls(tuple(float(c) for c in d["coef"]), float(d["bias"]), str(d["source"]))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fitted parameters plus what ``index info`` shows. Unfitted parts keep neutral defaults
+    (no probe: a softmax over centroid similarities; no unknown; ``p = (1 + cos) / 2``) and say
+    why in ``notes``."""
+
+    composers: tuple[str, ...] = ()  # the named composers, the probe's columns
+    min_works: int = 1
+    probe_weights: tuple[tuple[float, ...], ...] = ()  # (E, D); empty: centroid similarities
+    probe_bias: tuple[float, ...] = ()
+    spread_mean: tuple[float, ...] = ()  # per named composer, see ``spread_statistics``
+    spread_std: tuple[float, ...] = ()
+    temperature: float = 1.0
+    unknown_coef: tuple[float, ...] = (0.0, 0.0, 0.0)
+    unknown_bias: float = -30.0  # p(unknown) ≈ 0 until fitted
+    unknown_source: str = "not fitted"
+    operating_point: float = 0.5  # p(unknown) from which the answer is "someone else"
+    same_coef: float = 0.0
+    same_bias: float = 0.0
+    same_fitted: bool = False
+    report: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    # ---------------------------------------------------------------- applying
+
+    def logits(self, z: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """(N, E) closed-set logits before the temperature: the probe's, or the centroid
+        similarities ``sims`` (N, E) of the named composers when there is no probe."""
+        if not self.probe_weights:
+            return np.atleast_2d(np.asarray(sims, np.float64))
+        z = np.atleast_2d(np.asarray(z, np.float64))
+        return z @ np.asarray(self.probe_weights).T + np.asarray(self.probe_bias)
+
+    def closed_log_probabilities(self, z: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        return log_softmax(self.logits(z, sims) / self.temperature)
+
+    def unknown_probability(
+        self, z: np.ndarray, sims: np.ndarray, prior_unknown: float | None = None
+    ) -> np.ndarray:
+        """(N,) probability that each piece's composer is none of the named ones."""
+        sims = np.atleast_2d(np.asarray(sims, np.float64))
+        if sims.shape[1] == 0:
+            return np.ones(sims.shape[0])
+        x = open_set_features(sims, self.spread_mean, self.spread_std)
+        logit = x @ np.asarray(self.unknown_coef) + self.unknown_bias + prior_shift(prior_unknown)
+        return _sigmoid(logit)
+
+    def composer_probabilities(
+        self, z: np.ndarray, sims: np.ndarray, prior_unknown: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """((N, E) per named composer, (N,) unknown); each row sums to one with its unknown."""
+        sims = np.atleast_2d(np.asarray(sims, np.float64))
+        unknown = self.unknown_probability(z, sims, prior_unknown)
+        if sims.shape[1] == 0:
+            return sims.copy(), unknown
+        closed = np.exp(self.closed_log_probabilities(z, sims))
+        return closed * (1.0 - unknown)[:, None], unknown
+
+    def answers(
+        self, z: np.ndarray, sims: np.ndarray, prior_unknown: float | None = None
+    ) -> np.ndarray:
+        """(N,) the answer per piece: a column of ``composers``, or -1 for "someone else"."""
+        probs, unknown = self.composer_probabilities(z, sims, prior_unknown)
+        if probs.shape[1] == 0:
+            return np.full(len(unknown), -1)
+        return np.where(unknown >= self.operating_point, -1, probs.argmax(axis=1))
+
+    def same_probability(self, cos: np.ndarray | float) -> np.ndarray:
+        cos = np.asarray(cos, np.float64)
+        if not self.same_fitted:
+            return np.clip((1.0 + cos) / 2.0, 0.0, 1.0)
+        return _sigmoid(self.same_coef * cos + self.same_bias)
+
+    @property
+    def threshold(self) -> float | None:
+        """The similarity at which ``verify`` says *same composer* (p = 0.5)."""
+        if not self.same_fitted:
+            return 0.0
+        if self.same_coef <= 0:
+            return None
+        return -self.same_bias / self.same_coef
+
+    # ---------------------------------------------------------------- storage
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in (
+            "composers",
+            "unknown_coef",
+            "probe_bias",
+            "spread_mean",
+            "spread_std",
+            "notes",
+        ):
+            d[key] = list(d[key])
+        d["probe_weights"] = [list(row) for row in self.probe_weights]
+        d["threshold"] = self.threshold
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        if "composers" not in d:
+            raise ValueError(
+                "calibration from an older Harmonixr (no named composers); rebuild the index "
+                "with `harmonixr index build RUN`"
+            )
+        d = {k: v for k, v in d.items() if k != "threshold"}
+        for key in (
+            "composers",
+            "unknown_coef",
+            "probe_bias",
+            "spread_mean",
+            "spread_std",
+            "notes",
+        ):
+            d[key] = tuple(d.get(key, ()))
+        d["probe_weights"] = tuple(tuple(row) for row in d.get("probe_weights", ()))
+        return cls(**d)
+
+
+# -------------------------------------------------------------------- fitting
+
+
+def work_counts(composers: Sequence[str], groups: Sequence[str]) -> dict[str, int]:
+    """Distinct groups (works) per composer."""
+    seen: dict[str, set[str]] = {}
+    for c, g in zip(composers, groups, strict=True):
+        seen.setdefault(c, set()).add(g)
+    return {c: len(g) for c, g in seen.items()}
+
+
+def _fit_probe(x: np.ndarray, y: np.ndarray, c: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x, y)
+
+
+def _probe_table(model, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(E, D) weights and (E,) biases with a very negative bias for classes it never saw."""
+    w = np.zeros((n, model.coef_.shape[1]))
+    b = np.full(n, -30.0)
+    if len(model.classes_) == 2:  # sklearn's binary form: one row for class 1
+        w[model.classes_[1]], b[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+        w[model.classes_[0]], b[model.classes_[0]] = 0.0, 0.0
+    else:
+        w[model.classes_], b[model.classes_] = model.coef_, model.intercept_
+    return w, b
+
+
+def choose_named(
+    train_emb: np.ndarray,
+    train_composers: np.ndarray,
+    works: dict[str, int],
+    val_emb: np.ndarray,
+    val_composers: np.ndarray,
+    *,
+    min_works: int | None = None,
+    seed: int = 0,
+) -> tuple[int, list[str], np.ndarray, np.ndarray, dict[str, Any]]:
+    """(min_works, named composers, probe weights, biases, the choice's table): every
+    ``(min_works, C)`` pair is fitted on training and scored on validation by the share of *all*
+    validation pieces it names rightly; the best wins (ties: fewer works, then smaller C)."""
+    choices = (min_works,) if min_works is not None else MIN_WORKS_CHOICES
+    table: list[dict[str, Any]] = []
+    best: tuple[float, int, list[str], Any] | None = None
+    for m in choices:
+        names = sorted(c for c, n in works.items() if n >= m)
+        if len(names) < 2:
+            continue
+        index = {c: k for k, c in enumerate(names)}
+        sel = np.array([c in index for c in train_composers])
+        y = np.array([index[c] for c in train_composers[sel]])
+        vy = np.array([index.get(c, -1) for c in val_composers])
+        for c in PROBE_CS if len(val_emb) else (1.0,):
+            model = _fit_probe(train_emb[sel], y, c, seed)
+            w, b = _probe_table(model, len(names))
+            right = float(np.mean((val_emb @ w.T + b).argmax(1) == vy)) if len(vy) else 0.0
+            table.append({"min_works": m, "C": c, "named": len(names), "val_named_right": right})
+            if best is None or right > best[0] + 1e-12:
+                best = (right, m, names, (w, b))
+    if best is None:
+        raise ValueError("fewer than two composers have enough training works to be named")
+    _, m, names, (w, b) = best
+    return m, names, w, b, {"choices": table, "chosen_min_works": m}
+
+
+def _open_set_examples(
+    sims: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Simulated strangers: each known piece as it is (0) and with its own composer's column
+    removed (1)."""
+    n, e = sims.shape
+    x0 = open_set_features(sims, mean, std)
+    hidden = sims.copy()
+    hidden[np.arange(n), labels] = -np.inf  # never the top: as if the column were gone
+    x1 = open_set_features(hidden, mean, std)
+    ranked = -np.sort(-hidden, axis=1)  # the hidden column (-inf) sorts last
+    x1[:, 1] = ranked[:, 0] - ranked[:, 1] if e > 2 else 0.0
+    return np.concatenate([x0, x1]), np.concatenate([np.zeros(n), np.ones(n)]).astype(np.int64)
+
+
+def verify_pairs(
+    groups: Sequence[str], max_pairs: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of pieces from different groups, at most ``max_pairs`` (seeded)."""
+    g = np.asarray(groups)
+    i, j = np.triu_indices(len(g), k=1)
+    keep = g[i] != g[j]
+    i, j = i[keep], j[keep]
+    if len(i) > max_pairs:
+        pick = np.sort(np.random.default_rng(seed).choice(len(i), max_pairs, replace=False))
+        i, j = i[pick], j[pick]
+    return i, j
+
+
+def verify_figures(
+    p: np.ndarray, y: np.ndarray, ga, gb, weights: np.ndarray | None = None
+) -> dict[str, float]:
+    """Balanced accuracy at p ≥ 0.5 and ECE at an even prior, pair-weighted and with every
+    group pair weighing the same; ``weights`` multiply both (a bootstrap's multiplicities)."""
+    from harmonixr.evaluate.metrics import roc_auc
+
+    y = np.asarray(y).astype(bool)
+    base = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    out: dict[str, float] = {"pairs": int(len(y)), "same_pairs": int(y.sum())}
+    if not (base[y].sum() > 0 and base[~y].sum() > 0):
+        return out
+    gpe = group_pair_weights(ga, gb)
+    for name, w in (("", base), ("_gpe", base * gpe)):
+        even = w * balanced_weights_weighted(y, w)
+        out[f"balanced_accuracy{name}"] = binary_balanced_accuracy(p >= 0.5, y, w)
+        out[f"ece{name}"] = binary_ece(p, y, weights=even)
+    out["auc"] = roc_auc(-p, y, base)
+    return out
+
+
+def _fit_verify(
+    emb: np.ndarray, composers: np.ndarray, groups: np.ndarray, max_pairs: int, seed: int
+) -> tuple[float, float, dict[str, Any]] | str:
+    i, j = verify_pairs(list(groups), max_pairs, seed)
+    y = (composers[i] == composers[j]).astype(np.int64)
+    if len(y) == 0 or y.all() or not y.any():
+        return "verify not calibrated: validation has no pairs of both kinds from different works"
+    cos = np.einsum("nd,nd->n", emb[i], emb[j]).astype(np.float64)
+    gpe = group_pair_weights(groups[i], groups[j])
+    (a,), b = _logistic(cos[:, None], y, gpe * balanced_weights_weighted(y, gpe))
+    p = _sigmoid(a * cos + b)
+    report = {
+        "method": "Platt scaling on cosine similarity; each group pair weighs one, classes even",
+        "measured_on": FITTED_ON,
+        "threshold": -b / a if a > 0 else None,
+        **verify_figures(p, y, groups[i], groups[j]),
+    }
+    return a, b, report
+
+
+def fit_calibration(
+    train_emb: np.ndarray,
+    train_composers: Sequence[str],
+    train_groups: Sequence[str],
+    val_emb: np.ndarray,
+    val_composers: Sequence[str],
+    val_groups: Sequence[str],
+    *,
+    open_set: OpenSetModel | None = None,
+    min_works: int | None = None,
+    max_pairs: int = 20_000,
+    seed: int = 0,
+) -> Calibration:
+    """Fit every part (see the module docstring): the probe and the named composers on the
+    training pieces' embeddings with choices on validation; temperature, operating point and
+    ``verify`` on validation; the unknown model from ``open_set`` or simulated on validation."""
+    from harmonixr.evaluate.metrics import roc_auc
+
+    tr_emb = np.asarray(train_emb, np.float64)
+    va_emb = np.asarray(val_emb, np.float64).reshape(-1, tr_emb.shape[1])
+    tr_c, va_c = np.asarray(train_composers, dtype=object), np.asarray(val_composers, dtype=object)
+    va_g = np.asarray(val_groups, dtype=object)
+    notes: list[str] = []
+    works = work_counts(list(tr_c), list(train_groups))
+    report: dict[str, Any] = {"validation_pieces": int(len(va_emb)), "train_works": works}
+    params: dict[str, Any] = {}
+    try:
+        m, names, w, b, choice = choose_named(
+            tr_emb, tr_c, works, va_emb, va_c, min_works=min_works, seed=seed
+        )
+    except ValueError as exc:
+        notes.append(f"composers not calibrated: {exc}")
+        names = []
+    if names:
+        report["named"] = {"measured_on": FITTED_ON, **choice, "composers": len(names)}
+        params.update(
+            composers=tuple(names),
+            min_works=m,
+            probe_weights=tuple(tuple(float(v) for v in row) for row in w),
+            probe_bias=tuple(float(v) for v in b),
+        )
+        cents, mean, std = spread_statistics(tr_emb, tr_c, names)
+        params.update(spread_mean=tuple(mean.tolist()), spread_std=tuple(std.tolist()))
+        index = {c: k for k, c in enumerate(names)}
+        labels = np.array([index.get(c, -1) for c in va_c], np.int64)
+        named = labels >= 0
+        sims = va_emb @ cents.T
+        logits = va_emb @ w.T + b
+        if named.any():
+            t = fit_temperature(logits[named], labels[named])
+            params["temperature"] = t
+            p_closed = softmax(logits[named] / t)
+            report["composer"] = {
+                "method": "probe logits / temperature",
+                "measured_on": FITTED_ON,
+                "temperature": t,
+                "pieces": int(named.sum()),
+                "ece": expected_calibration_error(p_closed, labels[named]),
+                "top1_accuracy": float(np.mean(p_closed.argmax(1) == labels[named])),
+            }
+            if open_set is not None:
+                coef, bias, source = list(open_set.coef), open_set.bias, open_set.source
+            else:
+                x, y = _open_set_examples(sims[named], labels[named], mean, std)
+                coef, bias = fit_decreasing(x, y, (True, len(names) >= 3, True))
+                source = "simulated strangers: validation pieces without their own composer"
+                notes.append(
+                    "unknown fitted on simulated strangers (validation pieces scored without "
+                    "their own composer), not on composers the encoder never saw"
+                )
+                report["unknown_simulated"] = {
+                    "measured_on": FITTED_ON,
+                    "auc": roc_auc(-(x @ np.asarray(coef)), y),
+                }
+            params.update(unknown_coef=tuple(coef), unknown_bias=bias, unknown_source=source)
+            probe = Calibration(**params)
+            u = probe.unknown_probability(va_emb[named], sims[named])
+            point = max(0.5, float(np.quantile(u, 1.0 - FALSE_UNKNOWN)))
+            params["operating_point"] = point
+            report["operating_point"] = {
+                "measured_on": FITTED_ON,
+                "rule": f"max(0.5, p reached by {FALSE_UNKNOWN:.0%} of validation pieces of "
+                "named composers)",
+                "value": point,
+                "named_called_unknown": float(np.mean(u >= point)),
+            }
+        else:
+            notes.append("no validation piece of a named composer: temperature and unknown unfit")
+    fitted = _fit_verify(va_emb, va_c, va_g, max_pairs, seed)
+    if isinstance(fitted, str):
+        notes.append(fitted)
+    else:
+        params["same_coef"], params["same_bias"], report["verify"] = fitted
+        params["same_fitted"] = True
+    return Calibration(**params, report=report, notes=tuple(notes))
