@@ -173,3 +173,29 @@ def test_milvus_lite_store_answers_like_faiss(search_run_copy, tmp_path):
     assert len(hx.index.store) == 21
     assert Harmonixr.load(search_run_copy).similar(new, k=1)[0].path == str(new.resolve())
     hx.index.store.close()
+
+
+def test_per_work_keeps_the_best_piece_of_each_work(tmp_path):
+    from harmonixr.evaluate.calibrate import Calibration
+    from harmonixr.search.index import Index, Item
+    from harmonixr.search.store import FaissStore
+
+    # six pieces: three renditions of work A nearest the query, then two of B, then C
+    sims = np.array([0.99, 0.98, 0.97, 0.90, 0.89, 0.80])
+    other = np.sqrt(1 - sims**2)
+    vectors = np.stack([sims, other, np.zeros(6)], axis=1).astype(np.float32)
+    groups = ["A", "A", "A", "B", "B", "C"]
+    items = [Item("X", f"{g}{i}", g, f"{g}{i}.mid", str(i)) for i, g in enumerate(groups)]
+    store = FaissStore(3, "flat")
+    index = Index(tmp_path, [], store, np.eye(3, dtype=np.float32)[:1], ["X"], Calibration(), {})
+    index.manifest = {"dim": 3}
+    index.add(vectors, items)
+    query = np.array([[1.0, 0.0, 0.0]], np.float32)
+    (raw,) = index.search(query, 3)
+    assert [it.title for it, _ in raw] == ["A0", "A1", "A2"]
+    (one,) = index.search(query, 3, per_work=1)
+    assert [it.title for it, _ in one] == ["A0", "B3", "C5"]
+    (two,) = index.search(query, 4, per_work=2)
+    assert [it.title for it, _ in two] == ["A0", "A1", "B3", "B4"]
+    (few,) = index.search(query, 10, per_work=1)  # fewer works than asked: all of them
+    assert [it.title for it, _ in few] == ["A0", "B3", "C5"]

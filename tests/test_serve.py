@@ -642,3 +642,44 @@ def test_page_never_shows_an_older_answer_over_a_newer_one(browser, live, tmp_pa
     assert "short-piece.mid" in page.inner_text("#status")
     assert "long-piece" not in page.inner_text("#status")
     page.close()
+
+
+@needs_chromium
+def test_page_layout_survives_a_long_name_and_nearest_shows_one_piece_per_work(
+    browser, search_run_copy, tmp_path
+):
+    import json as _json
+
+    # the index's 20 pieces become 4 works of 5 renditions, each with a performer and source
+    items = search_run_copy / "index" / "items.json"
+    cols = _json.loads(items.read_text())
+    n = len(cols["sha256"])
+    cols["group"] = [f"work-{i // 5}" for i in range(n)]
+    cols["performer"] = [f"Pianist{i % 5}" for i in range(n)]
+    cols["source"] = ["test edition"] * n
+    items.write_text(_json.dumps(cols))
+    name = "A" * 90 + "_very_long_file_name_without_any_space.mid"
+    piece = synthetic_piece(tmp_path / name, [("Low", 100)])
+    with server_thread(create_app(search_run_copy)) as url:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+        _drop(page, piece.name, piece.read_bytes())
+        page.wait_for_selector("#nearest tbody tr")
+        page.wait_for_function("document.getElementById('status').textContent.includes('AAA')")
+        # no horizontal scrolling on a phone, and the heading is wrapped, not clipped
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        heading = page.locator("#h-composers")
+        assert page.evaluate("(h) => h.scrollWidth <= h.clientWidth", heading.element_handle())
+        # the timeline's bands follow each other without overlapping
+        bands = _json.loads(page.get_attribute("#strip", "data-bands"))
+        assert len(bands) >= 3
+        assert all(b[0] >= a[1] - 0.11 for a, b in zip(bands, bands[1:], strict=False))
+        # nearest pieces: one per work by default, with performer and source; all a click away
+        rows = page.locator("#nearest tbody tr")
+        assert rows.count() == 4
+        assert "test edition" in rows.first.inner_text()
+        assert "Pianist" in rows.first.inner_text()
+        page.check("#every-rendition")
+        assert page.locator("#nearest tbody tr").count() == 10
+        page.close()

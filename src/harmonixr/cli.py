@@ -303,19 +303,23 @@ def attribute(
 def similar(
     file: Annotated[Path, typer.Argument(help="A MIDI file.")],
     k: Annotated[int, typer.Option("--k", "-k", help="Pieces to list.")] = 10,
+    per_work: Annotated[
+        int | None, typer.Option(help="At most this many pieces of one work (1: one each).")
+    ] = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The indexed pieces most like FILE."""
-    result = _model(model).similar(file, k=k)
+    result = _model(model).similar(file, k=k, per_work=per_work)
     if as_json:
         _print_json([m.to_dict() for m in result])
         return
     table = Table(title=f"pieces like {file.name}")
-    for col in ("#", "similarity", "composer", "title", "path"):
+    for col in ("#", "similarity", "composer", "title", "performer / source", "path"):
         table.add_column(col, justify="right" if col in ("#", "similarity") else "left")
     for i, m in enumerate(result, 1):
-        table.add_row(str(i), f"{m.similarity:.3f}", m.composer, m.title, m.path)
+        who = " · ".join(x for x in (m.performer, m.source) if x)
+        table.add_row(str(i), f"{m.similarity:.3f}", m.composer, m.title, who, m.path)
     out.print(table)
 
 

@@ -61,6 +61,8 @@ class Match:
     path: str
     similarity: float
     sha256: str = ""
+    performer: str = ""
+    source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,15 +270,23 @@ class Harmonixr:
         """:meth:`attribute` for a ``(D,)`` embedding already computed (by :meth:`embed`)."""
         return self._attributions(np.asarray(z, np.float32).reshape(1, -1), k, prior_unknown)
 
-    def similar(self, x: Input, k: int = 10) -> list[Match]:
+    def similar(self, x: Input, k: int = 10, *, per_work: int | None = None) -> list[Match]:
         """The ``k`` indexed pieces nearest to ``x`` (cosine similarity, best first); a piece
-        already in the index finds itself first."""
-        return self.similar_embedding(self.embed(x), k)
+        already in the index finds itself first. ``per_work=1`` keeps the best piece of each
+        work (one performance or edition of it), so ten hits are ten works."""
+        return self.similar_embedding(self.embed(x), k, per_work=per_work)
 
-    def similar_embedding(self, z: np.ndarray, k: int = 10) -> list[Match]:
+    def similar_embedding(
+        self, z: np.ndarray, k: int = 10, *, per_work: int | None = None
+    ) -> list[Match]:
         """:meth:`similar` for a ``(D,)`` embedding already computed (by :meth:`embed`)."""
-        (hits,) = self._index().search(np.asarray(z, np.float32).reshape(1, -1), k)
-        return [Match(it.composer, it.title, it.path, sim, it.sha256) for it, sim in hits]
+        if per_work is not None and per_work < 1:
+            raise ValueError(f"per_work must be at least 1, got {per_work}")
+        (hits,) = self._index().search(np.asarray(z, np.float32).reshape(1, -1), k, per_work)
+        return [
+            Match(it.composer, it.title, it.path, sim, it.sha256, it.performer, it.source)
+            for it, sim in hits
+        ]
 
     def verify(self, a: Input, b: Input) -> Verdict:
         """Whether ``a`` and ``b`` share a composer, with the calibrated probability; the

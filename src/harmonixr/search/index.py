@@ -51,12 +51,15 @@ class Item:
     group: str
     path: str
     sha256: str
+    performer: str = ""  # who played it, where the corpus says
+    source: str = ""  # the corpus, edition or converter it came from
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
 
 _COLUMNS = [f.name for f in fields(Item)]
+_OPTIONAL = {f.name: f.default for f in fields(Item) if isinstance(f.default, str)}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -106,17 +109,33 @@ class Index:
 
     # ------------------------------------------------------------ queries
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[Item, float]]]:
-        """The ``k`` most similar items per query (cosine similarity, best first)."""
-        sims, ids = self.store.search(np.atleast_2d(queries), k)
-        return [
-            [
-                (self.items[i], float(s))
-                for s, i in zip(srow, irow, strict=True)
-                if 0 <= i < len(self)
-            ]
-            for srow, irow in zip(sims, ids, strict=True)
-        ]
+    def search(
+        self, queries: np.ndarray, k: int, per_work: int | None = None
+    ) -> list[list[tuple[Item, float]]]:
+        """The ``k`` most similar items per query (cosine similarity, best first); with
+        ``per_work``, at most that many from one work (group), the best of each."""
+        queries = np.atleast_2d(queries)
+        fetch = k if per_work is None else min(len(self), max(k, k * 8))
+        while True:
+            sims, ids = self.store.search(queries, fetch)
+            out = []
+            for srow, irow in zip(sims, ids, strict=True):
+                hits, seen = [], {}
+                for s, i in zip(srow, irow, strict=True):
+                    if not 0 <= i < len(self):
+                        continue
+                    it = self.items[i]
+                    if per_work is not None:
+                        if seen.get(it.group, 0) >= per_work:
+                            continue
+                        seen[it.group] = seen.get(it.group, 0) + 1
+                    hits.append((it, float(s)))
+                    if len(hits) == k:
+                        break
+                out.append(hits)
+            if per_work is None or fetch >= len(self) or all(len(h) == k for h in out):
+                return out
+            fetch = min(len(self), fetch * 4)  # one work filled the window: look further
 
     def composer_similarities(self, z: np.ndarray) -> np.ndarray:
         """(N, C) cosine similarity of each embedding to each known composer's centroid."""
@@ -172,6 +191,9 @@ class Index:
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{root}: index format {manifest.get('format')}, expected {FORMAT}")
         columns = json.loads((root / "items.json").read_text())
+        n = len(columns["sha256"])
+        for c, default in _OPTIONAL.items():  # columns added later read as empty
+            columns.setdefault(c, [default] * n)
         items = [Item(*vals) for vals in zip(*(columns[c] for c in _COLUMNS), strict=True)]
         store: VectorStore
         if manifest["store"] == "milvus":
@@ -210,6 +232,12 @@ class Index:
 
 
 # ------------------------------------------------------------------ building
+
+
+def source_label(source: str) -> str:
+    """What the page shows as a piece's source: the corpus and converter, or "MAESTRO
+    recording" for an ASAP performance cut from one (its source is the recording's path)."""
+    return "MAESTRO recording" if source.startswith("{maestro}") else source
 
 
 def load_open_set(path: str | Path) -> OpenSetModel:
@@ -324,6 +352,8 @@ def build_index(
             rows[i].group,
             shown(rows[i].path),
             rows[i].sha256 or "",
+            rows[i].performer or "",
+            source_label(rows[i].source or rows[i].corpus or ""),
         )
         for i in unique
     ]

@@ -260,11 +260,17 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/api/similar", response_model=list[schemas.Match], responses=ERRORS)
     async def similar(
-        file: UploadFile = one, k: int = Query(10, ge=1, le=100, description="Pieces.")
+        file: UploadFile = one,
+        k: int = Query(10, ge=1, le=100, description="Pieces."),
+        per_work: int | None = Query(
+            None, ge=1, le=100, description="At most this many pieces of one work (1: one each)."
+        ),
     ) -> list[dict[str, Any]]:
         """The indexed pieces nearest to the file, best first."""
         upload = await _read(file)
-        got = await run_in_threadpool(ask, [upload], lambda t: service.hx.similar(t, k))
+        got = await run_in_threadpool(
+            ask, [upload], lambda t: service.hx.similar(t, k, per_work=per_work)
+        )
         return [m.to_dict() for m in got]
 
     @app.post("/api/embed", response_model=schemas.Embedding, responses=ERRORS)

@@ -25,6 +25,8 @@ class Match(BaseModel):
     path: str = Field(description="The piece's path as the index recorded it.")
     similarity: float = Field(description="Cosine similarity of the whole-piece embeddings.")
     sha256: str = ""
+    performer: str = Field("", description="Who played it, where the corpus says.")
+    source: str = Field("", description="The corpus, edition or converter it came from.")
 
 
 class Verdict(BaseModel):
@@ -78,7 +80,8 @@ class Analysis(BaseModel):
     file: str
     seconds: float
     attribution: list[Attribution]
-    similar: list[Match]
+    similar: list[Match] = Field(description="Nearest pieces, the best one of each work.")
+    similar_all: list[Match] = Field(description="Nearest pieces, every performance/edition.")
     timeline: Timeline
     roll: Roll
     position: Position | None = Field(description="In the corpus map; null without a map.")

@@ -338,7 +338,8 @@ class Service:
             "file": name,
             "seconds": round(tensor.shape[0] * self.hx.run.frame_seconds, 3),
             "attribution": [a.to_dict() for a in self.hx.attribute_embedding(z, k)],
-            "similar": [m.to_dict() for m in self.hx.similar_embedding(z, n)],
+            "similar": [m.to_dict() for m in self.hx.similar_embedding(z, n, per_work=1)],
+            "similar_all": [m.to_dict() for m in self.hx.similar_embedding(z, n)],
             "timeline": {
                 "window_s": window,
                 "hop_s": hop,

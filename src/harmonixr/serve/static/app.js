@@ -179,7 +179,7 @@ async function show(result) {
   $("piece-name").textContent = result.file;
   $("window-s").textContent = String(result.timeline.window_s);
   drawBars(result.attribution);
-  drawNearest(result.similar);
+  drawNearest($("every-rendition").checked ? result.similar_all : result.similar);
   drawTimeline();
   drawPassageTable(result.timeline.passages);
   if (hasMap) await drawMap(result);
@@ -222,6 +222,7 @@ function drawNearest(matches) {
         el("td", { class: "num" }, i + 1),
         el("td", { class: "composer" }, dot, m.composer),
         el("td", { class: "title", title: m.path }, readable(m.title || m.path)),
+        el("td", { class: "who" }, [m.performer, m.source].filter(Boolean).join(" · ")),
         el("td", { class: "num" }, m.similarity.toFixed(3)),
       ),
     );
@@ -309,10 +310,16 @@ function drawStrip(result) {
   const band = 26;
   ctx.font = "600 11px system-ui, sans-serif";
   ctx.textBaseline = "middle";
+  // the last window ends at the piece's end and so overlaps the one before: each passage is
+  // drawn from where the previous one ended, so that neither band nor label overprints
+  let previous = 0;
+  const drawn = [];
   for (const p of result.timeline.passages) {
     const [composer, prob] = topOf(p);
-    const x0 = (p.start_s / total) * width;
+    const x0 = (Math.max(p.start_s, previous) / total) * width;
     const x1 = Math.max(x0 + 1, (p.end_s / total) * width);
+    previous = Math.max(previous, p.end_s);
+    drawn.push([Math.round(x0 * 10) / 10, Math.round(x1 * 10) / 10]);
     const colour = colourOf(composer);
     ctx.fillStyle = colour;
     ctx.fillRect(x0, 0, x1 - x0, band);
@@ -338,6 +345,7 @@ function drawStrip(result) {
       ctx.fillText(label, x0 + 4, band / 2);
     }
   }
+  canvas.dataset.bands = JSON.stringify(drawn); // where each passage was drawn, in CSS px
   // the time axis
   ctx.fillStyle = "#5b6470";
   ctx.font = "11px system-ui, sans-serif";
@@ -461,7 +469,7 @@ async function drawMap(result) {
     x: [pos.x],
     y: [pos.y],
     z: [pos.z],
-    text: [result.file],
+    text: [shortName(result.file)],
     textposition: "top center",
     textfont: { size: 13, color: "#1c222b" },
     hovertemplate: "%{text}<extra>your piece</extra>",
@@ -483,6 +491,11 @@ async function drawMap(result) {
   drawMapLegend(wide ? [] : order, corpus.colours);
   const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["toImage"] };
   await window.Plotly.react($("map"), traces, layout, config);
+}
+
+function shortName(name) {
+  // a long file name would crowd the 3-D scene: keep its start and end
+  return name.length <= 28 ? name : `${name.slice(0, 16)}…${name.slice(-10)}`;
 }
 
 function drawMapLegend(names, colours) {
@@ -573,6 +586,11 @@ function wire() {
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
   $("verify-form").addEventListener("submit", compare);
+  $("every-rendition").addEventListener("change", () => {
+    if (state.last) {
+      drawNearest($("every-rendition").checked ? state.last.similar_all : state.last.similar);
+    }
+  });
   let pending = 0;
   window.addEventListener("resize", () => {
     clearTimeout(pending);
