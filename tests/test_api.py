@@ -254,3 +254,18 @@ def test_questions_from_an_embedding_match_the_questions_from_the_file(hx, searc
     z = hx.embed(path)
     assert hx.attribute_embedding(z, k=2) == hx.attribute(path, k=2)
     assert hx.similar_embedding(z, k=3) == hx.similar(path, k=3)
+
+
+def test_load_sets_torch_threads_only_when_asked(search_run):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        Harmonixr.load(search_run)
+        assert torch.get_num_threads() == before  # None: torch's own setting is kept
+        Harmonixr.load(search_run, threads=1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads"):
+            Harmonixr.load(search_run, threads=0)
+    finally:
+        torch.set_num_threads(before)

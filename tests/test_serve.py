@@ -156,6 +156,12 @@ def test_without_a_saved_map_the_service_says_so(search_run, piece):
     with TestClient(create_app(search_run)) as c:
         h = c.get("/api/health").json()
         assert h["map"] is False and "viz tsne" in h["map_note"]
+        # the note names folders without the machine's absolute install path
+        from harmonixr.serve.service import shown_path
+
+        assert str(search_run.resolve()) not in h["map_note"]  # the run lives outside cwd
+        package = __import__("pathlib").Path(harmonixr.__file__).parent
+        assert shown_path(package / "pretrained" / "map") == "harmonixr/pretrained/map"
         assert c.get("/api/map").json()["available"] is False
         a = c.post("/api/analyze", files=upload("a.mid", piece[1])).json()
         assert a["position"] is None and a["attribution"]
@@ -683,3 +689,16 @@ def test_page_layout_survives_a_long_name_and_nearest_shows_one_piece_per_work(
         page.check("#every-rendition")
         assert page.locator("#nearest tbody tr").count() == 10
         page.close()
+
+
+def test_a_held_note_costs_the_model_no_more_than_its_quiet_cap(client, tmp_path):
+    from harmonixr.serve.service import MAX_QUIET_S
+
+    # one note held for 3 h 59 min: a few dozen bytes that declare four hours of music
+    data = write_score(tmp_path / "held.mid", [(0, 480 * 2 * 14340, 60, 90)]).read_bytes()
+    assert len(data) < 100
+    got = client.post("/api/analyze?window=5&hop=5", files=upload("held.mid", data))
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["seconds"] <= MAX_QUIET_S + 0.05  # what the model read, said on the page
+    assert len(body["timeline"]["passages"]) <= 3

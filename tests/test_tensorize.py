@@ -431,3 +431,20 @@ def test_rmi_riff_wrapped_midi_gives_the_same_tensor(tmp_path):
         unwrap_rmid(b"RIFF\x04\x00\x00\x00RMID")
     with pytest.raises(MidiError, match="cut short"):
         unwrap_rmid(_rmid(smf, extra_chunk=False)[:-5])
+
+
+def test_condense_cuts_stretches_without_a_new_note():
+    from harmonixr.midi.tensorize import condense, onset_frames
+
+    t = np.zeros((30, 12, 6), np.uint8)
+    t[0:20, 0, 2] = 100  # a note held 20 frames (no decay here: the rule reads onsets only)
+    t[25:27, 3, 2] = 80  # another note after 5 silent frames
+    assert onset_frames(t).nonzero()[0].tolist() == [0, 25]
+    c = condense(t, 4)
+    # from each onset, 4 frames are kept: 0-3 (the held note), then 25-28 (the new note and
+    # two silent frames after it); 4-24 and 29 go
+    assert c.shape[0] == 4 + 4
+    np.testing.assert_array_equal(c[4], t[25])
+    assert condense(t, 100) is t  # nothing long enough to cut
+    with pytest.raises(ValueError):
+        condense(t, 0)

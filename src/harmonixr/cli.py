@@ -386,6 +386,9 @@ def serve(
         Path | None,
         typer.Option("--map", help="A saved corpus map (default RUN/viz/map, from viz tsne)."),
     ] = None,
+    threads: Annotated[
+        int, typer.Option(help="Torch CPU threads (1: fastest per request; bench/threads.py).")
+    ] = 1,
 ) -> None:
     """The web page (drop a MIDI file: composers, nearest pieces, map, timeline) and its JSON
     API, on http://HOST:PORT/ (OpenAPI at /docs)."""
@@ -403,6 +406,7 @@ def serve(
         queue=queue,
         max_upload_mb=max_upload_mb,
         map_dir=map_dir,
+        threads=threads,
     )
 
 

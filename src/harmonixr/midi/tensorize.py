@@ -292,3 +292,32 @@ def tensorize(
     """The uint8 ``(T, 12, 6)`` tensor of a MIDI path or a ``symusic.Score`` (the tensor
     contract in docs/architecture.md)."""
     return tensorize_with_stats(source, config).tensor
+
+
+def onset_frames(tensor: np.ndarray) -> np.ndarray:
+    """(T,) whether a note starts in each frame: some cell rises above the frame before (the
+    first frame counts when anything sounds in it)."""
+    t = np.asarray(tensor).reshape(len(tensor), -1).astype(np.int16)
+    if len(t) == 0:
+        return np.zeros(0, bool)
+    rises = np.zeros(len(t), bool)
+    rises[0] = bool(t[0].any())
+    rises[1:] = (t[1:] > t[:-1]).any(axis=1)
+    return rises
+
+
+def condense(tensor: np.ndarray, max_quiet_frames: int) -> np.ndarray:
+    """``tensor`` with every stretch in which no note starts (a held note, a silence) cut to
+    its first ``max_quiet_frames`` frames: what a stretch adds stops growing with its length,
+    so a file cannot make the model work in proportion to a length it does not fill."""
+    if max_quiet_frames < 1:
+        raise ValueError(f"max_quiet_frames must be at least 1, got {max_quiet_frames}")
+    onsets = onset_frames(tensor)
+    if len(onsets) == 0:
+        return tensor
+    # frames since the last onset (the first frame counts as one when nothing starts there)
+    idx = np.arange(len(onsets))
+    last = np.maximum.accumulate(np.where(onsets, idx, -1))
+    since = idx - last
+    keep = since < max_quiet_frames + (last < 0)
+    return tensor if keep.all() else tensor[keep]

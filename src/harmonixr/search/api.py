@@ -133,9 +133,27 @@ class Harmonixr:
         self.close()
 
     @classmethod
-    def load(cls, run: str | os.PathLike[str] | None = None, *, device: str = "cpu") -> Harmonixr:
+    def load(
+        cls,
+        run: str | os.PathLike[str] | None = None,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> Harmonixr:
         """A run directory, or ``None`` for the model shipped in the package. The run's index
-        (``RUN/index``) is loaded when present; without it only :meth:`embed` works."""
+        (``RUN/index``) is loaded when present; without it only :meth:`embed` works.
+
+        ``threads`` sets torch's CPU threads for this process (``torch.set_num_threads``);
+        ``None`` (the default) leaves torch's own setting. Measured with ``bench/threads.py`` on
+        2 cores (one question about a 3-minute piece): idle, 2 threads answer in 29 ms against
+        58 ms with one; beside a busy process, 103 ms (p90 210 ms) against 73 ms (p90 89 ms).
+        Pass ``threads=1`` where other work shares the cores, as ``harmonixr serve`` does."""
+        if threads is not None:
+            import torch
+
+            if threads < 1:
+                raise ValueError(f"threads must be at least 1 (or None), got {threads}")
+            torch.set_num_threads(threads)
         root = pretrained_dir() if run is None else Path(run)
         model = load_run(root, device=device)
         index = None

@@ -84,12 +84,14 @@ def plotly_js() -> Path | None:
     return None
 
 
-def _load_model(model: Harmonixr | str | os.PathLike[str] | None) -> Harmonixr:
+def _load_model(
+    model: Harmonixr | str | os.PathLike[str] | None, threads: int | None = 1
+) -> Harmonixr:
     from harmonixr.search.api import Harmonixr
 
     if isinstance(model, Harmonixr):
         return model
-    return Harmonixr.load(model)
+    return Harmonixr.load(model, threads=threads)
 
 
 def create_app(
@@ -104,18 +106,23 @@ def create_app(
     retry_after: int = 5,
     upload_timeout: float = 60.0,
     loader: Callable[[Any], Any] | None = None,
+    threads: int | None = 1,
 ) -> FastAPI:
     """The service for ``model``: a :class:`Harmonixr`, a run directory, or None for the
     shipped model. The model needs an index (``harmonixr index build RUN``). A body must
     arrive within ``upload_timeout`` seconds (408). ``loader``
-    replaces the function run in the parser processes (tests make it hang or crash)."""
+    replaces the function run in the parser processes (tests make it hang or crash).
+    ``threads``: torch's CPU threads (``Harmonixr.load``): one by default, since ``workers``
+    requests share the cores (beside a busy process 1 thread answers in 73 ms, 2 in 103 ms,
+    p90 89 against 210 ms: ``bench/threads.py``)."""
     if queue < 0:
         raise ValueError(f"queue must be 0 or more, got {queue}")
     limits = Limits(max_bytes=max(1, round(max_upload_mb * MB)), parse_timeout=parse_timeout)
     if max_seconds is not None:
         limits = Limits(limits.max_bytes, max_seconds, parse_timeout)
     extra = {} if loader is None else {"loader": loader}
-    service = Service(_load_model(model), workers=workers, limits=limits, map_dir=map_dir, **extra)
+    hx = _load_model(model, threads)
+    service = Service(hx, workers=workers, limits=limits, map_dir=map_dir, **extra)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -31,6 +31,7 @@ from harmonixr.midi.load import (
     failure_reason,
     parse_bytes_job,
 )
+from harmonixr.midi.tensorize import condense
 
 if TYPE_CHECKING:
     from harmonixr._pool import RobustPool
@@ -84,6 +85,9 @@ def has_midi_header(data: bytes) -> bool:
     return data[:4] == b"MThd" or (data[:4] == b"RIFF" and data[8:12] == b"RMID")
 
 
+MAX_QUIET_S = 10.0  # an upload's stretches without a new note are cut to this (see condense)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int = 10 * MB  # one uploaded file
@@ -133,6 +137,19 @@ def roll_summary(tensor: np.ndarray, frame_s: float, low_note: int, columns: int
 # ------------------------------------------------------------------ the corpus map
 
 
+def shown_path(path: Path) -> str:
+    """A folder as the page may show it: inside the installed package by its package path,
+    under the working folder relative to it, else its last two parts (no install paths)."""
+    path = Path(path).resolve()
+    package = Path(__file__).resolve().parents[1]
+    for base, prefix in ((package, "harmonixr/"), (Path.cwd().resolve(), "")):
+        try:
+            return prefix + path.relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return "…/" + "/".join(path.parts[-2:])
+
+
 def find_map(root: Path, map_dir: str | Path | None = None) -> tuple[CorpusMap | None, str]:
     """The saved corpus map of the model at ``root`` (``map_dir``, else ``ROOT/viz/map`` as
     ``viz tsne`` saves it, else ``ROOT/map``), checked against the model's weights; or None
@@ -144,22 +161,22 @@ def find_map(root: Path, map_dir: str | Path | None = None) -> tuple[CorpusMap |
     places = [Path(map_dir)] if map_dir else [root / "viz" / "map", root / "map"]
     found = next((p for p in places if (p / MAP_JSON).is_file()), None)
     if found is None:
-        where = " or ".join(str(p) for p in places)
+        where = " or ".join(shown_path(p) for p in places)
         return None, (
             f"no saved corpus map for this model (looked in {where}); make one with "
-            f"'harmonixr viz tsne {root} --data CACHE'"
+            f"'harmonixr viz tsne {shown_path(root)} --data CACHE'"
         )
     try:
         cmap = CorpusMap.load(found)
         key = weights_key(read_run(root))
     except (ValueError, OSError, KeyError) as exc:
-        return None, f"{found}: the saved map cannot be used ({exc})"
+        return None, f"{shown_path(found)}: the saved map cannot be used ({exc})"
     if cmap.info.get("weights") != key:
         return None, (
-            f"{found}: the saved map was made with other weights than the model's; remake it "
-            f"with 'harmonixr viz tsne {root} --data CACHE'"
+            f"{shown_path(found)}: the saved map was made with other weights than the model's; "
+            f"remake it with 'harmonixr viz tsne {shown_path(root)} --data CACHE'"
         )
-    return cmap, f"{len(cmap)} pieces, saved in {found}"
+    return cmap, f"{len(cmap)} pieces, saved in {shown_path(found)}"
 
 
 # ------------------------------------------------------------------ the service
@@ -232,7 +249,9 @@ class Service:
         job = (data, name, self.hx.run.tensor_config, lim.max_seconds, lim.max_bytes)
         (outcome,) = pool.imap([job])
         if outcome.ok and isinstance(outcome.value, Tensorized):
-            return outcome.value.tensor
+            # a held note or a silence costs the model no more than MAX_QUIET_S of music
+            quiet = max(1, round(MAX_QUIET_S / self.hx.run.frame_seconds))
+            return condense(outcome.value.tensor, quiet)
         raise error_for(MidiError(name, *failure_reason(outcome)), name, lim)
 
     def ask(self, files: list[tuple[bytes, str]], question: Callable[..., T]) -> T:

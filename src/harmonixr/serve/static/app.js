@@ -113,7 +113,7 @@ async function start() {
     state.health = health;
     const composers = health.composers.length;
     $("model").textContent =
-      `Model: ${health.model} · ${health.index_size} pieces indexed · ` +
+      `Model: ${health.model} · ${health.index_size} distinct files indexed · ` +
       `${composers} composer${composers === 1 ? "" : "s"} · Harmonixr ${health.version}`;
     $("limit").textContent = megabytes(health.max_upload_bytes);
     $("n-composers").textContent = String(composers);
