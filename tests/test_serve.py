@@ -312,6 +312,7 @@ def test_gate_answers_503_with_retry_after_beyond_its_capacity():
         started = asyncio.Event()
 
         async def app(scope, receive, send):
+            await receive()  # the whole body: the upload takes its place now
             started.set()
             await hold.wait()
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -326,10 +327,13 @@ def test_gate_answers_503_with_retry_after_beyond_its_capacity():
 
             return send
 
+        async def body():
+            return {"type": "http.request", "body": b"x", "more_body": False}
+
         scope = {"type": "http", "method": "POST", "path": "/api/attribute", "headers": []}
-        first = asyncio.create_task(gate(scope, None, sender(0)))
+        first = asyncio.create_task(gate(scope, body, sender(0)))
         await started.wait()
-        await gate(scope, None, sender(1))  # answered at once
+        await gate(scope, body, sender(1))  # its body arrives: no place, 503
         hold.set()
         await first
         return sent, gate.active
@@ -702,3 +706,78 @@ def test_a_held_note_costs_the_model_no_more_than_its_quiet_cap(client, tmp_path
     body = got.json()
     assert body["seconds"] <= MAX_QUIET_S + 0.05  # what the model read, said on the page
     assert len(body["timeline"]["passages"]) <= 3
+
+
+def test_slow_bodies_hold_no_worker_place(search_run, piece):
+    """Three clients trickle a body a byte at a time into a server with one worker and a queue
+    of one; a whole upload meanwhile gets its answer, not 503."""
+    import socket
+    from urllib.parse import urlparse
+
+    import httpx
+
+    # (a short upload timeout lets the server end the trickling requests when the test is done)
+    with server_thread(create_app(search_run, workers=1, queue=1, upload_timeout=3)) as url:
+        u = urlparse(url)
+        slow = []
+        for _ in range(3):
+            s = socket.create_connection((u.hostname, u.port))
+            s.sendall(
+                b"POST /api/attribute HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+            )
+            slow.append(s)
+        try:
+            for _ in range(3):  # they keep trickling while the real upload comes
+                for s in slow:
+                    s.sendall(b"x")
+                time.sleep(0.2)
+            got = httpx.post(url + "/api/attribute", files=upload("a.mid", piece[1]), timeout=60)
+            assert got.status_code == 200, got.text
+            assert got.json()[0]["composer"]
+        finally:
+            for s in slow:
+                s.close()
+
+
+def test_gate_limits_uploads_per_address_before_reading_their_body():
+    async def main():
+        hold = asyncio.Event()
+        reading = asyncio.Event()
+
+        async def app(scope, receive, send):
+            reading.set()
+            await hold.wait()  # a body still arriving
+            await receive()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        async def body():
+            return {"type": "http.request", "body": b"x", "more_body": False}
+
+        gate = Gate(app, capacity=4, per_client=1)
+        sent: dict[str, list[dict]] = {"a1": [], "a2": [], "b": []}
+
+        def sender(key):
+            async def send(message):
+                sent[key].append(message)
+
+            return send
+
+        def scope(addr):
+            return {"type": "http", "method": "POST", "path": "/", "headers": [], "client": addr}
+
+        first = asyncio.create_task(gate(scope(("10.0.0.1", 1)), body, sender("a1")))
+        await reading.wait()
+        await gate(scope(("10.0.0.1", 2)), body, sender("a2"))  # same address: refused at once
+        other = asyncio.create_task(gate(scope(("10.0.0.2", 1)), body, sender("b")))
+        await asyncio.sleep(0)
+        hold.set()
+        await first
+        await other
+        return sent, gate.active, gate.arriving, gate.by_client
+
+    sent, active, arriving, by_client = asyncio.run(main())
+    assert sent["a2"][0]["status"] == 503 and b"your address" in sent["a2"][1]["body"]
+    assert sent["a1"][0]["status"] == 200 and sent["b"][0]["status"] == 200
+    assert (active, arriving, by_client) == (0, 0, {})

@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from harmonixr.serve import schemas
-from harmonixr.serve.limits import BodyRefused, Gate, UploadLimit, problem
+from harmonixr.serve.limits import BodyRefused, Busy, Gate, UploadLimit, problem
 from harmonixr.serve.service import MB, Limits, Service, UploadError, clean_name
 
 if TYPE_CHECKING:
@@ -164,6 +164,8 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(BodyRefused)
     async def refused(_: Request, exc: BodyRefused) -> JSONResponse:
         body = problem(exc.detail, exc.reason)
+        if isinstance(exc, Busy):  # the body was read: the connection can serve again
+            return JSONResponse(body, 503, {"Retry-After": str(exc.retry_after)})
         return JSONResponse(body, exc.status_code, {"Connection": "close"})
 
     @app.exception_handler(StarletteHTTPException)

@@ -1,7 +1,8 @@
 """Two ASGI middlewares that keep hostile or heavy traffic from costing the server: a body
 size limit enforced while the body streams in (413) and a time limit for it to arrive (408, so
 that a client trickling bytes cannot hold a place for ever), and a cap on the uploads being
-worked on or waiting (503 with ``Retry-After``), checked before any of the body is read."""
+worked on or waiting (503 with ``Retry-After``) that an upload joins only once its body has
+arrived, with caps on bodies arriving per address and overall."""
 
 from __future__ import annotations
 
@@ -100,34 +101,101 @@ class UploadLimit:
             await send_json(send, exc.status_code, problem(exc.detail, exc.reason))
 
 
-class Gate:
-    """At most ``capacity`` requests with a body in the house (being worked on, or waiting for
-    one of the workers); one more is answered 503 with ``Retry-After`` before its body is
-    read. Requests without a body (the page, health, the map) always pass."""
+class Busy(BodyRefused):
+    """Raised from ``receive`` when a body has arrived but no place is free (503; answered
+    like the other refusals of a body, with ``Retry-After``)."""
 
-    def __init__(self, app: App, capacity: int, retry_after: int = 5) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {capacity}")
+    def __init__(self, text: str, retry_after: int) -> None:
+        super().__init__(503, "busy", text)
+        self.retry_after = retry_after
+
+
+class Gate:
+    """At most ``capacity`` uploads in the house (being worked on, or waiting for one of the
+    workers); one more is answered 503 with ``Retry-After``. An upload takes its place only
+    once its whole body has arrived, so clients trickling bodies hold no worker place; while
+    they trickle they count against ``per_client`` (uploads arriving or in the house from one
+    address) and ``max_arriving`` (bodies arriving at once from everyone), beyond which they
+    too are answered 503 before their body is read. Requests without a body (the page,
+    health, the map) always pass."""
+
+    def __init__(
+        self,
+        app: App,
+        capacity: int,
+        retry_after: int = 5,
+        per_client: int = 8,
+        max_arriving: int = 64,
+    ) -> None:
+        if capacity < 1 or per_client < 1 or max_arriving < 1:
+            raise ValueError("capacity, per_client and max_arriving must be at least 1")
         self.app, self.capacity, self.retry_after = app, capacity, retry_after
-        self.active = 0  # only touched on the event loop's thread
+        self.per_client, self.max_arriving = per_client, max_arriving
+        self.active = 0  # bodies arrived, in the house; only touched on the event loop's thread
+        self.arriving = 0
+        self.by_client: dict[str, int] = {}
+
+    async def _refuse(self, send: Send, text: str) -> None:
+        headers = {"Retry-After": str(self.retry_after)}
+        await send_json(send, 503, problem(text, "busy"), headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in WITH_BODY:
             await self.app(scope, receive, send)
             return
-        if self.active >= self.capacity:
-            text = (
-                f"Busy: {self.active} uploads are being worked on or waiting; "
-                f"retry in {self.retry_after} s"
-            )
-            headers = {"Retry-After": str(self.retry_after)}
-            await send_json(send, 503, problem(text, "busy"), headers)
+        client = str((scope.get("client") or ("?",))[0])
+        if self.by_client.get(client, 0) >= self.per_client:
+            text = f"Busy: {self.per_client} uploads from your address are already under way"
+            await self._refuse(send, f"{text}; retry in {self.retry_after} s")
             return
-        self.active += 1
+        if self.arriving >= self.max_arriving or self.active >= self.capacity:
+            text = (
+                f"Busy: {self.active} uploads are being worked on or waiting and "
+                f"{self.arriving} arriving; retry in {self.retry_after} s"
+            )
+            await self._refuse(send, text)
+            return
+        self.by_client[client] = self.by_client.get(client, 0) + 1
+        self.arriving += 1
+        state = {"arriving": True, "admitted": False, "started": False}
+
+        def arrived() -> None:
+            if state["arriving"]:
+                state["arriving"] = False
+                self.arriving -= 1
+
+        async def gated() -> Message:
+            message = await receive()
+            complete = message["type"] == "http.request" and not message.get("more_body", False)
+            if complete and state["arriving"]:
+                arrived()
+                if self.active >= self.capacity:
+                    raise Busy(
+                        f"Busy: {self.active} uploads are being worked on or waiting; "
+                        f"retry in {self.retry_after} s",
+                        self.retry_after,
+                    )
+                self.active += 1
+                state["admitted"] = True
+            return message
+
+        async def watched(message: Message) -> None:
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, gated, watched)
+        except Busy as exc:  # when the app did not answer it itself
+            if state["started"]:
+                raise
+            await self._refuse(send, str(exc.detail))
         finally:
-            self.active -= 1
+            arrived()
+            if state["admitted"]:
+                self.active -= 1
+            self.by_client[client] -= 1
+            if not self.by_client[client]:
+                del self.by_client[client]
 
 
 def problem(detail: str, reason: str, file: str | None = None) -> dict[str, Any]:
