@@ -786,3 +786,17 @@ def test_gate_limits_uploads_per_address_before_reading_their_body():
     assert sent["a2"][0]["status"] == 503 and b"your address" in sent["a2"][1]["body"]
     assert sent["a1"][0]["status"] == 200 and sent["b"][0]["status"] == 200
     assert (active, arriving, by_client) == (0, 0, {})
+
+
+def test_query_bounds_come_from_the_api_and_are_in_the_schema(client, piece):
+    from harmonixr.search.api import MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
+
+    schema = client.get("/openapi.json").json()
+    params = {p["name"]: p for p in schema["paths"]["/api/timeline"]["post"]["parameters"]}
+    window = params["window"]["schema"]
+    assert (window["minimum"], window["maximum"]) == (MIN_WINDOW_S, MAX_WINDOW_S)
+    assert f"window/{MAX_OVERLAP}" in params["hop"]["description"]
+    # the rule the schema cannot say (hop against window) is refused in the documented shape
+    got = client.post("/api/timeline?window=40&hop=5", files=upload("a.mid", piece[1]))
+    assert (got.status_code, got.json()["reason"]) == (422, "bad_window")
+    assert "window/4" in got.json()["detail"]

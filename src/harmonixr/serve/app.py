@@ -39,6 +39,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from harmonixr.search.api import MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
 from harmonixr.serve import schemas
 from harmonixr.serve.limits import BodyRefused, Busy, Gate, UploadLimit, problem
 from harmonixr.serve.service import MB, Limits, Service, UploadError, clean_name
@@ -82,6 +83,18 @@ def plotly_js() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+# the query bounds, from the API's own constants (search/api.py), so that the schema at
+# /openapi.json says what Harmonixr.timeline enforces
+MAX_K = 100
+WINDOW_QUERY = Query(
+    30.0, ge=MIN_WINDOW_S, le=MAX_WINDOW_S, description="Timeline window length, seconds."
+)
+HOP_RULE = (
+    f"Seconds between window starts: between window/{MAX_OVERLAP} and window "
+    f"(checked together with window; 422 bad_window otherwise)."
+)
 
 
 def _load_model(
@@ -260,7 +273,8 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/api/attribute", response_model=list[schemas.Attribution], responses=ERRORS)
     async def attribute(
-        file: UploadFile = one, k: int = Query(5, ge=1, le=100, description="Known composers.")
+        file: UploadFile = one,
+        k: int = Query(5, ge=1, le=MAX_K, description="Named composers to list."),
     ) -> list[dict[str, Any]]:
         """Who most likely wrote the file: calibrated probabilities, and "unknown"."""
         upload = await _read(file)
@@ -270,7 +284,7 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.post("/api/similar", response_model=list[schemas.Match], responses=ERRORS)
     async def similar(
         file: UploadFile = one,
-        k: int = Query(10, ge=1, le=100, description="Pieces."),
+        k: int = Query(10, ge=1, le=MAX_K, description="Pieces."),
         per_work: int | None = Query(
             None, ge=1, le=100, description="At most this many pieces of one work (1: one each)."
         ),
@@ -291,8 +305,8 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.post("/api/timeline", response_model=list[schemas.Passage], responses=ERRORS)
     async def timeline(
         file: UploadFile = one,
-        window: float = Query(30.0, ge=5, le=120, description="Window length, seconds."),
-        hop: float = Query(10.0, gt=0, le=120, description="Seconds between windows."),
+        window: float = WINDOW_QUERY,
+        hop: float = Query(10.0, gt=0, le=MAX_WINDOW_S, description=HOP_RULE),
     ) -> list[dict[str, Any]]:
         """Composer probabilities window by window (indicative: calibrated on whole pieces)."""
         upload = await _read(file)
@@ -306,10 +320,10 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.post("/api/analyze", response_model=schemas.Analysis, responses=ERRORS)
     async def analyze(
         file: UploadFile = one,
-        k: int = Query(5, ge=1, le=100, description="Known composers."),
-        n: int = Query(10, ge=1, le=100, description="Nearest pieces."),
-        window: float = Query(30.0, ge=5, le=120, description="Timeline window, seconds."),
-        hop: float = Query(30.0, gt=0, le=120, description="Seconds between windows."),
+        k: int = Query(5, ge=1, le=MAX_K, description="Named composers to list."),
+        n: int = Query(10, ge=1, le=MAX_K, description="Nearest pieces."),
+        window: float = WINDOW_QUERY,
+        hop: float = Query(30.0, gt=0, le=MAX_WINDOW_S, description=HOP_RULE),
     ) -> dict[str, Any]:
         """What the page shows: composers, nearest pieces, timeline, roll, map position."""
         data, name = await _read(file)
