@@ -800,3 +800,45 @@ def test_query_bounds_come_from_the_api_and_are_in_the_schema(client, piece):
     got = client.post("/api/timeline?window=40&hop=5", files=upload("a.mid", piece[1]))
     assert (got.status_code, got.json()["reason"]) == (422, "bad_window")
     assert "window/4" in got.json()["detail"]
+
+
+def test_requests_whose_client_hung_up_are_dropped_before_any_work(search_run, piece):
+    """One worker is busy for 3 s; four clients send a whole upload and hang up after 0.3 s.
+    None of them is parsed or embedded once the worker is free, and the next one is answered."""
+    import socket
+    from urllib.parse import urlparse
+
+    import httpx
+
+    app = create_app(search_run, workers=1, queue=8, loader=_flaky)
+    service = app.state.service
+    boundary = b"hx"
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.mid"\r\n'
+        b"Content-Type: audio/midi\r\n\r\n" + piece[1] + b"\r\n--" + boundary + b"--\r\n"
+    )
+    head = (
+        b"POST /api/attribute HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        b"boundary=" + boundary + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with server_thread(app) as url:
+        u = urlparse(url)
+        busy = threading.Thread(
+            target=lambda: httpx.post(
+                url + "/api/attribute", files=upload("slow.mid", piece[1]), timeout=60
+            )
+        )
+        busy.start()
+        time.sleep(0.5)  # the worker is now parsing "slow.mid" for 3 s
+        for _ in range(4):
+            s = socket.create_connection((u.hostname, u.port))
+            s.sendall(head + body)
+            time.sleep(0.3)
+            s.close()
+        busy.join(timeout=30)
+        deadline = time.monotonic() + 10
+        while service.abandoned < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert service.abandoned == 4
+        got = httpx.post(url + "/api/attribute", files=upload("a.mid", piece[1]), timeout=60)
+        assert got.status_code == 200

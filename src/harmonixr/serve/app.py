@@ -24,9 +24,11 @@ refusal is a :class:`~harmonixr.serve.schemas.Problem`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -243,7 +245,24 @@ def api_page(spec: dict[str, Any]) -> str:
 
 
 def _routes(app: FastAPI, service: Service) -> None:
-    ask = service.ask
+    async def asked(request: Request, files: list[tuple[bytes, str]], question: Any) -> Any:
+        """``service.ask`` in a worker thread while the client is watched: once it hangs up,
+        the work not yet started (waiting for a worker, the parse, the model) is dropped."""
+        gone = threading.Event()
+
+        async def watch() -> None:
+            while not gone.is_set():
+                if await request.is_disconnected():
+                    gone.set()
+                    return
+                await asyncio.sleep(0.1)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await run_in_threadpool(service.ask, files, question, gone)
+        finally:
+            watcher.cancel()
+
     one = File(description="A MIDI file (.mid, .midi, .kar, .rmi).")
 
     @app.get("/", include_in_schema=False)
@@ -273,16 +292,18 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/api/attribute", response_model=list[schemas.Attribution], responses=ERRORS)
     async def attribute(
+        request: Request,
         file: UploadFile = one,
         k: int = Query(5, ge=1, le=MAX_K, description="Named composers to list."),
     ) -> list[dict[str, Any]]:
         """Who most likely wrote the file: calibrated probabilities, and "unknown"."""
         upload = await _read(file)
-        got = await run_in_threadpool(ask, [upload], lambda t: service.hx.attribute(t, k))
+        got = await asked(request, [upload], lambda t: service.hx.attribute(t, k))
         return [a.to_dict() for a in got]
 
     @app.post("/api/similar", response_model=list[schemas.Match], responses=ERRORS)
     async def similar(
+        request: Request,
         file: UploadFile = one,
         k: int = Query(10, ge=1, le=MAX_K, description="Pieces."),
         per_work: int | None = Query(
@@ -291,34 +312,34 @@ def _routes(app: FastAPI, service: Service) -> None:
     ) -> list[dict[str, Any]]:
         """The indexed pieces nearest to the file, best first."""
         upload = await _read(file)
-        got = await run_in_threadpool(
-            ask, [upload], lambda t: service.hx.similar(t, k, per_work=per_work)
-        )
+        got = await asked(request, [upload], lambda t: service.hx.similar(t, k, per_work=per_work))
         return [m.to_dict() for m in got]
 
     @app.post("/api/embed", response_model=schemas.Embedding, responses=ERRORS)
-    async def embed(file: UploadFile = one) -> dict[str, Any]:
+    async def embed(request: Request, file: UploadFile = one) -> dict[str, Any]:
         """The file's whole-piece embedding."""
-        z = await run_in_threadpool(ask, [await _read(file)], service.embed)
+        z = await asked(request, [await _read(file)], service.embed)
         return {"dim": int(z.shape[0]), "embedding": z.tolist()}
 
     @app.post("/api/timeline", response_model=list[schemas.Passage], responses=ERRORS)
     async def timeline(
+        request: Request,
         file: UploadFile = one,
         window: float = WINDOW_QUERY,
         hop: float = Query(10.0, gt=0, le=MAX_WINDOW_S, description=HOP_RULE),
     ) -> list[dict[str, Any]]:
         """Composer probabilities window by window (indicative: calibrated on whole pieces)."""
         upload = await _read(file)
-        return await run_in_threadpool(ask, [upload], lambda t: service.timeline(t, window, hop))
+        return await asked(request, [upload], lambda t: service.timeline(t, window, hop))
 
     @app.post("/api/roll", response_model=schemas.Roll, responses=ERRORS)
-    async def roll(file: UploadFile = one) -> dict[str, Any]:
+    async def roll(request: Request, file: UploadFile = one) -> dict[str, Any]:
         """A piano-roll thumbnail of the file as the model sees it."""
-        return await run_in_threadpool(ask, [await _read(file)], service.roll)
+        return await asked(request, [await _read(file)], service.roll)
 
     @app.post("/api/analyze", response_model=schemas.Analysis, responses=ERRORS)
     async def analyze(
+        request: Request,
         file: UploadFile = one,
         k: int = Query(5, ge=1, le=MAX_K, description="Named composers to list."),
         n: int = Query(10, ge=1, le=MAX_K, description="Nearest pieces."),
@@ -327,18 +348,19 @@ def _routes(app: FastAPI, service: Service) -> None:
     ) -> dict[str, Any]:
         """What the page shows: composers, nearest pieces, timeline, roll, map position."""
         data, name = await _read(file)
-        return await run_in_threadpool(
-            ask, [(data, name)], lambda t: service.analyze(t, name, k, n, window, hop)
+        return await asked(
+            request, [(data, name)], lambda t: service.analyze(t, name, k, n, window, hop)
         )
 
     @app.post("/api/verify", response_model=schemas.Verdict, responses=ERRORS)
     async def verify(
+        request: Request,
         a: UploadFile = File(description="A MIDI file."),
         b: UploadFile = File(description="Another MIDI file."),
     ) -> dict[str, Any]:
         """Whether the two files share a composer, with the calibrated probability."""
         files = [await _read(a), await _read(b)]
-        got = await run_in_threadpool(ask, files, service.hx.verify)
+        got = await asked(request, files, service.hx.verify)
         return got.to_dict()
 
 

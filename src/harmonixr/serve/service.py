@@ -205,6 +205,7 @@ class Service:
             self._pools.put(None)  # started on first use
         self._made: list[RobustPool] = []
         self._lock = threading.Lock()
+        self.abandoned = 0  # requests dropped because their client hung up
         self.map, self.map_note = find_map(hx.run.root, map_dir)
         self._map_json: dict[str, Any] | None = None
         self._colours: dict[str, str] | None = None
@@ -254,11 +255,30 @@ class Service:
             return condense(outcome.value.tensor, quiet)
         raise error_for(MidiError(name, *failure_reason(outcome)), name, lim)
 
-    def ask(self, files: list[tuple[bytes, str]], question: Callable[..., T]) -> T:
+    def ask(
+        self,
+        files: list[tuple[bytes, str]],
+        question: Callable[..., T],
+        gone: threading.Event | None = None,
+    ) -> T:
         """``question(*tensors)`` of the uploaded files, the whole of it (parse, forward,
-        search) while holding one worker, so at most ``workers`` requests work at once."""
+        search) while holding one worker, so at most ``workers`` requests work at once. Once
+        ``gone`` is set (the client hung up) the work not yet begun is dropped: waiting for a
+        worker, each parse, the model."""
+
+        def check() -> None:
+            if gone is not None and gone.is_set():
+                with self._lock:
+                    self.abandoned += 1
+                raise UploadError(499, "client_gone", "The client closed the connection")
+
+        check()
         with self.slot() as pool:
-            tensors = [self.tensor(pool, data, name) for data, name in files]
+            check()
+            tensors = []
+            for data, name in files:
+                tensors.append(self.tensor(pool, data, name))
+                check()
             return question(*tensors)
 
     # ------------------------------------------------------------ questions
