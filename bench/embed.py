@@ -7,7 +7,7 @@
 child process, tensorize, crop, forward, pool) against the encoder's forward alone on the
 same crops, already batched as float tensors (the two alternated ``--repeat`` times;
 medians, and the ratio of minima, the figure least disturbed by other processes).
-Goal (issue #10): (a) ≤ 1.3× the forward. (b) A folder of ``--files`` generated pieces of
+Goal: (a) ≤ 1.3× the forward. (b) A folder of ``--files`` generated pieces of
 30 s to 3 min: pieces per second with ``--workers`` parser processes, and the same ratio
 against the forward alone on all their crops. ``--model`` defaults to an untrained ``small``
 SiaViT (speed does not depend on the weights).

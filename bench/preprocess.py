@@ -7,7 +7,7 @@ are included), by default the built-in corpus. Per file (medians): (a) symusic's
 (b) Harmonixr's parse + tensorize, (c) pretty_midi (PrettyMIDI + get_piano_roll(fs=20) folded
 to 12×6). Then (d) `harmonixr preprocess` end to end into an empty cache, its peak memory summed
 over its process tree.
-Goals (issue #3): (c)/(b) ≥ 30, (b)/(a) ≤ 5, Σ(c)/(d) ≥ 10, peak < 1 GiB.
+Goals: (c)/(b) ≥ 30, (b)/(a) ≤ 5, Σ(c)/(d) ≥ 10, peak < 1 GiB.
 """
 
 from __future__ import annotations

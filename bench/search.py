@@ -9,7 +9,7 @@ the index's own store (1 thread, as it searches one query) and with every thread
 several efSearch values with recall@10 against the exact answer; then a batch of all queries
 at once; then exact single-query latency by corpus size (what sets HNSW_MIN in
 search/store.py); then Milvus Lite where pymilvus and milvus-lite are installed.
-Goals (issue #10): exact FAISS ≤ numpy with identical results; HNSW ≥ 5× numpy with
+Goals: exact FAISS ≤ numpy with identical results; HNSW ≥ 5× numpy with
 recall@10 ≥ 0.95.
 """
 

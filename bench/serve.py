@@ -6,11 +6,13 @@
 ``harmonixr serve`` (a child process on 127.0.0.1), alternated in blocks of 20 with the same
 question asked of the API in this process (``Harmonixr.attribute(path)``: parse in a child
 process, forward, calibrated probabilities): medians, p99, and the ratio of the medians (goal,
-issue #11: ≤ 1.5×). Blocks, not single calls: two PyTorch processes on few cores slow each
+≤ 1.5×). Blocks, not single calls: two PyTorch processes on few cores slow each
 other down for a while after each forward (OpenMP threads spin), which a real client, running
 no model, does not do. (b) ``--clients`` concurrent clients × ``--per-client`` requests
-each: throughput, p99 and errors (goal: none). The server runs with its defaults (2 workers,
-a queue of 8).
+each: throughput, p99 and errors (goal: none). (c) A one-note file held for 3 h 59 min
+against the 3-minute piece (goal: ≤ 0.5 s of server time). (d) ``--slow-clients`` connections
+trickle a body a byte every 2 s while a whole upload is timed (goal: 200). The server runs
+with its defaults (2 workers, a queue of 8, one torch thread).
 
 ``--model`` defaults to the shipped model; without one, a throwaway ``small`` run is trained
 for two steps on generated pieces and indexed (speed does not depend on the weights). The
@@ -20,6 +22,7 @@ machine's load average is printed before and after: other processes change the f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -136,12 +139,82 @@ def concurrent(url: str, data: bytes, clients: int, per_client: int) -> dict:
     return {"wall": wall, "latencies": latencies, "errors": errors}
 
 
+def held_note(url: str, normal: bytes, tmp: Path, n: int = 10) -> dict:
+    """Median server answer time of ``/api/analyze`` for a one-note file held for 3 h 59 min
+    and for the normal piece, alternated."""
+    import httpx
+    import symusic
+
+    score = symusic.Score(480)
+    score.tempos.append(symusic.Tempo(0, qpm=120.0))
+    track = symusic.Track(name="piano", program=0, is_drum=False)
+    track.notes.append(symusic.Note(0, 480 * 2 * 14340, 60, 90))
+    score.tracks.append(track)
+    path = tmp / "held.mid"
+    score.dump_midi(str(path))
+    held = path.read_bytes()
+    times: dict[str, list[float]] = {"held": [], "normal": []}
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for _ in range(n):
+            for key, data in (("held", held), ("normal", normal)):
+                t0 = time.perf_counter()
+                r = http.post("/api/analyze", files={"file": (f"{key}.mid", data)})
+                times[key].append(time.perf_counter() - t0)
+                assert r.status_code == 200, r.text
+    return {k: statistics.median(v) for k, v in times.items()} | {"bytes": len(held)}
+
+
+def slow_bodies(url: str, data: bytes, clients: int) -> dict:
+    """``clients`` connections from one address trickle a multipart body a byte every 2 s;
+    meanwhile one whole upload from another address is timed, and the trickling ones are
+    counted: at most ``per_client`` of them are let in (the rest get 503 at once)."""
+    from urllib.parse import urlparse
+
+    import httpx
+
+    u = urlparse(url)
+    socks = []
+    for _ in range(clients):
+        # from another loopback address: another client than the whole upload's 127.0.0.1
+        s = socket.create_connection((u.hostname, u.port), source_address=("127.0.0.2", 0))
+        s.sendall(
+            b"POST /api/attribute HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+        )
+        socks.append(s)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(2.0):
+            for s in socks:
+                with contextlib.suppress(OSError):  # a connection the server closed
+                    s.sendall(b"x")
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        time.sleep(2.5)
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/api/attribute", files={"file": ("p.mid", data)}, timeout=120)
+        refused = 0
+        for s in socks:  # the ones refused at once have a 503 waiting
+            s.setblocking(False)
+            with contextlib.suppress(OSError):
+                refused += s.recv(64).startswith(b"HTTP/1.1 503")
+        return {"status": r.status_code, "seconds": time.perf_counter() - t0, "refused": refused}
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="run with an index")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--per-client", type=int, default=50)
+    parser.add_argument("--slow-clients", type=int, default=10)
     args = parser.parse_args()
 
     import httpx
@@ -189,6 +262,8 @@ def main() -> None:
                     time.sleep(PAUSE)
             hx.close()
             conc = concurrent(url, data, args.clients, args.per_client)
+            held = held_note(url, data, tmp_path)
+            gate = slow_bodies(url, data, args.slow_clients)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -206,6 +281,18 @@ def main() -> None:
     print(f"    median {statistics.median(lat) * ms:.1f} ms   p99 {p99(lat) * ms:.1f} ms")
     print(
         f"    errors {len(conc['errors'])}" + (f": {conc['errors'][:3]}" if conc["errors"] else "")
+    )
+    print("\n(c) a one-note file held for 3 h 59 min, against the 3-minute piece (10 each)")
+    print(
+        f"    held note median {held['held'] * ms:.0f} ms, {held['bytes']} bytes; 3-minute piece "
+        f"{held['normal'] * ms:.0f} ms; ratio {held['held'] / held['normal']:.2f}×  "
+        f"(goal: held note ≤ 500 ms)"
+    )
+    print(f"\n(d) {args.slow_clients} clients trickling a body a byte every 2 s")
+    print(
+        f"    a whole upload meanwhile: {gate['status']} in {gate['seconds'] * ms:.0f} ms "
+        f"(goal: 200); trickling clients refused at once: {gate['refused']} "
+        f"(one address may have 8 uploads under way)"
     )
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -8,7 +8,7 @@ the same device and threads. Then the real data pipeline (PairDataset over a ten
 DataLoader, noise, loss, AdamW step) against the same training step fed one synthetic batch
 held in memory. CACHE defaults to cache/asap when present, else a cache of the built-in corpus.
 On CUDA the same runs in bf16 autocast.
-Goals (issue #4): small ≤ 20 ms/example on 2 CPU cores; ≥ 40% of matmul FLOP/s; real pipeline
+Goals: small ≤ 20 ms/example on 2 CPU cores; ≥ 40% of matmul FLOP/s; real pipeline
 ≥ 0.9 of synthetic.
 """
 
