@@ -104,7 +104,7 @@ class Health(BaseModel):
     model: str
     shipped: bool
     index_size: int
-    composers: list[str]
+    composers: list[str] = Field(description="The composers the model can name.")
     colours: dict[str, str] = Field(description="Composer → colour, as in the map pictures.")
     map: bool
     map_note: str

@@ -309,7 +309,7 @@ class Service:
             "model": self.model_name(),
             "shipped": self.hx.shipped,
             "index_size": len(index),
-            "composers": list(index.known),
+            "composers": list(index.calibration.composers),  # the named ones
             "colours": self.colours(),
             "map": self.map is not None,
             "map_note": self.map_note,

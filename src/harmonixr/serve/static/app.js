@@ -114,7 +114,7 @@ async function start() {
     const composers = health.composers.length;
     $("model").textContent =
       `Model: ${health.model} · ${health.index_size} distinct files indexed · ` +
-      `${composers} composer${composers === 1 ? "" : "s"} · Harmonixr ${health.version}`;
+      `${composers} named composer${composers === 1 ? "" : "s"} · Harmonixr ${health.version}`;
     $("limit").textContent = megabytes(health.max_upload_bytes);
     $("n-composers").textContent = String(composers);
     if (!health.map) {
@@ -221,8 +221,12 @@ function drawNearest(matches) {
         {},
         el("td", { class: "num" }, i + 1),
         el("td", { class: "composer" }, dot, m.composer),
-        el("td", { class: "title", title: m.path }, readable(m.title || m.path)),
-        el("td", { class: "who" }, [m.performer, m.source].filter(Boolean).join(" · ")),
+        el(
+          "td",
+          { class: "title", title: m.path },
+          readable(m.title || m.path),
+          el("span", { class: "who" }, [m.performer, m.source].filter(Boolean).join(" · ")),
+        ),
         el("td", { class: "num" }, m.similarity.toFixed(3)),
       ),
     );
