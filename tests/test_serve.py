@@ -20,6 +20,7 @@ from search_fixtures import composer_of, split_paths
 from serve_fixtures import (
     add_track,
     chunked_upload,
+    free_port,
     mutations,
     server_process,
     server_thread,
@@ -842,3 +843,39 @@ def test_requests_whose_client_hung_up_are_dropped_before_any_work(search_run, p
         assert service.abandoned == 4
         got = httpx.post(url + "/api/attribute", files=upload("a.mid", piece[1]), timeout=60)
         assert got.status_code == 200
+
+
+def test_a_client_trickling_its_headers_is_disconnected(search_run):
+    import socket
+
+    import uvicorn
+
+    from harmonixr.serve.protocol import with_header_timeout
+
+    app = create_app(search_run)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", http=with_header_timeout(1.0)
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /api/attribute HTTP/1.1\r\nHost: x\r\n")  # never finished
+        slow.settimeout(5)
+        t0 = time.monotonic()
+        assert slow.recv(100) == b""  # closed by the server
+        assert 0.8 < time.monotonic() - t0 < 4
+        # a whole request on a fresh connection is answered, and its connection kept
+        ok = socket.create_connection(("127.0.0.1", port))
+        ok.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        ok.settimeout(5)
+        assert ok.recv(20).startswith(b"HTTP/1.1 200")
+        slow.close()
+        ok.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -400,4 +400,6 @@ def serve(
     say(f"Harmonixr: {app.state.service.model_name()}; open http://{shown}:{port}/ (Ctrl-C stops)")
     if host not in ("127.0.0.1", "::1", "localhost"):
         say(f"note: listening on {host}, so other machines can reach this page")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    from harmonixr.serve.protocol import with_header_timeout
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=with_header_timeout())
