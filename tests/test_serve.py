@@ -879,3 +879,21 @@ def test_a_client_trickling_its_headers_is_disconnected(search_run):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_serve_bounds_malloc_arenas_before_it_starts(search_run, monkeypatch):
+    import sys as _sys
+
+    import uvicorn
+
+    import harmonixr.serve.protocol as protocol
+    from harmonixr.serve.app import serve
+
+    calls = []
+    monkeypatch.setattr(protocol, "bound_malloc_arenas", lambda: calls.append("arenas") or True)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k["http"].__name__))
+    serve(search_run, port=free_port(), say=lambda text: None)
+    assert calls == ["arenas", "HeaderTimeout"]
+    monkeypatch.undo()
+    if _sys.platform.startswith("linux"):  # glibc takes the setting
+        assert protocol.bound_malloc_arenas() is True

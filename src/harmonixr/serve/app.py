@@ -395,6 +395,9 @@ def serve(
     import uvicorn
 
     check_port_free(host, port)  # before the model loads and before "open …" is printed
+    from harmonixr.serve.protocol import bound_malloc_arenas
+
+    bound_malloc_arenas()  # before the worker threads exist: see its docstring
     app = create_app(model, **options)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     say(f"Harmonixr: {app.state.service.model_name()}; open http://{shown}:{port}/ (Ctrl-C stops)")

@@ -58,3 +58,28 @@ def with_header_timeout(seconds: float = HEADER_TIMEOUT) -> type[H11Protocol]:
             super().connection_lost(exc)
 
     return HeaderTimeout
+
+
+# ------------------------------------------------------------------ memory
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+ARENAS = 2
+
+
+def bound_malloc_arenas(arenas: int = ARENAS) -> bool:
+    """Limit glibc to ``arenas`` malloc arenas for the threads created from now on. Each worker
+    thread otherwise gets arenas of its own that keep the memory of its largest request: 20
+    concurrent analyses of a 15-minute piece took the server from 259 MB to 1,067 MB, against
+    556 MB with two arenas (measured with ``MALLOC_ARENA_MAX``, 2-core VM). Returns whether
+    the limit could be set (glibc only)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
