@@ -494,7 +494,13 @@ async function drawMap(result) {
   layout.showlegend = wide;
   drawMapLegend(wide ? [] : order, corpus.colours);
   const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["toImage"] };
-  await window.Plotly.react($("map"), traces, layout, config);
+  // each file gets a fresh plot, as the first one did (reusing the scene shrank the piece's
+  // label on later files); the camera the reader chose is carried over
+  const gd = $("map");
+  const camera = gd.layout && gd.layout.scene && gd.layout.scene.camera;
+  if (camera) layout.scene.camera = camera;
+  window.Plotly.purge(gd);
+  await window.Plotly.newPlot(gd, traces, layout, config);
 }
 
 function shortName(name) {
