@@ -175,7 +175,7 @@ def test_milvus_lite_store_answers_like_faiss(search_run_copy, tmp_path):
     hx.index.store.close()
 
 
-def test_per_work_keeps_the_best_piece_of_each_work(tmp_path):
+def test_per_work_keeps_the_best_rendition_of_each_piece(tmp_path):
     from harmonixr.evaluate.calibrate import Calibration
     from harmonixr.search.index import Index, Item
     from harmonixr.search.store import FaissStore
@@ -185,17 +185,18 @@ def test_per_work_keeps_the_best_piece_of_each_work(tmp_path):
     other = np.sqrt(1 - sims**2)
     vectors = np.stack([sims, other, np.zeros(6)], axis=1).astype(np.float32)
     groups = ["A", "A", "A", "B", "B", "C"]
-    items = [Item("X", f"{g}{i}", g, f"{g}{i}.mid", str(i)) for i, g in enumerate(groups)]
+    # renditions of one piece share composer and title; one group may hold several pieces
+    items = [Item("X", g, "opus", f"{g}{i}.mid", str(i)) for i, g in enumerate(groups)]
     store = FaissStore(3, "flat")
     index = Index(tmp_path, [], store, np.eye(3, dtype=np.float32)[:1], ["X"], Calibration(), {})
     index.manifest = {"dim": 3}
     index.add(vectors, items)
     query = np.array([[1.0, 0.0, 0.0]], np.float32)
     (raw,) = index.search(query, 3)
-    assert [it.title for it, _ in raw] == ["A0", "A1", "A2"]
+    assert [it.path for it, _ in raw] == ["A0.mid", "A1.mid", "A2.mid"]
     (one,) = index.search(query, 3, per_work=1)
-    assert [it.title for it, _ in one] == ["A0", "B3", "C5"]
+    assert [it.path for it, _ in one] == ["A0.mid", "B3.mid", "C5.mid"]
     (two,) = index.search(query, 4, per_work=2)
-    assert [it.title for it, _ in two] == ["A0", "A1", "B3", "B4"]
-    (few,) = index.search(query, 10, per_work=1)  # fewer works than asked: all of them
-    assert [it.title for it, _ in few] == ["A0", "B3", "C5"]
+    assert [it.path for it, _ in two] == ["A0.mid", "A1.mid", "B3.mid", "B4.mid"]
+    (few,) = index.search(query, 10, per_work=1)  # fewer pieces than asked: all of them
+    assert [it.path for it, _ in few] == ["A0.mid", "B3.mid", "C5.mid"]

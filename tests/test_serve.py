@@ -661,11 +661,11 @@ def test_page_layout_survives_a_long_name_and_nearest_shows_one_piece_per_work(
 ):
     import json as _json
 
-    # the index's 20 pieces become 4 works of 5 renditions, each with a performer and source
+    # the index's 20 files become 4 pieces of 5 renditions, each with a performer and source
     items = search_run_copy / "index" / "items.json"
     cols = _json.loads(items.read_text())
     n = len(cols["sha256"])
-    cols["group"] = [f"work-{i // 5}" for i in range(n)]
+    cols["title"] = [f"work-{i // 5}" for i in range(n)]  # renditions of one piece
     cols["performer"] = [f"Pianist{i % 5}" for i in range(n)]
     cols["source"] = ["test edition"] * n
     items.write_text(_json.dumps(cols))

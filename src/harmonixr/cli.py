@@ -387,8 +387,12 @@ def serve(
         typer.Option("--map", help="A saved corpus map (default RUN/viz/map, from viz tsne)."),
     ] = None,
     threads: Annotated[
-        int, typer.Option(help="Torch CPU threads (1: fastest per request; bench/threads.py).")
-    ] = 1,
+        int | None,
+        typer.Option(help="Torch CPU threads (default: the cores divided among the workers)."),
+    ] = None,
+    per_client: Annotated[
+        int, typer.Option(help="Uploads one address may have under way (503 beyond).")
+    ] = 8,
 ) -> None:
     """The web page (drop a MIDI file: composers, nearest pieces, map, timeline) and its JSON
     API, on http://HOST:PORT/ (OpenAPI at /docs)."""
@@ -407,6 +411,7 @@ def serve(
         max_upload_mb=max_upload_mb,
         map_dir=map_dir,
         threads=threads,
+        per_client=per_client,
     )
 
 

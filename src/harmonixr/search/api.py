@@ -104,6 +104,7 @@ def _is_path(x: object) -> bool:
 
 MIN_WINDOW_S, MAX_WINDOW_S, MAX_OVERLAP = 5.0, 120.0, 4
 BARELY_SHOWN = 3  # barely known composers listed after an answer, at most
+MAX_K = 100  # composers or pieces one question lists, at most (the service's bound)
 
 
 class Harmonixr:
@@ -290,8 +291,9 @@ class Harmonixr:
 
     def similar(self, x: Input, k: int = 10, *, per_work: int | None = None) -> list[Match]:
         """The ``k`` indexed pieces nearest to ``x`` (cosine similarity, best first); a piece
-        already in the index finds itself first. ``per_work=1`` keeps the best piece of each
-        work (one performance or edition of it), so ten hits are ten works."""
+        already in the index finds itself first. ``per_work=1`` keeps the best rendition of
+        each piece (same composer and title: its performances, its copies), so ten hits are
+        ten pieces."""
         return self.similar_embedding(self.embed(x), k, per_work=per_work)
 
     def similar_embedding(

@@ -113,22 +113,25 @@ class Index:
         self, queries: np.ndarray, k: int, per_work: int | None = None
     ) -> list[list[tuple[Item, float]]]:
         """The ``k`` most similar items per query (cosine similarity, best first); with
-        ``per_work``, at most that many from one work (group), the best of each."""
+        ``per_work``, at most that many of one piece (same composer and title: its
+        performances, or its copies), the best of each. Not the split group, which can hold
+        a whole opus."""
         queries = np.atleast_2d(queries)
         fetch = k if per_work is None else min(len(self), max(k, k * 8))
         while True:
             sims, ids = self.store.search(queries, fetch)
             out = []
             for srow, irow in zip(sims, ids, strict=True):
-                hits, seen = [], {}
+                hits, seen = [], {}  # seen: pieces (composer, title) → count
                 for s, i in zip(srow, irow, strict=True):
                     if not 0 <= i < len(self):
                         continue
                     it = self.items[i]
                     if per_work is not None:
-                        if seen.get(it.group, 0) >= per_work:
+                        key = (it.composer, it.title)
+                        if seen.get(key, 0) >= per_work:
                             continue
-                        seen[it.group] = seen.get(it.group, 0) + 1
+                        seen[key] = seen.get(key, 0) + 1
                     hits.append((it, float(s)))
                     if len(hits) == k:
                         break

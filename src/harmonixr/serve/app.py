@@ -41,7 +41,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from harmonixr.search.api import MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
+from harmonixr.search.api import MAX_K, MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
 from harmonixr.serve import schemas
 from harmonixr.serve.limits import BodyRefused, Busy, Gate, UploadLimit, problem
 from harmonixr.serve.service import MB, Limits, Service, UploadError, clean_name
@@ -89,7 +89,6 @@ def plotly_js() -> Path | None:
 
 # the query bounds, from the API's own constants (search/api.py), so that the schema at
 # /openapi.json says what Harmonixr.timeline enforces
-MAX_K = 100
 WINDOW_QUERY = Query(
     30.0, ge=MIN_WINDOW_S, le=MAX_WINDOW_S, description="Timeline window length, seconds."
 )
@@ -121,21 +120,28 @@ def create_app(
     retry_after: int = 5,
     upload_timeout: float = 60.0,
     loader: Callable[[Any], Any] | None = None,
-    threads: int | None = 1,
+    threads: int | None = None,
+    per_client: int = 8,
+    max_arriving: int = 64,
 ) -> FastAPI:
     """The service for ``model``: a :class:`Harmonixr`, a run directory, or None for the
     shipped model. The model needs an index (``harmonixr index build RUN``). A body must
     arrive within ``upload_timeout`` seconds (408). ``loader``
     replaces the function run in the parser processes (tests make it hang or crash).
-    ``threads``: torch's CPU threads (``Harmonixr.load``): one by default, since ``workers``
-    requests share the cores (beside a busy process 1 thread answers in 73 ms, 2 in 103 ms,
-    p90 89 against 210 ms: ``bench/threads.py``)."""
+    ``threads``: torch's CPU threads (``Harmonixr.load``; set for the whole process when a
+    path or None is given): by default the cores divided among ``workers`` requests, one on 2
+    cores (there, beside a busy process, 1 thread answers in 73 ms, 2 in 103 ms, p90 89
+    against 210 ms: ``bench/threads.py``). ``per_client`` uploads may be under way from one
+    address and ``max_arriving`` bodies arrive at once (behind a reverse proxy every client
+    has the proxy's address unless uvicorn is told to trust its forwarded headers)."""
     if queue < 0:
         raise ValueError(f"queue must be 0 or more, got {queue}")
     limits = Limits(max_bytes=max(1, round(max_upload_mb * MB)), parse_timeout=parse_timeout)
     if max_seconds is not None:
         limits = Limits(limits.max_bytes, max_seconds, parse_timeout)
     extra = {} if loader is None else {"loader": loader}
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     hx = _load_model(model, threads)
     service = Service(hx, workers=workers, limits=limits, map_dir=map_dir, **extra)
 
@@ -163,7 +169,13 @@ def create_app(
         text = f"The upload is larger than the {size} limit" + (" per file" if files > 1 else "")
         return files * limits.max_bytes + FORM_SLACK, text
 
-    app.add_middleware(Gate, capacity=workers + queue, retry_after=retry_after)
+    app.add_middleware(
+        Gate,
+        capacity=workers + queue,
+        retry_after=retry_after,
+        per_client=per_client,
+        max_arriving=max_arriving,
+    )
     # outermost: counts every byte, and the time the body takes to arrive
     app.add_middleware(UploadLimit, limit_for=limit_for, timeout=upload_timeout)
     _handlers(app)
@@ -307,7 +319,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         file: UploadFile = one,
         k: int = Query(10, ge=1, le=MAX_K, description="Pieces."),
         per_work: int | None = Query(
-            None, ge=1, le=100, description="At most this many pieces of one work (1: one each)."
+            None, ge=1, le=MAX_K, description="At most this many renditions of one piece."
         ),
     ) -> list[dict[str, Any]]:
         """The indexed pieces nearest to the file, best first."""

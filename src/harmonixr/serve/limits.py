@@ -135,8 +135,10 @@ class Gate:
         self.arriving = 0
         self.by_client: dict[str, int] = {}
 
-    async def _refuse(self, send: Send, text: str) -> None:
+    async def _refuse(self, send: Send, text: str, before_body: bool = True) -> None:
         headers = {"Retry-After": str(self.retry_after)}
+        if before_body:  # its body will not be read: the connection is done
+            headers["Connection"] = "close"
         await send_json(send, 503, problem(text, "busy"), headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -188,7 +190,7 @@ class Gate:
         except Busy as exc:  # when the app did not answer it itself
             if state["started"]:
                 raise
-            await self._refuse(send, str(exc.detail))
+            await self._refuse(send, str(exc.detail), before_body=False)
         finally:
             arrived()
             if state["admitted"]:

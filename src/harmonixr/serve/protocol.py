@@ -70,7 +70,7 @@ def bound_malloc_arenas(arenas: int = ARENAS) -> bool:
     """Limit glibc to ``arenas`` malloc arenas for the threads created from now on. Each worker
     thread otherwise gets arenas of its own that keep the memory of its largest request: 20
     concurrent analyses of a 15-minute piece took the server from 259 MB to 1,067 MB, against
-    556 MB with two arenas (measured with ``MALLOC_ARENA_MAX``, 2-core VM). Returns whether
+    497–529 MB with two arenas set here (2-core VM). Returns whether
     the limit could be set (glibc only)."""
     import ctypes
     import ctypes.util

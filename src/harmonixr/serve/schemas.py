@@ -36,7 +36,7 @@ class Verdict(BaseModel):
 
 
 class Passage(BaseModel):
-    start_s: float
+    start_s: float = Field(description="In the music analysed (long quiet stretches cut).")
     end_s: float
     probabilities: dict[str, float] = Field(description="Known composers; with unknown, sum 1.")
     unknown: float
@@ -78,7 +78,9 @@ class Analysis(BaseModel):
     """Everything the page shows for one file."""
 
     file: str
-    seconds: float
+    seconds: float = Field(
+        description="Music analysed: stretches without a new note over 10 s count as 10 s."
+    )
     attribution: list[Attribution]
     similar: list[Match] = Field(description="Nearest pieces, the best one of each work.")
     similar_all: list[Match] = Field(description="Nearest pieces, every performance/edition.")

@@ -170,7 +170,8 @@ def find_map(root: Path, map_dir: str | Path | None = None) -> tuple[CorpusMap |
         cmap = CorpusMap.load(found)
         key = weights_key(read_run(root))
     except (ValueError, OSError, KeyError) as exc:
-        return None, f"{shown_path(found)}: the saved map cannot be used ({exc})"
+        # the exception's text may hold absolute paths: only its kind is shown
+        return None, f"{shown_path(found)}: the saved map cannot be used ({type(exc).__name__})"
     if cmap.info.get("weights") != key:
         return None, (
             f"{shown_path(found)}: the saved map was made with other weights than the model's; "

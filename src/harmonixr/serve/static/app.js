@@ -132,14 +132,17 @@ async function start() {
 
 async function analyze(file) {
   showError($("error"), "");
-  const big = tooLarge(file);
-  if (big) {
-    showError($("error"), big);
-    return;
-  }
   // a newer file replaces an older one: abort the older request (the server stops its work
   // when the client hangs up) and never draw an answer that is no longer the latest
   if (state.request) state.request.abort();
+  state.request = null;
+  const big = tooLarge(file);
+  if (big) {
+    $("results").hidden = true;
+    setStatus("");
+    showError($("error"), big);
+    return;
+  }
   const request = new AbortController();
   state.request = request;
   const current = () => state.request === request;
@@ -155,7 +158,7 @@ async function analyze(file) {
     });
     if (!current()) return;
     state.last = result;
-    await show(result);
+    await show(result, current);
     if (!current()) return;
     setStatus(`${result.file}: ${clock(result.seconds)} of music analysed.`);
   } catch (err) {
@@ -171,7 +174,7 @@ async function analyze(file) {
   }
 }
 
-async function show(result) {
+async function show(result, current = () => true) {
   const hasMap = Boolean(state.health && state.health.map && result.position);
   $("results").hidden = false;
   document.querySelector(".page").classList.toggle("no-map", !hasMap);
@@ -182,7 +185,7 @@ async function show(result) {
   drawNearest($("every-rendition").checked ? result.similar_all : result.similar);
   drawTimeline();
   drawPassageTable(result.timeline.passages);
-  if (hasMap) await drawMap(result);
+  if (hasMap) await drawMap(result, current);
 }
 
 function drawBars(attribution) {
@@ -432,11 +435,12 @@ function loadPlotly() {
   return plotlyLoading;
 }
 
-async function drawMap(result) {
+async function drawMap(result, current = () => true) {
   try {
     if (!state.corpus) state.corpus = await api("/api/map");
     await loadPlotly();
   } catch (err) {
+    if (!current()) return;
     $("map-card").hidden = true;
     document.querySelector(".page").classList.add("no-map");
     showError($("error"), `The map cannot be shown: ${err.message}`);
@@ -496,6 +500,7 @@ async function drawMap(result) {
   const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["toImage"] };
   // each file gets a fresh plot, as the first one did (reusing the scene shrank the piece's
   // label on later files); the camera the reader chose is carried over
+  if (!current()) return; // a newer file arrived while the map's data or plotly loaded
   const gd = $("map");
   const camera = gd.layout && gd.layout.scene && gd.layout.scene.camera;
   if (camera) layout.scene.camera = camera;
