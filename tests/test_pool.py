@@ -49,3 +49,44 @@ def test_a_pool_keeps_its_workers_between_batches_and_replaces_a_dead_one():
         batch.close()  # abandoned while the other worker is busy: it is replaced
         assert sum(s.proc.is_alive() for s in pool.slots) == 1
         assert sorted(o.index for o in pool.imap([5, 6])) == [0, 1]
+
+
+def test_workers_die_with_a_parent_killed_by_sigkill(tmp_path):
+    """A parent killed with SIGKILL runs no clean-up; its parser workers must not live on."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from harmonixr.midi.load import parser_pool
+            pool = parser_pool(workers=2)
+            pool.imap([])  # nothing to do; the workers start with the pool
+            print(" ".join(str(s.proc.pid) for s in pool.slots), flush=True)
+            time.sleep(600)
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    assert all(alive(p) for p in pids)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids), "orphaned parser workers"

@@ -675,6 +675,8 @@ def test_page_layout_survives_a_long_name_and_nearest_shows_one_piece_per_work(
         page = browser.new_page(viewport={"width": 390, "height": 844})
         page.goto(url + "/")
         page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+        # the header counts distinct files and the composers the model can name
+        assert "20 distinct files indexed · 2 named composers" in page.inner_text("#model")
         _drop(page, piece.name, piece.read_bytes())
         page.wait_for_selector("#nearest tbody tr")
         page.wait_for_function("document.getElementById('status').textContent.includes('AAA')")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +40,32 @@ def _default_context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
-def _worker_main(conn: Connection, func: Callable[[Any], Any]) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """On Linux, ask the kernel to kill this worker when its parent dies (even by SIGKILL,
+    which runs no clean-up in the parent); elsewhere the closed pipe ends it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(0)
+
+
+def _worker_main(
+    conn: Connection,
+    func: Callable[[Any], Any],
+    parent_end: Connection | None = None,
+    parent_pid: int | None = None,
+) -> None:
+    # A forked worker inherits the parent's end of its own pipe: closed here, so that the pipe
+    # reports EOF once the parent is gone; and the worker asks to die with its parent.
+    if parent_end is not None:
+        parent_end.close()
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     # Workers ignore SIGINT so Ctrl-C is handled once, by the parent.
     try:
         import signal
@@ -72,7 +98,9 @@ class _Slot:
     def __init__(self, ctx: mp.context.BaseContext, func: Callable[[Any], Any]) -> None:
         parent, child = ctx.Pipe(duplex=True)
         self.conn = parent
-        self.proc = ctx.Process(target=_worker_main, args=(child, func), daemon=True)
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child, func, parent, os.getpid()), daemon=True
+        )
         self.proc.start()
         child.close()
         self.index: int | None = None
