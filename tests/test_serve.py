@@ -899,3 +899,15 @@ def test_serve_bounds_malloc_arenas_before_it_starts(search_run, monkeypatch):
     monkeypatch.undo()
     if _sys.platform.startswith("linux"):  # glibc takes the setting
         assert protocol.bound_malloc_arenas() is True
+
+
+def test_scores_are_uploaded_like_midi(client):
+    from test_scores import KERN
+
+    got = client.post("/api/attribute", files=upload("piece.krn", KERN.encode()))
+    assert got.status_code == 200, got.text
+    bad = client.post("/api/attribute", files=upload("piece.mei", b"<mei>no"))
+    assert (bad.status_code, bad.json()["reason"]) == (422, "score_error")
+    assert "could not be rendered as a score" in bad.json()["detail"]
+    text = client.post("/api/attribute", files=upload("notes.txt", b"hello"))
+    assert text.status_code == 415  # unsupported extensions are still refused

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".rmi")
+from harmonixr.midi.scores import SCORE_SUFFIXES  # noqa: E402  (rendered by midi/scores.py)
+
+READ_SUFFIXES = MIDI_SUFFIXES + SCORE_SUFFIXES
 FORMATS = ("auto", "giantmidi", "asap", "maestro", "manifest", "folder", "builtin")
 # the columns that make a metadata.csv a labelled multi-source manifest (``read_manifest``)
 MANIFEST_COLUMNS = ("path", "composer", "work")
@@ -63,9 +66,14 @@ def normalise_title(title: str) -> str:
     return re.sub(r"\s+", " ", t).strip()
 
 
-def _midi_files(root: Path) -> list[Path]:
-    files = [p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file()]
+def _midi_files(root: Path, suffixes: tuple[str, ...] = MIDI_SUFFIXES) -> list[Path]:
+    files = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()]
     return sorted(files)
+
+
+def _kind_of(path: Path, given: str = "") -> str:
+    """A file's kind: as given, else ``score`` for a score format (it is rendered, not played)."""
+    return given or ("score" if path.suffix.lower() in SCORE_SUFFIXES else "")
 
 
 # ---------------------------------------------------------------- GiantMIDI-Piano
@@ -283,14 +291,15 @@ def read_folder(root: str | Path, labels: str | Path | None = None) -> Listing:
                 title = nfc(row.get("title") or "") or path.stem
                 group = nfc(row.get("group") or "") or rel
                 extra = {k: nfc(row.get(k) or "") for k in ("performer", "source", "work", "kind")}
+                extra["kind"] = _kind_of(path, extra["kind"])
                 pieces.append(Piece(str(path), composer, title, group, **extra))
         return Listing(pieces, "folder", skipped)
-    for p in _midi_files(root):
+    for p in _midi_files(root, READ_SUFFIXES):
         if p.parent == root:
             skipped.append((str(p), "no labels file and no composer folder above it"))
             continue
         rel = str(p.relative_to(root))
-        pieces.append(Piece(str(p), nfc(p.parent.name), nfc(p.stem), rel))
+        pieces.append(Piece(str(p), nfc(p.parent.name), nfc(p.stem), rel, kind=_kind_of(p)))
     return Listing(pieces, "folder", skipped)
 
 

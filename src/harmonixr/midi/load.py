@@ -32,6 +32,9 @@ NO_NOTES_IN_RANGE = "no_notes_in_range"
 DRUMS_ONLY = "drums_only"
 TOO_LARGE = "too_large"
 TOO_LONG = "too_long"
+SCORE_ERROR = "score_error"  # a score (MusicXML, kern, MEI) the converter could not render
+from harmonixr.midi.scores import SCORE_SUFFIXES  # noqa: E402
+
 TOO_SHORT = "too_short"  # less sounding music than the model can judge
 MIN_SOUNDING_S = 5.0  # seconds during which at least one note sounds
 TOO_DENSE = "too_dense"  # notes that would cost too much work (thousands of hours-long notes)
@@ -169,9 +172,31 @@ def load_tensor(
     max_bytes: int = MAX_FILE_BYTES,
     min_sounding_s: float = MIN_SOUNDING_S,
 ) -> Tensorized:
-    """Read, check, parse and tensorize one file in this process."""
-    score = parse_bytes(read_bytes(path, max_bytes), path, max_bytes)
+    """Read, check, parse and tensorize one file in this process (a score format is rendered
+    to MIDI first: ``midi.scores``)."""
+    data = read_bytes(path, max_bytes)
+    if Path(path).suffix.lower() in SCORE_SUFFIXES:
+        data = render_score(data, path, Path(path).suffix, max_bytes)
+    score = parse_bytes(data, path, max_bytes)
     return tensorize_checked(score, config, path, max_seconds, min_sounding_s)
+
+
+def render_score(
+    data: bytes, path: str | PathLike[str] | None, suffix: str, max_bytes: int = MAX_FILE_BYTES
+) -> bytes:
+    """MIDI bytes rendered from a score file's ``data``; an ``.mxl`` is also held to
+    ``max_bytes`` once unzipped. Raises :class:`MidiError` (``empty``, ``too_large``,
+    ``score_error``)."""
+    from harmonixr.midi.scores import ScoreError, score_to_midi, unzipped_size
+
+    if not data:
+        raise MidiError(path, EMPTY, "file has 0 bytes")
+    try:
+        if suffix.lower() == ".mxl" and (size := unzipped_size(data)) > max_bytes:
+            raise MidiError(path, TOO_LARGE, f"{size} bytes unzipped > {max_bytes}")
+        return score_to_midi(data, suffix)
+    except ScoreError as exc:
+        raise MidiError(path, SCORE_ERROR, str(exc)[:500]) from None
 
 
 # path, config, max_seconds, max_bytes[, min_sounding_s]
@@ -202,6 +227,8 @@ def parse_bytes_job(
     max_seconds, max_bytes)``; nothing is written to disk."""
     data, name, config, max_seconds, max_bytes = job
     try:
+        if Path(name).suffix.lower() in SCORE_SUFFIXES:
+            data = render_score(data, name, Path(name).suffix, max_bytes)
         return tensorize_checked(parse_bytes(data, name, max_bytes), config, name, max_seconds)
     except MidiError as exc:
         return (exc.reason, exc.detail)

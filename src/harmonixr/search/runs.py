@@ -166,7 +166,7 @@ def load_files(
 
 def expand_midi_paths(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Files as given, folders replaced by the MIDI files inside them (recursively, sorted)."""
-    from harmonixr.midi.corpora import MIDI_SUFFIXES
+    from harmonixr.midi.corpora import READ_SUFFIXES as MIDI_SUFFIXES
 
     out: list[Path] = []
     for arg in args:
@@ -176,7 +176,7 @@ def expand_midi_paths(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 f for f in p.rglob("*") if f.suffix.lower() in MIDI_SUFFIXES and f.is_file()
             )
             if not found:
-                raise ValueError(f"{p}: no MIDI files ({', '.join(MIDI_SUFFIXES)}) inside")
+                raise ValueError(f"{p}: no MIDI or score files ({', '.join(MIDI_SUFFIXES)}) inside")
             out.extend(found)
         else:
             out.append(p)

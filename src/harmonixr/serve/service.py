@@ -54,6 +54,7 @@ MESSAGES = {
     TOO_LARGE: "{name} is larger than the {limit} limit",
     "too_long": "{name} is too long to analyse ({detail})",
     "too_short": "{name} holds too little music to judge ({detail})",
+    "score_error": "{name} could not be rendered as a score ({detail})",
     "too_dense": "{name} holds too many long overlapping notes to analyse ({detail})",
     TIMEOUT: "Reading {name} took longer than {timeout:g} s and was stopped",
     CRASHED: "{name} crashed the MIDI parser (only its own child process was lost)",
@@ -244,7 +245,9 @@ class Service:
     def tensor(self, pool: RobustPool, data: bytes, name: str) -> np.ndarray:
         """The uploaded file's tensor, parsed in ``pool``'s child process; raises
         :class:`UploadError` with the status and reason for a bad file."""
-        if not has_midi_header(data):
+        from harmonixr.midi.scores import is_score
+
+        if not is_score(name) and not has_midi_header(data):
             reason = EMPTY if not data else NOT_MIDI
             raise error_for(MidiError(name, reason), name, self.limits)
         lim = self.limits
