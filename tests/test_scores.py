@@ -134,3 +134,18 @@ def test_a_converter_crash_costs_one_file_and_the_folder_is_cached(tmp_path, mon
         rows = {r.path.rsplit("/", 1)[1]: r for r in c.rows(status=None)}
     assert rows["good.krn"].kind == "score" and rows["good.mei"].kind == "score"
     assert rows["crash.krn"].reason == "crashed"
+
+
+def test_a_folder_reads_musicxml_but_not_other_xml(tmp_path):
+    from harmonixr.midi.corpora import read_corpus
+
+    folder = tmp_path / "corpus" / "Someone"
+    folder.mkdir(parents=True)
+    (folder / "piece.krn").write_text(KERN)
+    (folder / "metadata.xml").write_text('<?xml version="1.0"?><catalogue><item/></catalogue>')
+    (folder / "score.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE score-partwise><score-partwise version="4.0">'
+        "</score-partwise>"
+    )
+    names = sorted(p.path.rsplit("/", 1)[1] for p in read_corpus(tmp_path / "corpus").pieces)
+    assert names == ["piece.krn", "score.xml"]

@@ -40,9 +40,10 @@ def _default_context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """On Linux, ask the kernel to kill this worker when its parent dies (even by SIGKILL,
-    which runs no clean-up in the parent); elsewhere the closed pipe ends it."""
+def _die_with_parent(parent_pid: int | None) -> None:
+    """On Linux, ask the kernel to kill this worker when its parent process dies (even by
+    SIGKILL, which runs no clean-up there): the pool's process when forked, the forkserver
+    (which ends with the pool's process) otherwise. Elsewhere the closed pipe ends it."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -50,8 +51,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before the request took effect
-        os._exit(0)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)  # forked, and the pool's process died before the request took effect
 
 
 def _worker_main(
@@ -64,8 +65,7 @@ def _worker_main(
     # reports EOF once the parent is gone; and the worker asks to die with its parent.
     if parent_end is not None:
         parent_end.close()
-    if parent_pid is not None:
-        _die_with_parent(parent_pid)
+    _die_with_parent(parent_pid)
     # Workers ignore SIGINT so Ctrl-C is handled once, by the parent.
     try:
         import signal
@@ -98,8 +98,11 @@ class _Slot:
     def __init__(self, ctx: mp.context.BaseContext, func: Callable[[Any], Any]) -> None:
         parent, child = ctx.Pipe(duplex=True)
         self.conn = parent
+        forked = ctx.get_start_method() == "fork"  # else the worker's parent is a server
         self.proc = ctx.Process(
-            target=_worker_main, args=(child, func, parent, os.getpid()), daemon=True
+            target=_worker_main,
+            args=(child, func, parent, os.getpid() if forked else None),
+            daemon=True,
         )
         self.proc.start()
         child.close()

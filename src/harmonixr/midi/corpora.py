@@ -67,8 +67,10 @@ def normalise_title(title: str) -> str:
 
 
 def _midi_files(root: Path, suffixes: tuple[str, ...] = MIDI_SUFFIXES) -> list[Path]:
+    from harmonixr.midi.scores import looks_like_score
+
     files = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()]
-    return sorted(files)
+    return sorted(p for p in files if p.suffix.lower() in MIDI_SUFFIXES or looks_like_score(p))
 
 
 def _kind_of(path: Path, given: str = "") -> str:

@@ -61,9 +61,10 @@ def _musicxml_to_midi(data: bytes, suffix: str) -> bytes:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / "score.mxl"
                     path.write_bytes(data)
-                    score = converter.parse(str(path), format="musicxml")
+                    # forceSource: music21 would otherwise keep a pickle of every parsed file
+                    score = converter.parse(str(path), format="musicxml", forceSource=True)
             else:
-                score = converter.parseData(data.decode("utf-8"), format="musicxml")
+                score = converter.parseData(data.decode("utf-8-sig"), format="musicxml")
         except Exception as exc:  # music21 raises many kinds
             raise ScoreError(f"music21: {type(exc).__name__}: {exc}") from None
         if isinstance(score, stream.Opus):
@@ -96,10 +97,31 @@ def _verovio_to_midi(data: bytes, suffix: str) -> bytes:
 
 
 def score_to_midi(data: bytes, suffix: str) -> bytes:
-    """Standard MIDI bytes rendered from a score file's bytes; ``suffix`` says its format."""
+    """Standard MIDI bytes rendered from a score file's bytes; ``suffix`` says its format.
+    Every failure of a converter is a :class:`ScoreError` (a bad file, not a bug of ours)."""
     suffix = suffix.lower()
-    if suffix in MUSICXML_SUFFIXES:
-        return _musicxml_to_midi(data, suffix)
-    if suffix in VEROVIO_SUFFIXES:
-        return _verovio_to_midi(data, suffix)
+    try:
+        if suffix in MUSICXML_SUFFIXES:
+            return _musicxml_to_midi(data, suffix)
+        if suffix in VEROVIO_SUFFIXES:
+            return _verovio_to_midi(data, suffix)
+    except ScoreError:
+        raise
+    except Exception as exc:  # the libraries raise many kinds
+        raise ScoreError(f"{type(exc).__name__}: {exc}") from None
     raise ScoreError(f"{suffix!r} is not a score format read here ({', '.join(SCORE_SUFFIXES)})")
+
+
+def looks_like_score(path: str | os.PathLike[str]) -> bool:
+    """Whether a file found in a folder is a score to read: any ``.musicxml``, ``.mxl``,
+    ``.krn`` or ``.mei``; an ``.xml`` only when it is MusicXML (a folder's other XML files,
+    metadata for instance, are not pieces)."""
+    p = Path(path)
+    if p.suffix.lower() != ".xml":
+        return p.suffix.lower() in SCORE_SUFFIXES
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return b"<score-partwise" in head or b"<score-timewise" in head
