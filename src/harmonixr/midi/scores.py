@@ -81,7 +81,11 @@ def _musicxml_to_midi(data: bytes, suffix: str) -> bytes:
 def _verovio_to_midi(data: bytes, suffix: str) -> bytes:
     import verovio
 
-    tk = verovio.toolkit()  # its font resources ship in the wheel
+    tk = verovio.toolkit(False)
+    # its font resources ship in the wheel; set them on every toolkit (a toolkit made in a
+    # process forked from one that had already made one could not find them by itself)
+    if not tk.setResourcePath(str(Path(verovio.__file__).parent / "data")):
+        raise ScoreError("verovio: its font resources cannot be loaded")
     tk.setOptions({"inputFrom": "humdrum" if suffix == ".krn" else "mei"})
     try:
         text = data.decode("utf-8")
