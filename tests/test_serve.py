@@ -386,7 +386,10 @@ def test_a_full_queue_answers_503_and_the_server_carries_on(search_run, piece):
 
         t = threading.Thread(target=first)
         t.start()
-        time.sleep(1.0)
+        # the slow upload holds the one worker once its parser slot is taken
+        service, deadline = app.state.service, time.monotonic() + 30
+        while service._pools.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
         busy = httpx.post(url + "/api/attribute", files=upload("a.mid", data), timeout=60)
         assert busy.status_code == 503 and busy.headers["retry-after"] == "3"
         assert busy.json()["reason"] == "busy"
