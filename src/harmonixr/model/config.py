@@ -102,7 +102,8 @@ PRESETS: dict[str, ModelConfig] = {
         embed_dim=32,
     ),
     # the CPU default: 400 ms patches pooled to 800 ms, one residual stage of 48 channels on a
-    # 6×6 grid, a 2-layer transformer over 75 tokens (16.8 ms/example fwd+bwd on 2 cores)
+    # 6×6 grid, a 2-layer transformer over 75 tokens (16.6 ms/example fwd+bwd on 2 cores,
+    # 60 s crops: README's table from bench/train.py)
     "small": ModelConfig(),
     # the original project's scale: conv channels 32/64/128, d_model 512, 3 layers, 8 heads
     "base": ModelConfig(

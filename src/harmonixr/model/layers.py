@@ -101,7 +101,8 @@ class MaskedBatchNorm3d(nn.BatchNorm3d):
         dims = (0, 2, 3, 4)
         mean = (xf * w).sum(dims) / count
         centred = xf - mean.view(1, -1, 1, 1, 1)
-        var = (centred.pow(2) * w).sum(dims) / count  # biased, as BatchNorm normalises with
+        # biased, as BatchNorm normalises with; the running estimate keeps the unbiased one
+        var = (centred.pow(2) * w).sum(dims) / count
         if self.training and self.track_running_stats:
             self._update_running(mean.detach(), var.detach() * count / (count - 1).clamp(min=1))
         out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1, 1)
