@@ -193,6 +193,17 @@ class OpenSetModel:
         return cls(tuple(float(c) for c in d["coef"]), float(d["bias"]), str(d["source"]))
 
 
+def operating_point(p_unknown_named: np.ndarray) -> float:
+    """The operating point of "someone else" from validation pieces of named composers: the
+    larger of 0.5 and the probability that only ``FALSE_UNKNOWN`` of them reach."""
+    p = np.asarray(p_unknown_named, np.float64)
+    return max(0.5, float(np.quantile(p, 1.0 - FALSE_UNKNOWN))) if p.size else 0.5
+
+
+# Calibration's fields stored as JSON lists
+_SEQUENCES = ("composers", "unknown_coef", "probe_bias", "spread_mean", "spread_std", "notes")
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Fitted parameters plus what ``index info`` shows. Unfitted parts keep neutral defaults
@@ -255,7 +266,11 @@ class Calibration:
         self, z: np.ndarray, sims: np.ndarray, prior_unknown: float | None = None
     ) -> np.ndarray:
         """(N,) the answer per piece: a column of ``composers``, or -1 for "someone else"."""
-        probs, unknown = self.composer_probabilities(z, sims, prior_unknown)
+        return self.decide(*self.composer_probabilities(z, sims, prior_unknown))
+
+    def decide(self, probs: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+        """(N,) the answer from probabilities already computed (``composer_probabilities``):
+        -1 ("someone else") from the operating point on, else the most probable composer."""
         if probs.shape[1] == 0:
             return np.full(len(unknown), -1)
         return np.where(unknown >= self.operating_point, -1, probs.argmax(axis=1))
@@ -279,14 +294,7 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in (
-            "composers",
-            "unknown_coef",
-            "probe_bias",
-            "spread_mean",
-            "spread_std",
-            "notes",
-        ):
+        for key in _SEQUENCES:
             d[key] = list(d[key])
         d["probe_weights"] = [list(row) for row in self.probe_weights]
         d["threshold"] = self.threshold
@@ -300,14 +308,7 @@ class Calibration:
                 "with `harmonixr index build RUN`"
             )
         d = {k: v for k, v in d.items() if k != "threshold"}
-        for key in (
-            "composers",
-            "unknown_coef",
-            "probe_bias",
-            "spread_mean",
-            "spread_std",
-            "notes",
-        ):
+        for key in _SEQUENCES:
             d[key] = tuple(d.get(key, ()))
         d["probe_weights"] = tuple(tuple(row) for row in d.get("probe_weights", ()))
         return cls(**d)
@@ -526,7 +527,7 @@ def fit_calibration(
             params.update(unknown_coef=tuple(coef), unknown_bias=bias, unknown_source=source)
             probe = Calibration(**params)
             u = probe.unknown_probability(va_emb[named], sims[named])
-            point = max(0.5, float(np.quantile(u, 1.0 - FALSE_UNKNOWN)))
+            point = operating_point(u)
             params["operating_point"] = point
             report["operating_point"] = {
                 "measured_on": FITTED_ON,

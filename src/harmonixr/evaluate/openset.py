@@ -30,16 +30,17 @@ from harmonixr.data.cache import TensorCache, _atomic_write_text
 from harmonixr.data.splits import check_manifest
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.calibrate import (
-    FALSE_UNKNOWN,
     FEATURES,
     OpenSetModel,
+    _sigmoid,
     fit_calibration,
     fit_decreasing,
     open_set_features,
+    operating_point,
     spread_statistics,
     work_counts,
 )
-from harmonixr.evaluate.crossval import CV_FILE, EMB_FILE, FoldPlan, fold_sides
+from harmonixr.evaluate.crossval import CV_FILE, EMB_FILE, FoldPlan, _clean, fold_sides
 from harmonixr.evaluate.metrics import balanced_weights_weighted, binary_ece, roc_auc
 
 TRAIN_FILE = "train-embeddings.npz"
@@ -137,11 +138,6 @@ def load_whole_folds(out: str | Path) -> tuple[dict[str, Any], list[dict[str, Si
     return cv, folds
 
 
-def _features(tr: Side, names: list[str], emb: np.ndarray) -> np.ndarray:
-    cents, mean, std = spread_statistics(tr.emb, tr.composer, names)
-    return open_set_features(emb @ cents.T, mean, std)
-
-
 def known_examples(sides: dict[str, Side], seed: int) -> dict[str, Any]:
     """A by-group fold: calibrated on its training and validation sides as ``index build``
     would; its test pieces of named composers are held-out known pieces, those of composers
@@ -154,17 +150,21 @@ def known_examples(sides: dict[str, Side], seed: int) -> dict[str, Any]:
     named = np.array([c in index for c in te.composer], bool)
     stranger = np.array([c not in trained for c in te.composer], bool)
     known = te.take(named)
-    cents, _, _ = spread_statistics(tr.emb, tr.composer, names)
+    cents, mean, std = spread_statistics(tr.emb, tr.composer, names)
+
+    def features(emb: np.ndarray) -> np.ndarray:
+        return open_set_features(emb @ cents.T, mean, std)
+
     closed = cal.closed_log_probabilities(known.emb, known.emb @ cents.T)
     labels = np.array([index[c] for c in known.composer])
     return {
         "cal": cal,
-        "x_cal": _features(tr, names, va.take(np.array([c in index for c in va.composer])).emb),
-        "x_known": _features(tr, names, known.emb),
+        "x_cal": features(va.take(np.array([c in index for c in va.composer])).emb),
+        "x_known": features(known.emb),
         "right": closed.argmax(1) == labels,
         "group_known": known.group,
-        "x_barely": _features(tr, names, te.take(~named & ~stranger).emb),
-        "x_strangers": _features(tr, names, te.take(stranger).emb),
+        "x_barely": features(te.take(~named & ~stranger).emb),
+        "x_strangers": features(te.take(stranger).emb),
         "composer_strangers": te.composer[stranger],
         "group_strangers": te.group[stranger],
     }
@@ -181,9 +181,10 @@ def stranger_examples(sides: dict[str, Side], min_works: int) -> dict[str, Any]:
         raise ValueError(f"strangers that also train the encoder: {sorted(overlap)[:3]}")
     works = work_counts(list(tr.composer), list(tr.group))
     names = sorted(c for c, n in works.items() if n >= min_works)
+    cents, mean, std = spread_statistics(tr.emb, tr.composer, names)
     test = np.r_[np.zeros(len(sides["val"]), bool), np.ones(len(sides["test"]), bool)]
     return {
-        "x": _features(tr, names, pieces.emb),
+        "x": open_set_features(pieces.emb @ cents.T, mean, std),
         "composer": pieces.composer,
         "group": pieces.group,
         "test": test,
@@ -244,15 +245,7 @@ def disjoint_from(fit: Examples, measured: Examples, groups: set[str] = frozense
 
 
 def _p(coef: Any, bias: float, x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-(x @ np.asarray(coef, np.float64) + bias)))
-
-
-def operating_point(p_known_calibration: np.ndarray) -> float:
-    """The rule of ``evaluate.calibrate``: the larger of 0.5 and the probability that only
-    ``FALSE_UNKNOWN`` of the calibration pieces of named composers reach."""
-    if p_known_calibration.size == 0:
-        return 0.5
-    return max(0.5, float(np.quantile(p_known_calibration, 1.0 - FALSE_UNKNOWN)))
+    return _sigmoid(x @ np.asarray(coef, np.float64) + bias)
 
 
 def open_set_figures(
@@ -413,18 +406,6 @@ def openset_study(
     _atomic_write_text(strangers_dir / OPEN_SET_FILE, json.dumps(result, indent=1))
     _atomic_write_text(strangers_dir / "open-set.md", openset_markdown(result))
     return result
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 def _fmt(d: Any) -> str:

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harmonixr.midi.scores import SCORE_SUFFIXES, looks_like_score
+
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".rmi")
-from harmonixr.midi.scores import SCORE_SUFFIXES  # noqa: E402  (rendered by midi/scores.py)
 
 READ_SUFFIXES = MIDI_SUFFIXES + SCORE_SUFFIXES
 FORMATS = ("auto", "giantmidi", "asap", "maestro", "manifest", "folder", "builtin")
@@ -67,10 +68,14 @@ def normalise_title(title: str) -> str:
 
 
 def _midi_files(root: Path, suffixes: tuple[str, ...] = MIDI_SUFFIXES) -> list[Path]:
-    from harmonixr.midi.scores import looks_like_score
-
     files = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()]
     return sorted(p for p in files if p.suffix.lower() in MIDI_SUFFIXES or looks_like_score(p))
+
+
+def music_files(root: Path) -> list[Path]:
+    """Every MIDI file and score under ``root``, recursively, sorted (an ``.xml`` only when it
+    is MusicXML)."""
+    return _midi_files(root, READ_SUFFIXES)
 
 
 def _kind_of(path: Path, given: str = "") -> str:
@@ -296,7 +301,7 @@ def read_folder(root: str | Path, labels: str | Path | None = None) -> Listing:
                 extra["kind"] = _kind_of(path, extra["kind"])
                 pieces.append(Piece(str(path), composer, title, group, **extra))
         return Listing(pieces, "folder", skipped)
-    for p in _midi_files(root, READ_SUFFIXES):
+    for p in music_files(root):
         if p.parent == root:
             skipped.append((str(p), "no labels file and no composer folder above it"))
             continue

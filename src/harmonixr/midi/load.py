@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harmonixr._pool import Outcome
+from harmonixr.midi.scores import SCORE_SUFFIXES
 from harmonixr.midi.tensorize import TensorConfig, Tensorized, TooDense, tensorize_score
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ DRUMS_ONLY = "drums_only"
 TOO_LARGE = "too_large"
 TOO_LONG = "too_long"
 SCORE_ERROR = "score_error"  # a score (MusicXML, kern, MEI) the converter could not render
-from harmonixr.midi.scores import SCORE_SUFFIXES  # noqa: E402
 
 TOO_SHORT = "too_short"  # less sounding music than the model can judge
 MIN_SOUNDING_S = 5.0  # seconds during which at least one note sounds

@@ -246,7 +246,7 @@ class Harmonixr:
         every = index.composer_similarities(z)
         sims = index.named_similarities(every)
         probs, unknown = cal.composer_probabilities(z, sims, prior_unknown)
-        answer = int(cal.answers(z, sims, prior_unknown)[0])
+        answer = int(cal.decide(probs, unknown)[0])
         order = [int(c) for c in np.argsort(-probs[0], kind="stable")[: max(0, k)]]
         if answer >= 0 and answer not in order:
             order.insert(0, answer)  # the answer is always listed, whatever k

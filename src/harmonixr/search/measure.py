@@ -27,9 +27,10 @@ import numpy as np
 from harmonixr.data.cache import TensorCache, _atomic_write_text
 from harmonixr.data.splits import SIDES, load_split
 from harmonixr.evaluate.bootstrap import bootstrap_interval
-from harmonixr.evaluate.calibrate import verify_figures
+from harmonixr.evaluate.calibrate import verify_figures, verify_pairs
+from harmonixr.evaluate.crossval import _clean
 from harmonixr.evaluate.metrics import expected_calibration_error
-from harmonixr.evaluate.openset import _clean, _fmt, open_set_figures
+from harmonixr.evaluate.openset import _fmt, open_set_figures
 from harmonixr.search.index import INDEX_DIR, Index
 from harmonixr.search.runs import load_files, load_run
 
@@ -105,8 +106,8 @@ def measure_index(
 
     def scored(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sims = index.named_similarities(index.composer_similarities(emb))
-        _, unknown = cal.composer_probabilities(emb, sims)
-        return sims, unknown, cal.answers(emb, sims)
+        probs, unknown = cal.composer_probabilities(emb, sims)
+        return sims, unknown, cal.decide(probs, unknown)
 
     t = side(test)
     kind = np.array(
@@ -196,13 +197,7 @@ def measure_index(
 
 
 def _verify_test(cal, t: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, Any]:
-    n = len(t["composer"])
-    i, j = np.triu_indices(n, k=1)
-    keep = t["group"][i] != t["group"][j]
-    i, j = i[keep], j[keep]
-    if len(i) > MAX_VERIFY_PAIRS:
-        pick = np.sort(np.random.default_rng(seed).choice(len(i), MAX_VERIFY_PAIRS, replace=False))
-        i, j = i[pick], j[pick]
+    i, j = verify_pairs(list(t["group"]), MAX_VERIFY_PAIRS, seed)  # as validation's are drawn
     cos = np.einsum("nd,nd->n", t["emb"][i], t["emb"][j])
     p = cal.same_probability(cos)
     y = t["composer"][i] == t["composer"][j]

@@ -165,25 +165,17 @@ def load_files(
 
 
 def expand_midi_paths(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders replaced by the MIDI files inside them (recursively, sorted)."""
-    from harmonixr.midi.corpora import READ_SUFFIXES as MIDI_SUFFIXES
-    from harmonixr.midi.scores import SCORE_SUFFIXES
+    """Files as given, folders replaced by the MIDI files and scores inside them (recursively,
+    sorted, as ``preprocess`` finds them)."""
+    from harmonixr.midi.corpora import READ_SUFFIXES, music_files
 
     out: list[Path] = []
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            from harmonixr.midi.scores import looks_like_score
-
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.suffix.lower() in MIDI_SUFFIXES
-                and f.is_file()
-                and (f.suffix.lower() not in SCORE_SUFFIXES or looks_like_score(f))
-            )
+            found = music_files(p)
             if not found:
-                raise ValueError(f"{p}: no MIDI or score files ({', '.join(MIDI_SUFFIXES)}) inside")
+                raise ValueError(f"{p}: no MIDI or score files ({', '.join(READ_SUFFIXES)}) inside")
             out.extend(found)
         else:
             out.append(p)
