@@ -157,6 +157,7 @@ def read_music21(
     folder: Path,
     workers: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    timeout: float = WORK_TIMEOUT_S,
 ) -> Listing:
     """Works of music21's corpus (``select_works(selection)``) converted to MIDI in
     ``folder``, as a :class:`Listing`; a finished manifest is read back, a killed conversion
@@ -185,7 +186,7 @@ def read_music21(
     n_workers = workers or min(len(todo), max(2, os.cpu_count() or 1)) or 1
     rels = [rel for rel, _ in todo]
     timed_out = False
-    for outcome in run_robust(_convert, todo, workers=n_workers, timeout=WORK_TIMEOUT_S):
+    for outcome in run_robust(_convert, todo, workers=n_workers, timeout=timeout):
         done += 1
         rel = rels[outcome.index]
         if not outcome.ok:

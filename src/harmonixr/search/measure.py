@@ -36,6 +36,7 @@ from harmonixr.search.runs import load_files, load_run
 
 Progress = Callable[[str], None]
 WINDOW_S = 30.0
+MUSIC21_TIMEOUT_S = 1200.0  # per work: the slowest quartet took over 90 s on 2 cores
 MAX_VERIFY_PAIRS = 200_000
 
 
@@ -46,7 +47,8 @@ def _music21(run, folder: Path, progress: Progress) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, selection in (("strangers", STRANGERS), ("known", KNOWN_IN_MUSIC21)):
         progress(f"music21 {name}: converting (once) and embedding")
-        listing = read_music21(selection, folder / name)
+        # a long time limit, so that which works convert does not depend on the machine's speed
+        listing = read_music21(selection, folder / name, timeout=MUSIC21_TIMEOUT_S)
         got = load_files([p.path for p in listing.pieces], run.tensor_config)
         keep = [(p, g) for p, g in zip(listing.pieces, got, strict=True) if hasattr(g, "tensor")]
         emb = run.embed_tensors([g.tensor for _, g in keep]) if keep else np.zeros((0, run.dim))
@@ -55,6 +57,7 @@ def _music21(run, folder: Path, progress: Progress) -> dict[str, Any]:
             "composer": np.array([p.composer for p, _ in keep], dtype=object),
             "group": np.array([f"m21:{p.group}" for p, _ in keep], dtype=object),
             "skipped": len(listing.pieces) - len(keep) + len(listing.skipped),
+            "names": [Path(p.path).name for p, _ in keep],  # what was measured, to compare
         }
     return out
 
@@ -180,6 +183,7 @@ def measure_index(
             "measured_on": "music21 scores (strangers vs named composers)",
             "stranger_composers": sorted(set(ms["composer"])),
             "skipped": m["strangers"]["skipped"] + m["known"]["skipped"],
+            "pieces": sorted(m["strangers"]["names"] + m["known"]["names"]),
             **block(mk, ms),
         }
         both = {k: np.concatenate([known_t[k], mk[k]]) for k in mk}
