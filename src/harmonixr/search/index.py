@@ -255,13 +255,13 @@ def load_open_set(path: str | Path) -> OpenSetModel:
 
 
 def centroids_of(emb: np.ndarray, composers: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """(sorted composers, (C, D) unit mean embedding of each)."""
+    """(sorted composers, (C, D) unit mean embedding of each), by the one centroid rule of
+    ``evaluate.protocols.centroids`` (the calibration uses the same)."""
+    from harmonixr.evaluate.protocols import centroids
+
     names = sorted(set(composers))
-    label = np.array([names.index(c) for c in composers], np.int64)
-    out = np.zeros((len(names), emb.shape[1]), np.float64)
-    np.add.at(out, label, emb.astype(np.float64))
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    return names, (out / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    cents = centroids(np.asarray(emb, np.float64), np.asarray(composers, dtype=object), names)
+    return names, cents.astype(np.float32)
 
 
 def _store_for(spec: str, kind: str, dim: int, model_sha: str) -> VectorStore:
