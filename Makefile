@@ -51,7 +51,7 @@ demo: install
 	@echo "string quartet movement and a Palestrina mass movement. Right answers: Bach, Mozart, 'someone else'"
 	@echo "(Palestrina is not among its 61 named composers). Check them against its answers (the first row):"
 	@echo "it learnt keyboard music, and on vocal and quartet scores it is right for about 1 named-composer"
-	@echo "piece in 8 and 3 outsiders in 10 (docs/model-card.md), so expect misses."
+	@echo "piece in 7 and 3 outsiders in 10 (docs/model-card.md), so expect misses."
 	@d=$$($(PY) -c "from harmonixr.midi.builtin import builtin_dir; print(builtin_dir())"); \
 	for f in $$(ls $$d/bach__*.mid | head -1) $$(ls $$d/mozart__*.mid | head -1) \
 	         $$(ls $$d/palestrina__*.mid | head -1); do $(HX) attribute $$f --k 3 || exit 1; done
