@@ -6,8 +6,9 @@ Takes up to ``--files`` Humdrum **kern files from music21's bundled corpus (even
 the sorted list) and, for each: (a) renders it to MIDI with verovio, as Harmonixr does, and
 parses + tensorizes the result (seconds per file); (b) parses + tensorizes the same MIDI bytes
 alone (the MIDI path's cost); (c) renders it with music21's own kern reader and MIDI writer
-instead, and counts the MIDI notes of both (tied notes are one MIDI note in each). Prints the ratio (a)/(b) and the share of files whose two renderings agree on the note
-count within 5 % (a check that the rendering is right: two independent readers of one file).
+instead, and counts the MIDI notes of both (tied notes are one MIDI note in each). Prints the
+ratio (a)/(b) and the share of files whose two renderings agree on the note count within 5 %
+(a check of the rendering by two independent readers of one file; not of pitches or onsets).
 """
 
 from __future__ import annotations
