@@ -24,10 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harmonixr.midi.tensorize import TensorConfig, tensorize
+from harmonixr.api import Harmonixr
+from harmonixr.midi.files import load_files
+from harmonixr.midi.load import tensorize
+from harmonixr.midi.tensorize import TensorConfig
 from harmonixr.model.embed import piece_windows, to_model_input
-from harmonixr.search.api import Harmonixr, embed_files
-from harmonixr.search.runs import Run, load_files, load_run
+from harmonixr.train.config import TrainConfig
+from harmonixr.train.rundir import Run
 
 
 def write_piece(path: Path, seconds: float, seed: int) -> Path:
@@ -59,31 +62,31 @@ def write_piece(path: Path, seconds: float, seed: int) -> Path:
     return path
 
 
-def default_run() -> Run:
+def default_model() -> Harmonixr:
+    """The small preset, untrained (seed 0), 60 s crops: the shipped model's shape."""
     from harmonixr.model.config import preset
-    from harmonixr.model.encoder import SiaViT
 
-    torch.manual_seed(0)
-    encoder = SiaViT(preset("small")).eval()
-    return Run(Path("."), encoder, TensorConfig(), 1200, (), {})
+    run = Run(Path("."), TrainConfig(crop_seconds=60.0), preset("small"), TensorConfig(), ())
+    return Harmonixr(run, run.encoder(initial=True))
 
 
 @torch.inference_mode()
-def forward_alone(run: Run, tensors: list[np.ndarray], batch_size: int = 32) -> float:
+def forward_alone(hx: Harmonixr, tensors: list[np.ndarray], batch_size: int = 32) -> float:
     """Seconds for the encoder's forward on every crop of ``tensors``, inputs prepared first."""
-    windows = piece_windows(tensors, run.crop, run.hop)
+    crop = hx.run.crop_frames
+    windows = piece_windows(tensors, crop, hx.run.hop_frames)
     batches = []
     for b0 in range(0, len(windows), batch_size):
         chunk = windows[b0 : b0 + batch_size]
-        x = np.zeros((len(chunk), run.crop, 12, 6), np.uint8)
+        x = np.zeros((len(chunk), crop, 12, 6), np.uint8)
         for k, w in enumerate(chunk):
-            part = tensors[w.piece][w.start : w.start + run.crop]
+            part = tensors[w.piece][w.start : w.start + crop]
             x[k, : part.shape[0]] = part
         lengths = torch.tensor([w.valid for w in chunk])
         batches.append((to_model_input(torch.from_numpy(x)), lengths))
     t0 = time.perf_counter()
     for x, lengths in batches:
-        run.encoder(x, lengths)
+        hx.encoder(x, lengths)
     return time.perf_counter() - t0
 
 
@@ -107,21 +110,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--folder-repeat", type=int, default=3)
     args = ap.parse_args()
-    run = load_run(args.model) if args.model else default_run()
-    hx = Harmonixr(run)
+    hx = Harmonixr.load(args.model) if args.model else default_model()
+    run = hx.run
     print(
-        f"torch threads {torch.get_num_threads()}, crop {run.crop} frames, hop {run.hop}, "
-        f"{sum(p.numel() for p in run.encoder.parameters()):,} parameters"
+        f"torch threads {torch.get_num_threads()}, crop {run.crop_frames} frames, "
+        f"hop {run.hop_frames}, {sum(p.numel() for p in hx.encoder.parameters()):,} parameters"
     )
     with tempfile.TemporaryDirectory() as tmp:
         piece = write_piece(Path(tmp) / "three_minutes.mid", 180.0, 0)
         tensor = tensorize(piece)
-        n_crops = len(piece_windows([tensor], run.crop, run.hop))
+        n_crops = len(piece_windows([tensor], run.crop_frames, run.hop_frames))
         hx.embed(piece)  # warm-up: starts the parser's forkserver once
         files, fwds, parses = interleaved(
             lambda: hx.embed(piece),
-            lambda: forward_alone(run, [tensor]),
-            lambda: load_files([piece], run.tensor_config, pool=hx.parsers()),
+            lambda: forward_alone(hx, [tensor]),
+            lambda: load_files([piece], run.tensor, pool=hx.parsers()),
             repeat=args.repeat,
         )
         t_file, t_fwd = statistics.median(files), statistics.median(fwds)
@@ -149,10 +152,10 @@ def main() -> None:
         results = []
 
         def files_to_vectors() -> None:
-            results.append(embed_files(hx, paths, workers=args.workers))
+            results.append(hx.embed(paths, workers=args.workers, skip_errors=True))
 
         runs, fwds = interleaved(
-            files_to_vectors, lambda: forward_alone(run, tensors), repeat=args.folder_repeat
+            files_to_vectors, lambda: forward_alone(hx, tensors), repeat=args.folder_repeat
         )
         assert all(len(r.paths) == len(paths) and not r.errors for r in results)
         t_folder, t_fwd_all = statistics.median(runs), statistics.median(fwds)

@@ -220,7 +220,7 @@ def main() -> None:
     import httpx
 
     import harmonixr
-    from harmonixr.search.api import Harmonixr
+    from harmonixr.api import Harmonixr
 
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,6 +71,32 @@ def test_embed_rejects_bad_inputs_with_the_preprocess_reasons(hx, tmp_path):
         hx.embed(3)
 
 
+def test_embed_many_files_skips_and_reports_bad_ones_with_progress(hx, search_run, tmp_path):
+    from harmonixr import Embedded
+
+    good = split_paths(search_run, "test")[:3]
+    (tmp_path / "text.mid").write_text("hello")
+    bad = tmp_path / "text.mid"
+    seen: list[tuple[str, int, int]] = []
+    got = hx.embed(
+        [good[0], bad, *good[1:]],
+        batch_size=2,
+        skip_errors=True,
+        progress=lambda stage, i, n: seen.append((stage, i, n)),
+    )
+    assert isinstance(got, Embedded)
+    assert got.paths == tuple(str(p) for p in good)
+    assert [(e.path, e.reason) for e in got.errors] == [(str(bad), "not_midi")]
+    np.testing.assert_allclose(got.vectors, hx.embed(good), atol=1e-5)
+    assert ("parse", 4, 4) in seen and seen[-1] == ("embed", 3, 3)
+    with pytest.raises(MidiError, match="not_midi"):
+        hx.embed([good[0], bad])  # without skip_errors the bad file raises
+    with pytest.raises(MidiError, match="not_midi"):
+        hx.embed([bad], skip_errors=True)  # nothing left to embed: the one file's error
+    fresh = hx.embed(good, workers=1)  # fresh parser processes for this call only
+    np.testing.assert_allclose(fresh, got.vectors, atol=1e-5)
+
+
 def test_similar_returns_the_file_itself_first(hx, search_run):
     for path in split_paths(search_run, "test") + split_paths(search_run, "train")[:2]:
         matches = hx.similar(path, k=3)
@@ -227,7 +253,7 @@ def test_the_shipped_model_loads_from_the_installed_package(tmp_path):
 
 
 def test_the_shipped_index_is_not_written_to(hx, search_run):
-    shipped = Harmonixr(hx.run, hx.index, shipped=True)
+    shipped = Harmonixr(hx.run, hx.encoder, hx.index, shipped=True)
     with pytest.raises(ValueError, match="part of the installed package"):
         shipped.add(split_paths(search_run, "test")[:1])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harmonixr.model import PRESETS, ModelConfig, SiaViT, load, save_weights
+from harmonixr.model import PRESETS, ModelConfig, SiaViT, load_encoder, save_weights
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "base"])
@@ -114,10 +114,10 @@ def test_config_validation_and_round_trip():
 def test_weights_round_trip(tmp_path):
     model = SiaViT(PRESETS["tiny"]).eval()
     save_weights(model, tmp_path / "model.safetensors", step=3)
-    again = load(tmp_path)
+    again = load_encoder(tmp_path)
     x = torch.rand(2, 1, 12, 6, 64)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x))
     assert again.config == model.config
     with pytest.raises(ValueError, match="no such weights"):
-        load(tmp_path / "absent")
+        load_encoder(tmp_path / "absent")

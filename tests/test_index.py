@@ -12,7 +12,7 @@ import pytest
 from midi_factory import write_score
 from search_fixtures import composer_of, split_paths
 
-from harmonixr.search.api import Harmonixr
+from harmonixr.api import Harmonixr
 from harmonixr.search.index import Index, build_index, centroids_of
 from harmonixr.search.store import FaissStore
 

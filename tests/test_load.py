@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from midi_factory import make_score, write_score
 
-from harmonixr.midi.load import MidiError, parse_bytes_job, tensorize_checked
-from harmonixr.midi.tensorize import TensorConfig, Tensorized, tensorize
+from harmonixr.midi.load import MidiError, parse_bytes_job, tensorize, tensorize_checked
+from harmonixr.midi.tensorize import TensorConfig, Tensorized
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS = Path(__file__).resolve().parent

@@ -113,7 +113,7 @@ def test_shipped_split_check_accepts_moved_paths_and_refuses_moved_files(tmp_pat
 
 
 def test_measure_index_stores_held_out_figures_beside_fitted_ones(search_run_copy, tmp_path):
-    from harmonixr.search.api import Harmonixr
+    from harmonixr.api import Harmonixr
     from harmonixr.search.measure import measure_index, measure_markdown, store_held_out
 
     run = search_run_copy

@@ -53,11 +53,11 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def map_dir(search_run, tmp_path_factory):
     """A saved corpus map of the tiny run (a small t-SNE), outside the run folder."""
-    from harmonixr.viz._run import read_run
+    from harmonixr.train.rundir import Run
     from harmonixr.viz.maps import build_map
 
     out = tmp_path_factory.mktemp("servemap")
-    build_map(read_run(search_run), search_run.parent / "cache", "all", out, perplexity=5)
+    build_map(Run.open(search_run), search_run.parent / "cache", "all", out, perplexity=5)
     return out / "map"
 
 
@@ -795,7 +795,7 @@ def test_gate_limits_uploads_per_address_before_reading_their_body():
 
 
 def test_query_bounds_come_from_the_api_and_are_in_the_schema(client, piece):
-    from harmonixr.search.api import MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
+    from harmonixr.api import MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
 
     schema = client.get("/openapi.json").json()
     params = {p["name"]: p for p in schema["paths"]["/api/timeline"]["post"]["parameters"]}

@@ -15,7 +15,7 @@ from midi_factory import synthetic_corpus
 from safetensors import safe_open
 
 from harmonixr.data.cache import preprocess
-from harmonixr.model import load
+from harmonixr.model import load_encoder
 from harmonixr.model.io import weights_info
 from harmonixr.train.config import TrainConfig
 from harmonixr.train.run import last_checkpoint, train
@@ -64,7 +64,7 @@ def test_tiny_model_learns_two_composers(cache, tmp_path):
     assert list((run / "tb").glob("events.out.tfevents.*"))
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["d_model"] == 64 and cfg["train"]["max_steps"] == 60
-    encoder = load(run)
+    encoder = load_encoder(run)
     assert encoder.config.embed_dim == 32 and not encoder.training
 
 

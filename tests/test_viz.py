@@ -190,7 +190,7 @@ def test_filters_and_curves(tiny_run, tmp_path):
 
 
 def test_projector_writes_embeddings_and_metadata(tmp_path):
-    from harmonixr.viz.projector import write_projector
+    from harmonixr.train.projector import write_projector
 
     z = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     meta = [("Bach", "Fugue\tin C"), ("Chopin", "Étude"), ("A", "b"), ("C", "d"), ("E", "f")]

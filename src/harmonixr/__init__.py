@@ -5,25 +5,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from harmonixr.midi.corpora import Piece, read_corpus
-from harmonixr.midi.load import MidiError, load_score, safe_load
-from harmonixr.midi.tensorize import TensorConfig, Tensorized, tensorize, tensorize_with_stats
+from harmonixr.midi.load import MidiError, load_score, safe_load, tensorize, tensorize_with_stats
+from harmonixr.midi.tensorize import TensorConfig, Tensorized
 
 if TYPE_CHECKING:
-    from harmonixr.search.api import Attribution, Harmonixr, Match, Passage, Verdict
+    from harmonixr.api import Harmonixr
+    from harmonixr.results import Attribution, Embedded, Match, Passage, Verdict
 
 __version__ = "0.1.0"
 
 # imported on first use, so that `import harmonixr` does not load torch
 _LAZY = {
-    "Attribution": "harmonixr.search.api",
-    "Harmonixr": "harmonixr.search.api",
-    "Match": "harmonixr.search.api",
-    "Passage": "harmonixr.search.api",
-    "Verdict": "harmonixr.search.api",
+    "Attribution": "harmonixr.results",
+    "Embedded": "harmonixr.results",
+    "Harmonixr": "harmonixr.api",
+    "Match": "harmonixr.results",
+    "Passage": "harmonixr.results",
+    "Verdict": "harmonixr.results",
 }
 
 __all__ = [
     "Attribution",
+    "Embedded",
     "Harmonixr",
     "Match",
     "MidiError",

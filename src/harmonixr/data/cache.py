@@ -387,14 +387,19 @@ def preprocess(
     max_bytes: int = MAX_FILE_BYTES,
     progress: ProgressFn | None = None,
     listing: Listing | None = None,
+    listing_progress: ProgressFn | None = None,
 ) -> PreprocessSummary:
-    """Tensorize a corpus into the cache at ``out``; rerunning continues a killed run."""
+    """Tensorize a corpus into the cache at ``out``; rerunning continues a killed run. The
+    corpus is read as ``read_corpus`` reads ``source`` (``"builtin"``: the built-in corpus,
+    whose conversion ``listing_progress`` counts), unless a ``listing`` is given."""
     from harmonixr._pool import run_robust
     from harmonixr.midi.load import parser_context
 
     t0 = time.perf_counter()
     if listing is None:
-        listing = read_corpus(source, format=format, labels=labels, include_scores=include_scores)
+        listing = read_corpus(
+            source, format, labels, include_scores=include_scores, progress=listing_progress
+        )
     pieces = listing.pieces[:limit] if limit is not None else listing.pieces
     summary = PreprocessSummary(seen=len(pieces), listing_skipped=list(listing.skipped))
     cache = TensorCache(out, config, create=True)

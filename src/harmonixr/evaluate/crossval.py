@@ -34,6 +34,7 @@ from harmonixr.evaluate.metrics import (
     roc_auc,
 )
 from harmonixr.evaluate.protocols import PROBE_CS, centroids, class_probabilities
+from harmonixr.train.config import RESUMABLE, TrainConfig, load_toml
 
 MODEL = "SiaViT"
 LR = "logistic regression, 5 histograms"
@@ -73,8 +74,6 @@ def prepare(out: Path, data: Path, plan: FoldPlan, train: dict[str, Any]) -> Non
     record = {"data": str(Path(data).resolve()), **plan.to_dict(), "train": train}
     path = out / CV_FILE
     if path.is_file():
-        from harmonixr.train.config import RESUMABLE
-
         was = json.loads(path.read_text())
 
         def what(r: dict[str, Any]) -> dict[str, Any]:  # how long / on what it runs may change
@@ -157,6 +156,37 @@ def _stamp(d: Path, key: str, value: float) -> None:
     _atomic_json(path, t)
 
 
+def job_settings(
+    out_dir: Path,
+    data: str | Path | None,
+    folds: int,
+    config: str | Path | None,
+    mode: str,
+    seed: int,
+    max_steps: int | None = None,
+) -> tuple[Path, TrainConfig, dict[str, Any], FoldPlan]:
+    """(cache, training settings, model overrides, fold plan) of a cross-validation job: the
+    job's own recorded settings when ``out_dir`` holds a ``cv.json`` and neither a cache nor a
+    TOML is given (a rerun resumes), else the TOML's with ``seed`` and ``max_steps``."""
+    recorded = out_dir / CV_FILE
+    if recorded.is_file() and data is None and config is None:
+        rec = json.loads(recorded.read_text())
+        settings = dict(rec["train"])
+        model = settings.pop("model", {})
+        data = Path(rec["data"])
+        plan = FoldPlan(rec["folds"], rec["seed"], rec["mode"], rec["val_fraction"])
+    else:
+        if data is None:
+            raise ValueError("--folds needs --data CACHE (or RUN holding a cv.json)")
+        settings, model = load_toml(config) if config else ({}, {})
+        settings = TrainConfig.from_dict({**settings, "seed": seed}).to_dict()
+        if max_steps is not None:
+            settings["max_steps"] = max_steps
+        plan = FoldPlan(folds, seed, mode)
+    settings.update({"data": str(Path(data).resolve()), "out": str(out_dir), "split": plan.mode})
+    return Path(data), TrainConfig.from_dict(settings), model, plan
+
+
 def embed_fold(
     d: Path, data: Path, rows: list[CachedPiece], split: dict[str, list[int]], mode: str = "group"
 ) -> None:
@@ -165,11 +195,11 @@ def embed_fold(
     composer centroids of attribution, so each gives its centre crop; with an
     ``unseen-composer`` split there is no attribution and they are not embedded."""
     from harmonixr.model.embed import embed_pieces
-    from harmonixr.model.io import load
+    from harmonixr.train.rundir import Run
 
-    cfg = json.loads((d / "config.json").read_text())["train"]
-    crop = max(1, round(cfg["crop_seconds"] * 1000.0 / cfg.get("frame_ms", 50.0)))
-    encoder = load(d)
+    run = Run.open(d)
+    crop = run.crop_frames
+    encoder = run.encoder()
     parts: dict[str, np.ndarray] = {}
     with TensorCache(data) as cache:
         for side in ("test", "val", "train"):
@@ -177,7 +207,7 @@ def embed_fold(
             tensors = [cache.load(rows[i]) for i in idx]
             if side == "train":
                 tensors = [_centre(t, crop) for t in tensors]
-            parts[side] = embed_pieces(encoder, tensors, crop)
+            parts[side] = embed_pieces(encoder, tensors, crop, run.hop_frames)
     tmp = d / f"{EMB_FILE}.tmp-{os.getpid()}.npz"
     np.savez(
         tmp,

@@ -50,7 +50,8 @@ Progress = Callable[[str], None]
 def embed_training_sides(out: str | Path, progress: Progress | None = None) -> list[Path]:
     """Embed each fold's training pieces whole with the fold's encoder into
     ``fold-k/train-embeddings.npz`` (skipped when present: a killed job resumes)."""
-    from harmonixr.search.runs import load_run
+    from harmonixr.model.embed import embed_pieces
+    from harmonixr.train.rundir import Run
 
     out = Path(out)
     cv = json.loads((out / CV_FILE).read_text())
@@ -64,14 +65,15 @@ def embed_training_sides(out: str | Path, progress: Progress | None = None) -> l
             written.append(path)
             if path.is_file():
                 continue
-            run = load_run(d)
+            run = Run.open(d)
             sides = fold_sides(rows, plan, k)
             # the cache must still give the split the fold's encoder was trained on
             check_manifest(json.loads((d / "split.json").read_text()), sides, rows, str(d))
             idx = sides["train"]
             if progress:
                 progress(f"fold {k}: embedding {len(idx)} training pieces")
-            emb = run.embed_tensors([cache.load(rows[i]) for i in idx])
+            tensors = [cache.load(rows[i]) for i in idx]
+            emb = embed_pieces(run.encoder(), tensors, run.crop_frames, run.hop_frames)
             tmp = d / f"{TRAIN_FILE}.tmp-{os.getpid()}.npz"
             np.savez(tmp, emb=emb, path=np.array([rows[i].path for i in idx], dtype=str))
             os.replace(tmp, path)

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from harmonixr.data.cache import CachedPiece, TensorCache
-from harmonixr.data.splits import load_split
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.metrics import roc_auc
 from harmonixr.evaluate.protocols import (
@@ -56,14 +55,6 @@ def _side(rows: Sequence[CachedPiece], emb: np.ndarray) -> Side:
     )
 
 
-def _same_tensors(cache: TensorCache, recorded: dict[str, Any] | None) -> None:
-    if recorded is not None and cache.config.to_dict() != recorded:
-        raise ValueError(
-            f"{cache.root}: its tensors were made with {cache.config.to_dict()}, but the run was "
-            f"trained on {recorded}"
-        )
-
-
 def _val_auc(side: Side) -> float:
     i, j = cross_pairs(side)
     y = side.composer[i] == side.composer[j]
@@ -95,48 +86,37 @@ def evaluate_run(
     """Evaluate a run on its ``split`` side (``test``; ``val`` to look at validation;
     ``unseen-composer`` for a run trained with that split). ``scores``: a cache holding score
     MIDIs (ASAP ``--scores``); those of the held-out groups give the score-MIDI control."""
-    import torch
-
-    from harmonixr.model.config import ModelConfig
     from harmonixr.model.embed import embed_pieces
-    from harmonixr.model.encoder import SiaViT
-    from harmonixr.model.io import load
+    from harmonixr.model.io import load_encoder, weights_info
+    from harmonixr.train.rundir import Run
 
     say = progress or (lambda _msg: None)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    run = Path(run)
-    cfg_path, split_path = run / "config.json", run / "split.json"
-    for p in (cfg_path, split_path):
-        if not p.is_file():
-            raise ValueError(f"{run}: not a run directory (no {p.name})")
-    stored = json.loads(cfg_path.read_text())
-    saved_split = json.loads(split_path.read_text())
-    mode = saved_split.get("mode", "group")
+    the_run = Run.open(run)
+    run = the_run.root
+    mode = the_run.split_info().get("mode", "group")
     if split == "unseen-composer" and mode != "unseen-composer":
         raise ValueError(
             f"{run}: was trained with a {mode!r} split; train with --split unseen-composer to "
             "measure composers never seen in training"
         )
     held_name = "val" if split == "val" else "test"
-    train_cfg = stored["train"]
-    crop = max(1, round(train_cfg["crop_seconds"] * 1000.0 / train_cfg.get("frame_ms", 50.0)))
-    seed = int(train_cfg.get("seed", 0))
+    crop, hop, seed = the_run.crop_frames, the_run.hop_frames, the_run.seed
     settings = Settings(seed=seed, resamples=resamples)
-    cache_dir = resolve_data(run, train_cfg.get("data", ""), data)
+    cache_dir = resolve_data(run, the_run.train.data, data)
     t0 = time.perf_counter()
-    recorded = stored.get("tensor")
     with TensorCache(cache_dir) as cache:
-        _same_tensors(cache, recorded)
+        the_run.check_tensors(cache.config, cache.root)
         all_rows = cache.pieces()
-        idx = load_split(split_path, all_rows)
+        idx = the_run.split(all_rows)
         rows = {k: [all_rows[i] for i in idx[k]] for k in ("train", "val")}
         rows["held"] = [all_rows[i] for i in idx[held_name]]
         tensors = {k: [cache.load(r) for r in v] for k, v in rows.items()}
     if scores is not None:
         held_groups = {r.group for r in rows["held"]}
         with TensorCache(scores) as sc:
-            _same_tensors(sc, recorded)
+            the_run.check_tensors(sc.config, sc.root)
             score_rows = [r for r in sc.pieces() if r.kind == "score"]
             if not score_rows:
                 raise ValueError(
@@ -150,18 +130,15 @@ def evaluate_run(
 
     methods: dict[str, dict[str, Side]] = {}
     choices: dict[str, Any] = {}
-    from harmonixr.model.io import weights_info
-
-    weights_path = Path(weights) if weights else run
-    encoder = load(weights_path)
+    weights_path = Path(weights) if weights else the_run.weights_path
+    encoder = load_encoder(weights_path)
     info = weights_info(weights_path)
     say("embedding with the trained model")
-    methods[MODEL] = data_sides.sides(lambda ts: embed_pieces(encoder, ts, crop))
+    methods[MODEL] = data_sides.sides(lambda ts: embed_pieces(encoder, ts, crop, hop))
     if baselines:
-        torch.manual_seed(seed)
-        untrained = SiaViT(ModelConfig.from_dict(stored["model"])).eval()
+        untrained = the_run.encoder(initial=True)
         say("embedding with the untrained model")
-        methods[UNTRAINED] = data_sides.sides(lambda ts: embed_pieces(untrained, ts, crop))
+        methods[UNTRAINED] = data_sides.sides(lambda ts: embed_pieces(untrained, ts, crop, hop))
         say("histogram baselines")
         hists = {k: histogram_table(v) for k, v in tensors.items()}
         for kind in next(iter(hists.values())):
@@ -190,7 +167,7 @@ def evaluate_run(
         "weights": {
             "path": str(weights_path),
             "step": info.get("step"),
-            "ema": train_cfg.get("ema", 0.0),
+            "ema": the_run.train.ema,
         },
         "choices_made_on": "val",
         "choices": choices,

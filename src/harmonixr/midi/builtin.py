@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from harmonixr.midi.corpora import Listing, Piece
+from harmonixr.midi.piece import Listing, Piece
 
 BUILTIN_VERSION = 1
 

@@ -6,9 +6,11 @@ import csv
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
+from harmonixr.midi.builtin import read_builtin
+from harmonixr.midi.piece import Listing, Piece
 from harmonixr.midi.scores import SCORE_SUFFIXES, looks_like_score
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".rmi")
@@ -27,33 +29,6 @@ MANIFEST_OPTIONAL = (
     "edition",
     "performer",
 )
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One MIDI file and what it is: ``group`` names the work, shared by all its renditions."""
-
-    path: str
-    composer: str
-    title: str
-    group: str
-    performer: str = ""  # who played it, where the corpus says (ASAP); "" when unknown
-    source: str = ""  # the recording it was cut from, where the corpus says (ASAP); "" otherwise
-    work: str = ""  # the musical work when ``group`` joins several (ASAP); "" means ``group``
-    kind: str = ""  # "performance" or "score" (a deadpan score MIDI) where known; "" otherwise
-    licence: str = ""  # the file's licence where the corpus says (manifest)
-    edition: str = ""  # which edition of the work (e.g. a first edition's publisher), manifest
-    links: str = ""  # other names of the same composition ("|"-separated), e.g. an ASAP folder
-    corpus: str = ""  # the reader that listed it (asap, manifest, folder, ...)
-
-
-@dataclass
-class Listing:
-    """A corpus reader's answer: the pieces, the format it read, and entries it had to skip."""
-
-    pieces: list[Piece]
-    format: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
 def nfc(text: str) -> str:
@@ -410,10 +385,15 @@ def read_corpus(
     format: str = "auto",
     labels: str | Path | None = None,
     include_scores: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Listing:
-    """List a corpus's pieces in the named (or recognised) format."""
+    """List a corpus's pieces in the named (or recognised) format; the source ``"builtin"``
+    is the built-in corpus (converted from music21 on first use, ``progress(i, n, name)``
+    counting the conversions)."""
     if format not in FORMATS:
         raise ValueError(f"unknown corpus format {format!r}; choose one of {', '.join(FORMATS)}")
+    if str(source) == "builtin" and format == "auto":
+        format = "builtin"
     if format == "auto":
         if labels is not None:
             format = "manifest" if _is_manifest(Path(labels)) else "folder"
@@ -429,9 +409,7 @@ def read_corpus(
         "folder": lambda: read_folder(source, labels),
     }
     if format == "builtin":
-        from harmonixr.midi.builtin import read_builtin
-
-        return read_builtin()
+        return read_builtin(progress=progress)
     listing = readers[format]()
     listing.pieces = [replace(p, corpus=listing.format) for p in listing.pieces]
     return listing

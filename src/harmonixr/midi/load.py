@@ -286,3 +286,27 @@ def safe_load(
     if outcome.ok and isinstance(outcome.value, Tensorized):
         return outcome.value
     raise MidiError(path, *failure_reason(outcome))
+
+
+def tensorize_with_stats(
+    source: str | PathLike[str] | Any, config: TensorConfig = TensorConfig()
+) -> Tensorized:
+    """Tensorize a path or a ``symusic.Score`` and return the counts beside the tensor.
+
+    A path that cannot be used raises ``MidiError`` naming the file and the reason (a score:
+    :class:`TooDense` when its notes would cost too much work)."""
+    if isinstance(source, str | PathLike):
+        score = load_score(source)
+        try:
+            return tensorize_score(score, config)
+        except TooDense as exc:
+            raise MidiError(source, TOO_DENSE, str(exc)) from exc
+    return tensorize_score(source, config)
+
+
+def tensorize(
+    source: str | PathLike[str] | Any, config: TensorConfig = TensorConfig()
+) -> np.ndarray:
+    """The uint8 ``(T, 12, 6)`` tensor of a MIDI path or a ``symusic.Score`` (the tensor
+    contract in docs/architecture.md)."""
+    return tensorize_with_stats(source, config).tensor

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -266,32 +265,6 @@ def tensorize_score(score: Any, config: TensorConfig = TensorConfig()) -> Tensor
     tensor = tensorize_notes(on, off, pitch, vel, config)
     duration = tensor.shape[0] * config.frame_ms / 1000.0
     return Tensorized(tensor, int(on.size), dropped, duration)
-
-
-def tensorize_with_stats(
-    source: str | PathLike[str] | Any, config: TensorConfig = TensorConfig()
-) -> Tensorized:
-    """Tensorize a path or a ``symusic.Score`` and return the counts beside the tensor.
-
-    A path that cannot be used raises ``MidiError`` naming the file and the reason (a score:
-    :class:`TooDense` when its notes would cost too much work)."""
-    if isinstance(source, str | PathLike):
-        from harmonixr.midi.load import TOO_DENSE, MidiError, load_score
-
-        score = load_score(source)
-        try:
-            return tensorize_score(score, config)
-        except TooDense as exc:
-            raise MidiError(source, TOO_DENSE, str(exc)) from exc
-    return tensorize_score(source, config)
-
-
-def tensorize(
-    source: str | PathLike[str] | Any, config: TensorConfig = TensorConfig()
-) -> np.ndarray:
-    """The uint8 ``(T, 12, 6)`` tensor of a MIDI path or a ``symusic.Score`` (the tensor
-    contract in docs/architecture.md)."""
-    return tensorize_with_stats(source, config).tensor
 
 
 def onset_frames(tensor: np.ndarray) -> np.ndarray:

@@ -2,6 +2,6 @@
 
 from harmonixr.model.config import PRESETS, ModelConfig, preset
 from harmonixr.model.encoder import SiaViT
-from harmonixr.model.io import load, save_weights
+from harmonixr.model.io import load_encoder, save_weights
 
-__all__ = ["PRESETS", "ModelConfig", "SiaViT", "load", "preset", "save_weights"]
+__all__ = ["PRESETS", "ModelConfig", "SiaViT", "load_encoder", "preset", "save_weights"]

@@ -8,7 +8,7 @@ is one padded crop whose padding the encoder masks out.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,12 +98,20 @@ def embed_pieces(
     crop: int,
     hop: int | None = None,
     batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = 64,
 ) -> np.ndarray:
     """``(N, D)`` float32 whole-piece embeddings (see the module docstring). ``hop`` defaults
-    to half a crop."""
+    to half a crop. Pieces go through ``chunk`` at a time, so memory stays bounded and
+    ``progress(done, total)`` is called after each chunk."""
     hop = hop or max(1, crop // 2)
-    windows = piece_windows(tensors, crop, hop)
-    if not windows:
-        return np.zeros((0, encoder.config.embed_dim), np.float32)
-    z = embed_windows(encoder, tensors, windows, crop, batch_size)
-    return pool_windows(z, windows, len(tensors))
+    out = np.zeros((len(tensors), encoder.config.embed_dim), np.float32)
+    step = max(1, chunk)
+    for c0 in range(0, len(tensors), step):
+        part = [tensors[i] for i in range(c0, min(c0 + step, len(tensors)))]
+        windows = piece_windows(part, crop, hop)
+        z = embed_windows(encoder, part, windows, crop, batch_size)
+        out[c0 : c0 + len(part)] = pool_windows(z, windows, len(part))
+        if progress:
+            progress(c0 + len(part), len(tensors))
+    return out

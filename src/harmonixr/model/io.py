@@ -26,7 +26,7 @@ def save_weights(encoder: SiaViT, path: str | Path, **info: Any) -> None:
     tmp.replace(path)
 
 
-def load(run_or_file: str | Path, map_location: str | torch.device = "cpu") -> SiaViT:
+def load_encoder(run_or_file: str | Path, map_location: str | torch.device = "cpu") -> SiaViT:
     """Rebuild the encoder from a run directory (its ``model.safetensors``) or a weights file,
     in eval mode."""
     from safetensors import safe_open

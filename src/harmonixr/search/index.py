@@ -29,13 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harmonixr._files import sha256_file
 from harmonixr.evaluate.calibrate import Calibration, OpenSetModel, fit_calibration
+from harmonixr.midi.files import load_files
 from harmonixr.midi.load import UNREADABLE, MidiError
-from harmonixr.search.runs import Run, file_sha256, load_files, load_run
+from harmonixr.model.embed import embed_pieces
 from harmonixr.search.store import FaissStore, MilvusStore, VectorStore, milvus_uri
+from harmonixr.train.rundir import Run
 
 if TYPE_CHECKING:
     from harmonixr._pool import RobustPool
+    from harmonixr.model.encoder import SiaViT
 
 INDEX_DIR = "index"
 FORMAT = 2  # 2: named composers, probe and operating point in calibration.json
@@ -290,29 +294,31 @@ def build_index(
     ``harmonixr evaluate-openset`` writes); without one it is simulated on validation.
     ``relative_to`` stores paths relative to that folder (a corpus root)."""
     from harmonixr.data.cache import TensorCache
-    from harmonixr.data.splits import SIDES, load_split
+    from harmonixr.data.splits import SIDES
 
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
-    cache = Path(cache or run.config.get("train", {}).get("data", ""))
+    run = Run.open(run_dir)
+    cache = Path(cache or run.train.data)
     with TensorCache(cache) as c:
-        if c.config != run.tensor_config:
-            raise ValueError(
-                f"{cache}: tensors made with {c.config}, the run used {run.tensor_config}"
-            )
+        run.check_tensors(c.config, cache)
         rows = c.pieces()
         if not rows:
             raise ValueError(f"{cache}: the cache holds no usable pieces")
-        split_path = run_dir / "split.json"
-        if not split_path.is_file():
-            raise ValueError(f"{run_dir}: no split.json, so no training/validation split")
-        split = load_split(split_path, rows)
+        split = run.split(rows)
         side = {i: s for s in SIDES for i in split[s]}
         first: dict[str, int] = {}
         for i, r in enumerate(rows):
             first.setdefault(r.sha256 or r.path, i)
         unique = list(first.values())
-        emb = run.embed_tensors([c.load(rows[i]) for i in unique], batch_size, progress=progress)
+        counted = (lambda i, n: progress(i, n, "")) if progress else None
+        emb = embed_pieces(
+            run.encoder(),
+            [c.load(rows[i]) for i in unique],
+            run.crop_frames,
+            run.hop_frames,
+            batch_size,
+            progress=counted,
+        )
     vec = dict(zip(first, emb, strict=True))
 
     def z(i: int) -> np.ndarray:
@@ -365,9 +371,9 @@ def build_index(
         "format": FORMAT,
         "dim": run.dim,
         "model_sha256": sha,
-        "tensor": run.tensor_config.to_dict(),
-        "crop_frames": run.crop,
-        "hop_frames": run.hop,
+        "tensor": run.tensor.to_dict(),
+        "crop_frames": run.crop_frames,
+        "hop_frames": run.hop_frames,
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": str(cache),
         "train_pieces": dict(Counter(rows[i].composer for i in train)),
@@ -409,6 +415,7 @@ class AddResult:
 
 def add_files(
     run: Run,
+    encoder: SiaViT,
     index: Index,
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -427,7 +434,7 @@ def add_files(
     for n, p in enumerate(paths):
         path = str(Path(p).resolve())
         try:
-            sha = file_sha256(path)
+            sha = sha256_file(path)
         except OSError as exc:
             errors[n] = MidiError(path, UNREADABLE, exc.strerror or str(exc))
             continue
@@ -437,7 +444,7 @@ def add_files(
             seen.add(sha)
             todo.append((n, path, sha))
     loaded = load_files(
-        [p for _, p, _ in todo], run.tensor_config, workers=workers, pool=pool, progress=progress
+        [p for _, p, _ in todo], run.tensor, workers=workers, pool=pool, progress=progress
     )
     tensors, items = [], []
     for (n, path, sha), got in zip(todo, loaded, strict=True):
@@ -447,7 +454,7 @@ def add_files(
             tensors.append(got.tensor)
             items.append(Item(composer, Path(path).stem, sha, path, sha))
     if items:
-        index.add(run.embed_tensors(tensors), items)
+        index.add(embed_pieces(encoder, tensors, run.crop_frames, run.hop_frames), items)
         index.save()
     ordered = tuple(errors[n] for n in sorted(errors))
     return AddResult(tuple(it.path for it in items), tuple(duplicates), ordered)

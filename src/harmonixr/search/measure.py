@@ -25,14 +25,16 @@ from typing import Any
 import numpy as np
 
 from harmonixr.data.cache import TensorCache, _atomic_write_text
-from harmonixr.data.splits import SIDES, load_split
+from harmonixr.data.splits import SIDES
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.calibrate import verify_figures, verify_pairs
 from harmonixr.evaluate.crossval import _clean
 from harmonixr.evaluate.metrics import expected_calibration_error
 from harmonixr.evaluate.openset import _fmt, open_set_figures
+from harmonixr.midi.files import load_files
+from harmonixr.model.embed import embed_pieces
 from harmonixr.search.index import INDEX_DIR, Index
-from harmonixr.search.runs import load_files, load_run
+from harmonixr.train.rundir import Run
 
 Progress = Callable[[str], None]
 WINDOW_S = 30.0
@@ -40,7 +42,7 @@ MUSIC21_TIMEOUT_S = 1200.0  # per work: the slowest quartet took over 90 s on 2 
 MAX_VERIFY_PAIRS = 200_000
 
 
-def _music21(run, folder: Path, progress: Progress) -> dict[str, Any]:
+def _music21(run: Run, encoder: Any, folder: Path, progress: Progress) -> dict[str, Any]:
     """Embeddings and composers of music21's strangers and of its scores by known composers."""
     from harmonixr.midi.builtin import KNOWN_IN_MUSIC21, STRANGERS, read_music21
 
@@ -49,9 +51,10 @@ def _music21(run, folder: Path, progress: Progress) -> dict[str, Any]:
         progress(f"music21 {name}: converting (once) and embedding")
         # a long time limit, so that which works convert does not depend on the machine's speed
         listing = read_music21(selection, folder / name, timeout=MUSIC21_TIMEOUT_S)
-        got = load_files([p.path for p in listing.pieces], run.tensor_config)
+        got = load_files([p.path for p in listing.pieces], run.tensor)
         keep = [(p, g) for p, g in zip(listing.pieces, got, strict=True) if hasattr(g, "tensor")]
-        emb = run.embed_tensors([g.tensor for _, g in keep]) if keep else np.zeros((0, run.dim))
+        tensors = [g.tensor for _, g in keep]
+        emb = embed_pieces(encoder, tensors, run.crop_frames, run.hop_frames)
         out[name] = {
             "emb": emb.astype(np.float64),
             "composer": np.array([p.composer for p, _ in keep], dtype=object),
@@ -80,7 +83,8 @@ def measure_index(
     strangers (converted once into ``music21_dir``; skipped when None)."""
     say = progress or (lambda s: None)
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    run = Run.open(run_dir)
+    encoder = run.encoder()
     index = Index.load(run_dir / INDEX_DIR)
     cal = index.calibration
     if not cal.composers:
@@ -91,7 +95,7 @@ def measure_index(
     by_sha = {it.sha256: vectors[i] for i, it in enumerate(index.items)}
     with TensorCache(data) as cache:
         rows = cache.pieces()
-        split = load_split(run_dir / "split.json", rows)
+        split = run.split(rows)
         missing = [rows[i].path for s in SIDES for i in split[s] if rows[i].sha256 not in by_sha]
         if missing:
             raise ValueError(f"{run_dir}: {len(missing)} split pieces not indexed: {missing[0]}")
@@ -175,7 +179,7 @@ def measure_index(
     say("open set on the test side")
     report["open_set_test_side"] = {"measured_on": "test", **block(known_t, strangers_t)}
     if music21_dir is not None:
-        m = _music21(run, Path(music21_dir), say)
+        m = _music21(run, encoder, Path(music21_dir), say)
         keep = np.array([c in named for c in m["known"]["composer"]], bool)
         mk = {k: m["known"][k][keep] for k in ("emb", "composer", "group")}
         ms = {k: m["strangers"][k] for k in ("emb", "composer", "group")}
@@ -195,7 +199,15 @@ def measure_index(
     report["verify"] = _verify_test(cal, t, resamples, seed)
     say("timeline windows")
     report["timeline"] = _timeline(
-        run, cal, index, [tensors[i] for i in np.array(test)[nm]], labels[nm], g, resamples, seed
+        run,
+        encoder,
+        cal,
+        index,
+        [tensors[i] for i in np.array(test)[nm]],
+        labels[nm],
+        g,
+        resamples,
+        seed,
     )
     return _clean(report)
 
@@ -226,7 +238,9 @@ def _verify_test(cal, t: dict[str, np.ndarray], resamples: int, seed: int) -> di
     return out
 
 
-def _timeline(run, cal, index, tensors, labels, groups, resamples, seed) -> dict[str, Any]:
+def _timeline(
+    run: Run, encoder: Any, cal, index, tensors, labels, groups, resamples, seed
+) -> dict[str, Any]:
     """Non-overlapping 30 s windows of the test pieces of named composers, scored as
     ``Harmonixr.timeline`` scores them (the whole-piece calibration)."""
     from harmonixr.model.embed import embed_windows, piece_windows
@@ -235,7 +249,7 @@ def _timeline(run, cal, index, tensors, labels, groups, resamples, seed) -> dict
     windows = [w for w in piece_windows(tensors, crop, crop) if w.valid >= crop // 2]
     if not windows:
         return {"windows": 0}
-    z = embed_windows(run.encoder, tensors, windows, crop).astype(np.float64)
+    z = embed_windows(encoder, tensors, windows, crop).astype(np.float64)
     sims = index.named_similarities(index.composer_similarities(z))
     closed = np.exp(cal.closed_log_probabilities(z, sims))
     piece = np.array([w.piece for w in windows])

@@ -41,13 +41,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from harmonixr.search.api import MAX_K, MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
+from harmonixr.api import MAX_K, MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
 from harmonixr.serve import schemas
 from harmonixr.serve.limits import BodyRefused, Busy, Gate, UploadLimit, problem
 from harmonixr.serve.service import MB, Limits, Service, UploadError, clean_name
 
 if TYPE_CHECKING:
-    from harmonixr.search.api import Harmonixr
+    from harmonixr.api import Harmonixr
 
 STATIC = Path(__file__).parent / "static"
 FORM_SLACK = 64 * 1024  # multipart boundaries and headers around the file's own bytes
@@ -87,7 +87,7 @@ def plotly_js() -> Path | None:
     return None
 
 
-# the query bounds, from the API's own constants (search/api.py), so that the schema at
+# the query bounds, from the API's own constants (harmonixr/api.py), so that the schema at
 # /openapi.json says what Harmonixr.timeline enforces
 WINDOW_QUERY = Query(
     30.0, ge=MIN_WINDOW_S, le=MAX_WINDOW_S, description="Timeline window length, seconds."
@@ -101,7 +101,7 @@ HOP_RULE = (
 def _load_model(
     model: Harmonixr | str | os.PathLike[str] | None, threads: int | None = 1
 ) -> Harmonixr:
-    from harmonixr.search.api import Harmonixr
+    from harmonixr.api import Harmonixr
 
     if isinstance(model, Harmonixr):
         return model

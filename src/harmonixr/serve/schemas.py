@@ -1,5 +1,6 @@
-"""The service's response shapes: the API's records (``search.api``) as pydantic models, so
-that the OpenAPI page at ``/docs`` documents them and every answer is checked against them."""
+"""The service's response shapes: the API's records (``harmonixr.results``) as pydantic
+models, so that the OpenAPI page at ``/docs`` documents them and every answer is checked against
+them."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from harmonixr.midi.tensorize import condense
 
 if TYPE_CHECKING:
     from harmonixr._pool import RobustPool
-    from harmonixr.search.api import Harmonixr
+    from harmonixr.api import Harmonixr
     from harmonixr.viz.tsne import CorpusMap
 
 T = TypeVar("T")
@@ -155,8 +155,8 @@ def find_map(root: Path, map_dir: str | Path | None = None) -> tuple[CorpusMap |
     """The saved corpus map of the model at ``root`` (``map_dir``, else ``ROOT/viz/map`` as
     ``viz tsne`` saves it, else ``ROOT/map``), checked against the model's weights; or None
     and why. Never fits one: that takes minutes."""
-    from harmonixr.viz._run import read_run
-    from harmonixr.viz.maps import weights_key
+    from harmonixr.train.rundir import Run
+    from harmonixr.viz.maps import StaleMap, check_map
     from harmonixr.viz.tsne import MAP_JSON, CorpusMap
 
     places = [Path(map_dir)] if map_dir else [root / "viz" / "map", root / "map"]
@@ -169,15 +169,15 @@ def find_map(root: Path, map_dir: str | Path | None = None) -> tuple[CorpusMap |
         )
     try:
         cmap = CorpusMap.load(found)
-        key = weights_key(read_run(root))
-    except (ValueError, OSError, KeyError) as exc:
-        # the exception's text may hold absolute paths: only its kind is shown
-        return None, f"{shown_path(found)}: the saved map cannot be used ({type(exc).__name__})"
-    if cmap.info.get("weights") != key:
+        check_map(cmap, Run.open(root), found)
+    except StaleMap:
         return None, (
             f"{shown_path(found)}: the saved map was made with other weights than the model's; "
             f"remake it with 'harmonixr viz tsne {shown_path(root)} --data CACHE'"
         )
+    except (ValueError, OSError, KeyError) as exc:
+        # the exception's text may hold absolute paths: only its kind is shown
+        return None, f"{shown_path(found)}: the saved map cannot be used ({type(exc).__name__})"
     return cmap, f"{len(cmap)} pieces, saved in {shown_path(found)}"
 
 
@@ -251,7 +251,7 @@ class Service:
             reason = EMPTY if not data else NOT_MIDI
             raise error_for(MidiError(name, reason), name, self.limits)
         lim = self.limits
-        job = (data, name, self.hx.run.tensor_config, lim.max_seconds, lim.max_bytes)
+        job = (data, name, self.hx.run.tensor, lim.max_seconds, lim.max_bytes)
         (outcome,) = pool.imap([job])
         if outcome.ok and isinstance(outcome.value, Tensorized):
             # a held note or a silence costs the model no more than MAX_QUIET_S of music
@@ -341,7 +341,7 @@ class Service:
         return [p.to_dict() for p in passages]
 
     def roll(self, tensor: np.ndarray) -> dict[str, Any]:
-        cfg = self.hx.run.tensor_config
+        cfg = self.hx.run.tensor
         return roll_summary(tensor, self.hx.run.frame_seconds, cfg.low_note)
 
     def place(self, z: np.ndarray) -> dict[str, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -90,7 +89,7 @@ class TrainConfig:
 
     @property
     def crop_frames(self) -> int:
-        return int(round(self.crop_seconds * 1000.0 / self.frame_ms))
+        return max(1, round(self.crop_seconds * 1000.0 / self.frame_ms))
 
     @property
     def total_steps(self) -> int:
@@ -127,18 +126,23 @@ def build_model_config(name: str, overrides: dict[str, Any] | None = None) -> Mo
     return ModelConfig.from_dict({**base.to_dict(), **overrides})
 
 
-def stored_run(run_dir: str | Path) -> dict[str, Any]:
-    """The configs a run recorded in its ``config.json`` (train, model, tensor, composers)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{path}: missing, so the run cannot be resumed")
-    try:
-        stored = json.loads(path.read_text())
-        TrainConfig.from_dict(stored["train"])
-        ModelConfig.from_dict(stored["model"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a run's config ({exc})") from exc
-    return stored
+def merged_settings(
+    data: str | Path,
+    out: str | Path,
+    *,
+    stored: TrainConfig | None = None,
+    toml: dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The settings a training run gets, later sources winning: a resumed run's recorded
+    ``stored`` settings, then a TOML file's ``[train]`` table, then the flags given (``None``:
+    not given); the cache and run directory last. ``train()`` then refuses a resumed run whose
+    merged settings change what it learns."""
+    settings = stored.to_dict() if stored is not None else {}
+    settings.update(toml or {})
+    settings.update({k: v for k, v in (flags or {}).items() if v is not None})
+    settings.update({"data": str(data), "out": str(out)})
+    return TrainConfig.from_dict(settings)
 
 
 def check_resume(

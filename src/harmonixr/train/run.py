@@ -25,11 +25,11 @@ from harmonixr.data.pairs import (
     make_pair_set,
 )
 from harmonixr.data.splits import load_split, make_split, save_split
-from harmonixr.model.config import ModelConfig
 from harmonixr.model.io import WEIGHTS, save_weights
-from harmonixr.train.config import TrainConfig, build_model_config, check_resume, stored_run
+from harmonixr.train.config import TrainConfig, build_model_config, check_resume
 from harmonixr.train.module import SiameseModule, ValData
 from harmonixr.train.quiet import StepsProgressBar, quiet_lightning
+from harmonixr.train.rundir import CONFIG, SPLIT, Run
 
 
 def last_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -295,13 +295,15 @@ def train(
     run_dir = Path(config.out)
     ckpt_dir = run_dir / "checkpoints"
     last = last_checkpoint(ckpt_dir)
-    saved = run_dir / "config.json"
+    saved = run_dir / CONFIG
     if resume:
         if last is None:
             raise ValueError(f"{run_dir}: nothing to resume (no checkpoints)")
-        stored = stored_run(run_dir)
-        model_config = ModelConfig.from_dict(stored["model"])
-        recorded = TrainConfig.from_dict(stored["train"])
+        try:
+            recorded_run = Run.open(run_dir)
+        except ValueError as exc:
+            raise ValueError(f"{run_dir}: cannot be resumed: {exc}") from None
+        model_config, recorded = recorded_run.model, recorded_run.train
         check_resume(recorded, config, saved, model_config, model_overrides)
     else:
         if last is not None:
@@ -316,7 +318,7 @@ def train(
             raise ValueError(f"{config.data}: the cache holds no usable pieces")
         if abs(tensor_config.frame_ms - config.frame_ms) > 1e-9:
             config = config.replace(frame_ms=tensor_config.frame_ms)
-        split_path = run_dir / "split.json"
+        split_path = run_dir / SPLIT
         if split_path.is_file():
             split = load_split(split_path, rows)
         elif config.split_file:
@@ -440,10 +442,10 @@ def _write_projector(run_dir: Path, val_set: PieceSet, val_rows, config, trainer
     if not len(val_set):
         return
     from harmonixr.model.embed import embed_pieces
-    from harmonixr.model.io import load
-    from harmonixr.viz.projector import write_projector
+    from harmonixr.model.io import load_encoder
+    from harmonixr.train.projector import write_projector
 
-    z = embed_pieces(load(run_dir), val_set.tensors, config.crop_frames)
+    z = embed_pieces(load_encoder(run_dir), val_set.tensors, config.crop_frames)
     write_projector(
         run_dir, z, [(r.composer, r.title) for r in val_rows], tag="val", step=trainer.global_step
     )

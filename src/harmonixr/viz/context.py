@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from harmonixr.train.rundir import Run
 from harmonixr.viz import scatter
-from harmonixr.viz._run import embed, read_run
 from harmonixr.viz._style import MAX_COLOURS, composer_colours
-from harmonixr.viz.maps import build_map, piece_layers, short_path, weights_key
+from harmonixr.viz.corpus import embed
+from harmonixr.viz.maps import build_map, check_map, piece_layers, short_path
 from harmonixr.viz.scatter import Layer
 from harmonixr.viz.tsne import CorpusMap
 
@@ -43,20 +44,13 @@ def context_map(
 
     if not files:
         raise ValueError("no MIDI files to place")
-    info = read_run(run)
+    info = Run.open(run)
     viz_dir = info.root / "viz"
     map_dir = Path(map_dir) if map_dir else viz_dir / "map"
     out = Path(out) if out else viz_dir / "context"
-    key = weights_key(info)
     if (map_dir / "map.json").is_file():
         cmap = CorpusMap.load(map_dir)
-        made_with = cmap.info.get("weights")
-        if made_with != key:
-            raise ValueError(
-                f"{map_dir}: the map was made with other weights ({made_with}) than "
-                f"{info.root / 'model.safetensors'} now holds ({key}); rerun "
-                f"'harmonixr viz tsne' to remake it"
-            )
+        check_map(cmap, info, map_dir)
     else:
         if data is None:
             raise ValueError(f"{map_dir}: no saved map; pass --data CACHE to make one")
@@ -66,10 +60,8 @@ def context_map(
     tensors = []
     for f in files:
         say(f"reading {f}")
-        tensors.append(safe_load(f, info.tensor_config).tensor)
-    from harmonixr.viz._run import encoder_at
-
-    z = embed(encoder_at(info), tensors, info.crop_frames)
+        tensors.append(safe_load(f, info.tensor).tensor)
+    z = embed(info, tensors)
     say(f"placing {len(files)} file(s) in the map of {len(cmap)} pieces")
     xyz = cmap.place(z)
     idx, dist = cmap.nearest(z, k)

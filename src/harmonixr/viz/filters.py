@@ -14,13 +14,13 @@ def stem_kernels(run: str | Path) -> tuple[np.ndarray, float, float]:
     """The stem convolution's weights ``(filters, pitch, octave, time)`` (input channels
     summed), the frame length in ms, and how far the weights moved from the run's initial ones
     (rebuilt from its seed): ``‖w − w₀‖ / ‖w₀‖``."""
-    from harmonixr.viz._run import encoder_at, read_run
+    from harmonixr.train.rundir import Run
 
-    info = read_run(run)
-    w = encoder_at(info).stem.weight.detach().float().cpu().numpy()  # (out, in, p, o, t)
-    w0 = encoder_at(info, initial=True).stem.weight.detach().float().cpu().numpy()
+    info = Run.open(run)
+    w = info.encoder().stem.weight.detach().float().cpu().numpy()  # (out, in, p, o, t)
+    w0 = info.encoder(initial=True).stem.weight.detach().float().cpu().numpy()
     moved = float(np.linalg.norm(w - w0) / (np.linalg.norm(w0) or 1.0))
-    return w.sum(1), float(info.config["train"]["frame_ms"]), moved
+    return w.sum(1), info.tensor.frame_ms, moved
 
 
 def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:

@@ -10,19 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from harmonixr._files import sha256_file
+from harmonixr.train.rundir import Run
 from harmonixr.viz import scatter
-from harmonixr.viz._run import (
-    Corpus,
-    RunInfo,
-    cached_embeddings,
-    checkpoints,
-    embed,
-    encoder_at,
-    file_sha256,
-    read_corpus,
-    read_run,
-)
 from harmonixr.viz._style import MAX_COLOURS, OTHER, OTHER_COLOUR, composer_colours, save_gif
+from harmonixr.viz.corpus import Corpus, cached_embeddings, embed, map_corpus
 from harmonixr.viz.scatter import Layer
 from harmonixr.viz.tsne import CorpusMap, align, composer_positions, fit_map, spread_and_dimension
 
@@ -50,25 +42,41 @@ def legend_name(name: str, width: int = 26) -> str:
     return name if len(name) <= width else name[: width - 1].rstrip() + "…"
 
 
-def weights_key(run: RunInfo, weights: Path | None = None) -> str:
-    path = weights or run.root / "model.safetensors"
+def weights_key(run: Run, weights: Path | None = None) -> str:
+    """What a map's embeddings were made with: the weights' hash and the crop."""
+    path = weights or run.weights_path
     if not path.is_file():
         raise ValueError(f"{path}: no such weights file (has the run validated yet?)")
-    return f"{file_sha256(path)[:16]}-crop{run.crop_frames}"
+    return f"{sha256_file(path)[:16]}-crop{run.crop_frames}"
+
+
+class StaleMap(ValueError):
+    """A saved map made with other weights than the run's."""
+
+
+def check_map(cmap: CorpusMap, run: Run, where: Path) -> None:
+    """Refuse a saved map whose embeddings came from other weights than the run holds now:
+    placing new pieces in it would put them among points the model no longer makes."""
+    key, made_with = weights_key(run), cmap.info.get("weights")
+    if made_with != key:
+        raise StaleMap(
+            f"{where}: the map was made with other weights ({made_with}) than "
+            f"{run.weights_path} now holds ({key}); rerun 'harmonixr viz tsne' to remake it"
+        )
 
 
 def corpus_embeddings(
-    run: RunInfo, corpus: Corpus, out: Path, tag: str, say: Say = _quiet
+    run: Run, corpus: Corpus, out: Path, tag: str, say: Say = _quiet
 ) -> tuple[np.ndarray, str]:
     """Whole-piece embeddings by the run's exported weights, reused from ``out/embeddings``
     when the weights and the pieces are unchanged. Returns (embeddings, weights key)."""
     key = weights_key(run)
-    say(f"embedding {len(corpus.paths)} pieces with {run.root / 'model.safetensors'}")
+    say(f"embedding {len(corpus.paths)} pieces with {run.weights_path}")
     z, reused = cached_embeddings(
         out / "embeddings" / f"{tag}.npz",
         key,
         corpus.paths,
-        lambda: embed(encoder_at(run), corpus.tensors, run.crop_frames),
+        lambda: embed(run, corpus.tensors),
     )
     if reused:
         say("  (reused the embeddings saved by an earlier call)")
@@ -76,7 +84,7 @@ def corpus_embeddings(
 
 
 def build_map(
-    run: RunInfo,
+    run: Run,
     data: str | Path,
     split: str,
     out: Path,
@@ -85,7 +93,7 @@ def build_map(
     say: Say = _quiet,
 ) -> CorpusMap:
     """Embed the corpus, fit its map and save it under ``out/map``."""
-    corpus = read_corpus(run, data, split)
+    corpus = map_corpus(run, data, split)
     if len(corpus.paths) < 4:
         raise ValueError(f"{data}: {len(corpus.paths)} pieces in --split {split}; a map needs 4")
     z, key = corpus_embeddings(run, corpus, out, f"pieces-{split}", say)
@@ -175,7 +183,7 @@ def composer_layers(cmap: CorpusMap, colours: dict[str, str], coords: np.ndarray
     return layers
 
 
-def _subtitle(cmap: CorpusMap, run: RunInfo) -> str:
+def _subtitle(cmap: CorpusMap, run: Run) -> str:
     n_comp = len(set(cmap.composers))
     return (
         f"{len(cmap)} pieces, {n_comp} composers · whole-piece embeddings of {run.root} · "
@@ -200,7 +208,7 @@ def corpus_maps(
 ) -> dict[str, Path]:
     """Pieces and composers maps of ``data`` by the run's model (PNG, GIF, HTML each); the map
     is saved under ``out/map`` for ``viz context``. Returns the written files by name."""
-    info = read_run(run)
+    info = Run.open(run)
     out = Path(out) if out else info.root / "viz"
     cmap = build_map(info, data, split, out, perplexity, n_jobs, say)
     colours = composer_colours(cmap.composers, top)
@@ -237,7 +245,7 @@ def _save_all(
 
 
 def checkpoint_maps(
-    run: RunInfo,
+    run: Run,
     data: str | Path,
     split: str,
     out: Path,
@@ -251,23 +259,21 @@ def checkpoint_maps(
     fitted alone then rotated onto the last one (Procrustes) so that frames compare; a PNG
     each, an animation across them, and the embeddings' spread and effective dimension by
     step (``checkpoints.json``, ``checkpoints-growth.png``)."""
-    found = checkpoints(run)
+    found = run.checkpoints()
     if not found:
         raise ValueError(f"{run.root / 'checkpoints'}: no checkpoints to draw")
-    corpus = read_corpus(run, data, split)
+    corpus = map_corpus(run, data, split)
     states: list[tuple[int, Path | None]] = [(0, None), *found]
     folder = out / "checkpoints"
     maps, stats = [], []
     for step, path in states:
-        key = f"{file_sha256(path)[:16]}-crop{run.crop_frames}" if path else f"init-{run.seed}"
+        key = weights_key(run, path) if path else f"init-{run.seed}"
         say(f"checkpoint at step {step}: embedding and t-SNE")
         z, _ = cached_embeddings(
             folder / "embeddings" / f"{split}-step{step}.npz",
             key,
             corpus.paths,
-            lambda path=path: embed(
-                encoder_at(run, path, initial=path is None), corpus.tensors, run.crop_frames
-            ),
+            lambda path=path: embed(run, corpus.tensors, run.encoder(path, initial=path is None)),
         )
         spread, dim = spread_and_dimension(z)
         m = fit_map(

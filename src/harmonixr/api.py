@@ -19,83 +19,34 @@ reasons as ``preprocess``. Probabilities come from ``evaluate/calibrate.py``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import numpy as np
 
-from harmonixr.midi.load import MidiError
+from harmonixr.midi.files import load_files, parser_pool
+from harmonixr.midi.load import MidiError, Tensorized
+from harmonixr.model.embed import embed_pieces
+from harmonixr.results import Attribution, Embedded, Match, Passage, Verdict
 from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files
-from harmonixr.search.runs import Run, load_files, load_run, parser_pool, pretrained_dir
+from harmonixr.train.rundir import Run, pretrained_dir
 
 if TYPE_CHECKING:
+    import symusic
+    import torch
+
     from harmonixr._pool import RobustPool
+    from harmonixr.model.encoder import SiaViT
+
+__all__ = ["Attribution", "Embedded", "Harmonixr", "Input", "Match", "Passage", "Verdict"]
 
 UNKNOWN = "unknown"
 
-
-@dataclass(frozen=True)
-class Attribution:
-    """A named composer with its calibrated probability and its centroid similarity; the
-    open-set entry (``known=False``, composer ``"unknown"``: someone else, no score); or a
-    *barely known* composer (``known=False, barely_known=True``): one with a centroid but too
-    few training works to be named, shown with its similarity and probability 0 (its share is
-    part of "someone else")."""
-
-    composer: str
-    probability: float
-    score: float | None
-    known: bool = True
-    barely_known: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Match:
-    composer: str
-    title: str
-    path: str
-    similarity: float
-    sha256: str = ""
-    performer: str = ""
-    source: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    similarity: float
-    same_composer: bool
-    probability: float  # of the same composer, at an even prior
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Passage:
-    """One window of a timeline; unpacks as ``(start_s, end_s, probabilities)``. The known
-    composers' probabilities and ``unknown`` sum to one."""
-
-    start_s: float
-    end_s: float
-    probabilities: dict[str, float]
-    unknown: float
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.start_s, self.end_s, self.probabilities))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-Input = str | os.PathLike[str] | np.ndarray | Any  # a path, a uint8 tensor, a symusic Score
+# a path (MIDI or score), a uint8 (T, 12, 6) tensor (numpy or torch), or a symusic Score
+Input: TypeAlias = "str | os.PathLike[str] | np.ndarray | torch.Tensor | symusic.Score"
+# progress(stage, done, total): stage "parse" counts files read, "embed" pieces embedded
+Progress = Callable[[str, int, int], None]
 
 
 def _is_path(x: object) -> bool:
@@ -110,22 +61,24 @@ MAX_K = 100  # composers or pieces one question lists, at most (the service's bo
 class Harmonixr:
     """A run's encoder with its index (centroids, calibration, searchable corpus)."""
 
-    def __init__(self, run: Run, index: Index | None = None, shipped: bool = False) -> None:
-        self.run, self.index, self.shipped = run, index, shipped
-        self._pool: RobustPool | None = None
+    def __init__(
+        self, run: Run, encoder: SiaViT, index: Index | None = None, shipped: bool = False
+    ) -> None:
+        self.run, self.encoder, self.index, self.shipped = run, encoder, index, shipped
+        self._parsers: RobustPool | None = None
 
     def parsers(self) -> RobustPool:
         """The child processes that parse this object's files, started on first use and
         kept (a process start per call would cost more than a short piece's forward)."""
-        if self._pool is None:
-            self._pool = parser_pool()
-        return self._pool
+        if self._parsers is None:
+            self._parsers = parser_pool()
+        return self._parsers
 
     def close(self) -> None:
         """Stop the parser processes (they also end with this process)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        if self._parsers is not None:
+            self._parsers.close()
+            self._parsers = None
 
     def __enter__(self) -> Harmonixr:
         return self
@@ -156,16 +109,17 @@ class Harmonixr:
                 raise ValueError(f"threads must be at least 1 (or None), got {threads}")
             torch.set_num_threads(threads)
         root = pretrained_dir() if run is None else Path(run)
-        model = load_run(root, device=device)
+        opened = Run.open(root)
+        encoder = opened.encoder(device=device)
         index = None
         if (root / INDEX_DIR / "index.json").is_file():
             index = Index.load(root / INDEX_DIR)
-            if index.manifest.get("model_sha256") != model.weights_sha256():
+            if index.manifest.get("model_sha256") != opened.weights_sha256():
                 raise ValueError(
                     f"{root / INDEX_DIR}: built with other weights than {root}/model.safetensors;"
                     f" rebuild it (harmonixr index build {root})"
                 )
-        return cls(model, index, shipped=run is None)
+        return cls(opened, encoder, index, shipped=run is None)
 
     @property
     def composers(self) -> list[str]:
@@ -193,7 +147,7 @@ class Harmonixr:
         if hasattr(x, "numpy") and not isinstance(x, np.ndarray) and hasattr(x, "dtype"):
             x = x.detach().cpu().numpy() if hasattr(x, "detach") else x.numpy()
         if isinstance(x, np.ndarray):
-            want = (12, self.run.tensor_config.n_octaves)
+            want = (12, self.run.tensor.n_octaves)
             if x.dtype != np.uint8 or x.ndim != 3 or tuple(x.shape[1:]) != want or not len(x):
                 raise ValueError(
                     f"expected a uint8 (T, {want[0]}, {want[1]}) tensor with T ≥ 1, "
@@ -205,37 +159,108 @@ class Harmonixr:
         if isinstance(x, symusic.Score):
             if str(x.ttype).lower() != "second":  # the length limit is checked in seconds
                 x = x.to("second")
-            return tensorize_checked(x, self.run.tensor_config).tensor
+            return tensorize_checked(x, self.run.tensor).tensor
         raise TypeError(
             f"cannot embed a {type(x).__name__}: give a path, a uint8 tensor or a Score"
         )
 
-    def _tensors(self, xs: Sequence[Any]) -> list[np.ndarray]:
-        """Tensors of the inputs in order; files parsed together in child processes; the first
-        bad file (in input order) raises its :class:`MidiError`."""
+    def _tensors(
+        self,
+        xs: Sequence[Any],
+        workers: int | None = None,
+        progress: Progress | None = None,
+        skip_errors: bool = False,
+    ) -> tuple[list[np.ndarray | None], list[MidiError]]:
+        """Tensors of the inputs in order, files parsed together in child processes (``workers``
+        fresh ones, else this object's :meth:`parsers`). A file that cannot be used raises its
+        :class:`MidiError` (the first in input order), or with ``skip_errors`` leaves ``None``
+        and is listed among the errors."""
         out: list[np.ndarray | None] = [None] * len(xs)
+        errors: list[MidiError] = []
         where = [i for i, x in enumerate(xs) if _is_path(x)]
+        loaded: list[Tensorized | MidiError] = []
         if where:
+            pool = None if workers else self.parsers()
+            parsed = (lambda i, n, _name: progress("parse", i, n)) if progress else None
             paths = [xs[i] for i in where]
-            loaded = load_files(paths, self.run.tensor_config, pool=self.parsers())
-        else:
-            loaded = []
+            loaded = load_files(paths, self.run.tensor, workers=workers, pool=pool, progress=parsed)
         for i, got in zip(where, loaded, strict=True):
             if isinstance(got, MidiError):
-                raise got
-            out[i] = got.tensor
+                if not skip_errors:
+                    raise got
+                errors.append(got)
+            else:
+                out[i] = got.tensor
         for i, x in enumerate(xs):
-            if out[i] is None:
+            if not _is_path(x):
                 out[i] = self._tensor_of(x)
-        return out  # type: ignore[return-value]
+        return out, errors
 
     # ------------------------------------------------------------ questions
 
-    def embed(self, x: Input | Sequence[Input]) -> np.ndarray:
-        """Whole-piece embedding: ``(D,)`` for one input, ``(N, D)`` for a list."""
+    @overload
+    def embed(
+        self,
+        x: Input | Sequence[Input],
+        *,
+        batch_size: int = ...,
+        progress: Progress | None = ...,
+        skip_errors: Literal[False] = ...,
+        workers: int | None = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def embed(
+        self,
+        x: Input | Sequence[Input],
+        *,
+        batch_size: int = ...,
+        progress: Progress | None = ...,
+        skip_errors: Literal[True],
+        workers: int | None = ...,
+    ) -> Embedded: ...
+
+    def embed(
+        self,
+        x: Input | Sequence[Input],
+        *,
+        batch_size: int = 32,
+        progress: Progress | None = None,
+        skip_errors: bool = False,
+        workers: int | None = None,
+    ) -> np.ndarray | Embedded:
+        """Whole-piece embeddings: ``(D,)`` for one input, ``(N, D)`` for a list; the one entry
+        for many files. ``batch_size`` crops go through the model at a time; ``workers``
+        starts that many parser processes for this call (default: this object's two, kept);
+        ``progress(stage, done, total)`` reports files parsed (``"parse"``) and pieces
+        embedded (``"embed"``).
+
+        A file that cannot be used raises its :class:`MidiError`, unless ``skip_errors``: then
+        the bad files are skipped and reported, and the answer is an :class:`Embedded` (the
+        inputs embedded, their ``(n, D)`` vectors, the errors); if none could be used it raises
+        (the file's own error when there was one)."""
         single = not isinstance(x, list | tuple)
         xs = [x] if single else list(x)
-        z = self.run.embed_tensors(self._tensors(xs))
+        tensors, errors = self._tensors(xs, workers, progress, skip_errors)
+        keep = [i for i, t in enumerate(tensors) if t is not None]
+        if skip_errors and not keep:
+            if len(errors) == 1:
+                raise errors[0]
+            reasons = ", ".join(sorted({e.reason for e in errors}))
+            raise ValueError(f"none of the {len(errors)} files could be embedded ({reasons})")
+        embedded = (lambda i, n: progress("embed", i, n)) if progress else None
+        z = embed_pieces(
+            self.encoder,
+            [tensors[i] for i in keep],  # type: ignore[misc]
+            self.run.crop_frames,
+            self.run.hop_frames,
+            batch_size,
+            progress=embedded,
+            chunk=16,
+        )
+        if skip_errors:
+            names = tuple(os.fspath(xs[i]) if _is_path(xs[i]) else f"<input {i}>" for i in keep)
+            return Embedded(names, z, tuple(errors))
         return z[0] if single else z
 
     def _attributions(
@@ -334,11 +359,11 @@ class Harmonixr:
                 f"{window:g} s), got {hop}"
             )
         index = self._index()
-        (tensor,) = self._tensors([x])
+        (tensor,), _ = self._tensors([x])
         fs = self.run.frame_seconds
         crop, step = max(1, round(window / fs)), max(1, round(hop / fs))
         windows = piece_windows([tensor], crop, step)
-        z = embed_windows(self.run.encoder, [tensor], windows, crop)
+        z = embed_windows(self.encoder, [tensor], windows, crop)
         sims = index.named_similarities(index.composer_similarities(z))
         probs, unknown = index.calibration.composer_probabilities(z, sims)
         return [
@@ -368,97 +393,9 @@ class Harmonixr:
                 "(harmonixr index build RUN) to add files"
             )
         pool = None if workers else self.parsers()
-        return add_files(self.run, index, paths, composer=composer, workers=workers, pool=pool)
+        return add_files(
+            self.run, self.encoder, index, paths, composer=composer, workers=workers, pool=pool
+        )
 
     def info(self) -> dict[str, Any]:
         return self._index().info()
-
-
-# ---------------------------------------------------------------- many files
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """Embeddings of the files that could be read, and why the others could not."""
-
-    paths: tuple[str, ...]
-    vectors: np.ndarray  # (len(paths), D)
-    errors: tuple[MidiError, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "embedded": len(self.paths),
-            "dim": int(self.vectors.shape[1]),
-            "errors": [
-                {"path": e.path, "reason": e.reason, "detail": e.detail} for e in self.errors
-            ],
-        }
-
-
-def embed_files(
-    hx: Harmonixr,
-    paths: Sequence[str | os.PathLike[str]],
-    *,
-    workers: int | None = None,
-    progress: Any = None,
-    embed_progress: Any = None,
-) -> Embedded:
-    """Embed many files, skipping (and reporting) the bad ones instead of stopping; a single
-    file that cannot be used raises its :class:`MidiError`. ``progress(i, n, name)`` counts
-    parsed files, ``embed_progress(i, n, "")`` embedded ones."""
-    pool = None if workers else hx.parsers()
-    results = load_files(paths, hx.run.tensor_config, workers=workers, pool=pool, progress=progress)
-    errors = tuple(r for r in results if isinstance(r, MidiError))
-    good = [
-        (os.fspath(p), r)
-        for p, r in zip(paths, results, strict=True)
-        if not isinstance(r, MidiError)
-    ]
-    if not good:
-        if len(errors) == 1:
-            raise errors[0]
-        reasons = ", ".join(sorted({e.reason for e in errors}))
-        raise ValueError(f"none of the {len(errors)} files could be embedded ({reasons})")
-    tensors = [r.tensor for _, r in good]  # type: ignore[union-attr]
-    vectors = hx.run.embed_tensors(tensors, chunk=16, progress=embed_progress)
-    return Embedded(tuple(p for p, _ in good), vectors, errors)
-
-
-def embeddings_format(out: str | os.PathLike[str]) -> str:
-    """``npy`` or ``parquet`` from the output's name; raises before any work is done if the
-    name is neither or pyarrow is missing for parquet."""
-    suffix = Path(out).suffix.lower()
-    if suffix == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            msg = f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use .npy"
-            raise ValueError(msg) from None
-        return "parquet"
-    if suffix == ".npy":
-        return "npy"
-    raise ValueError(f"{out}: the output must end in .npy or .parquet")
-
-
-def write_embeddings(out: str | os.PathLike[str], result: Embedded) -> list[Path]:
-    """``.npy`` (with the paths, one a line, in ``NAME.paths.txt`` beside it) or ``.parquet``
-    (columns ``path`` and ``embedding``, needs pyarrow). Returns the files written."""
-    out = Path(out)
-    if embeddings_format(out) == "npy":
-        np.save(out, result.vectors.astype(np.float32))
-        listing = out.with_suffix(".paths.txt")
-        listing.write_text("".join(p + "\n" for p in result.paths))
-        return [out, listing]
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    dim = result.vectors.shape[1]
-    flat = pa.array(result.vectors.astype(np.float32).ravel())
-    table = pa.table(
-        {
-            "path": pa.array(list(result.paths), pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-        }
-    )
-    pq.write_table(table, out)
-    return [out]

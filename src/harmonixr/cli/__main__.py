@@ -1,0 +1,5 @@
+"""``python -m harmonixr.cli``."""
+
+from harmonixr.cli import main
+
+main()

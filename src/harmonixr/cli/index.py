@@ -1,0 +1,250 @@
+"""``harmonixr index …``: build, measure, extend and show a run's index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from harmonixr.cli._common import (
+    JsonOpt,
+    _model,
+    _print_json,
+    _progress,
+    _say,
+    app,
+    console,
+    out,
+)
+
+index_app = typer.Typer(
+    help="The run's persistent index: embeddings, metadata, centroids, calibration.",
+    no_args_is_help=True,
+)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    run: Annotated[Path, typer.Argument(help="A run directory made by train.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Tensor cache (default: the run's).")
+    ] = None,
+    store: Annotated[
+        str, typer.Option(help="faiss | milvus://HOST:PORT | PATH.db (Milvus Lite).")
+    ] = "faiss",
+    kind: Annotated[str, typer.Option(help="FAISS search: auto | flat | hnsw.")] = "auto",
+    relative_to: Annotated[
+        Path | None, typer.Option(help="Store paths relative to this folder (a corpus root).")
+    ] = None,
+    open_set: Annotated[
+        Path | None,
+        typer.Option(
+            help="Unknown-composer model learnt on real strangers (open-set.json, or the "
+            "unseen-composer cross-validation folder that holds it). Default: simulated."
+        ),
+    ] = None,
+    min_works: Annotated[
+        int | None,
+        typer.Option(help="Works a composer needs to be named (default: chosen on validation)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Embed the run's corpus into RUN/index (centroids from train, calibration from val)."""
+    from harmonixr.search.index import build_index
+
+    with _progress() as progress:
+        task = progress.add_task("embed", total=None, current="")
+        index = build_index(
+            run,
+            data,
+            store=store,
+            kind=kind,
+            relative_to=relative_to,
+            progress=lambda i, n, _: progress.update(task, completed=i, total=n),
+            open_set=open_set,
+            min_works=min_works,
+        )
+    _show_index(index.info(), as_json)
+
+
+@index_app.command("measure")
+def index_measure(
+    run: Annotated[Path, typer.Argument(help="A run directory with an index and split.json.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="The run's tensor cache.")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for measure.json and measure.md.")
+    ] = None,
+    music21: Annotated[
+        bool, typer.Option(help="Also measure on music21's strangers (converted once).")
+    ] = True,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure RUN's index where nothing was fitted: answers, "someone else", verify and the
+    timeline on its test side and on music21's strangers; stored beside the fitted-on figures."""
+    from harmonixr.midi.builtin import cache_dir
+    from harmonixr.search.measure import measure_index, measure_markdown, store_held_out
+
+    report = measure_index(
+        run,
+        data,
+        music21_dir=cache_dir() / "music21-open-set-v1" if music21 else None,
+        resamples=resamples,
+        progress=_say,
+    )
+    store_held_out(run, report)
+    target = out_dir or run
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "measure.json").write_text(json.dumps(report, indent=1))
+    (target / "measure.md").write_text(measure_markdown(report))
+    if as_json:
+        _print_json(report)
+    else:
+        out.print(measure_markdown(report), markup=False, highlight=False)
+
+
+@index_app.command("open-set")
+def index_open_set(
+    strangers: Annotated[
+        Path,
+        typer.Argument(help="An unseen-composer cross-validation (evaluate --split-mode ...)."),
+    ],
+    known: Annotated[
+        Path, typer.Argument(help="A by-group cross-validation of the same recipe and cache.")
+    ],
+    exclude_split: Annotated[
+        Path | None,
+        typer.Option(
+            help="A run's split.json: its test groups stay out of every fit and measurement "
+            "(the run that will ship with this model)."
+        ),
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Learn "someone else" from real strangers (STRANGERS' folds) against held-out pieces of
+    known composers (KNOWN's folds), cross-fitted over the folds; writes
+    STRANGERS/open-set.json for `index build --open-set`."""
+    from harmonixr.evaluate.openset import embed_training_sides, openset_markdown, openset_study
+
+    excluded = None
+    if exclude_split is not None:
+        test = json.loads(exclude_split.read_text())["test"]
+        excluded = {e["group"] for e in test if isinstance(e, dict) and e.get("group")}
+        if len(excluded) == 0 and test:
+            raise typer.BadParameter(f"{exclude_split}: no groups recorded (an old split.json)")
+    for cv in (strangers, known):
+        embed_training_sides(cv, progress=_say)
+    result = openset_study(
+        strangers, known, resamples=resamples, progress=_say, exclude_groups=excluded
+    )
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(openset_markdown(result), markup=False, highlight=False)
+
+
+@index_app.command("add")
+def index_add(
+    run: Annotated[Path, typer.Argument(help="A run directory with an index.")],
+    files: Annotated[list[Path], typer.Argument(help="MIDI files or folders.")],
+    composer: Annotated[str, typer.Option(help="Composer of the added files, if known.")] = "",
+    workers: Annotated[int | None, typer.Option(help="Parser processes (default 2).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add files to RUN's index without rebuilding it (identical content is stored once)."""
+    from harmonixr.api import Harmonixr
+    from harmonixr.midi.files import expand_midi_paths
+
+    result = Harmonixr.load(run).add(expand_midi_paths(files), composer=composer, workers=workers)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    out.print(
+        f"added {len(result.added)}, already indexed {len(result.duplicates)}, "
+        f"unusable {len(result.errors)}"
+    )
+    for error in result.errors:
+        console.print(f"  {error}", style="red", markup=False, highlight=False)
+
+
+@index_app.command("info")
+def index_info(
+    run: Annotated[Path | None, typer.Argument(help="A run (default: the shipped model).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What an index holds and how well its probabilities are calibrated."""
+    _show_index(_model(run).info(), as_json)
+
+
+def _num(d: dict, key: str) -> str:
+    v = d.get(key)
+    if isinstance(v, dict):
+        v = v.get("value")
+    return "–" if v is None else f"{v:.3f}"
+
+
+def calibration_rows(cal: dict) -> list[tuple[str, str, str]]:
+    """(figure, fitted-on value, held-out value) for `index info`: where each was measured."""
+    held = cal.get("held_out") or {}
+    comp, ver = cal.get("composer", {}), cal.get("verify", {})
+    hc, hv = held.get("composer", {}), held.get("verify", {})
+    hs = held.get("open_set_all") or held.get("open_set_test_side") or {}
+    none = "not measured (harmonixr index measure)"
+    return [
+        (
+            "composer ECE / top-1",
+            f"{_num(comp, 'ece')} / {_num(comp, 'top1_accuracy')}",
+            f"{_num(hc, 'ece')} / {_num(hc, 'top1')}" if hc else none,
+        ),
+        (
+            "answer accuracy, named composers",
+            "–",
+            _num(hc, "answer_accuracy") if hc else none,
+        ),
+        (
+            "someone else: AUC / strangers caught / known called unknown",
+            f"– / – / {_num(cal.get('operating_point', {}), 'named_called_unknown')}",
+            " / ".join(
+                _num(hs, k) for k in ("detection_auc", "strangers_caught", "known_called_unknown")
+            )
+            if hs
+            else none,
+        ),
+        (
+            "verify balanced accuracy / ECE",
+            f"{_num(ver, 'balanced_accuracy')} / {_num(ver, 'ece')}",
+            f"{_num(hv, 'balanced_accuracy')} / {_num(hv, 'ece')}" if hv else none,
+        ),
+    ]
+
+
+def _show_index(info: dict, as_json: bool) -> None:
+    if as_json:
+        _print_json(info)
+        return
+    table = Table(
+        title=f"{info['root']}: {info['items']} pieces, {info['dim']}-d", show_header=False
+    )
+    where = info.get("uri", "") + " " + info.get("collection", "")
+    table.add_row("store", f"{info['store']} {info.get('active_kind', '')}{where}".strip())
+    table.add_row(
+        "named composers",
+        f"{len(info['named_composers'])} with ≥ {info['min_works']} training works: "
+        + ", ".join(info["named_composers"]),
+    )
+    if info["barely_known"]:
+        table.add_row("barely known", f"{len(info['barely_known'])} (never named)")
+    table.add_row(
+        "someone else",
+        f"{info['unknown_model']}; answer when p ≥ {info['operating_point']:.3f}",
+    )
+    for label, fitted, held in calibration_rows(info["calibration"]):
+        table.add_row(label, f"fitted on validation: {fitted}\nmeasured held out: {held}")
+    for note in info["notes"]:
+        table.add_row("note", note)
+    out.print(table)

@@ -1,0 +1,132 @@
+"""What the front door (:class:`harmonixr.api.Harmonixr`) answers: attributions, matches,
+verdicts, timeline passages, and embeddings of many files with the ones that failed; and how
+embeddings are written to disk (``.npy`` or ``.parquet``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonixr.midi.load import MidiError
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """A named composer with its calibrated probability and its centroid similarity; the
+    open-set entry (``known=False``, composer ``"unknown"``: someone else, no score); or a
+    *barely known* composer (``known=False, barely_known=True``): one with a centroid but too
+    few training works to be named, shown with its similarity and probability 0 (its share is
+    part of "someone else")."""
+
+    composer: str
+    probability: float
+    score: float | None
+    known: bool = True
+    barely_known: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Match:
+    composer: str
+    title: str
+    path: str
+    similarity: float
+    sha256: str = ""
+    performer: str = ""
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    similarity: float
+    same_composer: bool
+    probability: float  # of the same composer, at an even prior
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One window of a timeline; unpacks as ``(start_s, end_s, probabilities)``. The known
+    composers' probabilities and ``unknown`` sum to one."""
+
+    start_s: float
+    end_s: float
+    probabilities: dict[str, float]
+    unknown: float
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.start_s, self.end_s, self.probabilities))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Embeddings of the files that could be read, and why the others could not."""
+
+    paths: tuple[str, ...]
+    vectors: np.ndarray  # (len(paths), D)
+    errors: tuple[MidiError, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "embedded": len(self.paths),
+            "dim": int(self.vectors.shape[1]),
+            "errors": [
+                {"path": e.path, "reason": e.reason, "detail": e.detail} for e in self.errors
+            ],
+        }
+
+
+def embeddings_format(out: str | os.PathLike[str]) -> str:
+    """``npy`` or ``parquet`` from the output's name; raises before any work is done if the
+    name is neither or pyarrow is missing for parquet."""
+    suffix = Path(out).suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            msg = f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use .npy"
+            raise ValueError(msg) from None
+        return "parquet"
+    if suffix == ".npy":
+        return "npy"
+    raise ValueError(f"{out}: the output must end in .npy or .parquet")
+
+
+def write_embeddings(out: str | os.PathLike[str], result: Embedded) -> list[Path]:
+    """``.npy`` (with the paths, one a line, in ``NAME.paths.txt`` beside it) or ``.parquet``
+    (columns ``path`` and ``embedding``, needs pyarrow). Returns the files written."""
+    out = Path(out)
+    if embeddings_format(out) == "npy":
+        np.save(out, result.vectors.astype(np.float32))
+        listing = out.with_suffix(".paths.txt")
+        listing.write_text("".join(p + "\n" for p in result.paths))
+        return [out, listing]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = result.vectors.shape[1]
+    flat = pa.array(result.vectors.astype(np.float32).ravel())
+    table = pa.table(
+        {
+            "path": pa.array(list(result.paths), pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }
+    )
+    pq.write_table(table, out)
+    return [out]

@@ -1,0 +1,185 @@
+"""``Run``: a run directory as every other room reads it.
+
+Training writes a run (``train/run.py``): ``config.json`` (the training, model and tensor
+configs and the corpus's composers), ``split.json`` (which piece sat on which side),
+``model.safetensors`` (the exported weights) and ``checkpoints/``. Evaluation, the index, the
+pictures and the service all read it through this one class, so the crop length, the seed of
+the untrained encoder and the check that a cache matches the run are each written once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harmonixr._files import sha256_file
+from harmonixr.midi.tensorize import TensorConfig
+from harmonixr.model.config import ModelConfig
+from harmonixr.model.io import WEIGHTS, load_encoder
+from harmonixr.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from harmonixr.data.cache import CachedPiece
+    from harmonixr.model.encoder import SiaViT
+
+CONFIG = "config.json"
+SPLIT = "split.json"
+CHECKPOINTS = "checkpoints"
+PRETRAINED = "pretrained"  # the shipped run, inside the package
+
+
+def pretrained_dir() -> Path:
+    """The model shipped in the package (``harmonixr/pretrained/``); raises if absent."""
+    where = files("harmonixr") / PRETRAINED
+    path = Path(str(where))
+    if not (path / WEIGHTS).is_file():
+        msg = (
+            f"no pretrained model in this installation ({path / WEIGHTS} is missing): "
+            "install a release of harmonixr that ships one, build it with "
+            "`make pretrained ASAP=path/to/asap`, or pass a run directory (--model RUN)"
+        )
+        raise FileNotFoundError(msg)
+    return path
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory's configs, typed; weights are read on demand (:meth:`encoder`)."""
+
+    root: Path
+    train: TrainConfig
+    model: ModelConfig
+    tensor: TensorConfig
+    composers: tuple[str, ...]  # every composer of the corpus the run trained on
+
+    @classmethod
+    def open(cls, root: str | Path) -> Run:
+        """Read ``root/config.json``; a clear ``ValueError`` when it is not a run."""
+        root = Path(root)
+        path = root / CONFIG
+        if not path.is_file():
+            raise ValueError(f"{root}: not a run directory (no {CONFIG})")
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(stored, dict):
+            raise ValueError(f"{path}: not a run's config (not a JSON object)")
+        for key in ("train", "model", "tensor"):
+            if key not in stored:
+                raise ValueError(f"{path}: not a run's config (no {key!r} section)")
+        try:
+            train = TrainConfig.from_dict(stored["train"])
+            model = ModelConfig.from_dict(stored["model"])
+            tensor = TensorConfig.from_dict(stored["tensor"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a run's config ({exc})") from None
+        if abs(train.frame_ms - tensor.frame_ms) > 1e-9:
+            raise ValueError(
+                f"{path}: training frames of {train.frame_ms} ms but tensors of "
+                f"{tensor.frame_ms} ms"
+            )
+        return cls(root, train, model, tensor, tuple(stored.get("composers", ())))
+
+    # ------------------------------------------------------------ shape of the input
+
+    @property
+    def crop_frames(self) -> int:
+        """Frames per training crop, which is also the window of whole-piece embedding."""
+        return self.train.crop_frames
+
+    @property
+    def hop_frames(self) -> int:
+        """The whole-piece embedding's hop: half a crop."""
+        return max(1, self.crop_frames // 2)
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.tensor.frame_ms / 1000.0
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    @property
+    def dim(self) -> int:
+        return self.model.embed_dim
+
+    # ------------------------------------------------------------ files
+
+    @property
+    def weights_path(self) -> Path:
+        return self.root / WEIGHTS
+
+    @property
+    def split_path(self) -> Path:
+        return self.root / SPLIT
+
+    def weights_sha256(self) -> str:
+        return sha256_file(self.weights_path)
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(global step, path) of the run's Lightning checkpoints, by step; one per step (the
+        rolling "every N steps" and "at validation" checkpoints often hold the same step)."""
+        import torch
+
+        found = []
+        for path in sorted((self.root / CHECKPOINTS).glob("*.ckpt")):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:  # a checkpoint being written, or a foreign file
+                raise ValueError(f"{path}: not a readable checkpoint ({exc})") from None
+            found.append((int(state.get("global_step", 0)), path))
+        return sorted(dict(sorted(found, reverse=True)).items())
+
+    def encoder(
+        self, checkpoint: Path | None = None, *, initial: bool = False, device: str = "cpu"
+    ) -> SiaViT:
+        """The run's encoder in eval mode: its exported weights; a Lightning checkpoint's; or
+        (``initial``) the untrained encoder drawn with the run's seed, as training's step 0."""
+        import torch
+
+        from harmonixr.model.encoder import SiaViT
+
+        if initial:
+            torch.manual_seed(self.seed)
+            return SiaViT(self.model).eval().to(device)
+        if checkpoint is None:
+            return load_encoder(self.weights_path, map_location=device)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        weights = {
+            k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")
+        }
+        if not weights:
+            raise ValueError(f"{checkpoint}: no encoder weights in the checkpoint")
+        encoder = SiaViT(self.model)
+        encoder.load_state_dict(weights)
+        return encoder.eval().to(device)
+
+    # ------------------------------------------------------------ its corpus
+
+    def check_tensors(self, cache_config: TensorConfig, where: str | Path) -> None:
+        """Refuse tensors made otherwise than the run's (the model would read nonsense)."""
+        if cache_config != self.tensor:
+            raise ValueError(
+                f"{where}: its tensors were made with {cache_config}, but {self.root} was "
+                f"trained on {self.tensor}"
+            )
+
+    def split(self, rows: list[CachedPiece]) -> dict[str, list[int]]:
+        """Row indices of each side of the run's split (``split.json``, checked on read)."""
+        from harmonixr.data.splits import load_split
+
+        if not self.split_path.is_file():
+            raise ValueError(f"{self.root}: not a run directory (no {SPLIT})")
+        return load_split(self.split_path, rows)
+
+    def split_info(self) -> dict[str, Any]:
+        """``split.json``'s header (mode, seed, fractions, cache) without its pieces."""
+        if not self.split_path.is_file():
+            raise ValueError(f"{self.root}: not a run directory (no {SPLIT})")
+        stored = json.loads(self.split_path.read_text())
+        return {k: v for k, v in stored.items() if not isinstance(v, list)}
