@@ -37,12 +37,12 @@ def test_card_and_readme_quote_the_shipped_models_own_report():
     figures = [line for line in readme.splitlines() if "[0." in line]
     assert figures and first in figures[0], figures[:1]
     # the report is of these weights, measured on its test side only
-    from harmonixr.search.runs import file_sha256
+    from harmonixr._files import sha256_file
 
     assert report["measured_on"] == "test" and report["folds_reported"] == [0]
-    assert list(report["model_sha256"].values()) == [file_sha256(WEIGHTS)]
+    assert list(report["model_sha256"].values()) == [sha256_file(WEIGHTS)]
     index = json.loads((WEIGHTS.parent / "index" / "index.json").read_text())
-    assert index["model_sha256"] == file_sha256(WEIGHTS)
+    assert index["model_sha256"] == sha256_file(WEIGHTS)
 
 
 MEASURE = ROOT / "docs" / "pretrained-eval" / "measure.json"
@@ -51,11 +51,11 @@ SPLIT = WEIGHTS.parent / "split.json"
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="no shipped model in src/harmonixr/pretrained")
 def test_card_quotes_the_held_out_answers_and_the_index_carries_them():
-    from harmonixr.search.runs import file_sha256
+    from harmonixr._files import sha256_file
 
     m = json.loads(MEASURE.read_text())
     card = CARD.read_text()
-    assert m["model_sha256"] == file_sha256(WEIGHTS)
+    assert m["model_sha256"] == sha256_file(WEIGHTS)
 
     def quoted(d: dict) -> str:
         return f"{d['value']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"

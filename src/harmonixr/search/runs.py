@@ -4,7 +4,6 @@ caller down)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harmonixr._files import sha256_file
 from harmonixr.midi.load import MAX_FILE_BYTES, MAX_SECONDS, MidiError, Tensorized
 from harmonixr.midi.tensorize import TensorConfig
 from harmonixr.model.encoder import SiaViT
@@ -43,14 +43,6 @@ def pretrained_dir() -> Path:
     return path
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class Run:
     """A run directory (``config.json`` + ``model.safetensors``) loaded for inference."""
@@ -75,7 +67,7 @@ class Run:
         return self.encoder.config.embed_dim
 
     def weights_sha256(self) -> str:
-        return file_sha256(self.root / WEIGHTS)
+        return sha256_file(self.root / WEIGHTS)
 
     def embed_tensors(
         self,

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from harmonixr._files import atomic_write
 from harmonixr.midi.tensorize import TensorConfig
-from harmonixr.search.runs import file_sha256  # noqa: F401  (one definition, re-exported)
 
 SPLITS = ("all", "train", "val", "test")
 
@@ -147,7 +147,6 @@ def cached_embeddings(
                 return f["z"].astype(np.float32), True
     z = np.asarray(compute(), np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, z=z, key=np.array(key), paths=np.array(paths, dtype=str))
-    tmp.replace(path)
+    arrays = {"z": z, "key": np.array(key), "paths": np.array(paths, dtype=str)}
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
     return z, False

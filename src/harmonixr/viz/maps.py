@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harmonixr._files import sha256_file
 from harmonixr.viz import scatter
 from harmonixr.viz._run import (
     Corpus,
@@ -18,7 +19,6 @@ from harmonixr.viz._run import (
     checkpoints,
     embed,
     encoder_at,
-    file_sha256,
     read_corpus,
     read_run,
 )
@@ -54,7 +54,7 @@ def weights_key(run: RunInfo, weights: Path | None = None) -> str:
     path = weights or run.root / "model.safetensors"
     if not path.is_file():
         raise ValueError(f"{path}: no such weights file (has the run validated yet?)")
-    return f"{file_sha256(path)[:16]}-crop{run.crop_frames}"
+    return f"{sha256_file(path)[:16]}-crop{run.crop_frames}"
 
 
 def corpus_embeddings(
@@ -259,7 +259,7 @@ def checkpoint_maps(
     folder = out / "checkpoints"
     maps, stats = [], []
     for step, path in states:
-        key = f"{file_sha256(path)[:16]}-crop{run.crop_frames}" if path else f"init-{run.seed}"
+        key = f"{sha256_file(path)[:16]}-crop{run.crop_frames}" if path else f"init-{run.seed}"
         say(f"checkpoint at step {step}: embedding and t-SNE")
         z, _ = cached_embeddings(
             folder / "embeddings" / f"{split}-step{step}.npz",
