@@ -108,7 +108,7 @@ pretrained: install
 	rm -rf $(PRETRAINED_DIR)/index $(PRETRAINED_DIR)/map $(PRETRAINED_DIR)/model.safetensors $(PRETRAINED_DIR)/config.json
 	cp $(PRETRAINED_RUN)/fold-0/model.safetensors $(PRETRAINED_RUN)/fold-0/config.json $(PRETRAINED_DIR)/
 	cp -r $(PRETRAINED_RUN)/fold-0/index $(PRETRAINED_DIR)/index
-	rm -f $(PRETRAINED_DIR)/index/*.tmp-*
+	rm -f $(PRETRAINED_DIR)/index/.*.tmp*
 	$(PY) -c "import json, sys; from harmonixr.data.splits import portable_manifest as p; \
 	m = p(json.load(open('$(PRETRAINED_RUN)/fold-0/split.json')), '$(abspath $(ASAP)/..)'); \
 	open('$(PRETRAINED_DIR)/split.json', 'w').write(json.dumps(m, separators=(',', ':')))"

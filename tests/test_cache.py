@@ -13,6 +13,7 @@ import pytest
 from midi_factory import frames, write_score
 
 from harmonixr import tensorize
+from harmonixr._files import TEMP_GLOB
 from harmonixr.data.cache import TensorCache, preprocess
 
 
@@ -189,7 +190,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert len(rows_k) == 160 and len({r[0] for r in rows_k}) == 160
     assert [r[:7] for r in rows_k] == [r[:7] for r in rows_c]
     assert tensors_k == tensors_c
-    assert not [p for p in killed.rglob("*") if ".tmp-" in p.name]
+    assert not list(killed.rglob(TEMP_GLOB))
 
 
 def test_safe_load_in_a_child_process(tmp_path):

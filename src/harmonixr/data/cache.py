@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonixr._files import TEMP_GLOB, atomic_json, atomic_write, sha256_file
 from harmonixr.midi.corpora import Listing, Piece, read_corpus
 from harmonixr.midi.load import (
     CRASHED,
@@ -63,7 +64,6 @@ CREATE INDEX IF NOT EXISTS pieces_sha ON pieces (sha256);
 CREATE INDEX IF NOT EXISTS pieces_composer ON pieces (composer);
 """
 
-TMP_MARK = ".tmp-"
 # label columns added after the first schema (older caches get them, empty)
 LABEL_COLUMNS = ("performer", "source", "work", "kind", "licence", "edition", "links", "corpus")
 # reasons that may not recur (a worker crash or hang, a bug): a rerun tries these files again
@@ -164,7 +164,7 @@ class TensorCache:
             config = stored
         elif create:
             config = config or TensorConfig()
-            _atomic_write_text(cfg_path, json.dumps(config.to_dict(), indent=2))
+            atomic_json(cfg_path, config.to_dict(), indent=2)
         self.config = config or TensorConfig()
         self.db = sqlite3.connect(self.root / "cache.sqlite", timeout=30)
         self.db.row_factory = sqlite3.Row
@@ -287,7 +287,7 @@ class TensorCache:
     def cleanup_temp(self) -> int:
         """Remove temporary tensors left by a killed run."""
         n = 0
-        for p in (self.root / "tensors").glob(f"*/*{TMP_MARK}*"):
+        for p in (self.root / "tensors").glob(f"*/{TEMP_GLOB}"):
             p.unlink(missing_ok=True)
             n += 1
         return n
@@ -296,12 +296,8 @@ class TensorCache:
         final = self.tensor_path(key)
         if not final.exists():
             final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f"{final.stem}{TMP_MARK}{os.getpid()}.npy")
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(tensor, dtype=np.uint8))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            array = np.ascontiguousarray(tensor, dtype=np.uint8)
+            atomic_write(final, lambda tmp: np.save(tmp, array))
         return str(final.relative_to(self.root))
 
     def put_row(self, piece: Piece, sha: str | None, status: str, **values: Any) -> None:
@@ -345,23 +341,14 @@ class TensorCache:
         self.db.commit()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + TMP_MARK + str(os.getpid()))
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def tensor_key(sha256: str, config: TensorConfig) -> str:
     return hashlib.sha256(f"{sha256}:{config.key()}".encode()).hexdigest()
 
 
 def _sha_of(path: str) -> str | None:
+    """The file's sha256, or None where it cannot be read."""
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 

@@ -14,7 +14,6 @@ side with the choices made on that fold's validation side, and pools the folds:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from harmonixr.data.cache import CachedPiece, TensorCache, _atomic_write_text, _sha_of
+from harmonixr._files import atomic_json, atomic_write
+from harmonixr.data.cache import CachedPiece, TensorCache, _sha_of
 from harmonixr.data.splits import check_manifest, fold_split, split_manifest
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.bootstrap import bootstrap_interval
@@ -60,10 +60,6 @@ class FoldPlan:
         }
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    _atomic_write_text(path, json.dumps(data, indent=1))
-
-
 def fold_sides(rows: list[CachedPiece], plan: FoldPlan, fold: int) -> dict[str, list[int]]:
     return fold_split(rows, plan.folds, fold, plan.seed, plan.mode, plan.val_fraction)
 
@@ -87,7 +83,7 @@ def prepare(out: Path, data: Path, plan: FoldPlan, train: dict[str, Any]) -> Non
                 "use another --out to change it"
             )
     else:
-        _atomic_json(path, record)
+        atomic_json(path, record, indent=1)
 
 
 def run_folds(
@@ -122,7 +118,7 @@ def run_folds(
         if (d / "split.json").is_file():
             check_manifest(json.loads((d / "split.json").read_text()), split, rows, str(d))
         else:
-            _atomic_json(d / "split.json", manifest)
+            atomic_json(d / "split.json", manifest, indent=1)
         # finished = timed after train() returned (export="best" writes weights mid-training)
         if not (d / WEIGHTS).is_file() or "train_seconds" not in _timing(d):
             resume = last_checkpoint(d / "checkpoints") is not None
@@ -153,7 +149,7 @@ def _stamp(d: Path, key: str, value: float) -> None:
     path = d / "timing.json"
     t = _timing(d)
     t[key] = round(value, 1)
-    _atomic_json(path, t)
+    atomic_json(path, t, indent=1)
 
 
 def job_settings(
@@ -208,17 +204,15 @@ def embed_fold(
             if side == "train":
                 tensors = [_centre(t, crop) for t in tensors]
             parts[side] = embed_pieces(encoder, tensors, crop, run.hop_frames)
-    tmp = d / f"{EMB_FILE}.tmp-{os.getpid()}.npz"
-    np.savez(
-        tmp,
+    arrays = {
         **{f"emb_{s}": parts[s] for s in parts},
         **{
             f"path_{s}": np.array([rows[i].path for i in split[s]][: len(parts[s])], dtype=str)
             for s in parts
         },
-        train_embedding=np.array("centre crop" if mode == "group" else "none"),
-    )
-    os.replace(tmp, d / EMB_FILE)
+        "train_embedding": np.array("centre crop" if mode == "group" else "none"),
+    }
+    atomic_write(d / EMB_FILE, lambda tmp: np.savez(tmp, **arrays))
 
 
 def _centre(t: np.ndarray, crop: int) -> np.ndarray:
@@ -637,7 +631,7 @@ def pooled_report(
     if side == "val":
         stem = stem.replace("report", "report-val")
     report["files"] = [f"{stem}.json", f"{stem}.md"]
-    _atomic_json(out / f"{stem}.json", _clean(report))
+    atomic_json(out / f"{stem}.json", _clean(report), indent=1)
     (out / f"{stem}.md").write_text(report_markdown(report))
     return report
 
@@ -651,9 +645,8 @@ def _histograms(out: Path, cache: TensorCache, rows: list[CachedPiece]) -> dict[
         if np.array_equal(z["paths"], paths):
             return {k[2:]: z[k] for k in z.files if k.startswith("h_")}
     table = histogram_table([cache.load(r) for r in rows])
-    tmp = out / f"histograms.tmp-{os.getpid()}.npz"
-    np.savez(tmp, paths=paths, **{f"h_{k}": v for k, v in table.items()})
-    os.replace(tmp, path)
+    arrays = {f"h_{k}": v for k, v in table.items()}
+    atomic_write(path, lambda tmp: np.savez(tmp, paths=paths, **arrays))
     return table
 
 

@@ -18,15 +18,16 @@ anything was fitted. The model fitted on all folds is what ``index build --open-
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harmonixr.data.cache import TensorCache, _atomic_write_text
+from harmonixr._files import atomic_json, atomic_write
+from harmonixr.data.cache import TensorCache
 from harmonixr.data.splits import check_manifest
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.calibrate import (
@@ -74,9 +75,8 @@ def embed_training_sides(out: str | Path, progress: Progress | None = None) -> l
                 progress(f"fold {k}: embedding {len(idx)} training pieces")
             tensors = [cache.load(rows[i]) for i in idx]
             emb = embed_pieces(run.encoder(), tensors, run.crop_frames, run.hop_frames)
-            tmp = d / f"{TRAIN_FILE}.tmp-{os.getpid()}.npz"
-            np.savez(tmp, emb=emb, path=np.array([rows[i].path for i in idx], dtype=str))
-            os.replace(tmp, path)
+            paths = np.array([rows[i].path for i in idx], dtype=str)
+            atomic_write(path, partial(np.savez, emb=emb, path=paths))
     return written
 
 
@@ -405,8 +405,8 @@ def openset_study(
         f"pieces) against {int((y == 0).sum())} held-out pieces of known composers",
     )
     result = {"model": model.to_dict(), "report": _clean(report)}
-    _atomic_write_text(strangers_dir / OPEN_SET_FILE, json.dumps(result, indent=1))
-    _atomic_write_text(strangers_dir / "open-set.md", openset_markdown(result))
+    atomic_json(strangers_dir / OPEN_SET_FILE, result, indent=1)
+    atomic_write(strangers_dir / "open-set.md", openset_markdown(result))
     return result
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from harmonixr._files import atomic_json, atomic_write
 from harmonixr.midi.piece import Listing, Piece
 
 BUILTIN_VERSION = 1
@@ -138,9 +139,7 @@ def _convert(job: tuple[str, str]) -> str:
         score = converter.parse(str(_corpus_root() / rel))
         if isinstance(score, stream.Opus):  # an ABC file of one voice per tune: one score
             score = score.mergeScores()
-        tmp = out + ".tmp"
-        score.write("midi", fp=tmp)
-    os.replace(tmp, out)
+        atomic_write(out, lambda tmp: score.write("midi", fp=str(tmp)))
     return out
 
 
@@ -200,16 +199,10 @@ def read_music21(
         # a work that timed out may only have met a busy machine: no manifest, so the next call
         # retries it, and the corpus never depends on how loaded this machine was
         return Listing(pieces, "builtin", skipped)
-    tmp = manifest.with_name("manifest.json.tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "version": BUILTIN_VERSION,
-                "pieces": [asdict(p) for p in pieces],
-                "skipped": skipped,
-            },
-            indent=1,
-        )
-    )
-    os.replace(tmp, manifest)
+    record = {
+        "version": BUILTIN_VERSION,
+        "pieces": [asdict(p) for p in pieces],
+        "skipped": skipped,
+    }
+    atomic_json(manifest, record, indent=1)
     return Listing(pieces, "builtin", skipped)

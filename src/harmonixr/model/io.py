@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from harmonixr._files import atomic_write
 from harmonixr.model.config import ModelConfig
 from harmonixr.model.encoder import SiaViT
 
@@ -21,9 +22,7 @@ def save_weights(encoder: SiaViT, path: str | Path, **info: Any) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     meta = {"model_config": json.dumps(encoder.config.to_dict())}
     meta.update({k: json.dumps(v) for k, v in info.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def load_encoder(run_or_file: str | Path, map_location: str | torch.device = "cpu") -> SiaViT:

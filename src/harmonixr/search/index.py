@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harmonixr._files import sha256_file
+from harmonixr._files import atomic_json, atomic_write, sha256_file
 from harmonixr.evaluate.calibrate import Calibration, OpenSetModel, fit_calibration
 from harmonixr.midi.files import load_files
 from harmonixr.midi.load import UNREADABLE, MidiError
@@ -64,18 +64,6 @@ class Item:
 
 _COLUMNS = [f.name for f in fields(Item)]
 _OPTIONAL = {f.name: f.default for f in fields(Item) if isinstance(f.default, str)}
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 class Index:
@@ -179,15 +167,14 @@ class Index:
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _save_npy(self.root / "centroids.npy", np.asarray(self.centroids, np.float32))
-        _write_text(
-            self.root / "calibration.json", json.dumps(self.calibration.to_dict(), indent=1)
-        )
+        centroids = np.asarray(self.centroids, np.float32)
+        atomic_write(self.root / "centroids.npy", lambda tmp: np.save(tmp, centroids))
+        atomic_json(self.root / "calibration.json", self.calibration.to_dict(), indent=1)
         manifest = {**self.manifest, **self.store.describe(), "known": self.known}
-        _write_text(self.root / "index.json", json.dumps(manifest, indent=1))
+        atomic_json(self.root / "index.json", manifest, indent=1)
         self.store.save(self.root)
         columns = {c: [getattr(it, c) for it in self.items] for c in _COLUMNS}
-        _write_text(self.root / "items.json", json.dumps(columns))  # the commit point
+        atomic_json(self.root / "items.json", columns)  # the commit point
 
     @classmethod
     def load(cls, root: str | Path) -> Index:

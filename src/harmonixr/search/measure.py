@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from harmonixr.data.cache import TensorCache, _atomic_write_text
+from harmonixr._files import atomic_json
+from harmonixr.data.cache import TensorCache
 from harmonixr.data.splits import SIDES
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.calibrate import verify_figures, verify_pairs
@@ -278,7 +279,7 @@ def store_held_out(run_dir: str | Path, report: dict[str, Any]) -> None:
     path = Path(run_dir) / INDEX_DIR / "calibration.json"
     cal = json.loads(path.read_text())
     cal["report"]["held_out"] = report
-    _atomic_write_text(path, json.dumps(cal, indent=1))
+    atomic_json(path, cal, indent=1)
 
 
 FIGURES = (

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from harmonixr._files import atomic_write
+
 # ``auto`` switches from exact search to HNSW at this many vectors. bench/search.py on 2 cores
 # (100,000 × 128 random unit vectors): exact FAISS, one thread, ~1.6 ms per query and linear in
 # the corpus (≈ 17 ns a vector); HNSW needs efSearch 512 for recall@10 ≥ 0.95 on such vectors
@@ -49,12 +51,6 @@ def _faiss() -> Any:
     except ImportError as exc:  # a dependency; only a broken install lacks it
         raise ImportError("the index needs faiss: pip install faiss-cpu") from exc
     return faiss
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 class FaissStore:
@@ -124,13 +120,13 @@ class FaissStore:
         return sims, ids.astype(np.int64)
 
     def save(self, root: Path) -> None:
-        _atomic_save_npy(root / self.VECTORS, np.asarray(self.vectors, np.float32))
+        vectors = np.asarray(self.vectors, np.float32)
+        atomic_write(root / self.VECTORS, lambda tmp: np.save(tmp, vectors))
         graph = root / self.GRAPH
         if self.kind == "hnsw":
             faiss = _faiss()
-            tmp = graph.with_name(f"{graph.name}.tmp-{os.getpid()}")
-            faiss.write_index(self._ready(), str(tmp))
-            os.replace(tmp, graph)
+            index = self._ready()
+            atomic_write(graph, lambda tmp: faiss.write_index(index, str(tmp)))
         else:
             graph.unlink(missing_ok=True)
 

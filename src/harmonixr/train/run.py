@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from harmonixr._files import atomic_json
 from harmonixr.data.cache import TensorCache
 from harmonixr.data.pairs import (
     ComposerBatchDataset,
@@ -350,9 +351,7 @@ def train(
             "tensor": tensor_config.to_dict(),
             "composers": composers,
         }
-        tmp = saved.with_name(f"{saved.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(saved)  # other ranks may be reading it
+        atomic_json(saved, record, indent=1)  # other ranks may be reading it
 
     val = make_val_data(val_set, config)
     if rank_zero:

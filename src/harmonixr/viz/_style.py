@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import html
+import io
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harmonixr._files import atomic_write
 
 OTHER = "other"
 OTHER_COLOUR = "#b4b4b4"
@@ -99,9 +102,9 @@ def save_gif(
             strip.paste(imgs[i], (0, k * imgs[0].height))
         palette = _gif_palette(strip)
         quant = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in imgs]
-        tmp = path.with_name(path.name + ".tmp")
+        gif = io.BytesIO()
         quant[0].save(
-            tmp,
+            gif,
             format="GIF",
             save_all=True,
             append_images=quant[1:],
@@ -110,8 +113,8 @@ def save_gif(
             optimize=True,
             disposal=1,
         )
-        if tmp.stat().st_size <= max_bytes or scale < 0.3:
-            tmp.replace(path)
+        if len(gif.getvalue()) <= max_bytes or scale < 0.3:
+            atomic_write(path, gif.getvalue())
             return path
         scale *= 0.8
 
@@ -162,7 +165,5 @@ def write_html(fig: Any, path: str | Path, title: str, below: str = "") -> Path:
         "</style>\n</head>\n<body>\n"
         f"{body}\n{below}\n</body>\n</html>\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, page)
     return path

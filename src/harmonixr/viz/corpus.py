@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonixr._files import atomic_write
 from harmonixr.model.embed import embed_pieces
 from harmonixr.train.rundir import Run
 
@@ -66,7 +67,6 @@ def cached_embeddings(
                 return f["z"].astype(np.float32), True
     z = np.asarray(compute(), np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, z=z, key=np.array(key), paths=np.array(paths, dtype=str))
-    tmp.replace(path)
+    arrays = {"z": z, "key": np.array(key), "paths": np.array(paths, dtype=str)}
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
     return z, False

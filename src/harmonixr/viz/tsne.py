@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from harmonixr._files import atomic_write
+
 FORMAT = 1
 MAP_NPZ, MAP_JSON = "map.npz", "map.json"
 
@@ -96,14 +98,12 @@ class CorpusMap:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (MAP_NPZ + ".tmp.npz")
-        np.savez(
-            tmp,
-            coords=self.coords,
-            embeddings=self.embeddings,
-            mean=self.mean,
-            components=self.components,
-        )
+        arrays = {
+            "coords": self.coords,
+            "embeddings": self.embeddings,
+            "mean": self.mean,
+            "components": self.components,
+        }
         meta = {
             "format": FORMAT,
             "method": "openTSNE (Barnes-Hut, 3-D) after PCA",
@@ -115,10 +115,9 @@ class CorpusMap:
                 for p, c, t in zip(self.paths, self.composers, self.titles, strict=True)
             ],
         }
-        tmp_json = folder / (MAP_JSON + ".tmp")
-        tmp_json.write_text(json.dumps(meta, indent=1))
-        tmp.replace(folder / MAP_NPZ)
-        tmp_json.replace(folder / MAP_JSON)
+        text = json.dumps(meta, indent=1)  # before either file changes
+        atomic_write(folder / MAP_NPZ, lambda tmp: np.savez(tmp, **arrays))
+        atomic_write(folder / MAP_JSON, text)
         return folder
 
     @classmethod
