@@ -14,7 +14,9 @@ hx.timeline("a.mid", window=30, hop=10)   # [Passage(start_s, end_s, {composer: 
 Files are parsed in child processes (a file that crashes the parser raises
 :class:`~harmonixr.midi.load.MidiError` with reason ``crashed``); bad files raise the same
 reasons as ``preprocess``. Probabilities come from ``evaluate/calibrate.py``.
-"""
+
+One module, over 400 lines: the front door's five questions share one input path (paths,
+tensors, scores → tensors → embeddings) and one index; its records live in ``results.py``."""
 
 from __future__ import annotations
 

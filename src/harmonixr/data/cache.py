@@ -3,7 +3,9 @@
 ``preprocess`` lists a corpus, hashes each file, parses and tensorizes the new ones in a robust
 process pool, and the parent alone writes: tensor to a temporary name, rename, then the row.
 Killed at any moment, a rerun continues where it stopped.
-"""
+
+One module, over 400 lines: the cache's SQLite schema, its migration and ``preprocess`` (the
+only writer) share the row format and the resume rules."""
 
 from __future__ import annotations
 

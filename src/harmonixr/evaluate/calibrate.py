@@ -34,7 +34,10 @@ What a user sees and how it is made:
 ``Calibration.report`` holds the figures measured on the validation side the parts were fitted
 on, each labelled ``measured_on``; held-out figures are measured by ``evaluate.openset`` and
 added under ``held_out`` with the side they come from.
-"""
+
+One module, over 400 lines: every part of the calibration (named composers, probe,
+temperature, "someone else", verify's Platt, the operating point) is fitted and stored together
+in ``calibration.json``; they share its fields and its validation-only rule."""
 
 from __future__ import annotations
 

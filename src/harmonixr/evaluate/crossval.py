@@ -9,7 +9,9 @@ side with the choices made on that fold's validation side, and pools the folds:
 
 - pairs are formed inside a test fold only (two folds' models embed into different spaces);
 - every interval resamples units, so pairs sharing a unit are never counted as independent.
-"""
+
+One module, over 400 lines: running folds, embedding them and pooling their figures share the
+fold plan, the split manifests and the resume rules of one job (``cv.json``)."""
 
 from __future__ import annotations
 

@@ -96,10 +96,10 @@ class SiaViT(nn.Module):
         h = self.stem(x)
         mask = _time_mask(lengths, h.shape[-1])
         h = F.gelu(self.stem_norm(h, mask))
-        h, lengths, mask = self._pool(h, c.stem_pool, lengths, mask)
+        h, lengths, mask = self._downsample(h, c.stem_pool, lengths, mask)
         for block, pool in zip(self.blocks, c.pools, strict=True):
             h = block(h, mask)
-            h, lengths, mask = self._pool(h, pool, lengths, mask)
+            h, lengths, mask = self._downsample(h, pool, lengths, mask)
             h = self.conv_dropout(h)
         b, ch, pc, octv, t = h.shape
         tokens = h.permute(0, 4, 1, 2, 3).reshape(b, t, ch * pc * octv)
@@ -110,7 +110,7 @@ class SiaViT(nn.Module):
         return self.norm(tokens), valid
 
     @staticmethod
-    def _pool(
+    def _downsample(
         h: torch.Tensor,
         pool: tuple[int, int, int],
         lengths: torch.Tensor | None,

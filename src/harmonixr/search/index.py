@@ -13,7 +13,9 @@ RUN/index/
 No pickle anywhere: JSON, ``.npy`` and ``faiss.write_index``. ``items.json`` is written last
 and is the commit point of an ``add``: vectors past its length (an interrupted add) are
 ignored on load and overwritten by the next one. The test split is never read for a choice.
-"""
+
+One module, over 400 lines: building, loading, searching and extending an index share its
+on-disk format (the manifest, the items, the commit point), which must not drift."""
 
 from __future__ import annotations
 
