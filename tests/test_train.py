@@ -222,3 +222,34 @@ def test_humanise_shifts_and_scales_each_key_by_its_own_draw():
     )
     assert float(w[..., 0].abs().sum()) == 0
     assert float(g.min()) >= np.exp(-0.5) - 1e-5 and float(g.max()) <= np.exp(0.5) + 1e-5
+
+
+def test_validation_is_the_pairs_protocol_on_one_minus_cosine():
+    import numpy as np
+
+    from harmonixr.data.pairs import PieceSet, protocol_pair_sets
+    from harmonixr.evaluate.metrics import best_threshold
+    from harmonixr.train.module import ValData, validation_metrics
+
+    rng = np.random.default_rng(0)
+    comp = np.repeat(np.arange(3), 10)
+    groups = np.arange(30) // 2
+    emb = rng.normal(size=(30, 6)) + 2.0 * np.eye(6)[comp]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    pieces = PieceSet([np.zeros(1)] * 30, comp, groups, ["a", "b", "c"], [""] * 30)
+    pseudo, sets = protocol_pair_sets(comp, groups, comp, groups, 40, 0)
+    m = validation_metrics(emb, ValData(pieces, pseudo, sets), 1.0)
+
+    def cos_d(ps):
+        return np.array([1.0 - emb[a] @ emb[b] for a, b in zip(ps.i, ps.j, strict=True)])
+
+    thr, acc = best_threshold(cos_d(pseudo), pseudo.y)
+    assert m["threshold"] == pytest.approx(thr) and m["acc_pseudo"] == pytest.approx(acc)
+    for ps in sets:
+        assert m[f"acc_{ps.name}"] == pytest.approx(np.mean((cos_d(ps) < thr) == (ps.y > 0)))
+    assert not any(k.startswith("n_") for k in m)
+    # the static-margin loss stays on the loss's own (Euclidean) distance
+    mixed = sets[0]
+    e = np.linalg.norm(emb[mixed.i] - emb[mixed.j], axis=1)
+    want = np.mean(mixed.y * e**2 + (1 - mixed.y) * np.maximum(0.0, 1.0 - e) ** 2)
+    assert m["loss_static"] == pytest.approx(want, rel=1e-5)

@@ -19,13 +19,14 @@ import numpy as np
 from harmonixr.data.cache import CachedPiece, TensorCache
 from harmonixr.data.splits import load_split
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
-from harmonixr.evaluate.metrics import roc_auc
+from harmonixr.evaluate.metrics import cosine_distance, roc_auc
 from harmonixr.evaluate.protocols import (
     Curves,
     Settings,
     Side,
     class_probabilities,
     cross_pairs,
+    current_keys,
     evaluate_method,
 )
 
@@ -69,7 +70,7 @@ def _val_auc(side: Side) -> float:
     y = side.composer[i] == side.composer[j]
     if not 0 < y.sum() < y.size:
         return float("nan")
-    return roc_auc(1.0 - np.einsum("nd,nd->n", side.emb[i], side.emb[j]), y)
+    return roc_auc(cosine_distance(side.emb[i], side.emb[j]), y)
 
 
 class _Sides:
@@ -250,9 +251,9 @@ HEADLINE = [
     ("verify_auc", "AUC all pairs"),
     ("verify_eer", "EER"),
     ("verify_tpr_at_1fpr", "TPR@1%FPR"),
-    ("seed_acc_mixed", "acc mixed"),
-    ("seed_acc_same", "acc same"),
-    ("seed_acc_different", "acc diff"),
+    ("pairs_acc_mixed", "acc mixed"),
+    ("pairs_acc_same", "acc same"),
+    ("pairs_acc_different", "acc diff"),
     ("attr_top1", "top-1"),
     ("attr_top3", "top-3"),
     ("probe_top1", "probe top-1"),
@@ -284,8 +285,16 @@ def _fmt(m: dict[str, float | None], key: str) -> str:
     return text
 
 
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A ``report.json`` written by :func:`evaluate_run`, this version's or an earlier one's
+    (its methods' keys read as today's, :func:`~harmonixr.evaluate.protocols.current_keys`)."""
+    report = json.loads(Path(path).read_text())
+    report["methods"] = {k: current_keys(m) for k, m in report.get("methods", {}).items()}
+    return report
+
+
 def report_markdown(report: dict[str, Any]) -> str:
-    methods = report["methods"]
+    methods = {k: current_keys(m) for k, m in report["methods"].items()}
     model = methods.get(MODEL, {})
     lines = [
         f"# Evaluation of `{report['run']}` on its {report['held_side']} side ({report['split']})",

@@ -1,4 +1,5 @@
-"""The thin LightningModule: a SiaViT encoder, a contrastive loss and the seed's validation."""
+"""The thin LightningModule: a SiaViT encoder, a contrastive loss and the original project's
+pair-set validation."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from harmonixr.data.pairs import (
     shared_positive_rate,
     to_model_input,
 )
-from harmonixr.evaluate.metrics import accuracy_at, best_threshold, roc_auc
+from harmonixr.evaluate.metrics import cosine_distance, pair_set_protocol, roc_auc
 from harmonixr.model.config import ModelConfig
 from harmonixr.model.encoder import SiaViT
 from harmonixr.model.losses import (
@@ -204,27 +205,20 @@ def _masked_mean(d: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
 
 
 def validation_metrics(emb: np.ndarray, val: ValData, static_margin: float) -> dict[str, float]:
-    """The seed's scheme: the pseudo-validation set picks the threshold; each set reports its
-    accuracy there; the mixed set also reports AUC and the static-margin contrastive loss."""
-
-    def dist(ps: PairSet) -> np.ndarray:
-        return np.linalg.norm(emb[ps.i] - emb[ps.j], axis=1)
-
-    out: dict[str, float] = {}
-    if len(val.pseudo) and 0 < val.pseudo.y.sum() < len(val.pseudo):
-        thr, acc = best_threshold(dist(val.pseudo), val.pseudo.y)
-        out["threshold"], out["acc_pseudo"] = thr, acc
-    else:
-        thr = float("nan")
+    """The original project's pair-set protocol (``evaluate.metrics.pair_set_protocol``,
+    distance 1 − cosine) on the validation pieces: the pseudo-validation set picks
+    ``threshold``; each set reports ``acc_<name>`` there (its pair count is not logged). The
+    mixed set also reports ``auc`` and ``loss_static``, the contrastive loss with the static
+    margin on the loss's own distance (Euclidean, ``sqrt(2 · (1 − cosine))`` for unit
+    embeddings)."""
+    scores = pair_set_protocol(emb, val.pseudo, emb, val.sets)
+    out = {k: v for k, v in scores.items() if not k.startswith("n_")}
     for ps in val.sets:
-        if not len(ps):
+        if ps.name != "mixed" or not len(ps):
             continue
-        d = dist(ps)
-        out[f"acc_{ps.name}"] = accuracy_at(d, ps.y, thr) if np.isfinite(thr) else float("nan")
-        if ps.name == "mixed":
-            both = 0 < int(ps.y.sum()) < len(ps)
-            out["auc"] = roc_auc(d, ps.y) if both else float("nan")
-            out["loss_static"] = float(
-                contrastive_loss(torch.from_numpy(d), torch.from_numpy(ps.y), static_margin)
-            )
+        d = cosine_distance(emb[ps.i], emb[ps.j])
+        both = 0 < int(ps.y.sum()) < len(ps)
+        out["auc"] = roc_auc(d, ps.y) if both else float("nan")
+        euclid = torch.from_numpy(np.sqrt(2.0 * np.clip(d, 0.0, None)))
+        out["loss_static"] = float(contrastive_loss(euclid, torch.from_numpy(ps.y), static_margin))
     return out
