@@ -15,7 +15,6 @@ from harmonixr.data.pairs import (
     StepSampler,
     centre_crop,
     make_pair_set,
-    multiplicative_noise,
     pair_set_seed,
     protocol_pair_sets,
     random_crop,
@@ -23,6 +22,7 @@ from harmonixr.data.pairs import (
     to_model_input,
 )
 from harmonixr.data.splits import load_split, make_split, save_split
+from harmonixr.train.augment import multiplicative_noise
 
 
 def _pieces(n_comp=4, per=12, works_per=4, frames=100):

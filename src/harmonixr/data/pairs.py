@@ -84,14 +84,6 @@ def centre_crop(arr: np.ndarray, length: int) -> tuple[np.ndarray, int]:
     return _window(arr, max(0, (arr.shape[0] - length) // 2), length)
 
 
-def multiplicative_noise(x: torch.Tensor, sigma: float, generator=None) -> torch.Tensor:
-    """Scale each sounding cell by (1 + σ·N(0, 1)), clipped to [0, 1]; silence stays silent."""
-    if sigma <= 0:
-        return x
-    noise = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
-    return (x * (1 + sigma * noise)).clamp_(0.0, 1.0)
-
-
 class _Chooser:
     """Random choices of anchors and partners, optionally composer-balanced."""
 
