@@ -180,3 +180,29 @@ def test_reports_written_before_the_rename_read_with_todays_keys(tmp_path):
     assert "0.710" in row and "0.620" in row and "0.830" in row
     # a key under both names keeps today's value
     assert current_keys({"seed_acc_mixed": 0.1, "pairs_acc_mixed": 0.2}) == {"pairs_acc_mixed": 0.2}
+
+
+def test_report_pictures_use_the_project_style_without_importing_viz(tmp_path):
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import numpy as np
+from PIL import Image
+from harmonixr._plotstyle import DPI
+from harmonixr.evaluate.protocols import Curves
+from harmonixr.evaluate.report import MODEL, _plots
+
+rng = np.random.default_rng(0)
+y = rng.random(200) < 0.5
+d = rng.random(200) + np.where(y, 0.0, 0.3)
+out = {str(tmp_path)!r}
+_plots({{MODEL: Curves(d, y, 0.5)}}, __import__("pathlib").Path(out))
+sizes = {{n: Image.open(f"{{out}}/{{n}}.png").size for n in ("roc", "det", "distances")}}
+assert sizes == {{"roc": (6 * DPI, 6 * DPI), "det": (6 * DPI, 6 * DPI),
+                 "distances": (7 * DPI, 4 * DPI)}}, sizes
+assert not any(m.startswith("harmonixr.viz") for m in sys.modules), "evaluate imported viz"
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -338,18 +338,15 @@ def write_report(report: dict[str, Any], curves: dict[str, Curves], out_dir: Pat
 
 
 def _plots(curves: dict[str, Curves], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy.stats import norm
 
+    from harmonixr._plotstyle import save_png, subplots
     from harmonixr.evaluate.metrics import det_curve, roc_curve
 
     usable = {k: c for k, c in curves.items() if 0 < c.y.sum() < c.y.size}
     if not usable:
         return
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = subplots(figsize=(6, 6))
     for name, c in usable.items():
         fpr, tpr, _ = roc_curve(c.d, c.y)
         lw, alpha = (2.5, 1.0) if name == MODEL else (1.0, 0.8)
@@ -358,10 +355,9 @@ def _plots(curves: dict[str, Curves], out_dir: Path) -> None:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Same composer? ROC")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out_dir / "roc.png", dpi=120)
-    plt.close(fig)
+    save_png(fig, out_dir / "roc.png")
 
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = subplots(figsize=(6, 6))
     clip = 1e-4
     for name, c in usable.items():
         fpr, fnr = det_curve(c.d, c.y)
@@ -377,11 +373,10 @@ def _plots(curves: dict[str, Curves], out_dir: Path) -> None:
     ax.set(xlabel="false positive rate", ylabel="false negative rate", title="DET")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(out_dir / "det.png", dpi=120)
-    plt.close(fig)
+    save_png(fig, out_dir / "det.png")
 
     c = usable.get(MODEL) or next(iter(usable.values()))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     bins = np.linspace(float(c.d.min()), float(c.d.max()), 50)
     ax.hist(c.d[c.y], bins=bins, density=True, alpha=0.6, label="same composer")
     ax.hist(c.d[~c.y], bins=bins, density=True, alpha=0.6, label="different composers")
@@ -390,5 +385,4 @@ def _plots(curves: dict[str, Curves], out_dir: Path) -> None:
     ax.set(xlabel="distance (1 − cosine)", ylabel="density", title="Held-out pairs, whole pieces")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "distances.png", dpi=120)
-    plt.close(fig)
+    save_png(fig, out_dir / "distances.png")
