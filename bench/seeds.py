@@ -2,21 +2,24 @@
 
     python bench/seeds.py runs/aug-s0 runs/aug-s1 runs/aug-s2 [--split test] [--keys ...]
 
-Reads ``RUN/eval/SPLIT/report.json`` of each run (``harmonixr evaluate`` writes them) and prints
-a markdown table: per method, mean ± standard deviation over runs (and min–max) of each metric.
+Reads ``RUN/eval/SPLIT/report.json`` of each run (``harmonixr evaluate`` writes them; earlier
+reports' key names are read as today's) and prints a markdown table: per method, mean ± standard
+deviation over runs (and min–max) of each metric.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
+from harmonixr.evaluate.protocols import current_keys
+from harmonixr.evaluate.report import read_report
+
 KEYS = [
     "verify_auc",
-    "seed_acc_mixed",
+    "pairs_acc_mixed",
     "attr_top1",
     "attr_top3",
     "probe_top1",
@@ -32,7 +35,8 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--keys", nargs="*", default=KEYS)
     args = ap.parse_args()
-    reports = [json.loads((r / "eval" / args.split / "report.json").read_text()) for r in args.runs]
+    args.keys = list(current_keys(dict.fromkeys(args.keys)))  # earlier names accepted too
+    reports = [read_report(r / "eval" / args.split / "report.json") for r in args.runs]
     methods = list(reports[0]["methods"])
     print(f"{len(reports)} runs: " + ", ".join(str(r) for r in args.runs))
     print("| method | " + " | ".join(args.keys) + " |")

@@ -30,11 +30,11 @@ from harmonixr.data.pairs import (
     PairDataset,
     PieceSet,
     StepSampler,
-    multiplicative_noise,
     to_model_input,
 )
 from harmonixr.model import PRESETS, SiaViT
 from harmonixr.model.losses import DynamicMarginContrastive, pair_distance
+from harmonixr.train.augment import multiplicative_noise
 
 CROP = 1200
 

@@ -17,7 +17,7 @@ from harmonixr.train.run import train
 
 HEADLINE_KEYS = {
     "verify_auc", "verify_auc_lo", "verify_auc_hi", "verify_eer", "verify_tpr_at_1fpr",
-    "verify_pairs", "seed_threshold", "seed_acc_mixed", "seed_acc_same", "seed_acc_different",
+    "verify_pairs", "pairs_threshold", "pairs_acc_mixed", "pairs_acc_same", "pairs_acc_different",
     "attr_top1", "attr_top1_lo", "attr_top1_hi", "attr_top3", "attr_top5", "attr_balanced_acc",
     "attr_macro_f1", "probe_top1", "probe_C", "retr_map", "retr_p10", "retr_work_r1",
     "conf_performer_auc", "conf_same_performer_share", "conf_score_auc", "val_verify_auc",
@@ -139,6 +139,70 @@ def test_choices_never_depend_on_the_held_out_side():
     s = Settings(resamples=20)
     a, curves_a = evaluate_method(train_s, val_s, _side(rng, 20), s)
     b, curves_b = evaluate_method(train_s, val_s, _side(rng, 20), s)
-    assert a["seed_threshold"] == b["seed_threshold"] == curves_a.threshold
+    assert a["pairs_threshold"] == b["pairs_threshold"] == curves_a.threshold
     assert a["probe_C"] == b["probe_C"]
     assert a["verify_auc"] != b["verify_auc"]  # the held-out side did change
+
+
+def test_reports_written_before_the_rename_read_with_todays_keys(tmp_path):
+    from harmonixr.evaluate.protocols import current_keys
+    from harmonixr.evaluate.report import read_report, report_markdown
+
+    old = {
+        "verify_auc": 0.8,
+        "seed_threshold": 0.3,
+        "seed_acc_mixed": 0.71,
+        "seed_acc_same": 0.62,
+        "seed_acc_different": 0.83,
+        "seed_pairs_mixed": 1000.0,
+    }
+    report = {
+        "run": "r",
+        "split": "test",
+        "held_side": "test",
+        "pieces": {"train": 1, "val": 1, "held": 1},
+        "groups": {"held": 1},
+        "crop_frames": 8,
+        "resamples": 10,
+        "choices": {},
+        "methods": {MODEL: old},
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert read_report(tmp_path / "report.json")["methods"][MODEL] == {
+        "verify_auc": 0.8,
+        "pairs_threshold": 0.3,
+        "pairs_acc_mixed": 0.71,
+        "pairs_acc_same": 0.62,
+        "pairs_acc_different": 0.83,
+        "pairs_n_mixed": 1000.0,
+    }
+    row = next(line for line in report_markdown(report).splitlines() if MODEL in line)
+    assert "0.710" in row and "0.620" in row and "0.830" in row
+    # a key under both names keeps today's value
+    assert current_keys({"seed_acc_mixed": 0.1, "pairs_acc_mixed": 0.2}) == {"pairs_acc_mixed": 0.2}
+
+
+def test_report_pictures_use_the_project_style_without_importing_viz(tmp_path):
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import numpy as np
+from PIL import Image
+from harmonixr._plotstyle import DPI
+from harmonixr.evaluate.protocols import Curves
+from harmonixr.evaluate.report import MODEL, _plots
+
+rng = np.random.default_rng(0)
+y = rng.random(200) < 0.5
+d = rng.random(200) + np.where(y, 0.0, 0.3)
+out = {str(tmp_path)!r}
+_plots({{MODEL: Curves(d, y, 0.5)}}, __import__("pathlib").Path(out))
+sizes = {{n: Image.open(f"{{out}}/{{n}}.png").size for n in ("roc", "det", "distances")}}
+assert sizes == {{"roc": (6 * DPI, 6 * DPI), "det": (6 * DPI, 6 * DPI),
+                 "distances": (7 * DPI, 4 * DPI)}}, sizes
+assert not any(m.startswith("harmonixr.viz") for m in sys.modules), "evaluate imported viz"
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

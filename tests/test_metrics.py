@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
@@ -11,9 +13,11 @@ from harmonixr.evaluate.metrics import (
     average_precision,
     balanced_accuracy,
     best_threshold,
+    cosine_distance,
     det_curve,
     equal_error_rate,
     macro_f1,
+    pair_set_protocol,
     retrieval_scores,
     roc_auc,
     topk_accuracy,
@@ -151,3 +155,87 @@ def test_ranked_pairs_auc_equals_weighted_roc_auc_with_ties():
     hand = RankedPairs(np.array([1.0, 3.0, 2.0, 3.0]), np.array([True, True, False, False]))
     assert hand.auc() == pytest.approx(2.5 / 4)
     assert np.isnan(hand.auc(np.array([1.0, 1.0, 0.0, 0.0])))  # no negatives left
+
+
+def _unit_rows(rng, n, d=5):
+    x = rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_cosine_distance_is_one_minus_cosine_similarity():
+    rng = np.random.default_rng(1)
+    a, b = _unit_rows(rng, 7), _unit_rows(rng, 7)
+    want = [
+        1.0 - float(np.dot(a[k], b[k]) / (np.linalg.norm(a[k]) * np.linalg.norm(b[k])))
+        for k in range(7)
+    ]
+    assert cosine_distance(a, b) == pytest.approx(want)
+    assert cosine_distance(a, a) == pytest.approx(np.zeros(7), abs=1e-12)
+    assert cosine_distance(a, -a) == pytest.approx(np.full(7, 2.0))
+
+
+@dataclass
+class _Pairs:
+    name: str
+    i: np.ndarray
+    j: np.ndarray
+    y: np.ndarray
+
+
+def _rand_pairs(rng, name, n_rows, n):
+    i = rng.integers(0, n_rows, n)
+    j = (i + rng.integers(1, n_rows, n)) % n_rows
+    return _Pairs(name, i, j, rng.integers(0, 2, n))
+
+
+def _reference_protocol(pseudo_emb, pseudo, emb, sets):
+    """The documented rule, by brute force: distance 1 − cos; over every threshold (all cuts of
+    the sorted pseudo distances), the best pseudo accuracy with 'same' meaning d < threshold;
+    each set's accuracy at the chosen threshold, counted pair by pair."""
+
+    def dist(e, a, b):
+        return 1.0 - sum(e[a, k] * e[b, k] for k in range(e.shape[1]))
+
+    dp = [dist(pseudo_emb, a, b) for a, b in zip(pseudo.i, pseudo.j, strict=True)]
+    cuts = sorted(dp) + [max(dp) + 1.0]
+
+    def acc(ds, ys, t):
+        return sum((d < t) == bool(y) for d, y in zip(ds, ys, strict=True)) / len(ys)
+
+    best = max(acc(dp, pseudo.y, t) for t in cuts)
+    out = {"acc_pseudo": best}
+    for ps in sets:
+        ds = [dist(emb, a, b) for a, b in zip(ps.i, ps.j, strict=True)]
+        out[f"n_{ps.name}"] = len(ds)
+        out[f"ds_{ps.name}"] = ds
+    return dp, out
+
+
+def test_pair_set_protocol_follows_its_documented_rule():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        pseudo_emb, emb = _unit_rows(rng, 12), _unit_rows(rng, 15)
+        pseudo = _rand_pairs(rng, "pseudo", 12, 30)
+        sets = [_rand_pairs(rng, name, 15, 25) for name in ("mixed", "same")]
+        sets.append(_Pairs("empty", np.zeros(0, int), np.zeros(0, int), np.zeros(0, int)))
+        got = pair_set_protocol(pseudo_emb, pseudo, emb, sets)
+        dp, ref = _reference_protocol(pseudo_emb, pseudo, emb, sets)
+        thr = got["threshold"]
+        assert got["acc_pseudo"] == pytest.approx(ref["acc_pseudo"])
+        # the threshold achieves that accuracy on the pseudo set, on the 1 − cos scale
+        pseudo_acc = np.mean((np.array(dp) < thr) == pseudo.y.astype(bool))
+        assert pseudo_acc == pytest.approx(ref["acc_pseudo"])
+        assert min(dp) - 1e-3 < thr < max(dp) + 1e-3
+        for ps in sets[:2]:
+            want = np.mean((np.array(ref[f"ds_{ps.name}"]) < thr) == ps.y.astype(bool))
+            assert got[f"acc_{ps.name}"] == pytest.approx(want)
+            assert got[f"n_{ps.name}"] == ref[f"n_{ps.name}"]
+        assert "acc_empty" not in got and "n_empty" not in got
+
+
+def test_pair_set_protocol_without_both_classes_has_no_threshold():
+    rng = np.random.default_rng(4)
+    e = _unit_rows(rng, 6)
+    pseudo = _Pairs("pseudo", np.array([0, 1]), np.array([2, 3]), np.array([1, 1]))
+    mixed = _Pairs("mixed", np.array([0, 1]), np.array([4, 5]), np.array([1, 0]))
+    assert pair_set_protocol(e, pseudo, e, [mixed]) == {"n_mixed": 2.0}

@@ -15,12 +15,14 @@ from harmonixr.data.pairs import (
     StepSampler,
     centre_crop,
     make_pair_set,
-    multiplicative_noise,
+    pair_set_seed,
+    protocol_pair_sets,
     random_crop,
     shared_positive_rate,
     to_model_input,
 )
 from harmonixr.data.splits import load_split, make_split, save_split
+from harmonixr.train.augment import multiplicative_noise
 
 
 def _pieces(n_comp=4, per=12, works_per=4, frames=100):
@@ -202,3 +204,27 @@ def test_unseen_composer_split():
     comp = {s: {pieces[i].composer for i in idx} for s, idx in split.items()}
     assert len(comp["val"]) == 1 and len(comp["test"]) == 1
     assert not (comp["train"] & comp["val"]) and not (comp["train"] & comp["test"])
+
+
+def test_each_pair_set_draws_from_its_own_seed_and_name_stream():
+    import zlib
+
+    ps = _pieces()
+    c, g = ps.composers, ps.groups
+    a = make_pair_set(c, g, 40, "mixed", 7, "pseudo")
+    again = make_pair_set(c, g, 40, "mixed", 7, "pseudo")
+    assert (a.i == again.i).all() and (a.j == again.j).all()
+    b = make_pair_set(c, g, 40, "mixed", 7, "mixed")  # same kind, other name: other pairs
+    assert set(zip(a.i, a.j, strict=True)) != set(zip(b.i, b.j, strict=True))
+    other_seed = make_pair_set(c, g, 40, "mixed", 8, "pseudo")
+    assert set(zip(a.i, a.j, strict=True)) != set(zip(other_seed.i, other_seed.j, strict=True))
+    # the documented stream: SeedSequence([seed, crc32(name)])
+    seq = np.random.SeedSequence([7, zlib.crc32(b"pseudo")])
+    assert (pair_set_seed(7, "pseudo").generate_state(4) == seq.generate_state(4)).all()
+    # the protocol's sets: each its own (seed, name) stream, whatever else is drawn
+    pseudo, sets = protocol_pair_sets(c, g, c, g, 40, 7)
+    assert (pseudo.i == a.i).all() and pseudo.name == "pseudo"
+    assert [s.name for s in sets] == ["mixed", "same", "different"]
+    assert (sets[0].i == b.i).all() and (sets[0].j == b.j).all()
+    alone = make_pair_set(c, g, 40, "different", 7)
+    assert (sets[2].i == alone.i).all() and (sets[2].j == alone.j).all()

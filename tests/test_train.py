@@ -137,7 +137,7 @@ def test_ddp_two_cpu_processes_stay_identical(cache, tmp_path):
 
 
 def test_time_stretch_follows_its_definition_and_velocity_gain_is_per_crop():
-    from harmonixr.train.module import time_stretch, velocity_gain
+    from harmonixr.train.augment import time_stretch, velocity_gain
 
     x = torch.zeros(6, 1, 12, 6, 40)
     lengths = torch.tensor([40, 20, 10, 1, 40, 33])
@@ -185,7 +185,7 @@ def test_ema_starts_late_and_exports_the_average(cache, tmp_path):
 def test_humanise_shifts_and_scales_each_key_by_its_own_draw():
     import numpy as np
 
-    from harmonixr.train.module import humanise, velocity_curve
+    from harmonixr.train.augment import humanise, velocity_curve
 
     torch.manual_seed(3)
     x = torch.zeros(4, 1, 12, 6, 40)
@@ -222,3 +222,51 @@ def test_humanise_shifts_and_scales_each_key_by_its_own_draw():
     )
     assert float(w[..., 0].abs().sum()) == 0
     assert float(g.min()) >= np.exp(-0.5) - 1e-5 and float(g.max()) <= np.exp(0.5) + 1e-5
+
+
+def test_validation_is_the_pairs_protocol_on_one_minus_cosine():
+    import numpy as np
+
+    from harmonixr.data.pairs import PieceSet, protocol_pair_sets
+    from harmonixr.evaluate.metrics import best_threshold
+    from harmonixr.train.module import ValData, validation_metrics
+
+    rng = np.random.default_rng(0)
+    comp = np.repeat(np.arange(3), 10)
+    groups = np.arange(30) // 2
+    emb = rng.normal(size=(30, 6)) + 2.0 * np.eye(6)[comp]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    pieces = PieceSet([np.zeros(1)] * 30, comp, groups, ["a", "b", "c"], [""] * 30)
+    pseudo, sets = protocol_pair_sets(comp, groups, comp, groups, 40, 0)
+    m = validation_metrics(emb, ValData(pieces, pseudo, sets), 1.0)
+
+    def cos_d(ps):
+        return np.array([1.0 - emb[a] @ emb[b] for a, b in zip(ps.i, ps.j, strict=True)])
+
+    thr, acc = best_threshold(cos_d(pseudo), pseudo.y)
+    assert m["threshold"] == pytest.approx(thr) and m["acc_pseudo"] == pytest.approx(acc)
+    for ps in sets:
+        assert m[f"acc_{ps.name}"] == pytest.approx(np.mean((cos_d(ps) < thr) == (ps.y > 0)))
+    assert not any(k.startswith("n_") for k in m)
+    # the static-margin loss stays on the loss's own (Euclidean) distance
+    mixed = sets[0]
+    e = np.linalg.norm(emb[mixed.i] - emb[mixed.j], axis=1)
+    want = np.mean(mixed.y * e**2 + (1 - mixed.y) * np.maximum(0.0, 1.0 - e) ** 2)
+    assert m["loss_static"] == pytest.approx(want, rel=1e-5)
+
+
+def test_augment_applies_exactly_the_configured_augmentations():
+    from harmonixr.train.augment import augment, humanise, time_stretch, velocity_gain
+
+    x = torch.rand(3, 1, 12, 6, 20)
+    lengths = torch.tensor([20, 15, 9])
+    none = TrainConfig(noise_sigma=0.0)
+    same, n = augment(x.clone(), lengths, none)
+    assert torch.equal(same, x) and torch.equal(n, lengths)
+    cfg = TrainConfig(noise_sigma=0.0, time_stretch=0.2, velocity_gain=0.3, onset_jitter=1)
+    torch.manual_seed(5)
+    got, got_n = augment(x.clone(), lengths, cfg)
+    torch.manual_seed(5)
+    want, want_n = time_stretch(x.clone(), lengths, 0.2)
+    want = humanise(velocity_gain(want, 0.3), 1, 0.0)
+    assert torch.equal(got, want) and torch.equal(got_n, want_n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -81,14 +82,6 @@ def random_crop(arr: np.ndarray, length: int, rng: np.random.Generator) -> tuple
 
 def centre_crop(arr: np.ndarray, length: int) -> tuple[np.ndarray, int]:
     return _window(arr, max(0, (arr.shape[0] - length) // 2), length)
-
-
-def multiplicative_noise(x: torch.Tensor, sigma: float, generator=None) -> torch.Tensor:
-    """Scale each sounding cell by (1 + σ·N(0, 1)), clipped to [0, 1]; silence stays silent."""
-    if sigma <= 0:
-        return x
-    noise = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
-    return (x * (1 + sigma * noise)).clamp_(0.0, 1.0)
 
 
 class _Chooser:
@@ -302,13 +295,22 @@ class PairSet:
         return int(self.y.size)
 
 
+def pair_set_seed(seed: int, name: str) -> np.random.SeedSequence:
+    """The random stream of the pair set called ``name`` under the random ``seed``:
+    ``SeedSequence([seed, crc32(name)])`` (CRC-32 of the UTF-8 name, stable across runs and
+    machines). Each named set has its own stream, so no set's draw depends on another's and no
+    seed offsets are needed."""
+    return np.random.SeedSequence([int(seed), zlib.crc32(name.encode("utf-8"))])
+
+
 def make_pair_set(
     composers: np.ndarray, groups: np.ndarray, n: int, kind: str, seed: int, name: str = ""
 ) -> PairSet:
     """``kind``: ``mixed`` (half same), ``same`` or ``different``. Same-composer pairs always
     come from different works. Pairs are distinct: when fewer than asked exist, the set holds
-    all of them (so it can be smaller than ``n``)."""
-    rng = np.random.default_rng(seed)
+    all of them (so it can be smaller than ``n``). The set is called ``name`` (default: its
+    kind) and drawn from the stream :func:`pair_set_seed` gives ``(seed, name)``."""
+    rng = np.random.default_rng(pair_set_seed(seed, name or kind))
     composers, groups = np.asarray(composers), np.asarray(groups)
     m = composers.size
     ii, jj = np.triu_indices(m, k=1)
@@ -333,3 +335,24 @@ def make_pair_set(
         return PairSet(name or kind, np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
     sel = np.concatenate(chosen)
     return PairSet(name or kind, ii[sel], jj[sel], np.concatenate(labels))
+
+
+PAIR_SET_KINDS = ("mixed", "same", "different")
+
+
+def protocol_pair_sets(
+    choose_composers: np.ndarray,
+    choose_groups: np.ndarray,
+    composers: np.ndarray,
+    groups: np.ndarray,
+    n: int,
+    seed: int,
+) -> tuple[PairSet, list[PairSet]]:
+    """The pair sets of the original project's protocol (``evaluate.metrics.pair_set_protocol``):
+    a mixed set named ``pseudo`` over the pieces that choose the threshold, and sets named
+    ``mixed``, ``same`` and ``different`` (their kinds) over the measured pieces, ``n`` pairs
+    each, every one from its own ``(seed, name)`` stream. Training's validation passes its
+    validation pieces as both; the evaluation the validation side, then the held-out side."""
+    pseudo = make_pair_set(choose_composers, choose_groups, n, "mixed", seed, "pseudo")
+    sets = [make_pair_set(composers, groups, n, kind, seed, kind) for kind in PAIR_SET_KINDS]
+    return pseudo, sets

@@ -3,12 +3,14 @@
 Verification convention: a pair is predicted *same composer* when its distance is **below** the
 threshold; scores for ROC are ``-distance`` (closer = more likely the same composer). Metrics that
 need both classes raise ``ValueError`` when one is missing rather than return a number.
+
+This module imports nothing from harmonixr, so every layer (training included) may use it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +26,14 @@ def _both_classes(y: np.ndarray, what: str) -> None:
     if y.all() or not y.any():
         kind = "same-composer" if not y.any() else "different-composer"
         raise ValueError(f"{what} needs both classes, but there are no {kind} pairs")
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise ``1 − a·b``: the distance between two embeddings everywhere in the project. For
+    L2-normalised rows (every embedding the model makes) it is 1 − cosine similarity, in [0, 2];
+    other rows (the baselines' histograms and probabilities) are compared by the same rule."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return 1.0 - np.einsum("nd,nd->n", a, b)
 
 
 def accuracy_at(d: np.ndarray, y: np.ndarray, threshold: float) -> float:
@@ -52,6 +62,47 @@ def best_threshold(d: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     correct = same_below + (diff_total - diff_below)
     i = int(np.argmax(correct))
     return float(cands[i]), float(correct[i] / d.size)
+
+
+class PairSetLike(Protocol):
+    """What :func:`pair_set_protocol` reads of a pair set (``data.pairs.PairSet`` is one): row
+    indices ``i``, ``j`` into an embedding matrix, labels ``y`` (1 = same composer), a name."""
+
+    name: str
+    i: np.ndarray
+    j: np.ndarray
+    y: np.ndarray
+
+
+def pair_set_protocol(
+    pseudo_emb: np.ndarray,
+    pseudo: PairSetLike,
+    emb: np.ndarray,
+    sets: Sequence[PairSetLike],
+) -> dict[str, float]:
+    """The original project's pair-set protocol, with the distance :func:`cosine_distance`.
+
+    The *pseudo-validation* pair set (over the rows of ``pseudo_emb``) chooses the threshold:
+    the one of :func:`best_threshold`, maximising its accuracy. Each pair set of ``sets`` (over
+    the rows of ``emb``) reports its accuracy at that threshold (a pair is called same composer
+    when its distance is below it). Returns ``threshold``, ``acc_pseudo`` and, for each
+    non-empty set, ``n_<name>`` (its pairs) and ``acc_<name>``. When the pseudo set lacks one of
+    the two classes there is no threshold: only the ``n_<name>`` entries are returned."""
+    out: dict[str, float] = {}
+    y = np.asarray(pseudo.y).astype(bool)
+    threshold = float("nan")
+    if y.size and 0 < y.sum() < y.size:
+        d = cosine_distance(pseudo_emb[pseudo.i], pseudo_emb[pseudo.j])
+        threshold, out["acc_pseudo"] = best_threshold(d, y)
+        out["threshold"] = threshold
+    for ps in sets:
+        if not len(ps.y):
+            continue
+        out[f"n_{ps.name}"] = float(len(ps.y))
+        if np.isfinite(threshold):
+            d = cosine_distance(emb[ps.i], emb[ps.j])
+            out[f"acc_{ps.name}"] = accuracy_at(d, ps.y, threshold)
+    return out
 
 
 def roc_auc(d: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:

@@ -1,8 +1,8 @@
 """The evaluation protocols (docs/architecture.md) on whole-piece embeddings of one method.
 
 Every method (the model, an untrained model, each baseline) is an embedding per piece; two
-pieces are compared by the inner product of their embeddings (cosine for normalised ones) and
-``distance = 1 − similarity``. Choices (threshold, probe regularisation) use the validation side
+pieces are compared by ``metrics.cosine_distance``: ``1 − a·b``, 1 − cosine for normalised
+embeddings. Choices (threshold, probe regularisation) use the validation side
 only; the held-out side (test, or val with ``--split val``) is only measured.
 """
 
@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harmonixr.data.pairs import make_pair_set
+from harmonixr.data.pairs import protocol_pair_sets
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.metrics import (
-    accuracy_at,
     balanced_accuracy,
-    best_threshold,
+    cosine_distance,
     equal_error_rate,
     group_pair_weights,
     macro_f1,
+    pair_set_protocol,
     retrieval_scores,
     roc_auc,
     stratified_auc,
@@ -50,14 +50,15 @@ class Side:
 @dataclass
 class Settings:
     seed: int = 0
-    pairs: int = 1000  # per seed-protocol pair set
+    pairs: int = 1000  # per pair set of the pairs protocol
     resamples: int = 1000
     k: int = 10
 
 
 @dataclass
 class Curves:
-    """What the pictures need: all-pairs distances and labels, and the seed threshold."""
+    """What the pictures need: all-pairs distances and labels, and the pairs protocol's
+    threshold."""
 
     d: np.ndarray = field(default_factory=lambda: np.zeros(0))
     y: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
@@ -69,10 +70,6 @@ def cross_pairs(side: Side) -> tuple[np.ndarray, np.ndarray]:
     ii, jj = np.triu_indices(len(side), k=1)
     keep = side.group[ii] != side.group[jj]
     return ii[keep], jj[keep]
-
-
-def _sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.einsum("nd,nd->n", a, b)
 
 
 def _auc_with_interval(
@@ -104,7 +101,7 @@ def verification(held: Side, s: Settings, prefix: str = "verify") -> tuple[dict,
     FPR."""
     i, j = cross_pairs(held)
     y = held.composer[i] == held.composer[j]
-    d = 1.0 - _sim(held.emb[i], held.emb[j])
+    d = cosine_distance(held.emb[i], held.emb[j])
     out: dict[str, float] = {f"{prefix}_pairs": float(y.size), f"{prefix}_same": float(y.sum())}
     if 0 < y.sum() < y.size:
         auc, lo, hi = _auc_with_interval(d, y, i, j, held.group, s)
@@ -146,7 +143,7 @@ def performer_control(held: Side, s: Settings) -> dict[str, float]:
     strata = np.array(["\x00".join(sorted((str(a), str(b)))) for a, b in pairs])
     out["conf_performer_pairs"] = float(y.size)
     out["conf_performer_same"] = float(y.sum())
-    d = 1.0 - _sim(held.emb[i], held.emb[j])
+    d = cosine_distance(held.emb[i], held.emb[j])
     auc = stratified_auc(d, y, strata) if y.any() else float("nan")
     if np.isfinite(auc):
 
@@ -160,23 +157,44 @@ def performer_control(held: Side, s: Settings) -> dict[str, float]:
     return out
 
 
-def seed_protocol(val: Side, held: Side, s: Settings) -> tuple[dict[str, float], float]:
-    """The original project's scheme on whole pieces: a pseudo-validation mixed pair set of the
-    *validation* side picks the threshold; mixed / same / different pair sets of the held-out
-    side report accuracy there (distinct pairs; same-composer pairs from different groups)."""
-    out: dict[str, float] = {}
-    pseudo = make_pair_set(val.composer, val.group, s.pairs, "mixed", s.seed + 201, "pseudo")
-    if not (0 < pseudo.y.sum() < len(pseudo)):
-        return out, float("nan")
-    thr, _ = best_threshold(1.0 - _sim(val.emb[pseudo.i], val.emb[pseudo.j]), pseudo.y)
-    out["seed_threshold"] = thr
-    for k, kind in enumerate(("mixed", "same", "different")):
-        ps = make_pair_set(held.composer, held.group, s.pairs, kind, s.seed + 202 + k, kind)
-        if len(ps):
-            d = 1.0 - _sim(held.emb[ps.i], held.emb[ps.j])
-            out[f"seed_acc_{kind}"] = accuracy_at(d, ps.y, thr)
-            out[f"seed_pairs_{kind}"] = float(len(ps))
-    return out, thr
+def pairs_protocol(val: Side, held: Side, s: Settings) -> tuple[dict[str, float], float]:
+    """The original project's pair-set protocol (``metrics.pair_set_protocol``) on whole pieces:
+    a pseudo-validation mixed pair set of the *validation* side picks the threshold; mixed /
+    same / different pair sets of the held-out side report accuracy there (distinct pairs;
+    same-composer pairs from different groups). Keys ``pairs_threshold``, ``pairs_acc_<set>``,
+    ``pairs_n_<set>``; the threshold is also returned (nan without one)."""
+    pseudo, sets = protocol_pair_sets(
+        val.composer, val.group, held.composer, held.group, s.pairs, s.seed
+    )
+    scores = pair_set_protocol(val.emb, pseudo, held.emb, sets)
+    scores.pop("acc_pseudo", None)
+    out = {f"pairs_{k}": v for k, v in scores.items()}
+    return out, out.get("pairs_threshold", float("nan"))
+
+
+# report keys of earlier versions, as they read now (``current_keys``)
+_RENAMED_PREFIXES = (
+    ("seed_threshold", "pairs_threshold"),
+    ("seed_acc_", "pairs_acc_"),
+    ("seed_pairs_", "pairs_n_"),
+)
+
+
+def current_keys(metrics: dict[str, object]) -> dict[str, object]:
+    """One method's metrics with the keys of earlier reports renamed to today's (``seed_threshold``
+    → ``pairs_threshold``, ``seed_acc_*`` → ``pairs_acc_*``, ``seed_pairs_*`` → ``pairs_n_*``),
+    so reports written before the rename read like new ones. A key present under both names
+    keeps today's value."""
+    out: dict[str, object] = {}
+    for k, v in metrics.items():
+        new = k
+        for old, now in _RENAMED_PREFIXES:
+            if k.startswith(old):
+                new = now + k[len(old) :]
+                break
+        if new == k or new not in metrics:
+            out[new] = v
+    return out
 
 
 def centroids(emb: np.ndarray, composers: np.ndarray, names: Sequence[str]) -> np.ndarray:
@@ -308,8 +326,8 @@ def evaluate_method(
     """Every protocol for one method's embeddings; ``scores``: held-out works' score MIDIs."""
     out, curves = verification(held, s)
     out.update(performer_control(held, s))
-    seed, thr = seed_protocol(val, held, s)
-    out.update(seed)
+    pairs, thr = pairs_protocol(val, held, s)
+    out.update(pairs)
     curves.threshold = thr
     out.update(attribution(train, val, held, s))
     out.update(retrieval(held, s))

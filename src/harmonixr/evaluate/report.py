@@ -18,13 +18,14 @@ import numpy as np
 
 from harmonixr.data.cache import CachedPiece, TensorCache
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
-from harmonixr.evaluate.metrics import roc_auc
+from harmonixr.evaluate.metrics import cosine_distance, roc_auc
 from harmonixr.evaluate.protocols import (
     Curves,
     Settings,
     Side,
     class_probabilities,
     cross_pairs,
+    current_keys,
     evaluate_method,
 )
 
@@ -60,7 +61,7 @@ def _val_auc(side: Side) -> float:
     y = side.composer[i] == side.composer[j]
     if not 0 < y.sum() < y.size:
         return float("nan")
-    return roc_auc(1.0 - np.einsum("nd,nd->n", side.emb[i], side.emb[j]), y)
+    return roc_auc(cosine_distance(side.emb[i], side.emb[j]), y)
 
 
 class _Sides:
@@ -227,9 +228,9 @@ HEADLINE = [
     ("verify_auc", "AUC all pairs"),
     ("verify_eer", "EER"),
     ("verify_tpr_at_1fpr", "TPR@1%FPR"),
-    ("seed_acc_mixed", "acc mixed"),
-    ("seed_acc_same", "acc same"),
-    ("seed_acc_different", "acc diff"),
+    ("pairs_acc_mixed", "acc mixed"),
+    ("pairs_acc_same", "acc same"),
+    ("pairs_acc_different", "acc diff"),
     ("attr_top1", "top-1"),
     ("attr_top3", "top-3"),
     ("probe_top1", "probe top-1"),
@@ -261,8 +262,16 @@ def _fmt(m: dict[str, float | None], key: str) -> str:
     return text
 
 
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A ``report.json`` written by :func:`evaluate_run`, this version's or an earlier one's
+    (its methods' keys read as today's, :func:`~harmonixr.evaluate.protocols.current_keys`)."""
+    report = json.loads(Path(path).read_text())
+    report["methods"] = {k: current_keys(m) for k, m in report.get("methods", {}).items()}
+    return report
+
+
 def report_markdown(report: dict[str, Any]) -> str:
-    methods = report["methods"]
+    methods = {k: current_keys(m) for k, m in report["methods"].items()}
     model = methods.get(MODEL, {})
     lines = [
         f"# Evaluation of `{report['run']}` on its {report['held_side']} side ({report['split']})",
@@ -306,18 +315,15 @@ def write_report(report: dict[str, Any], curves: dict[str, Curves], out_dir: Pat
 
 
 def _plots(curves: dict[str, Curves], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy.stats import norm
 
+    from harmonixr._plotstyle import save_png, subplots
     from harmonixr.evaluate.metrics import det_curve, roc_curve
 
     usable = {k: c for k, c in curves.items() if 0 < c.y.sum() < c.y.size}
     if not usable:
         return
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = subplots(figsize=(6, 6))
     for name, c in usable.items():
         fpr, tpr, _ = roc_curve(c.d, c.y)
         lw, alpha = (2.5, 1.0) if name == MODEL else (1.0, 0.8)
@@ -326,10 +332,9 @@ def _plots(curves: dict[str, Curves], out_dir: Path) -> None:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Same composer? ROC")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out_dir / "roc.png", dpi=120)
-    plt.close(fig)
+    save_png(fig, out_dir / "roc.png")
 
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = subplots(figsize=(6, 6))
     clip = 1e-4
     for name, c in usable.items():
         fpr, fnr = det_curve(c.d, c.y)
@@ -345,11 +350,10 @@ def _plots(curves: dict[str, Curves], out_dir: Path) -> None:
     ax.set(xlabel="false positive rate", ylabel="false negative rate", title="DET")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(out_dir / "det.png", dpi=120)
-    plt.close(fig)
+    save_png(fig, out_dir / "det.png")
 
     c = usable.get(MODEL) or next(iter(usable.values()))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     bins = np.linspace(float(c.d.min()), float(c.d.max()), 50)
     ax.hist(c.d[c.y], bins=bins, density=True, alpha=0.6, label="same composer")
     ax.hist(c.d[~c.y], bins=bins, density=True, alpha=0.6, label="different composers")
@@ -358,5 +362,4 @@ def _plots(curves: dict[str, Curves], out_dir: Path) -> None:
     ax.set(xlabel="distance (1 − cosine)", ylabel="density", title="Held-out pairs, whole pieces")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "distances.png", dpi=120)
-    plt.close(fig)
+    save_png(fig, out_dir / "distances.png")

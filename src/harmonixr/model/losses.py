@@ -2,7 +2,7 @@
 
 - :func:`contrastive_loss`: ``y·d² + (1−y)·max(0, m − d)²`` averaged over pairs (y = 1: same
   composer), d the Euclidean distance of the two embeddings (0…2).
-- :class:`DynamicMarginContrastive`: the same with the seed's moving margin,
+- :class:`DynamicMarginContrastive`: the same with the original project's moving margin,
   ``m = max(0, EMA(d | different) − EMA(d | same)) + floor``; the floor may grow each epoch.
 - :func:`supcon_loss`: supervised contrastive loss over a batch (Khosla et al., 2020).
 """

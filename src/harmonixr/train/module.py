@@ -1,4 +1,5 @@
-"""The thin LightningModule: a SiaViT encoder, a contrastive loss and the seed's validation."""
+"""The thin LightningModule: a SiaViT encoder, a contrastive loss and the original project's
+pair-set validation."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import torch
 from harmonixr.data.pairs import (
     PairSet,
     PieceSet,
-    multiplicative_noise,
     shared_positive_rate,
     to_model_input,
 )
-from harmonixr.evaluate.metrics import accuracy_at, best_threshold, roc_auc
+from harmonixr.evaluate.metrics import cosine_distance, pair_set_protocol, roc_auc
 from harmonixr.model.config import ModelConfig
 from harmonixr.model.encoder import SiaViT
 from harmonixr.model.losses import (
@@ -25,6 +25,7 @@ from harmonixr.model.losses import (
     pair_distance,
     supcon_loss,
 )
+from harmonixr.train.augment import augment
 from harmonixr.train.config import TrainConfig
 from harmonixr.train.schedule import lr_factor
 
@@ -59,16 +60,7 @@ class SiameseModule(L.LightningModule):
     def _embed(self, x: torch.Tensor, lengths: torch.Tensor, train: bool) -> torch.Tensor:
         x = to_model_input(x)
         if train:
-            c = self.config
-            if c.time_stretch > 0:
-                x, lengths = time_stretch(x, lengths, c.time_stretch)
-            if c.velocity_gain > 0:
-                x = velocity_gain(x, c.velocity_gain)
-            if c.velocity_curve > 0:
-                x = velocity_curve(x, c.velocity_curve)
-            if c.onset_jitter > 0 or c.key_gain > 0:
-                x = humanise(x, c.onset_jitter, c.key_gain)
-            x = multiplicative_noise(x, c.noise_sigma)
+            x, lengths = augment(x, lengths, self.config)
         return self.encoder(x, lengths)
 
     def on_train_epoch_start(self) -> None:
@@ -143,88 +135,25 @@ class SiameseModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _log_uniform(n: int, a: float, device: torch.device) -> torch.Tensor:
-    return torch.exp((torch.rand(n, device=device) * 2 - 1) * a)
-
-
-def velocity_gain(x: torch.Tensor, a: float) -> torch.Tensor:
-    """Each crop's values × g, log g ~ U(−a, a), clipped to [0, 1]: a recording's or a piano's
-    loudness calibration is not the composer's."""
-    g = _log_uniform(x.shape[0], a, x.device).view(-1, *([1] * (x.dim() - 1)))
-    return (x * g).clamp_(0.0, 1.0)
-
-
-def velocity_curve(x: torch.Tensor, a: float) -> torch.Tensor:
-    """Each crop's values v → v^γ, log γ ~ U(−a, a): a notation program's fixed velocity
-    levels and a piano's touch curve map loudness differently; the composer does not."""
-    g = _log_uniform(x.shape[0], a, x.device).view(-1, *([1] * (x.dim() - 1)))
-    return torch.where(x > 0, x.clamp(min=1e-6) ** g, x)
-
-
-def humanise(x: torch.Tensor, jitter: int, gain: float) -> torch.Tensor:
-    """Score renditions sit on the metrical grid at one velocity; performances do not. Each
-    of a crop's 72 keys ``(B, 1, 12, 6, L)`` is shifted in time by an integer number of frames
-    drawn from [−jitter, jitter] (frames shifted in from outside are silent) and scaled by a
-    gain, log g ~ U(−gain, gain), clipped to [0, 1]. Chords lose their perfect alignment and
-    voices their uniform level, so neither can tell a score from a performance."""
-    b, _, p, o, n = x.shape
-    out = x
-    if jitter > 0:
-        shift = torch.randint(-jitter, jitter + 1, (b, 1, p, o, 1), device=x.device)
-        frames = torch.arange(n, device=x.device).view(1, 1, 1, 1, n)
-        src = frames - shift
-        inside = (src >= 0) & (src < n)
-        out = out.gather(-1, src.clamp(0, n - 1)) * inside.to(x.dtype)
-    if gain > 0:
-        g = torch.exp((torch.rand((b, 1, p, o, 1), device=x.device) * 2 - 1) * gain)
-        out = (out * g).clamp(0.0, 1.0)
-    return out
-
-
-def time_stretch(
-    x: torch.Tensor, lengths: torch.Tensor, a: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each crop ``(B, 1, 12, 6, L)`` resampled in time by f, log f ~ U(−a, a) (f > 1 slower),
-    nearest-frame, then cut or zero-padded back to L frames; lengths follow."""
-    b, n = x.shape[0], x.shape[-1]
-    f = _log_uniform(b, a, x.device)
-    valid = lengths.to(x.device).clamp(min=1)
-    new_len = (valid.float() * f).round().long().clamp_(1, n)
-    frames = torch.arange(n, device=x.device, dtype=torch.float32)
-    src = (frames[None, :] / f[:, None]).long()
-    src = torch.minimum(src, (valid - 1)[:, None])  # (B, n)
-    out = x.gather(-1, src.view(b, 1, 1, 1, n).expand_as(x))
-    keep = frames[None, :] < new_len[:, None]
-    out = out * keep.view(b, 1, 1, 1, n).to(out.dtype)
-    return out, new_len.to(lengths.dtype)
-
-
 def _masked_mean(d: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
     return d[sel].mean() if bool(sel.any()) else torch.tensor(float("nan"), device=d.device)
 
 
 def validation_metrics(emb: np.ndarray, val: ValData, static_margin: float) -> dict[str, float]:
-    """The seed's scheme: the pseudo-validation set picks the threshold; each set reports its
-    accuracy there; the mixed set also reports AUC and the static-margin contrastive loss."""
-
-    def dist(ps: PairSet) -> np.ndarray:
-        return np.linalg.norm(emb[ps.i] - emb[ps.j], axis=1)
-
-    out: dict[str, float] = {}
-    if len(val.pseudo) and 0 < val.pseudo.y.sum() < len(val.pseudo):
-        thr, acc = best_threshold(dist(val.pseudo), val.pseudo.y)
-        out["threshold"], out["acc_pseudo"] = thr, acc
-    else:
-        thr = float("nan")
+    """The original project's pair-set protocol (``evaluate.metrics.pair_set_protocol``,
+    distance 1 − cosine) on the validation pieces: the pseudo-validation set picks
+    ``threshold``; each set reports ``acc_<name>`` there (its pair count is not logged). The
+    mixed set also reports ``auc`` and ``loss_static``, the contrastive loss with the static
+    margin on the loss's own distance (Euclidean, ``sqrt(2 · (1 − cosine))`` for unit
+    embeddings)."""
+    scores = pair_set_protocol(emb, val.pseudo, emb, val.sets)
+    out = {k: v for k, v in scores.items() if not k.startswith("n_")}
     for ps in val.sets:
-        if not len(ps):
+        if ps.name != "mixed" or not len(ps):
             continue
-        d = dist(ps)
-        out[f"acc_{ps.name}"] = accuracy_at(d, ps.y, thr) if np.isfinite(thr) else float("nan")
-        if ps.name == "mixed":
-            both = 0 < int(ps.y.sum()) < len(ps)
-            out["auc"] = roc_auc(d, ps.y) if both else float("nan")
-            out["loss_static"] = float(
-                contrastive_loss(torch.from_numpy(d), torch.from_numpy(ps.y), static_margin)
-            )
+        d = cosine_distance(emb[ps.i], emb[ps.j])
+        both = 0 < int(ps.y.sum()) < len(ps)
+        out["auc"] = roc_auc(d, ps.y) if both else float("nan")
+        euclid = torch.from_numpy(np.sqrt(2.0 * np.clip(d, 0.0, None)))
+        out["loss_static"] = float(contrastive_loss(euclid, torch.from_numpy(ps.y), static_margin))
     return out

@@ -23,7 +23,7 @@ from harmonixr.data.pairs import (
     PieceSet,
     StepSampler,
     centre_crop,
-    make_pair_set,
+    protocol_pair_sets,
 )
 from harmonixr.data.splits import load_split, make_split, save_split
 from harmonixr.model.io import WEIGHTS, save_weights
@@ -262,17 +262,9 @@ class DDPSyncCheck(L.Callback):
 def make_val_data(pieces: PieceSet, config: TrainConfig) -> ValData | None:
     if len(pieces) < 2 or len(np.unique(pieces.composers)) < 2:
         return None
-    n, s = config.val_pairs, config.seed
-    args = (pieces.composers, pieces.groups, n)
-    return ValData(
-        pieces=pieces,
-        pseudo=make_pair_set(*args, "mixed", s + 101, "pseudo"),
-        sets=[
-            make_pair_set(*args, "mixed", s + 102, "mixed"),
-            make_pair_set(*args, "same", s + 103, "same"),
-            make_pair_set(*args, "different", s + 104, "different"),
-        ],
-    )
+    c, g = pieces.composers, pieces.groups
+    pseudo, sets = protocol_pair_sets(c, g, c, g, config.val_pairs, config.seed)
+    return ValData(pieces=pieces, pseudo=pseudo, sets=sets)
 
 
 def _precision(config: TrainConfig) -> str:

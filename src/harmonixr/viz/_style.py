@@ -1,10 +1,10 @@
-"""What the pictures share: the Agg backend, the composer palette, GIFs and offline HTML."""
+"""What the pictures share: the project's plot style (``harmonixr._plotstyle``: backend,
+resolution, PNG writing, composer palette) and, on top of it, GIFs and offline HTML."""
 
 from __future__ import annotations
 
 import html
 import io
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,65 +12,21 @@ from typing import Any
 import numpy as np
 
 from harmonixr._files import atomic_write
-
-OTHER = "other"
-OTHER_COLOUR = "#b4b4b4"
-# 16 colours picked to stay apart from each other and from the grey of "other"
-PALETTE = (
-    "#1f77b4",  # blue
-    "#d62728",  # red
-    "#2ca02c",  # green
-    "#ff7f0e",  # orange
-    "#9467bd",  # purple
-    "#17becf",  # cyan
-    "#e377c2",  # pink
-    "#8c564b",  # brown
-    "#bcbd22",  # olive
-    "#000080",  # navy
-    "#f5c400",  # yellow
-    "#006d5b",  # dark teal
-    "#ff9896",  # salmon
-    "#7b4173",  # plum
-    "#98df8a",  # light green
-    "#5a5a5a",  # dark grey
+from harmonixr._plotstyle import (  # noqa: F401  (the pictures' style, re-exported)
+    DPI,
+    MAX_COLOURS,
+    OTHER,
+    OTHER_COLOUR,
+    PALETTE,
+    colour_of,
+    composer_colours,
+    figure,
+    pyplot,
+    save_png,
+    subplots,
 )
-MAX_COLOURS = len(PALETTE)
+
 PLOTLY_SCRIPT_SRC = ('src="http://', 'src="https://', "src='http://", "src='https://")
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend (no display needed); set here, not at import."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_png(fig: Any, path: Path) -> Path:
-    """Write ``fig`` to ``path`` (folders made) on white, and always release it."""
-    plt = pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=100, facecolor="white")
-    finally:
-        plt.close(fig)
-    return path
-
-
-def composer_colours(composers: Sequence[str], top: int = MAX_COLOURS) -> dict[str, str]:
-    """Colours of the ``top`` composers with the most pieces (ties by name), in that order;
-    the others are drawn as :data:`OTHER`. A composer literally named "other" keeps the grey."""
-    top = max(0, min(top, MAX_COLOURS))
-    counts = Counter(composers)
-    ranked = sorted(counts, key=lambda c: (-counts[c], c))
-    chosen = [c for c in ranked if c != OTHER][:top]
-    return {c: PALETTE[i] for i, c in enumerate(chosen)}
-
-
-def colour_of(composer: str, colours: dict[str, str]) -> str:
-    return colours.get(composer, OTHER_COLOUR)
 
 
 def figure_image(fig: Any) -> Any:

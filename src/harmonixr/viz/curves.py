@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harmonixr.viz._style import PALETTE, pyplot, save_png
+from harmonixr.viz._style import PALETTE, save_png, subplots
 
 # panel title → tags (those present are drawn)
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -51,7 +51,6 @@ def _smooth(y: np.ndarray, weight: float = 0.8) -> np.ndarray:
 def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
     """Write ``curves.png`` (default in ``RUN/viz``): one panel per group of scalars present
     (training series smoothed, raw values faint; validation points joined)."""
-    plt = pyplot()
     scalars = read_scalars(run)
     panels = [(t, [g for g in tags if g in scalars]) for t, tags in PANELS]
     panels = [(t, tags) for t, tags in panels if tags]
@@ -59,7 +58,7 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
         raise ValueError(f"{Path(run) / 'tb'}: none of the expected scalars were logged yet")
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), dpi=100, squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     last = max(float(scalars[t][0].max()) for _, tags in panels for t in tags)
     for ax, (title, tags) in zip(axes.flat, panels, strict=False):
         for k, tag in enumerate(tags):

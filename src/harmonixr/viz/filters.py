@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harmonixr.viz._style import pyplot, save_png
+from harmonixr.viz._style import save_png, subplots
 
 
 def stem_kernels(run: str | Path) -> tuple[np.ndarray, float, float]:
@@ -27,7 +27,6 @@ def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:
     """Write ``filters.png`` (default in ``RUN/viz``): panel (i, t) is filter i's 3×3 (pitch
     class × octave) slice at time step t; red excites, blue inhibits; filters are ordered by
     their weight norm, strongest first."""
-    plt = pyplot()
     kernels, frame_ms, moved = stem_kernels(run)
     n, kp, ko, kt = kernels.shape
     order = np.argsort(-np.sqrt((kernels**2).sum((1, 2, 3))), kind="stable")
@@ -35,9 +34,7 @@ def filter_grid(run: str | Path, out: str | Path | None = None) -> Path:
     cell = 0.55
     fig_w = 1.6 + cell * kt + 1.4
     fig_h = 1.75 + cell * n
-    fig, axes = plt.subplots(
-        n, kt, figsize=(fig_w, fig_h), dpi=100, squeeze=False, gridspec_kw={"wspace": 0.08}
-    )
+    fig, axes = subplots(n, kt, figsize=(fig_w, fig_h), squeeze=False, gridspec_kw={"wspace": 0.08})
     fig.subplots_adjust(
         left=1.3 / fig_w, right=1 - 1.5 / fig_w, top=1 - 1.3 / fig_h, bottom=0.45 / fig_h
     )

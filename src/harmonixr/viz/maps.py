@@ -318,10 +318,10 @@ def checkpoint_maps(
 
 def growth_chart(stats: list[dict[str, float]], path: Path) -> Path:
     """Spread and effective dimension of the embeddings by training step."""
-    from harmonixr.viz._style import pyplot
+    from harmonixr.viz._style import pyplot, subplots
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    fig, axes = subplots(1, 2, figsize=(10, 4))
     steps = [s["step"] for s in stats]
     for ax, key, title in (
         (axes[0], "spread", "Spread (RMS distance to the centroid)"),

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from harmonixr.viz._style import figure_image, pyplot, save_gif, write_html
+from harmonixr.viz._style import figure, figure_image, pyplot, save_gif, write_html
+from harmonixr.viz._style import save_png as style_png
 
-WIDTH_IN, HEIGHT_IN, DPI = 10.0, 7.5, 100  # PNG: 1000 × 750 pixels
+WIDTH_IN, HEIGHT_IN = 10.0, 7.5  # PNG: 1000 × 750 pixels at the style's DPI
 GIF_SCALE = 0.64
 ZOOM = 1.0  # GIF frames: 640 × 480 pixels
 HOVER_FIELDS = ("composer", "title", "file")
@@ -55,8 +56,7 @@ def draw(
 ) -> tuple[Any, Any]:
     """The matplotlib figure and 3-D axes; the legend sits right of the axes, never over
     the points."""
-    plt = pyplot()
-    fig = plt.figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
+    fig = figure(figsize=(WIDTH_IN, HEIGHT_IN))
     has_legend = any(layer.name for layer in layers)
     ax = fig.add_axes(
         (0.0, 0.0, 0.72 if has_legend else 1.0, 0.9), projection="3d", computed_zorder=False
@@ -235,12 +235,9 @@ def snapshot(fig: Any, ax: Any) -> Any:
 
 
 def save_png(fig: Any, path: str | Path, ax: Any = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if ax is not None:
         _place_labels(fig, ax)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    return path
+    return style_png(fig, path, close=False)
 
 
 def save_rotation(

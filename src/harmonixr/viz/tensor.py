@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonixr.viz._style import figure_image, pyplot, save_gif, save_png
+from harmonixr.viz._style import figure, figure_image, pyplot, save_gif, save_png
 
 PITCH_CLASSES = ("F", "F♯", "G", "G♯", "A", "A♯", "B", "C", "C♯", "D", "D♯", "E")
 OCTAVES = ("1", "2", "3", "4", "5", "6")  # octave o holds F(o+1)…E(o+2): F1–E2 is "1"
@@ -85,7 +85,6 @@ def roll_png(
     marked: tuple[int, int] | None = None,
 ) -> Path:
     """The 72 notes (F1 at the bottom … E7 at the top) against time."""
-    plt = pyplot()
     a, b = span
     # (T, 12, 6) → (72, T) with row k = 12·octave + pitch class, i.e. MIDI note 29 + k
     roll = np.asarray(tensor[a:b]).transpose(2, 1, 0).reshape(72, b - a)
@@ -96,7 +95,7 @@ def roll_png(
         pad = (-(b - a)) % k
         roll = np.pad(roll, ((0, 0), (0, pad))).reshape(72, -1, k).max(2)
     roll = roll.astype(float)
-    fig = plt.figure(figsize=(12, 5), dpi=100)
+    fig = figure(figsize=(12, 5))
     ax = fig.add_axes((0.07, 0.12, 0.82, 0.76))
     img = ax.imshow(
         np.ma.masked_equal(roll, 0),
@@ -153,7 +152,7 @@ def grid_gif(
     if len(starts) < 2:
         starts = [a, a + 1]
         stride = 1
-    fig = plt.figure(figsize=(4.2, 6.2), dpi=100)
+    fig = figure(figsize=(4.2, 6.2))
     ax = fig.add_axes((0.16, 0.1, 0.6, 0.76))
     img = ax.imshow(
         np.ma.masked_equal(np.zeros((12, 6)), 0),

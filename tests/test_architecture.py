@@ -1,0 +1,144 @@
+"""The house rules of docs/architecture.md, checked on the source: which room may import which,
+no import cycle (function-level imports count), and a reason at the top of any long module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import harmonixr
+
+SRC = Path(harmonixr.__file__).parent
+BASE = {"_files", "_pool"}
+# what each room may import besides itself (docs/architecture.md, "Rooms and their imports")
+ALLOWED: dict[str, set[str]] = {
+    "_files": set(),
+    "_pool": set(),
+    "model": BASE,
+    "midi": BASE,
+    "data": BASE | {"midi"},
+    "train": BASE | {"midi", "data", "model"},
+    "evaluate": BASE | {"midi", "data", "model", "train"},
+    "search": BASE | {"midi", "data", "model", "train", "evaluate"},
+    "viz": BASE | {"midi", "data", "model", "train", "evaluate", "search"},
+    "results": BASE | {"midi"},
+    "api": BASE | {"midi", "data", "model", "train", "evaluate", "search", "results"},
+    "serve": BASE
+    | {"midi", "data", "model", "train", "evaluate", "search", "viz", "results"}
+    | {"api"},
+    "cli": BASE
+    | {"midi", "data", "model", "train", "evaluate", "search", "viz", "results", "api", "serve"},
+    "__init__": {"midi", "api", "results"},
+}
+LEAVES = {"harmonixr.evaluate.metrics"}  # pure numpy: any room may use them
+LONG = 400
+
+
+def module_graph(package: Path) -> dict[str, set[str]]:
+    """Each module of ``package`` → the package's modules it imports anywhere in its body
+    (function-level and ``TYPE_CHECKING`` imports included)."""
+    top = package.name
+    names = {}
+    for f in package.rglob("*.py"):
+        parts = f.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        names[name] = f
+
+    def owner(dotted: str) -> str:
+        while dotted not in names and "." in dotted:
+            dotted = dotted.rsplit(".", 1)[0]
+        return dotted if dotted in names else ""
+
+    graph: dict[str, set[str]] = {}
+    for name, f in names.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] == top:
+                    deps |= {owner(f"{node.module}.{a.name}") for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {owner(a.name) for a in node.names if a.name.split(".")[0] == top}
+        graph[name] = deps - {name, ""}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_the_checker_finds_a_hidden_cycle_and_follows_from_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "__init__.py").write_text("")
+    (pkg / "a" / "x.py").write_text("from pkg.b import y\n")
+    (pkg / "b.py").write_text("def f():\n    from pkg.a.x import thing\n")
+    (pkg / "c.py").write_text("import pkg.b\n")
+    graph = module_graph(pkg)
+    assert graph["pkg.a.x"] == {"pkg.b"} and graph["pkg.c"] == {"pkg.b"}
+    assert cycles(graph) == [["pkg.a.x", "pkg.b"]]
+
+
+def test_no_import_cycle():
+    assert cycles(module_graph(SRC)) == []
+
+
+def test_rooms_import_only_the_rooms_below_them():
+    wrong = []
+    for module, deps in module_graph(SRC).items():
+        if module in LEAVES and deps:
+            wrong.append(f"{module} (a leaf) imports {sorted(deps)}")
+        mine = room(module)
+        for dep in deps:
+            if dep in LEAVES or room(dep) == mine or dep == "harmonixr":
+                continue
+            if room(dep) not in ALLOWED[mine]:
+                wrong.append(f"{module} imports {dep}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_room_is_in_the_rules():
+    assert {room(m) for m in module_graph(SRC)} <= set(ALLOWED)
+
+
+def test_a_long_module_says_why_it_is_one():
+    silent = []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text()
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if text.count("\n") > LONG and f"over {LONG} lines" not in doc:
+            silent.append(f"{path.relative_to(SRC)}: {text.count(chr(10))} lines")
+    assert not silent, "long modules without a reason at the top: " + ", ".join(silent)
