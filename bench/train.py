@@ -30,9 +30,9 @@ from harmonixr.data.pairs import (
     PairDataset,
     PieceSet,
     StepSampler,
-    to_model_input,
 )
 from harmonixr.model import PRESETS, SiaViT
+from harmonixr.model.embed import to_model_input
 from harmonixr.model.losses import DynamicMarginContrastive, pair_distance
 from harmonixr.train.augment import multiplicative_noise
 

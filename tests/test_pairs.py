@@ -19,9 +19,9 @@ from harmonixr.data.pairs import (
     protocol_pair_sets,
     random_crop,
     shared_positive_rate,
-    to_model_input,
 )
 from harmonixr.data.splits import load_split, make_split, save_split
+from harmonixr.model.embed import to_model_input
 from harmonixr.train.augment import multiplicative_noise
 
 

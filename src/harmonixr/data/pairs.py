@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from harmonixr.data.cache import CachedPiece, TensorCache
-from harmonixr.model.embed import to_model_input  # noqa: F401  (re-exported)
 
 
 class LazyTensors(Sequence[np.ndarray]):

@@ -1,4 +1,8 @@
-"""``train(config) -> run_dir``: data, split, Lightning trainer, checkpoints, TensorBoard."""
+"""``train(config) -> run_dir``: data, split, Lightning trainer, checkpoints, TensorBoard.
+
+One module, over 400 lines: the run directory's writer (``config.json``, ``split.json``,
+checkpoints, the exported weights) and the Lightning callbacks that write it must agree on
+when a file is final, which is what makes ``--resume`` safe; ``rundir.Run`` reads it."""
 
 from __future__ import annotations
 
