@@ -9,11 +9,12 @@ from pathlib import Path
 import harmonixr
 
 SRC = Path(harmonixr.__file__).parent
-BASE = {"_files", "_pool"}
+BASE = {"_files", "_pool", "_plotstyle"}  # internal helpers, importing no room
 # what each room may import besides itself (docs/architecture.md, "Rooms and their imports")
 ALLOWED: dict[str, set[str]] = {
     "_files": set(),
     "_pool": set(),
+    "_plotstyle": set(),
     "model": BASE,
     "midi": BASE,
     "data": BASE | {"midi"},

@@ -31,7 +31,7 @@ from harmonixr.evaluate.metrics import (
     expected_calibration_error,
     group_pair_weights,
 )
-from harmonixr.evaluate.protocols import centroids as centroids_of
+from harmonixr.evaluate.metrics import centroids as centroids_of
 
 
 def test_ece_by_hand():

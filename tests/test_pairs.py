@@ -18,9 +18,9 @@ from harmonixr.data.pairs import (
     pair_set_seed,
     protocol_pair_sets,
     random_crop,
-    shared_positive_rate,
 )
 from harmonixr.data.splits import load_split, make_split, save_split
+from harmonixr.evaluate.metrics import shared_positive_rate
 from harmonixr.model.embed import to_model_input
 from harmonixr.train.augment import multiplicative_noise
 

@@ -250,19 +250,6 @@ class ComposerBatchDataset(Dataset):
         }
 
 
-def shared_positive_rate(labels: torch.Tensor, groups: torch.Tensor) -> float:
-    """Fraction of a batch's positive pairs (same composer) whose two crops share a group
-    (work); NaN when the batch holds no positive pair."""
-    same = labels[:, None] == labels[None, :]
-    upper = torch.ones_like(same).triu(diagonal=1)
-    pos = same & upper
-    n = int(pos.sum())
-    if n == 0:
-        return float("nan")
-    shared = pos & (groups[:, None] == groups[None, :])
-    return int(shared.sum()) / n
-
-
 class StepSampler(Sampler[int]):
     """Indices ``epoch·n + rank, epoch·n + rank + world, …``: distinct items per epoch and per
     rank, so each epoch and each DDP rank sees new, reproducible pairs."""

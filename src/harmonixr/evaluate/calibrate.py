@@ -111,7 +111,7 @@ def spread_statistics(
     """(centroids (E, D), mean (E,), std (E,)) of the named composers: the mean and spread of
     their training pieces' similarity to their own centroid, each std shrunk towards the pooled
     one by ``SPREAD_PRIOR`` pieces (a composer of three pieces has no reliable spread)."""
-    from harmonixr.evaluate.protocols import centroids
+    from harmonixr.evaluate.metrics import centroids
 
     cents = centroids(emb, composers, names)
     sims = [emb[composers == n] @ cents[k] for k, n in enumerate(names)]

@@ -31,11 +31,12 @@ from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_ta
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.metrics import (
     RankedPairs,
+    centroids,
     equal_error_rate,
     group_pair_weights,
     roc_auc,
 )
-from harmonixr.evaluate.protocols import PROBE_CS, centroids, class_probabilities
+from harmonixr.evaluate.protocols import PROBE_CS, class_probabilities
 from harmonixr.train.config import RESUMABLE, TrainConfig, load_toml
 
 MODEL = "SiaViT"

@@ -349,3 +349,21 @@ def stratified_auc(
             acc += pos * neg * float(roc_auc_score(y[m], -d[m], sample_weight=w[m]))
             total += pos * neg
     return acc / total if total > 0 else float("nan")
+
+
+def centroids(emb: np.ndarray, composers: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """``(len(names), D)`` unit mean embedding of each named composer's pieces."""
+    c = np.stack([emb[composers == n].mean(axis=0) for n in names])
+    norm = np.linalg.norm(c, axis=1, keepdims=True)
+    return c / np.where(norm > 0, norm, 1.0)
+
+
+def shared_positive_rate(labels: np.ndarray, groups: np.ndarray) -> float:
+    """Fraction of a batch's positive pairs (same composer) whose two crops share a group
+    (work); NaN when the batch holds no positive pair."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    pos = np.triu(labels[:, None] == labels[None, :], k=1)
+    n = int(pos.sum())
+    if n == 0:
+        return float("nan")
+    return int((pos & (groups[:, None] == groups[None, :])).sum()) / n

@@ -17,6 +17,7 @@ from harmonixr.data.pairs import protocol_pair_sets
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.metrics import (
     balanced_accuracy,
+    centroids,
     cosine_distance,
     equal_error_rate,
     group_pair_weights,
@@ -195,13 +196,6 @@ def current_keys(metrics: dict[str, object]) -> dict[str, object]:
         if new == k or new not in metrics:
             out[new] = v
     return out
-
-
-def centroids(emb: np.ndarray, composers: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """``(len(names), D)`` unit mean embedding of each named composer's pieces."""
-    c = np.stack([emb[composers == n].mean(axis=0) for n in names])
-    norm = np.linalg.norm(c, axis=1, keepdims=True)
-    return c / np.where(norm > 0, norm, 1.0)
 
 
 def _centroids(side: Side, names: Sequence[str]) -> np.ndarray:

@@ -250,7 +250,7 @@ def load_open_set(path: str | Path) -> OpenSetModel:
 def centroids_of(emb: np.ndarray, composers: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """(sorted composers, (C, D) unit mean embedding of each), by the one centroid rule of
     ``evaluate.protocols.centroids`` (the calibration uses the same)."""
-    from harmonixr.evaluate.protocols import centroids
+    from harmonixr.evaluate.metrics import centroids
 
     names = sorted(set(composers))
     cents = centroids(np.asarray(emb, np.float64), np.asarray(composers, dtype=object), names)

@@ -13,10 +13,14 @@ import torch
 from harmonixr.data.pairs import (
     PairSet,
     PieceSet,
-    shared_positive_rate,
     to_model_input,
 )
-from harmonixr.evaluate.metrics import cosine_distance, pair_set_protocol, roc_auc
+from harmonixr.evaluate.metrics import (
+    cosine_distance,
+    pair_set_protocol,
+    roc_auc,
+    shared_positive_rate,
+)
 from harmonixr.model.config import ModelConfig
 from harmonixr.model.encoder import SiaViT
 from harmonixr.model.losses import (
@@ -72,7 +76,9 @@ class SiameseModule(L.LightningModule):
             loss = supcon_loss(z, batch["label"], self.config.supcon_temperature)
             bs = z.shape[0]
             if "group" in batch:  # how often positives share a work (0 by construction)
-                shared = shared_positive_rate(batch["label"], batch["group"])
+                shared = shared_positive_rate(
+                    batch["label"].cpu().numpy(), batch["group"].cpu().numpy()
+                )
                 if np.isfinite(shared):
                     self.log("train/pos_shared_work", shared, batch_size=bs)
         else:
