@@ -1,10 +1,34 @@
+import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from processes import SESSION_MARK, reap_orphans  # noqa: E402
+
+
+def pytest_configure(config):
+    # before any test starts a process: every child (and its children) inherits the mark
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphan_processes():
+    """Fails the session if a process started by a test outlives it (listed by pid and
+    command line, then killed). Torn down last: after every other fixture has stopped what it
+    started (servers, browsers)."""
+    yield
+    left = reap_orphans(os.environ[SESSION_MARK])
+    if left:
+        pytest.fail(
+            "processes started by the tests outlived the session (now killed):\n"
+            + "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

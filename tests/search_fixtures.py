@@ -8,33 +8,16 @@ import shutil
 from pathlib import Path
 
 from midi_factory import synthetic_corpus
+from tiny_runs import train_tiny
 
 
 def make_tiny_run(root: Path) -> Path:
     from harmonixr.data.cache import preprocess
     from harmonixr.search.index import build_index
-    from harmonixr.train.config import TrainConfig
-    from harmonixr.train.run import train
 
     synthetic_corpus(root / "midi", n_per=10, seconds=20)
     preprocess(root / "midi", root / "cache", workers=1)
-    config = TrainConfig(
-        loss="contrastive",
-        data=str(root / "cache"),
-        out=str(root / "run"),
-        preset="tiny",
-        crop_seconds=10,
-        batch_size=8,
-        steps_per_epoch=15,
-        max_steps=30,
-        warmup_steps=5,
-        lr=2e-3,
-        val_pairs=100,
-        split_fractions=(0.5, 0.25, 0.25),
-        checkpoint_every_steps=1000,
-        seed=0,
-    )
-    run = train(config)
+    run = train_tiny(root / "cache", root / "run")
     shutil.rmtree(run / "checkpoints")
     shutil.rmtree(run / "tb")
     build_index(run, root / "cache")

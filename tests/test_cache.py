@@ -6,7 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,13 +130,12 @@ def test_dense_file_is_skipped_as_too_dense(tmp_path):
     assert row.path.endswith("dense.mid") and "note-frames" in row.detail
 
 
-def _corpus(root, n=160):
+def _corpus(root, n=40):
     for i in range(n):
         d = root / f"C{i % 4}"
         d.mkdir(parents=True, exist_ok=True)
-        # ten minutes of music each, so the job takes long enough to be killed midway
         notes = [
-            (frames(j * 3), frames(30), 40 + (i * 7 + j) % 40, 30 + j % 90) for j in range(4000)
+            (frames(j * 3), frames(30), 40 + (i * 7 + j) % 40, 30 + j % 90) for j in range(300)
         ]
         write_score(d / f"p{i:03d}.mid", notes)
 
@@ -152,42 +151,47 @@ def _snapshot(cache_dir):
     return rows, tensors
 
 
+# preprocess in a child that SIGKILLs itself (no clean-up runs) from the progress callback
+# once exactly ``kill_after`` pieces are done, with a second parse still in flight
+KILLED_MIDWAY = """
+import os, signal, sys
+sys.path.insert(0, {src!r})
+from harmonixr.data.cache import preprocess
+
+def progress(done, total, path):
+    if done == {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+preprocess({corpus!r}, {out!r}, workers=2, progress=progress)
+raise SystemExit("preprocess finished: the kill never came")
+"""
+
+
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
-    corpus = tmp_path / "corpus"
-    _corpus(corpus)
-    cmd = [
-        sys.executable,
-        "-m",
-        "harmonixr.cli",
-        "preprocess",
-        str(corpus),
-        "--workers",
-        "1",
-        "--out",
-    ]
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        try:
-            db = sqlite3.connect(killed / "cache.sqlite", timeout=1)
-            done = db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0]
-            db.close()
-        except sqlite3.Error:
-            continue
-        if done >= 20:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 20 <= done < 160, f"the run was not caught midway ({done} rows)"
-    subprocess.run(cmd + [str(killed)], check=True, capture_output=True)
-    clean = tmp_path / "clean"
-    subprocess.run(cmd + [str(clean)], check=True, capture_output=True)
+    import harmonixr
+
+    corpus, killed, n, kill_after = tmp_path / "corpus", tmp_path / "killed", 40, 15
+    _corpus(corpus, n)
+    script = tmp_path / "killed_midway.py"
+    src = str(Path(harmonixr.__file__).parents[1])
+    script.write_text(
+        KILLED_MIDWAY.format(src=src, kill_after=kill_after, corpus=str(corpus), out=str(killed))
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    # what was finished before the kill is in the cache, with its tensor
+    rows, tensors = _snapshot(killed)
+    assert len(rows) == kill_after and {r[5] for r in rows} == {"ok"}
+    assert sorted(Path(r[7]).name for r in rows) == sorted(tensors)
+    # the rerun keeps that work and does only the rest
+    again = preprocess(corpus, killed, workers=1)
+    assert (again.already, again.new, again.ok) == (kill_after, n - kill_after, n)
+    preprocess(corpus, tmp_path / "clean", workers=1)
     rows_k, tensors_k = _snapshot(killed)
-    rows_c, tensors_c = _snapshot(clean)
-    assert len(rows_k) == 160 and len({r[0] for r in rows_k}) == 160
+    rows_c, tensors_c = _snapshot(tmp_path / "clean")
+    assert len(rows_k) == n and len({r[0] for r in rows_k}) == n
     assert [r[:7] for r in rows_k] == [r[:7] for r in rows_c]
     assert tensors_k == tensors_c
     assert not list(killed.rglob(TEMP_GLOB))

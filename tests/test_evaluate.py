@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 from midi_factory import synthetic_corpus
+from tiny_runs import train_tiny
 
 from harmonixr.data.cache import preprocess
 from harmonixr.evaluate.protocols import Settings, Side, evaluate_method
 from harmonixr.evaluate.report import LR, MODEL, UNTRAINED, evaluate_run
-from harmonixr.train.config import TrainConfig
-from harmonixr.train.run import train
 
 HEADLINE_KEYS = {
     "verify_auc", "verify_auc_lo", "verify_auc_hi", "verify_eer", "verify_tpr_at_1fpr",
@@ -60,22 +59,17 @@ def tiny_run(tmp_path_factory):
     preprocess(
         root / "scores-midi", root / "scores", labels=root / "scores-midi/labels.csv", workers=1
     )
-    cfg = TrainConfig(
-        data=str(root / "cache"),
-        out=str(root / "run"),
-        preset="tiny",
+    run = train_tiny(
+        root / "cache",
+        root / "run",
         loss="supcon",
         crop_seconds=5,
-        batch_size=8,
         max_steps=20,
         steps_per_epoch=10,
-        warmup_steps=5,
-        lr=2e-3,
         val_pairs=50,
-        split_fractions=(0.5, 0.25, 0.25),
-        seed=0,
+        checkpoint_every_steps=200,
     )
-    return train(cfg), root
+    return run, root
 
 
 @pytest.mark.slow

@@ -385,20 +385,19 @@ def test_group_pair_weights_count_each_pair_of_units_once():
 
 def _labelled_cache(midi: Path, lines: list[str], cache: Path):
     """Write the manifest, cache the folder, and return a tiny training config for it."""
-    from harmonixr.train.config import TrainConfig
+    from tiny_runs import tiny_config
 
     (midi / "metadata.csv").write_text("\n".join(lines) + "\n")
     preprocess(midi, cache, workers=1)
-    return TrainConfig(
-        preset="tiny",
+    return tiny_config(  # data and out: set per fold
         loss="supcon",
         crop_seconds=4,
-        batch_size=8,
         max_steps=4,
         steps_per_epoch=2,
         warmup_steps=1,
-        lr=2e-3,
         val_pairs=20,
+        split_fractions=(0.8, 0.1, 0.1),
+        checkpoint_every_steps=200,
     )
 
 

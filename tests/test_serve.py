@@ -142,6 +142,24 @@ def test_openapi_documents_every_endpoint(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_routes_get_their_service_through_the_get_service_dependency(client, piece):
+    from harmonixr.serve.routes import get_service
+
+    real, calls = client.app.state.service, []
+
+    def counted():
+        calls.append(1)
+        return real
+
+    client.app.dependency_overrides[get_service] = counted
+    try:
+        assert client.get("/api/health").status_code == 200
+        assert client.post("/api/embed", files=upload("a.mid", piece[1])).status_code == 200
+    finally:
+        client.app.dependency_overrides.clear()
+    assert len(calls) == 2
+
+
 def test_page_and_plotly_are_served_locally(client):
     page = client.get("/")
     assert (

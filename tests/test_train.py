@@ -13,6 +13,7 @@ import pytest
 import torch
 from midi_factory import synthetic_corpus
 from safetensors import safe_open
+from tiny_runs import tiny_config
 
 from harmonixr.data.cache import preprocess
 from harmonixr.model import load_encoder
@@ -32,24 +33,11 @@ def cache(tmp_path_factory):
 
 
 def _config(cache, out, **kw):
-    base = dict(
-        loss="contrastive",
-        data=str(cache),
-        out=str(out),
-        preset="tiny",
-        crop_seconds=10,
-        batch_size=8,
-        steps_per_epoch=20,
-        max_steps=60,
-        warmup_steps=10,
-        lr=2e-3,
-        val_pairs=200,
-        split_fractions=(0.5, 0.25, 0.25),
-        checkpoint_every_steps=10,
-        seed=0,
+    # longer than the shared tiny run, with checkpoints to resume from
+    longer = dict(
+        steps_per_epoch=20, max_steps=60, warmup_steps=10, val_pairs=200, checkpoint_every_steps=10
     )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_config(cache, out, **{**longer, **kw})
 
 
 def test_tiny_model_learns_two_composers(cache, tmp_path):

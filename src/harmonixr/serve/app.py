@@ -19,83 +19,31 @@ limit is refused while it streams in (413), one still arriving after ``upload_ti
 (408); a file that is not MIDI by its header gets 415; a MIDI file that cannot be used gets 422
 with its reason; parsing runs in child processes with a time limit; at most ``workers`` uploads
 are worked on at once and ``queue`` more wait, beyond that 503 with ``Retry-After``. Every
-refusal is a :class:`~harmonixr.serve.schemas.Problem`.
+refusal is a :class:`~harmonixr.serve.schemas.Problem`. The routes themselves are in
+:mod:`harmonixr.serve.routes`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
-import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from harmonixr.api import MAX_K, MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
-from harmonixr.serve import schemas
 from harmonixr.serve.limits import BodyRefused, Busy, Gate, UploadLimit, problem
-from harmonixr.serve.service import MB, Limits, Service, UploadError, clean_name
+from harmonixr.serve.routes import STATIC, router
+from harmonixr.serve.service import MB, Limits, Service, UploadError
 
 if TYPE_CHECKING:
     from harmonixr.api import Harmonixr
 
-STATIC = Path(__file__).parent / "static"
 FORM_SLACK = 64 * 1024  # multipart boundaries and headers around the file's own bytes
-log = logging.getLogger("harmonixr.serve")
-
-PAGE_HEADERS = {
-    # the page may load only what this server serves: nothing leaves the machine
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-        "script-src 'self'; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; "
-        "base-uri 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": schemas.Problem, "description": text}
-    for code, text in (
-        (408, "The upload took too long to arrive."),
-        (413, "The upload is larger than the limit."),
-        (415, "The file is not MIDI (by its header)."),
-        (422, "The MIDI file cannot be used; `reason` says why."),
-        (503, "Busy: retry after `Retry-After` seconds."),
-    )
-}
-
-
-def plotly_js() -> Path | None:
-    """plotly.js as the installed ``plotly`` package ships it (no CDN)."""
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / "package_data" / "plotly.min.js"
-        if path.is_file():
-            return path
-    return None
-
-
-# the query bounds, from the API's own constants (harmonixr/api.py), so that the schema at
-# /openapi.json says what Harmonixr.timeline enforces
-WINDOW_QUERY = Query(
-    30.0, ge=MIN_WINDOW_S, le=MAX_WINDOW_S, description="Timeline window length, seconds."
-)
-HOP_RULE = (
-    f"Seconds between window starts: between window/{MAX_OVERLAP} and window "
-    f"(checked together with window; 422 bad_window otherwise)."
-)
 
 
 def _load_model(
@@ -161,7 +109,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.service = service
+    app.state.service = service  # what the routes get through routes.get_service
 
     def limit_for(path: str) -> tuple[int, str]:
         files = 2 if path.rstrip("/") == "/api/verify" else 1
@@ -179,7 +127,8 @@ def create_app(
     # outermost: counts every byte, and the time the body takes to arrive
     app.add_middleware(UploadLimit, limit_for=limit_for, timeout=upload_timeout)
     _handlers(app)
-    _routes(app, service)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
@@ -215,165 +164,6 @@ def _handlers(app: FastAPI) -> None:
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
             parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg"))
         return JSONResponse(problem("; ".join(parts) or "invalid request", "invalid_request"), 422)
-
-
-async def _read(upload: UploadFile) -> tuple[bytes, str]:
-    """The upload's bytes (already held to the size limit) and its name, for messages."""
-    try:
-        return await upload.read(), clean_name(upload.filename)
-    finally:
-        await upload.close()
-
-
-def api_page(spec: dict[str, Any]) -> str:
-    """The API as a plain page, built from the OpenAPI schema: nothing loads from elsewhere."""
-    from html import escape
-
-    rows = []
-    for path, methods in sorted(spec.get("paths", {}).items()):
-        for method, op in methods.items():
-            params = [
-                f"{escape(q['name'])} ({escape(str(q.get('schema', {}).get('type', '')))})"
-                for q in op.get("parameters", [])
-            ]
-            body = "multipart upload" if "requestBody" in op else ""
-            rows.append(
-                f"<tr><td><code>{method.upper()} {escape(path)}</code></td>"
-                f"<td>{escape(op.get('summary', ''))}</td>"
-                f"<td>{escape(', '.join(params) or body)}</td></tr>"
-            )
-    info = spec.get("info", {})
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Harmonixr API</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td{padding:4px 10px;"
-        "border-bottom:1px solid #ddd;vertical-align:top}</style></head><body>"
-        f"<h1>{escape(info.get('title', 'API'))} {escape(info.get('version', ''))}</h1>"
-        f"<p>{escape(info.get('description', ''))}</p>"
-        "<p>The full schema: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3; any OpenAPI "
-        "viewer reads it).</p><table><tr><th>endpoint</th><th>what</th><th>parameters</th></tr>"
-        + "".join(rows)
-        + "</table></body></html>"
-    )
-
-
-def _routes(app: FastAPI, service: Service) -> None:
-    async def asked(request: Request, files: list[tuple[bytes, str]], question: Any) -> Any:
-        """``service.ask`` in a worker thread while the client is watched: once it hangs up,
-        the work not yet started (waiting for a worker, the parse, the model) is dropped."""
-        gone = threading.Event()
-
-        async def watch() -> None:
-            while not gone.is_set():
-                if await request.is_disconnected():
-                    gone.set()
-                    return
-                await asyncio.sleep(0.1)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            return await run_in_threadpool(service.ask, files, question, gone)
-        finally:
-            watcher.cancel()
-
-    one = File(description="A MIDI file (.mid, .midi, .kar, .rmi).")
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/vendor/plotly.min.js", include_in_schema=False)
-    async def plotly() -> Response:
-        path = plotly_js()
-        if path is None:
-            return JSONResponse(problem("plotly.js is not installed", "missing"), 404)
-        return FileResponse(path, media_type="text/javascript", headers=PAGE_HEADERS)
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return HTMLResponse(api_page(app.openapi()), headers=PAGE_HEADERS)
-
-    @app.get("/api/health", response_model=schemas.Health)
-    async def health() -> dict[str, Any]:
-        return service.health()
-
-    @app.get("/api/map", response_model=schemas.CorpusMapPoints)
-    async def corpus_map() -> dict[str, Any]:
-        return await run_in_threadpool(service.corpus_map)
-
-    @app.post("/api/attribute", response_model=list[schemas.Attribution], responses=ERRORS)
-    async def attribute(
-        request: Request,
-        file: UploadFile = one,
-        k: int = Query(5, ge=1, le=MAX_K, description="Named composers to list."),
-    ) -> list[dict[str, Any]]:
-        """Who most likely wrote the file: calibrated probabilities, and "unknown"."""
-        upload = await _read(file)
-        got = await asked(request, [upload], lambda t: service.hx.attribute(t, k))
-        return [a.to_dict() for a in got]
-
-    @app.post("/api/similar", response_model=list[schemas.Match], responses=ERRORS)
-    async def similar(
-        request: Request,
-        file: UploadFile = one,
-        k: int = Query(10, ge=1, le=MAX_K, description="Pieces."),
-        per_work: int | None = Query(
-            None, ge=1, le=MAX_K, description="At most this many renditions of one piece."
-        ),
-    ) -> list[dict[str, Any]]:
-        """The indexed pieces nearest to the file, best first."""
-        upload = await _read(file)
-        got = await asked(request, [upload], lambda t: service.hx.similar(t, k, per_work=per_work))
-        return [m.to_dict() for m in got]
-
-    @app.post("/api/embed", response_model=schemas.Embedding, responses=ERRORS)
-    async def embed(request: Request, file: UploadFile = one) -> dict[str, Any]:
-        """The file's whole-piece embedding."""
-        z = await asked(request, [await _read(file)], service.embed)
-        return {"dim": int(z.shape[0]), "embedding": z.tolist()}
-
-    @app.post("/api/timeline", response_model=list[schemas.Passage], responses=ERRORS)
-    async def timeline(
-        request: Request,
-        file: UploadFile = one,
-        window: float = WINDOW_QUERY,
-        hop: float = Query(10.0, gt=0, le=MAX_WINDOW_S, description=HOP_RULE),
-    ) -> list[dict[str, Any]]:
-        """Composer probabilities window by window (indicative: calibrated on whole pieces)."""
-        upload = await _read(file)
-        return await asked(request, [upload], lambda t: service.timeline(t, window, hop))
-
-    @app.post("/api/roll", response_model=schemas.Roll, responses=ERRORS)
-    async def roll(request: Request, file: UploadFile = one) -> dict[str, Any]:
-        """A piano-roll thumbnail of the file as the model sees it."""
-        return await asked(request, [await _read(file)], service.roll)
-
-    @app.post("/api/analyze", response_model=schemas.Analysis, responses=ERRORS)
-    async def analyze(
-        request: Request,
-        file: UploadFile = one,
-        k: int = Query(5, ge=1, le=MAX_K, description="Named composers to list."),
-        n: int = Query(10, ge=1, le=MAX_K, description="Nearest pieces."),
-        window: float = WINDOW_QUERY,
-        hop: float = Query(30.0, gt=0, le=MAX_WINDOW_S, description=HOP_RULE),
-    ) -> dict[str, Any]:
-        """What the page shows: composers, nearest pieces, timeline, roll, map position."""
-        data, name = await _read(file)
-        return await asked(
-            request, [(data, name)], lambda t: service.analyze(t, name, k, n, window, hop)
-        )
-
-    @app.post("/api/verify", response_model=schemas.Verdict, responses=ERRORS)
-    async def verify(
-        request: Request,
-        a: UploadFile = File(description="A MIDI file."),
-        b: UploadFile = File(description="Another MIDI file."),
-    ) -> dict[str, Any]:
-        """Whether the two files share a composer, with the calibrated probability."""
-        files = [await _read(a), await _read(b)]
-        got = await asked(request, files, service.hx.verify)
-        return got.to_dict()
 
 
 HTTP_REASONS = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 408: "too_slow"}
