@@ -28,7 +28,7 @@ from harmonixr.api import Harmonixr
 from harmonixr.midi.files import load_files
 from harmonixr.midi.load import tensorize
 from harmonixr.midi.tensorize import TensorConfig
-from harmonixr.model.embed import piece_windows, to_model_input
+from harmonixr.model.embed import crop_batches, piece_windows, to_model_input
 from harmonixr.train.config import TrainConfig
 from harmonixr.train.rundir import Run
 
@@ -75,15 +75,10 @@ def forward_alone(hx: Harmonixr, tensors: list[np.ndarray], batch_size: int = 32
     """Seconds for the encoder's forward on every crop of ``tensors``, inputs prepared first."""
     crop = hx.run.crop_frames
     windows = piece_windows(tensors, crop, hx.run.hop_frames)
-    batches = []
-    for b0 in range(0, len(windows), batch_size):
-        chunk = windows[b0 : b0 + batch_size]
-        x = np.zeros((len(chunk), crop, 12, 6), np.uint8)
-        for k, w in enumerate(chunk):
-            part = tensors[w.piece][w.start : w.start + crop]
-            x[k, : part.shape[0]] = part
-        lengths = torch.tensor([w.valid for w in chunk])
-        batches.append((to_model_input(torch.from_numpy(x)), lengths))
+    batches = [
+        (to_model_input(torch.from_numpy(x)), torch.from_numpy(valid))
+        for x, valid, _ in crop_batches(tensors, windows, crop, batch_size)
+    ]
     t0 = time.perf_counter()
     for x, lengths in batches:
         hx.encoder(x, lengths)

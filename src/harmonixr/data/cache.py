@@ -330,14 +330,7 @@ class TensorCache:
                 values.get("reason"),
                 values.get("detail"),
                 values.get("tensor"),
-                piece.performer,
-                piece.source,
-                piece.work,
-                piece.kind,
-                piece.licence,
-                piece.edition,
-                piece.links,
-                piece.corpus,
+                *(getattr(piece, c) for c in LABEL_COLUMNS),
             ),
         )
         self.db.commit()
@@ -476,19 +469,7 @@ def _put_copy(cache: TensorCache, piece: Piece, sha: str, row: dict[str, Any]) -
 
 
 def _refresh_labels(cache: TensorCache, piece: Piece) -> None:
-    labels = (
-        piece.composer,
-        piece.title,
-        piece.group,
-        piece.performer,
-        piece.source,
-        piece.work,
-        piece.kind,
-        piece.licence,
-        piece.edition,
-        piece.links,
-        piece.corpus,
-    )
+    labels = tuple(getattr(piece, c) for c in ("composer", "title", "group", *LABEL_COLUMNS))
     cache.db.execute(  # committed once after the scan
         'UPDATE pieces SET composer=?, title=?, "group"=?, performer=?, source=?, work=?, kind=?, '
         "licence=?, edition=?, links=?, corpus=? "

@@ -51,9 +51,11 @@ def piece_windows(tensors: Sequence[np.ndarray], crop: int, hop: int) -> list[Wi
     return out
 
 
-def _batches(
+def crop_batches(
     tensors: Sequence[np.ndarray], windows: Sequence[Window], crop: int, batch_size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, slice]]:
+    """uint8 ``(b, crop, 12, 6)`` batches of the windows (padding zero), their valid frames,
+    and which windows they hold."""
     for b0 in range(0, len(windows), batch_size):
         chunk = windows[b0 : b0 + batch_size]
         x = np.zeros((len(chunk), crop, 12, 6), np.uint8)
@@ -75,7 +77,7 @@ def embed_windows(
     encoder.eval()
     device = next(encoder.parameters()).device
     out = np.zeros((len(windows), encoder.config.embed_dim), np.float32)
-    for x, valid, sl in _batches(tensors, windows, crop, batch_size):
+    for x, valid, sl in crop_batches(tensors, windows, crop, batch_size):
         xt = to_model_input(torch.from_numpy(x).to(device))
         lengths = torch.from_numpy(valid).to(device)
         out[sl] = encoder(xt, lengths).float().cpu().numpy()

@@ -10,11 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from harmonixr.data.pairs import (
-    PairSet,
-    PieceSet,
-    to_model_input,
-)
+from harmonixr.data.pairs import PairSet, PieceSet
 from harmonixr.evaluate.metrics import (
     cosine_distance,
     pair_set_protocol,
@@ -22,6 +18,7 @@ from harmonixr.evaluate.metrics import (
     shared_positive_rate,
 )
 from harmonixr.model.config import ModelConfig
+from harmonixr.model.embed import to_model_input
 from harmonixr.model.encoder import SiaViT
 from harmonixr.model.losses import (
     DynamicMarginContrastive,

@@ -83,6 +83,27 @@ def corpus_embeddings(
     return z, key
 
 
+def _fit(
+    run: Run,
+    corpus: Corpus,
+    z: np.ndarray,
+    perplexity: float,
+    n_jobs: int | None,
+    info: dict[str, str] | None = None,
+) -> CorpusMap:
+    """The corpus's 3-D map, seeded with the run's seed."""
+    return fit_map(
+        z,
+        corpus.paths,
+        corpus.composers,
+        corpus.titles,
+        perplexity=perplexity,
+        seed=run.seed,
+        n_jobs=n_jobs,
+        info=info,
+    )
+
+
 def build_map(
     run: Run,
     data: str | Path,
@@ -98,16 +119,8 @@ def build_map(
         raise ValueError(f"{data}: {len(corpus.paths)} pieces in --split {split}; a map needs 4")
     z, key = corpus_embeddings(run, corpus, out, f"pieces-{split}", say)
     say(f"t-SNE of {len(z)} pieces (PCA to 50-D first, then 3-D)")
-    cmap = fit_map(
-        z,
-        corpus.paths,
-        corpus.composers,
-        corpus.titles,
-        perplexity=perplexity,
-        seed=run.seed,
-        n_jobs=n_jobs,
-        info={"weights": key, "run": str(run.root), "data": str(data), "split": split},
-    )
+    info = {"weights": key, "run": str(run.root), "data": str(data), "split": split}
+    cmap = _fit(run, corpus, z, perplexity, n_jobs, info)
     cmap.save(out / "map")
     return cmap
 
@@ -276,15 +289,7 @@ def checkpoint_maps(
             lambda path=path: embed(run, corpus.tensors, run.encoder(path, initial=path is None)),
         )
         spread, dim = spread_and_dimension(z)
-        m = fit_map(
-            z,
-            corpus.paths,
-            corpus.composers,
-            corpus.titles,
-            perplexity=perplexity,
-            seed=run.seed,
-            n_jobs=n_jobs,
-        )
+        m = _fit(run, corpus, z, perplexity, n_jobs)
         maps.append(m.coords)
         stats.append({"step": step, "spread": spread, "effective_dim": dim})
     target = maps[-1]
