@@ -54,6 +54,10 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+RunArg = Annotated[Path, typer.Argument(help="A run directory made by train.")]
+RunCacheOpt = Annotated[
+    Path | None, typer.Option("--data", "-d", help="Tensor cache (default: the run's).")
+]
 
 
 def _print_json(data: object) -> None:
@@ -87,3 +91,11 @@ def _say(text: str) -> None:
 def _print_paths(written: dict[str, Path]) -> None:
     for name, path in written.items():
         out.print(f"{name}: {path}", highlight=False, soft_wrap=True)
+
+
+def _print_report(report: dict, markdown: str, as_json: bool) -> None:
+    """A report as JSON, or its Markdown as written (no rich markup read into it)."""
+    if as_json:
+        _print_json(report)
+    else:
+        out.print(markdown, markup=False, highlight=False)

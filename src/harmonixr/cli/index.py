@@ -11,8 +11,11 @@ from rich.table import Table
 
 from harmonixr.cli._common import (
     JsonOpt,
+    RunArg,
+    RunCacheOpt,
     _model,
     _print_json,
+    _print_report,
     _progress,
     _say,
     app,
@@ -29,10 +32,8 @@ app.add_typer(index_app, name="index")
 
 @index_app.command("build")
 def index_build(
-    run: Annotated[Path, typer.Argument(help="A run directory made by train.")],
-    data: Annotated[
-        Path | None, typer.Option("--data", "-d", help="Tensor cache (default: the run's).")
-    ] = None,
+    run: RunArg,
+    data: RunCacheOpt = None,
     store: Annotated[
         str, typer.Option(help="faiss | milvus://HOST:PORT | PATH.db (Milvus Lite).")
     ] = "faiss",
@@ -101,10 +102,7 @@ def index_measure(
     target.mkdir(parents=True, exist_ok=True)
     (target / "measure.json").write_text(json.dumps(report, indent=1))
     (target / "measure.md").write_text(measure_markdown(report))
-    if as_json:
-        _print_json(report)
-    else:
-        out.print(measure_markdown(report), markup=False, highlight=False)
+    _print_report(report, measure_markdown(report), as_json)
 
 
 @index_app.command("open-set")
@@ -142,10 +140,7 @@ def index_open_set(
     result = openset_study(
         strangers, known, resamples=resamples, progress=_say, exclude_groups=excluded
     )
-    if as_json:
-        _print_json(result)
-    else:
-        out.print(openset_markdown(result), markup=False, highlight=False)
+    _print_report(result, openset_markdown(result), as_json)
 
 
 @index_app.command("add")

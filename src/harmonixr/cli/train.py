@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from harmonixr.cli._common import (
+    RunArg,
+    RunCacheOpt,
     _say,
     app,
     console,
@@ -81,10 +83,8 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run directory made by train.")],
-    data: Annotated[
-        Path | None, typer.Option("--data", "-d", help="Tensor cache (default: the run's).")
-    ] = None,
+    run: RunArg,
+    data: RunCacheOpt = None,
     split: Annotated[
         str, typer.Option(help="test | val | unseen-composer (a run trained with that split).")
     ] = "test",
