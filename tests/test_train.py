@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from midi_factory import synthetic_corpus
@@ -44,6 +46,7 @@ def test_tiny_model_learns_two_composers(cache, tmp_path):
     run = train(_config(cache, tmp_path / "run"))
     info = weights_info(run)
     assert info["metrics"]["val/auc"] > 0.9, info
+    assert composer_gap(run, cache) > composer_gap(run, cache, initial=True) + 0.2
     for name in ("config.json", "split.json", "model.safetensors"):
         assert (run / name).is_file()
     # the validation pieces land in TensorBoard's projector with their composers
@@ -82,12 +85,51 @@ def test_resume_continues_step_and_optimizer_state(cache, tmp_path):
     assert final["global_step"] == 40
 
 
+def validation_embeddings(run: Path, cache: Path, initial: bool = False):
+    """Whole-piece embeddings of the run's validation pieces, by its weights or by its
+    untrained encoder, with their composers."""
+    from harmonixr.data.cache import TensorCache
+    from harmonixr.model.embed import embed_pieces
+    from harmonixr.train.rundir import Run
+
+    r = Run.open(run)
+    with TensorCache(cache) as c:
+        rows = c.pieces()
+        val = [rows[i] for i in r.split(rows)["val"]]
+        tensors = [c.load(row) for row in val]
+    z = embed_pieces(r.encoder(initial=initial), tensors, r.crop_frames)
+    return z, [row.composer for row in val]
+
+
+def composer_gap(run: Path, cache: Path, initial: bool = False) -> float:
+    """Mean cosine similarity of validation pieces by the same composer minus that of pieces
+    by different composers."""
+    z, composers = validation_embeddings(run, cache, initial)
+    sim = z @ z.T
+    same = np.array([[a == b for b in composers] for a in composers])
+    off = ~np.eye(len(composers), dtype=bool)
+    return float(sim[same & off].mean() - sim[~same].mean())
+
+
 def test_supcon_loss_trains(cache, tmp_path):
-    run = train(_config(cache, tmp_path / "run", loss="supcon", max_steps=20, batch_size=8))
+    run = train(_config(cache, tmp_path / "run", loss="supcon", max_steps=60, batch_size=8))
     with safe_open(str(run / "model.safetensors"), framework="pt") as fh:
         assert "model_config" in fh.metadata()
-    # it learnt: validation pairs of the two synthetic composers are told apart
-    assert weights_info(run)["metrics"]["val/auc"] > 0.75
+    # it learnt: the untrained encoder already ranks these two composers apart (val AUC 1),
+    # so the check is the loss it was trained on, on validation pieces it never saw, against
+    # the untrained encoder's on the same pieces (measured: 1.61 → 0.69 after 60 steps; after
+    # 20 steps the eval-mode embeddings had barely moved, 1.59, though the training batches
+    # were already solved: the norm layers' running statistics lag)
+    from harmonixr.model.losses import supcon_loss
+
+    def loss(initial: bool) -> float:
+        z, composers = validation_embeddings(run, cache, initial)
+        labels = torch.tensor([sorted(set(composers)).index(c) for c in composers])
+        return float(supcon_loss(torch.from_numpy(z), labels, 0.1))
+
+    before, after = loss(initial=True), loss(initial=False)
+    print(f"validation supcon loss: untrained {before:.3f}, trained {after:.3f}")
+    assert after < 0.8 * before, (before, after)
 
 
 def test_ddp_two_cpu_processes_stay_identical(cache, tmp_path):
