@@ -200,3 +200,20 @@ def test_per_work_keeps_the_best_rendition_of_each_piece(tmp_path):
     assert [it.path for it, _ in two] == ["A0.mid", "A1.mid", "B3.mid", "B4.mid"]
     (few,) = index.search(query, 10, per_work=1)  # fewer pieces than asked: all of them
     assert [it.path for it, _ in few] == ["A0.mid", "B3.mid", "C5.mid"]
+
+
+def test_a_rebuild_removes_what_a_killed_build_left(search_run_copy):
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=-1)
+    dead = int(gone.stdout)  # a process that has ended
+    stale = [search_run_copy / f".index.{dead}.tmp", search_run_copy / f"index.tmp-{dead}"]
+    alive = search_run_copy / f".index.{os.getppid()}.tmp"  # a live build's: kept
+    for d in [*stale, alive]:
+        d.mkdir()
+        (d / "items.json").write_text("[]")
+    build_index(search_run_copy, _cache(search_run_copy))
+    assert not any(d.exists() for d in stale) and alive.is_dir()
+    assert list(search_run_copy.glob(".index.*.tmp")) == [alive]  # its own was swapped in

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonixr._files import atomic_write
 from harmonixr.midi.load import MidiError
 
 
@@ -113,9 +114,10 @@ def write_embeddings(out: str | os.PathLike[str], result: Embedded) -> list[Path
     (columns ``path`` and ``embedding``, needs pyarrow). Returns the files written."""
     out = Path(out)
     if embeddings_format(out) == "npy":
-        np.save(out, result.vectors.astype(np.float32))
+        vectors = result.vectors.astype(np.float32)
+        atomic_write(out, lambda tmp: np.save(tmp, vectors))
         listing = out.with_suffix(".paths.txt")
-        listing.write_text("".join(p + "\n" for p in result.paths))
+        atomic_write(listing, "".join(p + "\n" for p in result.paths))
         return [out, listing]
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -128,5 +130,5 @@ def write_embeddings(out: str | os.PathLike[str], result: Embedded) -> list[Path
             "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
         }
     )
-    pq.write_table(table, out)
+    atomic_write(out, lambda tmp: pq.write_table(table, tmp))
     return [out]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -88,7 +87,7 @@ def index_measure(
     """Measure RUN's index where nothing was fitted: answers, "someone else", verify and the
     timeline on its test side and on music21's strangers; stored beside the fitted-on figures."""
     from harmonixr.midi.builtin import cache_dir
-    from harmonixr.search.measure import measure_index, measure_markdown, store_held_out
+    from harmonixr.search.measure import measure_index, measure_markdown, save_measure
 
     report = measure_index(
         run,
@@ -97,11 +96,7 @@ def index_measure(
         resamples=resamples,
         progress=_say,
     )
-    store_held_out(run, report)
-    target = out_dir or run
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "measure.json").write_text(json.dumps(report, indent=1))
-    (target / "measure.md").write_text(measure_markdown(report))
+    save_measure(run, report, out_dir)
     _print_report(report, measure_markdown(report), as_json)
 
 
@@ -127,14 +122,10 @@ def index_open_set(
     """Learn "someone else" from real strangers (STRANGERS' folds) against held-out pieces of
     known composers (KNOWN's folds), cross-fitted over the folds; writes
     STRANGERS/open-set.json for `index build --open-set`."""
+    from harmonixr.data.splits import side_groups
     from harmonixr.evaluate.openset import embed_training_sides, openset_markdown, openset_study
 
-    excluded = None
-    if exclude_split is not None:
-        test = json.loads(exclude_split.read_text())["test"]
-        excluded = {e["group"] for e in test if isinstance(e, dict) and e.get("group")}
-        if len(excluded) == 0 and test:
-            raise typer.BadParameter(f"{exclude_split}: no groups recorded (an old split.json)")
+    excluded = side_groups(exclude_split, "test") if exclude_split is not None else None
     for cv in (strangers, known):
         embed_training_sides(cv, progress=_say)
     result = openset_study(

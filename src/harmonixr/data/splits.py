@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from harmonixr._files import atomic_json
 from harmonixr.midi.corpora import UnionFind
 
 SIDES = ("train", "val", "test")
@@ -112,7 +113,7 @@ def save_split(
     path: str | Path, pieces: Sequence[Labelled], split: dict[str, list[int]], **info: Any
 ) -> None:
     data = {**info, **{s: [pieces[i].path for i in split[s]] for s in SIDES}}
-    Path(path).write_text(json.dumps(data, indent=1))
+    atomic_json(path, data, indent=1)
 
 
 def load_split(path: str | Path, pieces: Sequence[Labelled]) -> dict[str, list[int]]:
@@ -215,6 +216,28 @@ def split_manifest(
             for s in SIDES
         },
     }
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """A saved ``split.json``, checked to be one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable split.json ({exc})") from None
+    if not isinstance(data, dict) or not any(s in data for s in SIDES):
+        raise ValueError(f"{path}: not a split.json (no {', '.join(SIDES)} sides)")
+    return data
+
+
+def side_groups(path: str | Path, side: str = "test") -> set[str]:
+    """The groups (units) of one side of a split manifest; refused for an old split.json that
+    recorded paths only."""
+    entries = read_manifest(path).get(side, [])
+    groups = {e["group"] for e in entries if isinstance(e, dict) and e.get("group")}
+    if entries and not groups:
+        raise ValueError(f"{path}: no groups recorded (an old split.json)")
+    return groups
 
 
 def check_manifest(manifest: dict[str, Any], split: dict[str, list[int]], pieces, where: str):

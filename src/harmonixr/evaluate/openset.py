@@ -30,7 +30,6 @@ import numpy as np
 
 from harmonixr._files import atomic_json, atomic_write
 from harmonixr.data.cache import TensorCache
-from harmonixr.data.splits import check_manifest
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.calibrate import (
     FEATURES,
@@ -71,7 +70,7 @@ def embed_training_sides(out: str | Path, progress: Progress | None = None) -> l
             run = Run.open(d)
             sides = fold_sides(rows, plan, k)
             # the cache must still give the split the fold's encoder was trained on
-            check_manifest(json.loads((d / "split.json").read_text()), sides, rows, str(d))
+            run.check_split(sides, rows)
             idx = sides["train"]
             if progress:
                 progress(f"fold {k}: embedding {len(idx)} training pieces")

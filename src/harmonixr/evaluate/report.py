@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonixr._files import atomic_json, atomic_write
 from harmonixr.data.cache import CachedPiece, TensorCache
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.metrics import cosine_distance, roc_auc
@@ -309,8 +310,8 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], curves: dict[str, Curves], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "report.md").write_text(report_markdown(report))
+    atomic_json(out_dir / "report.json", report, indent=1)
+    atomic_write(out_dir / "report.md", report_markdown(report))
     _plots(curves, out_dir)
 
 

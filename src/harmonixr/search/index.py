@@ -368,19 +368,36 @@ def build_index(
         "train_pieces": dict(Counter(rows[i].composer for i in train)),
     }
     final = run_dir / INDEX_DIR
-    tmp = run_dir / f"{INDEX_DIR}.tmp-{os.getpid()}"
+    _remove_stale_builds(run_dir)
+    tmp = run_dir / f".{INDEX_DIR}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     vectors = _store_for(store, kind, run.dim, sha)
     index = Index(tmp, [], vectors, centroids, known, calibration, manifest)
     index.add(emb, items)
     index.save()
-    old = run_dir / f"{INDEX_DIR}.old-{os.getpid()}"
+    old = run_dir / f".{INDEX_DIR}.{os.getpid()}.old"
     if final.exists():
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     index.root = final
     return index
+
+
+def _remove_stale_builds(run_dir: Path) -> None:
+    """Folders a killed ``build_index`` left (``.index.PID.tmp`` / ``.old``, and the
+    ``index.tmp-PID`` / ``index.old-PID`` of earlier versions) whose process is gone: a build
+    is swapped in whole, so they are never read."""
+    for path in [*run_dir.glob(f".{INDEX_DIR}.*.*"), *run_dir.glob(f"{INDEX_DIR}.*-*")]:
+        pid = path.name.split(".")[2] if path.name.startswith(".") else path.name.rsplit("-", 1)[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # someone else's live process
+            pass
 
 
 # ------------------------------------------------------------------ adding files

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonixr._files import atomic_json
+from harmonixr._files import atomic_json, atomic_write
 from harmonixr.data.cache import TensorCache
 from harmonixr.data.splits import SIDES
 from harmonixr.evaluate.bootstrap import bootstrap_interval
@@ -302,6 +302,19 @@ def _n(x: Any) -> str:
 def _with(v: dict[str, Any], key: str) -> str:
     iv = v.get(f"{key}_interval")
     return f"{_n(v.get(key))} {_pair(iv)}".strip()
+
+
+def save_measure(
+    run_dir: str | Path, report: dict[str, Any], out_dir: str | Path | None = None
+) -> list[Path]:
+    """Store the held-out figures in the run's calibration (``store_held_out``) and write
+    ``measure.json`` and ``measure.md`` into ``out_dir`` (default: the run directory)."""
+    store_held_out(run_dir, report)
+    target = Path(out_dir or run_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_json(target / "measure.json", report, indent=1)
+    atomic_write(target / "measure.md", measure_markdown(report))
+    return [target / "measure.json", target / "measure.md"]
 
 
 def measure_markdown(r: dict[str, Any]) -> str:

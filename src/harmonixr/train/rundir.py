@@ -177,6 +177,12 @@ class Run:
             raise ValueError(f"{self.root}: not a run directory (no {SPLIT})")
         return load_split(self.split_path, rows)
 
+    def check_split(self, split: dict[str, list[int]], rows: list[CachedPiece]) -> None:
+        """Refuse when the cache no longer gives the split the run was trained on."""
+        from harmonixr.data.splits import check_manifest, read_manifest
+
+        check_manifest(read_manifest(self.split_path), split, rows, str(self.root))
+
     def split_info(self) -> dict[str, Any]:
         """``split.json``'s header (mode, seed, fractions, cache) without its pieces."""
         if not self.split_path.is_file():

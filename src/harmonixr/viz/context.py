@@ -5,12 +5,12 @@ nearest corpus pieces."""
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from harmonixr._files import atomic_json
 from harmonixr.train.rundir import Run
 from harmonixr.viz import scatter
 from harmonixr.viz._style import MAX_COLOURS, composer_colours
@@ -113,7 +113,7 @@ def context_map(
         }
         for f, p, row, drow in zip(files, xyz, idx, dist, strict=True)
     ]
-    (out / "context.json").write_text(json.dumps(record, indent=1))
+    atomic_json(out / "context.json", record, indent=1)
     return {"png": png, "html": page, "json": out / "context.json"}
 
 

@@ -3,12 +3,12 @@ Mantel test of ``evaluate/style.py`` written beside the picture."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harmonixr._files import atomic_json
 from harmonixr.evaluate.style import ERAS, composer_table, style_test
 from harmonixr.viz._style import pyplot, save_png
 
@@ -39,7 +39,7 @@ def composer_style(
     result["centroids_from"] = "the run's training pieces (index centroids)"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "style.json").write_text(json.dumps(result, indent=1))
+    atomic_json(out / "style.json", result, indent=1)
     result["picture"] = str(_draw(cent, names, table, result, out / "composers-eras.png"))
     return result
 

@@ -3,14 +3,13 @@ and with ``checkpoints`` the same map for each saved checkpoint of the run, alig
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from harmonixr._files import sha256_file
+from harmonixr._files import atomic_json, sha256_file
 from harmonixr.train.rundir import Run
 from harmonixr.viz import scatter
 from harmonixr.viz._style import MAX_COLOURS, OTHER, OTHER_COLOUR, composer_colours, save_gif
@@ -315,7 +314,7 @@ def checkpoint_maps(
         finally:
             scatter.close(fig)
     written["checkpoints.gif"] = save_gif(images, out / "checkpoints.gif", frame_ms=1500)
-    (out / "checkpoints.json").write_text(json.dumps(stats, indent=1))
+    atomic_json(out / "checkpoints.json", stats, indent=1)
     written["checkpoints.json"] = out / "checkpoints.json"
     written["checkpoints-growth.png"] = growth_chart(stats, out / "checkpoints-growth.png")
     return written
