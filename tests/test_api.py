@@ -95,6 +95,22 @@ def test_embed_many_files_skips_and_reports_bad_ones_with_progress(hx, search_ru
         hx.embed([bad], skip_errors=True)  # nothing left to embed: the one file's error
     fresh = hx.embed(good, workers=1)  # fresh parser processes for this call only
     np.testing.assert_allclose(fresh, got.vectors, atol=1e-5)
+    # an input in memory that cannot be used is skipped and reported the same way
+    wrong = np.zeros((10, 12, 6), np.float32)
+    mixed = hx.embed([wrong, good[0]], skip_errors=True)
+    assert mixed.paths == (str(good[0]),) and mixed.errors[0].path == "<input 0>"
+    with pytest.raises(ValueError, match="uint8"):
+        hx.embed([wrong, good[0]])
+    with pytest.raises(ValueError, match="batch_size"):
+        hx.embed(good, batch_size=0)
+    assert hx.embed([], skip_errors=True).vectors.shape == (0, 32)
+
+
+def test_input_types_resolve_at_run_time():
+    import typing
+
+    hints = typing.get_type_hints(Harmonixr.attribute)
+    assert "Score" in str(hints["x"]) and "torch.Tensor" in str(hints["x"])
 
 
 def test_similar_returns_the_file_itself_first(hx, search_run):

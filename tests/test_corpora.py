@@ -211,3 +211,17 @@ def test_asap_like_groups_never_straddle_a_split(tmp_path):
         # byte-identical performances (Schmitt01 in 18-2 and 18-2_no_repeat) share a side
         schmitt = {n for n, idx in split.items() for i in idx if "Schmitt01" in pieces[i].path}
         assert len(schmitt) == 1
+
+
+def test_hidden_files_are_not_music(tmp_path):
+    from harmonixr._files import temp_path
+    from harmonixr.midi.corpora import music_files
+
+    note = [(0, 480 * 12, 60, 80)]
+    (tmp_path / "Bach").mkdir()
+    kept = write_score(tmp_path / "Bach" / "a.mid", note)
+    # what a killed writer leaves: a temporary name in the same folder, suffix kept
+    write_score(temp_path(tmp_path / "Bach" / "b.mid"), note)
+    (tmp_path / ".trash").mkdir()
+    write_score(tmp_path / ".trash" / "c.mid", note)
+    assert music_files(tmp_path) == [kept]

@@ -23,21 +23,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union, overload
 
 import numpy as np
+import symusic
+import torch
 
 from harmonixr.midi.files import load_files, parser_pool
-from harmonixr.midi.load import MidiError, Tensorized
+from harmonixr.midi.load import UNREADABLE, MidiError, Tensorized
 from harmonixr.model.embed import embed_pieces
 from harmonixr.results import Attribution, Embedded, Match, Passage, Verdict
 from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files
 from harmonixr.train.rundir import Run, pretrained_dir
 
 if TYPE_CHECKING:
-    import symusic
-    import torch
-
     from harmonixr._pool import RobustPool
     from harmonixr.model.encoder import SiaViT
 
@@ -46,7 +45,8 @@ __all__ = ["Attribution", "Embedded", "Harmonixr", "Input", "Match", "Passage", 
 UNKNOWN = "unknown"
 
 # a path (MIDI or score), a uint8 (T, 12, 6) tensor (numpy or torch), or a symusic Score
-Input: TypeAlias = "str | os.PathLike[str] | np.ndarray | torch.Tensor | symusic.Score"
+# (a Union: symusic's Score is a factory that isinstance accepts, not a class ``|`` combines)
+Input: TypeAlias = Union[str, os.PathLike[str], np.ndarray, torch.Tensor, symusic.Score]  # noqa: UP007
 # progress(stage, done, total): stage "parse" counts files read, "embed" pieces embedded
 Progress = Callable[[str, int, int], None]
 
@@ -156,8 +156,6 @@ class Harmonixr:
                     f"got {x.dtype} {tuple(x.shape)}"
                 )
             return x
-        import symusic
-
         if isinstance(x, symusic.Score):
             if str(x.ttype).lower() != "second":  # the length limit is checked in seconds
                 x = x.to("second")
@@ -178,7 +176,7 @@ class Harmonixr:
         :class:`MidiError` (the first in input order), or with ``skip_errors`` leaves ``None``
         and is listed among the errors."""
         out: list[np.ndarray | None] = [None] * len(xs)
-        errors: list[MidiError] = []
+        errors: dict[int, MidiError] = {}
         where = [i for i, x in enumerate(xs) if _is_path(x)]
         loaded: list[Tensorized | MidiError] = []
         if where:
@@ -190,13 +188,22 @@ class Harmonixr:
             if isinstance(got, MidiError):
                 if not skip_errors:
                     raise got
-                errors.append(got)
+                errors[i] = got
             else:
                 out[i] = got.tensor
         for i, x in enumerate(xs):
             if not _is_path(x):
-                out[i] = self._tensor_of(x)
-        return out, errors
+                try:
+                    out[i] = self._tensor_of(x)
+                except MidiError as exc:
+                    if not skip_errors:
+                        raise
+                    errors[i] = exc
+                except ValueError as exc:  # a tensor of the wrong shape or type
+                    if not skip_errors:
+                        raise
+                    errors[i] = MidiError(f"<input {i}>", UNREADABLE, str(exc))
+        return out, [errors[i] for i in sorted(errors)]
 
     # ------------------------------------------------------------ questions
 
@@ -245,7 +252,7 @@ class Harmonixr:
         xs = [x] if single else list(x)
         tensors, errors = self._tensors(xs, workers, progress, skip_errors)
         keep = [i for i, t in enumerate(tensors) if t is not None]
-        if skip_errors and not keep:
+        if skip_errors and errors and not keep:
             if len(errors) == 1:
                 raise errors[0]
             reasons = ", ".join(sorted({e.reason for e in errors}))

@@ -46,7 +46,16 @@ def normalise_title(title: str) -> str:
 
 
 def _midi_files(root: Path, suffixes: tuple[str, ...] = MIDI_SUFFIXES) -> list[Path]:
-    files = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()]
+    """Files with these suffixes under ``root``; hidden ones (a name starting with a dot, in a
+    hidden folder or not) are left out: they are temporary files a writer has not finished
+    (``_files.atomic_write``), or a system's."""
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in suffixes
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
     return sorted(p for p in files if p.suffix.lower() in MIDI_SUFFIXES or looks_like_score(p))
 
 

@@ -42,6 +42,11 @@ class Window:
     valid: int  # frames of music in the window (≤ crop)
 
 
+def default_hop(crop: int) -> int:
+    """Whole-piece embedding's hop: half a crop, so every frame is seen twice."""
+    return max(1, crop // 2)
+
+
 def piece_windows(tensors: Sequence[np.ndarray], crop: int, hop: int) -> list[Window]:
     out = []
     for i, t in enumerate(tensors):
@@ -74,6 +79,8 @@ def embed_windows(
     batch_size: int = 32,
 ) -> np.ndarray:
     """``(len(windows), D)`` float32 L2-normalised embeddings of the given windows."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     encoder.eval()
     device = next(encoder.parameters()).device
     out = np.zeros((len(windows), encoder.config.embed_dim), np.float32)
@@ -106,7 +113,9 @@ def embed_pieces(
     """``(N, D)`` float32 whole-piece embeddings (see the module docstring). ``hop`` defaults
     to half a crop. Pieces go through ``chunk`` at a time, so memory stays bounded and
     ``progress(done, total)`` is called after each chunk."""
-    hop = hop or max(1, crop // 2)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    hop = hop or default_hop(crop)
     out = np.zeros((len(tensors), encoder.config.embed_dim), np.float32)
     step = max(1, chunk)
     for c0 in range(0, len(tensors), step):

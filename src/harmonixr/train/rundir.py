@@ -10,7 +10,8 @@ the untrained encoder and the check that a cache matches the run are each writte
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from harmonixr._files import sha256_file
 from harmonixr.midi.tensorize import TensorConfig
 from harmonixr.model.config import ModelConfig
+from harmonixr.model.embed import default_hop
 from harmonixr.model.io import WEIGHTS, load_encoder
 from harmonixr.train.config import TrainConfig
 
@@ -71,8 +73,15 @@ class Run:
         for key in ("train", "model", "tensor"):
             if key not in stored:
                 raise ValueError(f"{path}: not a run's config (no {key!r} section)")
+        known = {f.name for f in fields(TrainConfig)}
+        newer = sorted(set(stored["train"]) - known)
+        if newer:  # a run from a newer release: what this one does not know cannot matter here
+            warnings.warn(
+                f"{path}: training settings this version does not know, ignored: {newer}",
+                stacklevel=2,
+            )
         try:
-            train = TrainConfig.from_dict(stored["train"])
+            train = TrainConfig.from_dict({k: v for k, v in stored["train"].items() if k in known})
             model = ModelConfig.from_dict(stored["model"])
             tensor = TensorConfig.from_dict(stored["tensor"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -94,7 +103,7 @@ class Run:
     @property
     def hop_frames(self) -> int:
         """The whole-piece embedding's hop: half a crop."""
-        return max(1, self.crop_frames // 2)
+        return default_hop(self.crop_frames)
 
     @property
     def frame_seconds(self) -> float:
@@ -145,10 +154,11 @@ class Run:
         from harmonixr.model.encoder import SiaViT
 
         if initial:
-            torch.manual_seed(self.seed)
-            return SiaViT(self.model).eval().to(device)
+            with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
+                torch.manual_seed(self.seed)
+                return SiaViT(self.model).eval().to(device)
         if checkpoint is None:
-            return load_encoder(self.weights_path, map_location=device)
+            return load_encoder(self.weights_path).to(device)
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         weights = {
             k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")
