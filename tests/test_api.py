@@ -25,7 +25,8 @@ PRETRAINED = Path(harmonixr.__file__).parent / "pretrained"
 
 @pytest.fixture(scope="module")
 def hx(search_run):
-    return Harmonixr.load(search_run)
+    with Harmonixr.load(search_run) as model:  # its parser processes stop with the module
+        yield model
 
 
 def test_import_harmonixr_stays_light():

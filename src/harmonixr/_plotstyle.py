@@ -81,6 +81,3 @@ def composer_colours(composers: Sequence[str], top: int = MAX_COLOURS) -> dict[s
     chosen = [c for c in ranked if c != OTHER][:top]
     return {c: PALETTE[i] for i, c in enumerate(chosen)}
 
-
-def colour_of(composer: str, colours: dict[str, str]) -> str:
-    return colours.get(composer, OTHER_COLOUR)

@@ -101,10 +101,10 @@ def viz_style(
 ) -> None:
     """Do composer centroids follow music history? Rank correlation of centroid distances with
     birth-year and era distances (permutation p-values), and the composers coloured by era."""
-    from harmonixr.api import Harmonixr
+    from harmonixr.train.rundir import pretrained_dir
     from harmonixr.viz.eras import composer_style
 
-    root = Harmonixr.load(run).run.root
+    root = pretrained_dir() if run is None else run
     res = composer_style(
         root / "index", out_dir or (Path(run or ".") / "viz"), min_pieces, permutations
     )

@@ -32,6 +32,7 @@ from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.metrics import (
     RankedPairs,
     centroids,
+    cosine_distance,
     equal_error_rate,
     group_pair_weights,
     roc_auc,
@@ -256,7 +257,7 @@ def _pairs(c: Corpus, test: np.ndarray, emb: np.ndarray) -> dict[str, np.ndarray
     a, b = test[ii], test[jj]
     keep = c.unit[a] != c.unit[b]
     ii, jj, a, b = ii[keep], jj[keep], a[keep], b[keep]
-    sim = np.einsum("nd,nd->n", emb[ii], emb[jj])
+    d = cosine_distance(emb[ii], emb[jj])
     ka, kb = c.kind[a], c.kind[b]
     cat = np.where(
         (ka == "performance") & (kb == "performance"),
@@ -266,7 +267,7 @@ def _pairs(c: Corpus, test: np.ndarray, emb: np.ndarray) -> dict[str, np.ndarray
         ),
     )
     return {
-        "d": 1.0 - sim,
+        "d": d,
         "y": c.composer[a] == c.composer[b],
         "ua": c.unit[a],
         "ub": c.unit[b],

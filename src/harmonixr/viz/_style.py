@@ -18,7 +18,6 @@ from harmonixr._plotstyle import (  # noqa: F401  (the pictures' style, re-expor
     OTHER,
     OTHER_COLOUR,
     PALETTE,
-    colour_of,
     composer_colours,
     figure,
     pyplot,

@@ -10,7 +10,7 @@ import numpy as np
 
 from harmonixr._files import atomic_json
 from harmonixr.evaluate.style import ERAS, composer_table, style_test
-from harmonixr.viz._style import pyplot, save_png
+from harmonixr.viz._style import save_png, subplots
 
 ERA_COLOURS = dict(zip(ERAS, ("#8c564b", "#1f77b4", "#d62728", "#9467bd", "#2ca02c"), strict=True))
 
@@ -49,8 +49,7 @@ def _draw(cent: np.ndarray, names: list[str], table, result: dict[str, Any], pat
     c = c - c.mean(axis=0)
     _, _, vt = np.linalg.svd(c, full_matrices=False)
     xy = c @ vt[:2].T
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9, 7))
+    fig, ax = subplots(figsize=(9, 7))
     for era in ERAS:
         k = [i for i, n in enumerate(names) if table[n].era == era]
         if k:
