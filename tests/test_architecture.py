@@ -37,7 +37,9 @@ LONG = 400
 
 def module_graph(package: Path) -> dict[str, set[str]]:
     """Each module of ``package`` → the package's modules it imports anywhere in its body
-    (function-level and ``TYPE_CHECKING`` imports included)."""
+    (function-level and ``TYPE_CHECKING`` imports included, relative ones resolved). Importing
+    ``a.b.c`` also runs ``a/b/__init__.py``, so the sub-packages on the way count too; the
+    top package itself is ``top`` (what is taken from it is checked apart)."""
     top = package.name
     names = {}
     for f in package.rglob("*.py"):
@@ -50,17 +52,35 @@ def module_graph(package: Path) -> dict[str, set[str]]:
             dotted = dotted.rsplit(".", 1)[0]
         return dotted if dotted in names else ""
 
+    def with_packages(module: str, importer: str) -> set[str]:
+        """``module`` and the packages importing it initialises: those on its path that do
+        not already hold the importer (they were initialised before the importer ran)."""
+        parts, mine = module.split("."), importer.split(".")
+        chain = {".".join(parts[:k]) for k in range(2, len(parts) + 1)} & set(names)
+        return {m for m in chain if m == module or mine[: m.count(".") + 1] != m.split(".")}
+
     graph: dict[str, set[str]] = {}
     for name, f in names.items():
+        is_package = f.name == "__init__.py"
         deps: set[str] = set()
         for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                if node.module.split(".")[0] == top:
-                    deps |= {owner(f"{node.module}.{a.name}") for a in node.names}
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the module's own package upwards
+                    here = name.split(".") if is_package else name.split(".")[:-1]
+                    here = here[: len(here) - (node.level - 1)]
+                    base = ".".join([*here, base] if base else here)
+                if base.split(".")[0] == top:
+                    for a in node.names:
+                        deps |= with_packages(owner(f"{base}.{a.name}") or base, name)
             elif isinstance(node, ast.Import):
-                deps |= {owner(a.name) for a in node.names if a.name.split(".")[0] == top}
+                for a in node.names:
+                    if a.name.split(".")[0] == top:
+                        deps |= with_packages(owner(a.name), name)
         graph[name] = deps - {name, ""}
-    return graph
+    # a package whose __init__ imports nothing costs its importers nothing
+    empty = {m for m, f in names.items() if f.name == "__init__.py" and not graph[m]}
+    return {m: d - (empty - {m}) for m, d in graph.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -98,6 +118,36 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def room(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_the_checker_follows_relative_imports_and_package_inits(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "__init__.py").write_text("from pkg.b import f\n")
+    (pkg / "a" / "x.py").write_text("from ..c import g\nfrom . import y\n")
+    (pkg / "a" / "y.py").write_text("")
+    (pkg / "b.py").write_text("import pkg.a.y\n")
+    (pkg / "c.py").write_text("")
+    graph = module_graph(pkg)
+    assert graph["pkg.a.x"] == {"pkg.c", "pkg.a.y"}  # its own package ran before it
+    assert graph["pkg.b"] == {"pkg.a", "pkg.a.y"}  # importing pkg.a.y runs pkg/a/__init__.py
+    # b imports pkg.a.y, which runs pkg/a/__init__.py, which imports b: a cycle
+    assert cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+def test_modules_take_nothing_from_the_top_package_but_its_version():
+    taken = []
+    for f in SRC.rglob("*.py"):
+        if f.parent == SRC and f.name == "__init__.py":
+            continue
+        text = f.read_text()
+        if "import_module(" in text or "__import__(" in text:
+            taken.append(f"{f.relative_to(SRC)}: imports by name")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "harmonixr":
+                taken += [f"{f.relative_to(SRC)}: {a.name}" for a in node.names]
+    assert all(t.endswith(": __version__") for t in taken), taken
 
 
 def test_the_checker_finds_a_hidden_cycle_and_follows_from_imports(tmp_path):
