@@ -151,8 +151,8 @@ def _snapshot(cache_dir):
     return rows, tensors
 
 
-# preprocess in a child that SIGKILLs itself (no clean-up runs) from the progress callback
-# once exactly ``kill_after`` pieces are done, with a second parse still in flight
+# preprocess in a child that SIGKILLs itself (no clean-up runs) from the progress callback (after
+# a row is committed) once exactly ``kill_after`` pieces are done; a kill inside a write: below
 KILLED_MIDWAY = """
 import os, signal, sys
 sys.path.insert(0, {src!r})
@@ -195,6 +195,63 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert [r[:7] for r in rows_k] == [r[:7] for r in rows_c]
     assert tensors_k == tensors_c
     assert not list(killed.rglob(TEMP_GLOB))
+
+
+# preprocess in a child that SIGKILLs itself in the middle of writing a tensor: once its
+# temporary file is written and synced but not yet renamed, or renamed but its row not yet
+# committed
+KILLED_IN_A_WRITE = """
+import os, signal, sys
+sys.path.insert(0, {src!r})
+import harmonixr._files as files
+from harmonixr.data.cache import preprocess
+
+real, seen = os.replace, []
+
+def replace(src, dst):
+    if "tensors" in str(dst):
+        seen.append(dst)
+        if len(seen) == {kill_at} and {when!r} == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst)
+    if "tensors" in str(dst) and len(seen) == {kill_at} and {when!r} == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+files.os.replace = replace
+preprocess({corpus!r}, {out!r}, workers=1)
+raise SystemExit("preprocess finished: the kill never came")
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_kill_inside_a_tensor_write_loses_only_that_piece(tmp_path, when):
+    import harmonixr
+
+    corpus, killed, n, kill_at = tmp_path / "corpus", tmp_path / "killed", 12, 6
+    _corpus(corpus, n)
+    script = tmp_path / "killed_in_a_write.py"
+    src = str(Path(harmonixr.__file__).parents[1])
+    script.write_text(
+        KILLED_IN_A_WRITE.format(
+            src=src, kill_at=kill_at, when=when, corpus=str(corpus), out=str(killed)
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    rows, _ = _snapshot(killed)
+    assert len(rows) == kill_at - 1  # the piece being written has no row
+    leftovers = list(killed.rglob(TEMP_GLOB))
+    assert len(leftovers) == (1 if when == "before" else 0)
+    again = preprocess(corpus, killed, workers=1)
+    assert (again.already, again.new, again.ok) == (kill_at - 1, n - kill_at + 1, n)
+    assert not list(killed.rglob(TEMP_GLOB))  # the killed writer's temporary file is gone
+    preprocess(corpus, tmp_path / "clean", workers=1)
+    assert _snapshot(killed)[1] == _snapshot(tmp_path / "clean")[1]
+    assert [r[:7] for r in _snapshot(killed)[0]] == [
+        r[:7] for r in _snapshot(tmp_path / "clean")[0]
+    ]
 
 
 def test_safe_load_in_a_child_process(tmp_path):
