@@ -46,7 +46,11 @@ def test_tiny_model_learns_two_composers(cache, tmp_path):
     run = train(_config(cache, tmp_path / "run"))
     info = weights_info(run)
     assert info["metrics"]["val/auc"] > 0.9, info
-    assert composer_gap(run, cache) > composer_gap(run, cache, initial=True) + 0.2
+    # learnt by the optimiser, not by the norm layers' statistics alone: the same run with a
+    # learning rate of 1e-9 (weights unchanged, statistics updated) is the control
+    control = train(_config(cache, tmp_path / "control", lr=1e-9))
+    trained_gap, control_gap = composer_gap(run, cache), composer_gap(control, cache)
+    assert trained_gap > control_gap + 0.5, (trained_gap, control_gap)  # measured 1.92 vs 0.21
     for name in ("config.json", "split.json", "model.safetensors"):
         assert (run / name).is_file()
     # the validation pieces land in TensorBoard's projector with their composers
@@ -112,24 +116,17 @@ def composer_gap(run: Path, cache: Path, initial: bool = False) -> float:
 
 
 def test_supcon_loss_trains(cache, tmp_path):
-    run = train(_config(cache, tmp_path / "run", loss="supcon", max_steps=60, batch_size=8))
+    settings = dict(loss="supcon", max_steps=60, batch_size=8)
+    run = train(_config(cache, tmp_path / "run", **settings))
     with safe_open(str(run / "model.safetensors"), framework="pt") as fh:
         assert "model_config" in fh.metadata()
-    # it learnt: the untrained encoder already ranks these two composers apart (val AUC 1),
-    # so the check is the loss it was trained on, on validation pieces it never saw, against
-    # the untrained encoder's on the same pieces (measured: 1.61 → 0.69 after 60 steps; after
-    # 20 steps the eval-mode embeddings had barely moved, 1.59, though the training batches
-    # were already solved: the norm layers' running statistics lag)
-    from harmonixr.model.losses import supcon_loss
-
-    def loss(initial: bool) -> float:
-        z, composers = validation_embeddings(run, cache, initial)
-        labels = torch.tensor([sorted(set(composers)).index(c) for c in composers])
-        return float(supcon_loss(torch.from_numpy(z), labels, 0.1))
-
-    before, after = loss(initial=True), loss(initial=False)
-    print(f"validation supcon loss: untrained {before:.3f}, trained {after:.3f}")
-    assert after < 0.8 * before, (before, after)
+    # it learnt: the untrained encoder already ranks these two composers apart (val AUC 1), and
+    # training's norm layers update their statistics whatever the optimiser does, so the
+    # control is the same run with a learning rate of 1e-9: measured on validation pieces, the
+    # same-vs-different similarity gap is 1.61 trained against 0.21 for the control
+    control = train(_config(cache, tmp_path / "control", **settings, lr=1e-9))
+    trained_gap, control_gap = composer_gap(run, cache), composer_gap(control, cache)
+    assert trained_gap > control_gap + 0.5, (trained_gap, control_gap)
 
 
 def test_ddp_two_cpu_processes_stay_identical(cache, tmp_path):
