@@ -202,18 +202,40 @@ def test_per_work_keeps_the_best_rendition_of_each_piece(tmp_path):
     assert [it.path for it, _ in few] == ["A0.mid", "B3.mid", "C5.mid"]
 
 
-def test_a_rebuild_removes_what_a_killed_build_left(search_run_copy):
+def test_a_rebuild_cleans_up_after_a_killed_build_and_nothing_else(search_run_copy):
     import os
     import subprocess
     import sys
 
+    from harmonixr.search.index import _build_dir
+
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=-1)
     dead = int(gone.stdout)  # a process that has ended
-    stale = [search_run_copy / f".index.{dead}.tmp", search_run_copy / f"index.tmp-{dead}"]
-    alive = search_run_copy / f".index.{os.getppid()}.tmp"  # a live build's: kept
-    for d in [*stale, alive]:
+    half_built = _build_dir(search_run_copy, "tmp").with_name(
+        _build_dir(search_run_copy, "tmp").name.replace(f".{os.getpid()}.", f".{dead}.")
+    )
+    live = _build_dir(search_run_copy, "tmp").with_name(
+        _build_dir(search_run_copy, "tmp").name.replace(f".{os.getpid()}.", f".{os.getppid()}.")
+    )
+    elsewhere = search_run_copy / f".index.another-host.{dead}.tmp"  # a build on another machine
+    users = search_run_copy / f"index.bak-{dead}"  # a user's folder
+    for d in (half_built, live, elsewhere, users):
         d.mkdir()
         (d / "items.json").write_text("[]")
     build_index(search_run_copy, _cache(search_run_copy))
-    assert not any(d.exists() for d in stale) and alive.is_dir()
-    assert list(search_run_copy.glob(".index.*.tmp")) == [alive]  # its own was swapped in
+    assert not half_built.exists()
+    assert live.is_dir() and elsewhere.is_dir() and users.is_dir()
+    assert (search_run_copy / "index" / "index.json").is_file()
+
+
+def test_an_index_parked_by_a_killed_build_is_put_back(search_run_copy):
+    import subprocess
+    import sys
+
+    from harmonixr.search.index import _host, _recover_builds
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=-1)
+    parked = search_run_copy / f".index.{_host()}.{int(gone.stdout)}.old"
+    (search_run_copy / "index").rename(parked)  # killed after parking the old index
+    _recover_builds(search_run_copy)
+    assert not parked.exists() and Index.load(search_run_copy / "index").items

@@ -52,6 +52,11 @@ def test_not_a_run_is_refused_with_the_reason(search_run, tmp_path):
     (broken / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="no 'model' section"):
         Run.open(broken)
+    for bad in (None, 3, [1]):
+        cfg["model"] = bad
+        (broken / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ValueError, match="not a table"):
+            Run.open(broken)
 
 
 def test_a_run_from_a_newer_release_opens_with_a_warning(search_run, tmp_path):
@@ -62,6 +67,8 @@ def test_a_run_from_a_newer_release_opens_with_a_warning(search_run, tmp_path):
     with pytest.warns(UserWarning, match="a_future_setting"):
         run = Run.open(newer)
     assert run.crop_frames == Run.open(search_run).crop_frames
+    with pytest.raises(ValueError, match="a_future_setting"):  # resuming must keep every setting
+        Run.open(newer, strict=True)
 
 
 def test_tensors_made_otherwise_are_refused(search_run):

@@ -87,6 +87,12 @@ def test_resume_continues_step_and_optimizer_state(cache, tmp_path):
     torch.testing.assert_close(probe.exp_avg, saved["optimizer_states"][0]["state"][0]["exp_avg"])
     final = torch.load(last_checkpoint(out / "checkpoints"), weights_only=True)
     assert final["global_step"] == 40
+    # a setting the run recorded but this version does not know is never dropped by a resume
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["train"]["a_future_setting"] = 1
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="a_future_setting"):
+        train(_config(cache, out, max_steps=50, val_pairs=50), resume=True)
 
 
 def validation_embeddings(run: Path, cache: Path, initial: bool = False):

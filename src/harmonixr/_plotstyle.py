@@ -80,4 +80,3 @@ def composer_colours(composers: Sequence[str], top: int = MAX_COLOURS) -> dict[s
     ranked = sorted(counts, key=lambda c: (-counts[c], c))
     chosen = [c for c in ranked if c != OTHER][:top]
     return {c: PALETTE[i] for i, c in enumerate(chosen)}
-

@@ -75,7 +75,7 @@ def train(
         "num_workers": workers,
         "seed": seed,
     }
-    stored = Run.open(run).train if resume else None
+    stored = Run.open(run, strict=True).train if resume else None
     cfg = merged_settings(data, run, stored=stored, toml=given, flags=flags)
     run_dir = run_training(cfg, model_overrides=model, resume=resume)
     out.print(f"run: {run_dir}  (tensorboard --logdir {run_dir / 'tb'})")

@@ -26,6 +26,7 @@ import numpy as np
 
 from harmonixr._files import atomic_json, atomic_write
 from harmonixr.data.cache import CachedPiece, TensorCache, _sha_of
+from harmonixr.data.pairs import centre_crop
 from harmonixr.data.splits import check_manifest, fold_split, read_manifest, split_manifest
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.bootstrap import bootstrap_interval
@@ -220,8 +221,9 @@ def embed_fold(
 
 
 def _centre(t: np.ndarray, crop: int) -> np.ndarray:
-    start = max(0, (t.shape[0] - crop) // 2)
-    return t[start : start + crop]
+    """The piece's centre crop without padding (``data.pairs.centre_crop``, cut to its music)."""
+    window, n = centre_crop(t, crop)
+    return window[:n]
 
 
 # ---------------------------------------------------------------- pooled evaluation

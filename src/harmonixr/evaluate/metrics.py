@@ -32,8 +32,13 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise ``1 − a·b``: the distance between two embeddings everywhere in the project. For
     L2-normalised rows (every embedding the model makes) it is 1 − cosine similarity, in [0, 2];
     other rows (the baselines' histograms and probabilities) are compared by the same rule."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return 1.0 - np.einsum("nd,nd->n", a, b)
+    a, b = np.asarray(a), np.asarray(b)
+    out = np.empty(len(a), np.float64)
+    step = 1 << 16  # rows at a time in float64, so that millions of pairs cost no copy of them
+    for s in range(0, len(a), step):
+        pa, pb = a[s : s + step].astype(np.float64), b[s : s + step].astype(np.float64)
+        out[s : s + step] = 1.0 - np.einsum("nd,nd->n", pa, pb)
+    return out
 
 
 def accuracy_at(d: np.ndarray, y: np.ndarray, threshold: float) -> float:

@@ -42,7 +42,7 @@ def load_encoder(run_or_file: str | Path, map_location: str | torch.device = "cp
         raise ValueError(f"{path}: no model_config in the file's metadata")
     encoder = SiaViT(ModelConfig.from_dict(json.loads(meta["model_config"])))
     encoder.load_state_dict(load_file(str(path), device=str(map_location)))
-    return encoder.eval()
+    return encoder.eval().to(map_location)
 
 
 def weights_info(path: str | Path) -> dict[str, Any]:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -368,14 +370,14 @@ def build_index(
         "train_pieces": dict(Counter(rows[i].composer for i in train)),
     }
     final = run_dir / INDEX_DIR
-    _remove_stale_builds(run_dir)
-    tmp = run_dir / f".{INDEX_DIR}.{os.getpid()}.tmp"
+    _recover_builds(run_dir)
+    tmp = _build_dir(run_dir, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     vectors = _store_for(store, kind, run.dim, sha)
     index = Index(tmp, [], vectors, centroids, known, calibration, manifest)
     index.add(emb, items)
     index.save()
-    old = run_dir / f".{INDEX_DIR}.{os.getpid()}.old"
+    old = _build_dir(run_dir, "old")
     if final.exists():
         final.rename(old)
     tmp.rename(final)
@@ -384,20 +386,39 @@ def build_index(
     return index
 
 
-def _remove_stale_builds(run_dir: Path) -> None:
-    """Folders a killed ``build_index`` left (``.index.PID.tmp`` / ``.old``, and the
-    ``index.tmp-PID`` / ``index.old-PID`` of earlier versions) whose process is gone: a build
-    is swapped in whole, so they are never read."""
-    for path in [*run_dir.glob(f".{INDEX_DIR}.*.*"), *run_dir.glob(f"{INDEX_DIR}.*-*")]:
-        pid = path.name.split(".")[2] if path.name.startswith(".") else path.name.rsplit("-", 1)[1]
-        if not pid.isdigit():
+_BUILD = re.compile(r"^\.index\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.(?P<kind>tmp|old)$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _build_dir(run_dir: Path, kind: str) -> Path:
+    """Where this process builds an index (``tmp``) or parks the one it replaces (``old``)."""
+    return run_dir / f".{INDEX_DIR}.{_host()}.{os.getpid()}.{kind}"
+
+
+def _recover_builds(run_dir: Path) -> None:
+    """Folders a killed ``build_index`` on this machine left: a half-built ``.tmp`` is removed;
+    an ``.old`` is the previous index, put back when the kill came before the new one was in
+    place, else removed. Only names this module makes, only from processes of this host that
+    are gone (a build on another machine sharing the folder is left alone)."""
+    for path in sorted(run_dir.iterdir()):
+        m = _BUILD.match(path.name)
+        if m is None or m["host"] != _host() or not path.is_dir():
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(int(m["pid"]), 0)
+            continue  # a live build
         except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:  # someone else's live process
             pass
+        except PermissionError:  # someone else's live process
+            continue
+        final = run_dir / INDEX_DIR
+        if m["kind"] == "old" and not final.exists():
+            path.rename(final)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ adding files

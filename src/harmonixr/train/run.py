@@ -297,7 +297,7 @@ def train(
         if last is None:
             raise ValueError(f"{run_dir}: nothing to resume (no checkpoints)")
         try:
-            recorded_run = Run.open(run_dir)
+            recorded_run = Run.open(run_dir, strict=True)
         except ValueError as exc:
             raise ValueError(f"{run_dir}: cannot be resumed: {exc}") from None
         model_config, recorded = recorded_run.model, recorded_run.train

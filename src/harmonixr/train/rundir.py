@@ -58,8 +58,10 @@ class Run:
     composers: tuple[str, ...]  # every composer of the corpus the run trained on
 
     @classmethod
-    def open(cls, root: str | Path) -> Run:
-        """Read ``root/config.json``; a clear ``ValueError`` when it is not a run."""
+    def open(cls, root: str | Path, *, strict: bool = False) -> Run:
+        """Read ``root/config.json``; a clear ``ValueError`` when it is not a run. Training
+        settings this version does not know (a run of a newer release) are ignored with a
+        warning, or refused with ``strict`` (resuming a run must keep every setting)."""
         root = Path(root)
         path = root / CONFIG
         if not path.is_file():
@@ -73,8 +75,12 @@ class Run:
         for key in ("train", "model", "tensor"):
             if key not in stored:
                 raise ValueError(f"{path}: not a run's config (no {key!r} section)")
+            if not isinstance(stored[key], dict):
+                raise ValueError(f"{path}: not a run's config ({key!r} is not a table)")
         known = {f.name for f in fields(TrainConfig)}
         newer = sorted(set(stored["train"]) - known)
+        if newer and strict:
+            raise ValueError(f"{path}: training settings this version does not know: {newer}")
         if newer:  # a run from a newer release: what this one does not know cannot matter here
             warnings.warn(
                 f"{path}: training settings this version does not know, ignored: {newer}",
