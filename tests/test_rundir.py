@@ -76,3 +76,33 @@ def test_tensors_made_otherwise_are_refused(search_run):
     run.check_tensors(run.tensor, "cache")
     with pytest.raises(ValueError, match="trained on"):
         run.check_tensors(TensorConfig(binary=not run.tensor.binary), "cache")
+
+
+def test_the_split_is_read_and_checked_through_the_run(search_run, tmp_path):
+    from harmonixr.data.cache import TensorCache
+    from harmonixr.data.splits import side_groups, split_manifest
+
+    run = Run.open(search_run)
+    with TensorCache(search_run.parent / "cache") as cache:
+        rows = cache.pieces()
+    split = run.split(rows)
+    run.check_split(split, rows)  # the cache still gives the recorded split
+    assert run.split_info()["mode"] == "group" and "train" not in run.split_info()
+    moved = {**split, "train": split["train"][1:], "test": [*split["test"], split["train"][0]]}
+    with pytest.raises(ValueError, match="split"):
+        run.check_split(moved, rows)
+    # a training run records paths; a cross-validation fold (and the shipped model) a manifest
+    with pytest.raises(ValueError, match="no groups recorded"):
+        side_groups(run.split_path, "test")
+    manifest = split_manifest(rows, split, mode="group")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    groups = side_groups(tmp_path / "manifest.json", "test")
+    assert groups == {rows[i].group for i in split["test"]}
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"train": manifest["train"]}))
+    with pytest.raises(ValueError, match="no val, test side"):
+        side_groups(partial, "test")
+    no_split = shutil.copytree(search_run, tmp_path / "no-split")
+    (no_split / "split.json").unlink()
+    with pytest.raises(ValueError, match="no split.json"):
+        Run.open(no_split).split(rows)

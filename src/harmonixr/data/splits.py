@@ -118,7 +118,7 @@ def save_split(
 
 def load_split(path: str | Path, pieces: Sequence[Labelled]) -> dict[str, list[int]]:
     """Indices of ``pieces`` per side from a saved ``split.json`` (matched by path)."""
-    data = json.loads(Path(path).read_text())
+    data = read_split(path)
     index = {p.path: i for i, p in enumerate(pieces)}
     out = {}
     for s in SIDES:
@@ -218,22 +218,23 @@ def split_manifest(
     }
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """A saved ``split.json``, checked to be one."""
+def read_split(path: str | Path) -> dict[str, Any]:
+    """A saved ``split.json`` (its header and every side), checked to be one."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a readable split.json ({exc})") from None
-    if not isinstance(data, dict) or not any(s in data for s in SIDES):
-        raise ValueError(f"{path}: not a split.json (no {', '.join(SIDES)} sides)")
+    missing = [s for s in SIDES if not isinstance(data, dict) or not isinstance(data.get(s), list)]
+    if missing:
+        raise ValueError(f"{path}: not a split.json (no {', '.join(missing)} side)")
     return data
 
 
 def side_groups(path: str | Path, side: str = "test") -> set[str]:
     """The groups (units) of one side of a split manifest; refused for an old split.json that
     recorded paths only."""
-    entries = read_manifest(path).get(side, [])
+    entries = read_split(path)[side]
     groups = {e["group"] for e in entries if isinstance(e, dict) and e.get("group")}
     if entries and not groups:
         raise ValueError(f"{path}: no groups recorded (an old split.json)")
@@ -242,15 +243,20 @@ def side_groups(path: str | Path, side: str = "test") -> set[str]:
 
 def check_manifest(manifest: dict[str, Any], split: dict[str, list[int]], pieces, where: str):
     """Refuse when the cache no longer gives the recorded split: a piece changed content, unit
-    or side, or pieces appeared or vanished."""
-    recorded = {
-        e["path"]: (s, e.get("sha256"), e.get("group")) for s in SIDES for e in manifest.get(s, [])
-    }
-    now = {
-        pieces[i].path: (s, getattr(pieces[i], "sha256", None), pieces[i].group)
-        for s in SIDES
-        for i in split[s]
-    }
+    or side, or pieces appeared or vanished. A split that recorded paths only (a training run's)
+    is checked on paths and sides."""
+
+    def entry(e: Any, side: str) -> tuple[str, tuple[Any, ...]]:
+        if isinstance(e, dict):
+            return e["path"], (side, e.get("sha256"), e.get("group"))
+        return e, (side,)
+
+    recorded = dict(entry(e, s) for s in SIDES for e in manifest.get(s, []))
+    now = {}
+    for s in SIDES:
+        for i in split[s]:
+            full = (s, getattr(pieces[i], "sha256", None), pieces[i].group)
+            now[pieces[i].path] = full[: len(recorded.get(pieces[i].path, full))]
     changed = [p for p in recorded if p in now and recorded[p] != now[p]]
     gone = [p for p in recorded if p not in now]
     new = [p for p in now if p not in recorded]

@@ -27,7 +27,7 @@ import numpy as np
 from harmonixr._files import atomic_json, atomic_write
 from harmonixr.data.cache import CachedPiece, TensorCache, _sha_of
 from harmonixr.data.pairs import centre_crop
-from harmonixr.data.splits import check_manifest, fold_split, read_manifest, split_manifest
+from harmonixr.data.splits import check_manifest, fold_split, read_split, split_manifest
 from harmonixr.evaluate.baselines import LR_CS, TRANSFORMS, fit_lr, histogram_table, normalise_rows
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.metrics import (
@@ -121,7 +121,7 @@ def run_folds(
         manifest = split_manifest(rows, split, **info)
         d.mkdir(parents=True, exist_ok=True)
         if (d / "split.json").is_file():
-            check_manifest(read_manifest(d / "split.json"), split, rows, str(d))
+            check_manifest(read_split(d / "split.json"), split, rows, str(d))
         else:
             atomic_json(d / "split.json", manifest, indent=1)
         # finished = timed after train() returned (export="best" writes weights mid-training)
@@ -545,7 +545,7 @@ def load_folds(
         if not (d / EMB_FILE).is_file():
             raise ValueError(f"{d}: fold {k} is not finished; rerun the same command to resume")
         split = fold_sides(rows, plan, k)
-        check_manifest(read_manifest(d / "split.json"), split, rows, str(d))
+        check_manifest(read_split(d / "split.json"), split, rows, str(d))
         z = np.load(d / EMB_FILE)
         idx = {s: np.asarray(split[s], np.int64) for s in split}
         emb = {}

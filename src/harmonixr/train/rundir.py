@@ -185,23 +185,28 @@ class Run:
                 f"trained on {self.tensor}"
             )
 
-    def split(self, rows: list[CachedPiece]) -> dict[str, list[int]]:
-        """Row indices of each side of the run's split (``split.json``, checked on read)."""
-        from harmonixr.data.splits import load_split
+    def split_manifest(self) -> dict[str, Any]:
+        """``split.json``: its header (mode, seed, fractions, cache) and each side's pieces."""
+        from harmonixr.data.splits import read_split
 
         if not self.split_path.is_file():
             raise ValueError(f"{self.root}: not a run directory (no {SPLIT})")
+        return read_split(self.split_path)
+
+    def split(self, rows: list[CachedPiece]) -> dict[str, list[int]]:
+        """Row indices of each side of the run's split, matched by path."""
+        from harmonixr.data.splits import load_split
+
+        self.split_manifest()  # a clear error when there is none
         return load_split(self.split_path, rows)
 
     def check_split(self, split: dict[str, list[int]], rows: list[CachedPiece]) -> None:
-        """Refuse when the cache no longer gives the split the run was trained on."""
-        from harmonixr.data.splits import check_manifest, read_manifest
+        """Refuse when the cache no longer gives the split the run was trained on (a piece
+        changed content, unit or side, or appeared or vanished)."""
+        from harmonixr.data.splits import check_manifest
 
-        check_manifest(read_manifest(self.split_path), split, rows, str(self.root))
+        check_manifest(self.split_manifest(), split, rows, str(self.root))
 
     def split_info(self) -> dict[str, Any]:
-        """``split.json``'s header (mode, seed, fractions, cache) without its pieces."""
-        if not self.split_path.is_file():
-            raise ValueError(f"{self.root}: not a run directory (no {SPLIT})")
-        stored = json.loads(self.split_path.read_text())
-        return {k: v for k, v in stored.items() if not isinstance(v, list)}
+        """``split.json``'s header without its pieces."""
+        return {k: v for k, v in self.split_manifest().items() if not isinstance(v, list)}
