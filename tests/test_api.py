@@ -220,6 +220,14 @@ def test_an_index_built_with_other_weights_is_refused(search_run_copy):
     save_file(state, str(weights), metadata=meta)
     with pytest.raises(ValueError, match="other weights"):
         Harmonixr.load(search_run_copy)
+    # every reader of RUN/index checks the same way: the held-out measurement, the style test
+    from harmonixr.search.measure import measure_index
+    from harmonixr.viz.eras import composer_style
+
+    with pytest.raises(ValueError, match="other weights"):
+        measure_index(search_run_copy, search_run_copy.parent / "cache", music21_dir=None)
+    with pytest.raises(ValueError, match="other weights"):
+        composer_style(search_run_copy / "index", search_run_copy / "viz")
 
 
 @pytest.mark.skipif((PRETRAINED / WEIGHTS).is_file(), reason="a shipped model is present")

@@ -33,7 +33,7 @@ from harmonixr.midi.files import load_files, parser_pool
 from harmonixr.midi.load import UNREADABLE, MidiError, Tensorized
 from harmonixr.model.embed import embed_pieces
 from harmonixr.results import Attribution, Embedded, Match, Passage, Verdict
-from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files
+from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files, check_index
 from harmonixr.train.rundir import Run, pretrained_dir
 
 if TYPE_CHECKING:
@@ -116,11 +116,7 @@ class Harmonixr:
         index = None
         if (root / INDEX_DIR / "index.json").is_file():
             index = Index.load(root / INDEX_DIR)
-            if index.manifest.get("model_sha256") != opened.weights_sha256():
-                raise ValueError(
-                    f"{root / INDEX_DIR}: built with other weights than {root}/model.safetensors;"
-                    f" rebuild it (harmonixr index build {root})"
-                )
+            check_index(index, opened)
         return cls(opened, encoder, index, shipped=run is None)
 
     @property

@@ -386,6 +386,16 @@ def build_index(
     return index
 
 
+def check_index(index: Index, run: Run) -> None:
+    """Refuse an index built with other weights than the run holds now: its vectors,
+    centroids and calibration belong to another model."""
+    if index.manifest.get("model_sha256") != run.weights_sha256():
+        raise ValueError(
+            f"{index.root}: built with other weights than {run.weights_path}; rebuild it "
+            f"(harmonixr index build {run.root})"
+        )
+
+
 _BUILD = re.compile(r"^\.index\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.(?P<kind>tmp|old)$")
 
 

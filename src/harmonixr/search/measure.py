@@ -37,7 +37,7 @@ from harmonixr.evaluate.metrics import expected_calibration_error
 from harmonixr.evaluate.openset import _fmt, open_set_figures
 from harmonixr.midi.files import load_files
 from harmonixr.model.embed import embed_pieces
-from harmonixr.search.index import INDEX_DIR, Index
+from harmonixr.search.index import INDEX_DIR, Index, check_index
 from harmonixr.train.rundir import Run
 
 Progress = Callable[[str], None]
@@ -90,6 +90,7 @@ def measure_index(
     run = Run.open(run_dir)
     encoder = run.encoder()
     index = Index.load(run_dir / INDEX_DIR)
+    check_index(index, run)
     cal = index.calibration
     if not cal.composers:
         raise ValueError(f"{run_dir}: the index names no composer; nothing to measure")

@@ -25,9 +25,12 @@ def composer_style(
     """Centroids of the index (from its run's training pieces) of composers with at least
     ``min_pieces`` training pieces and a row in the composer table → ``style.json`` and
     ``composers-eras.png`` in ``out_dir``."""
-    from harmonixr.search.index import Index
+    from harmonixr.search.index import Index, check_index
+    from harmonixr.train.rundir import CONFIG, Run
 
     index = Index.load(index_dir)
+    if (Path(index_dir).parent / CONFIG).is_file():  # RUN/index: it must be the run's weights'
+        check_index(index, Run.open(Path(index_dir).parent))
     train = index.manifest.get("train_pieces", {})
     table = composer_table()
     names = [n for n in index.known if train.get(n, 0) >= min_pieces and n in table]
