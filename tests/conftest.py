@@ -43,3 +43,26 @@ def search_run(tmp_path_factory):
 @pytest.fixture
 def search_run_copy(search_run, tmp_path):
     return shutil.copytree(search_run, tmp_path / "run")
+
+
+@pytest.fixture(autouse=True)
+def close_models(request, monkeypatch):
+    """Every ``Harmonixr`` a test loads (module-scoped fixtures close their own) has its parser
+    processes stopped when the test ends, so none waits for the garbage collector."""
+    if "harmonixr.api" not in sys.modules:  # the test never loaded the API: nothing to close
+        yield
+        return
+    from harmonixr.api import Harmonixr
+
+    opened = []
+    load = Harmonixr.load.__func__
+
+    def tracked(cls, *args, **kwargs):
+        hx = load(cls, *args, **kwargs)
+        opened.append(hx)
+        return hx
+
+    monkeypatch.setattr(Harmonixr, "load", classmethod(tracked))
+    yield
+    for hx in opened:
+        hx.close()

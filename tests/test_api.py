@@ -100,6 +100,10 @@ def test_embed_many_files_skips_and_reports_bad_ones_with_progress(hx, search_ru
     wrong = np.zeros((10, 12, 6), np.float32)
     mixed = hx.embed([wrong, good[0]], skip_errors=True)
     assert mixed.paths == (str(good[0]),) and mixed.errors[0].path == "<input 0>"
+    odd = hx.embed([good[0], 42], skip_errors=True)  # not an input at all: skipped too
+    assert odd.paths == (str(good[0]),) and odd.errors[0].path == "<input 1>"
+    with pytest.raises(TypeError):
+        hx.embed([good[0], 42])
     with pytest.raises(ValueError, match="uint8"):
         hx.embed([wrong, good[0]])
     with pytest.raises(ValueError, match="batch_size"):

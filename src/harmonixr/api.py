@@ -191,14 +191,12 @@ class Harmonixr:
             if not _is_path(x):
                 try:
                     out[i] = self._tensor_of(x)
-                except MidiError as exc:
+                except (ValueError, TypeError) as exc:  # a MidiError, or the wrong kind of input
                     if not skip_errors:
                         raise
-                    errors[i] = exc
-                except ValueError as exc:  # a tensor of the wrong shape or type
-                    if not skip_errors:
-                        raise
-                    errors[i] = MidiError(f"<input {i}>", UNREADABLE, str(exc))
+                    reason = exc.reason if isinstance(exc, MidiError) else UNREADABLE
+                    detail = exc.detail if isinstance(exc, MidiError) else str(exc)
+                    errors[i] = MidiError(f"<input {i}>", reason, detail)
         return out, [errors[i] for i in sorted(errors)]
 
     # ------------------------------------------------------------ questions
@@ -244,6 +242,8 @@ class Harmonixr:
         the bad files are skipped and reported, and the answer is an :class:`Embedded` (the
         inputs embedded, their ``(n, D)`` vectors, the errors); if none could be used it raises
         (the file's own error when there was one)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         single = not isinstance(x, list | tuple)
         xs = [x] if single else list(x)
         tensors, errors = self._tensors(xs, workers, progress, skip_errors)

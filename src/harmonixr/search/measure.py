@@ -14,7 +14,6 @@ model on other encoders' strangers); here every figure comes from pieces none of
 The result is written beside the index's fitted-on figures (``calibration.json`` →
 ``report.held_out``), so ``harmonixr index info`` prints both.
 
-
 One module, over 400 lines: the held-out measurement is one protocol (test side, music21's
 strangers, verify, timeline) whose figures are stored together beside the fitted-on ones."""
 

@@ -6,7 +6,6 @@ when a file is final, which is what makes ``--resume`` safe; ``rundir.Run`` read
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -251,16 +250,8 @@ class DDPSyncCheck(L.Callback):
         gathered = module.all_gather(vec.float())  # (world, n)
         if trainer.is_global_zero:
             diff = float((gathered - gathered[0]).abs().max())
-            (self.run_dir / "ddp_sync.json").write_text(
-                json.dumps(
-                    {
-                        "world_size": trainer.world_size,
-                        "max_abs_diff": diff,
-                        "step": trainer.global_step,
-                    },
-                    indent=1,
-                )
-            )
+            record = {"world_size": trainer.world_size, "max_abs_diff": diff}
+            atomic_json(self.run_dir / "ddp_sync.json", {**record, "step": trainer.global_step})
 
 
 def make_val_data(pieces: PieceSet, config: TrainConfig) -> ValData | None:
