@@ -184,6 +184,20 @@ def test_timeline_windows_cover_the_piece_and_name_its_composer(hx, search_run):
         hx.timeline(path, window=30, hop=0.05)  # would push 600× the piece through the model
 
 
+@pytest.mark.parametrize("window, hop", [(10, 10), (10, 5), (12, 6)])
+def test_timeline_and_embedding_together_equal_each_alone(hx, search_run, window, hop):
+    # the run's crop is 10 s: there the two share the model's work; elsewhere they cannot
+    path = split_paths(search_run, "test")[0]
+    passages, z = hx.timeline_and_embedding(path, window=window, hop=hop)
+    alone = hx.timeline(path, window=window, hop=hop)
+    assert [(p.start_s, p.end_s) for p in passages] == [(p.start_s, p.end_s) for p in alone]
+    for p, q in zip(passages, alone, strict=True):
+        assert p.unknown == pytest.approx(q.unknown, abs=1e-5)
+        for c in p.probabilities:
+            assert p.probabilities[c] == pytest.approx(q.probabilities[c], abs=1e-5)
+    np.testing.assert_allclose(z, hx.embed(path), atol=1e-5)
+
+
 def test_records_are_frozen_and_serialise(hx, search_run):
     path = split_paths(search_run, "test")[0]
     records = [

@@ -31,7 +31,7 @@ import torch
 
 from harmonixr.midi.files import load_files, parser_pool
 from harmonixr.midi.load import UNREADABLE, MidiError, Tensorized
-from harmonixr.model.embed import embed_pieces
+from harmonixr.model.embed import Window, embed_pieces, embed_windows, piece_windows, pool_windows
 from harmonixr.results import Attribution, Embedded, Match, Passage, Verdict
 from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files, check_index
 from harmonixr.train.rundir import Run, pretrained_dir
@@ -350,8 +350,31 @@ class Harmonixr:
         """Composer probabilities of windows of ``window`` seconds every ``hop`` seconds (the
         last window ends at the piece's end). The calibration is the whole-piece one, so a
         short window's probabilities are indicative rather than calibrated."""
-        from harmonixr.model.embed import embed_windows, piece_windows
+        tensor, crop, step = self._timeline_input(x, window, hop)
+        windows = piece_windows([tensor], crop, step)
+        return self._passages(embed_windows(self.encoder, [tensor], windows, crop), windows)
 
+    def timeline_and_embedding(
+        self, x: Input, window: float = 30.0, hop: float = 10.0
+    ) -> tuple[list[Passage], np.ndarray]:
+        """:meth:`timeline` and :meth:`embed` of one input, the model run once on each window
+        they share: when ``window`` is the run's crop, every timeline window is also one of
+        the whole-piece embedding's (both lists end at the piece's end)."""
+        tensor, crop, step = self._timeline_input(x, window, hop)
+        windows = piece_windows([tensor], crop, step)
+        if crop != self.run.crop_frames:
+            z = embed_windows(self.encoder, [tensor], windows, crop)
+            return self._passages(z, windows), self.embed(tensor)
+        whole = piece_windows([tensor], crop, self.run.hop_frames)
+        by_start = {w.start: w for w in [*whole, *windows]}
+        starts = sorted(by_start)
+        z = embed_windows(self.encoder, [tensor], [by_start[s] for s in starts], crop)
+        row = {s: i for i, s in enumerate(starts)}
+        piece = pool_windows(z[[row[w.start] for w in whole]], whole, 1)[0]
+        return self._passages(z[[row[w.start] for w in windows]], windows), piece
+
+    def _timeline_input(self, x: Input, window: float, hop: float) -> tuple[np.ndarray, int, int]:
+        """The input's tensor and the timeline's window and hop in frames, both checked."""
         if not (MIN_WINDOW_S <= window <= MAX_WINDOW_S):
             raise ValueError(
                 f"window must be {MIN_WINDOW_S:g}–{MAX_WINDOW_S:g} s (what the model can judge), "
@@ -363,12 +386,13 @@ class Harmonixr:
                 f"hop must be between window/{MAX_OVERLAP} and window ({window / MAX_OVERLAP:g}–"
                 f"{window:g} s), got {hop}"
             )
-        index = self._index()
+        self._index()
         (tensor,), _ = self._tensors([x])
         fs = self.run.frame_seconds
-        crop, step = max(1, round(window / fs)), max(1, round(hop / fs))
-        windows = piece_windows([tensor], crop, step)
-        z = embed_windows(self.encoder, [tensor], windows, crop)
+        return tensor, max(1, round(window / fs)), max(1, round(hop / fs))
+
+    def _passages(self, z: np.ndarray, windows: Sequence[Window]) -> list[Passage]:
+        index, fs = self._index(), self.run.frame_seconds
         sims = index.named_similarities(index.composer_similarities(z))
         probs, unknown = index.calibration.composer_probabilities(z, sims)
         return [

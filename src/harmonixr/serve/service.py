@@ -325,6 +325,14 @@ class Service:
         return self.hx.embed(tensor)
 
     def timeline(self, tensor: np.ndarray, window: float, hop: float) -> list[dict[str, Any]]:
+        passages, _ = self._timeline(tensor, window, hop, self.hx.timeline)
+        return passages
+
+    def _timeline(
+        self, tensor: np.ndarray, window: float, hop: float, ask: Callable[..., Any]
+    ) -> tuple[list[dict[str, Any]], Any]:
+        """``ask(tensor, window=, hop=)`` (the API's timeline, or timeline and embedding) once
+        the number of windows is within the limit; its passages as dicts and the rest."""
         seconds = tensor.shape[0] * self.hx.run.frame_seconds
         n = max(0.0, seconds - window) / hop + 1
         if n > self.limits.max_windows:
@@ -335,10 +343,11 @@ class Service:
                 f"than the {self.limits.max_windows} allowed; choose a longer hop",
             )
         try:
-            passages = self.hx.timeline(tensor, window=window, hop=hop)
+            got = ask(tensor, window=window, hop=hop)
         except ValueError as exc:  # the API's bounds on window and hop, said as they are
             raise UploadError(422, "bad_window", str(exc)) from None
-        return [p.to_dict() for p in passages]
+        passages, rest = got if isinstance(got, tuple) else (got, None)
+        return [p.to_dict() for p in passages], rest
 
     def roll(self, tensor: np.ndarray) -> dict[str, Any]:
         cfg = self.hx.run.tensor
@@ -375,8 +384,8 @@ class Service:
         self, tensor: np.ndarray, name: str, k: int, n: int, window: float, hop: float
     ) -> dict[str, Any]:
         """Everything the page shows for one file: one parse, one whole-piece embedding."""
-        timeline = self.timeline(tensor, window, hop)
-        z = self.embed(tensor)
+        # the page's 30 s windows are the model's crops: they are embedded once for both
+        timeline, z = self._timeline(tensor, window, hop, self.hx.timeline_and_embedding)
         return {
             "file": name,
             "seconds": round(tensor.shape[0] * self.hx.run.frame_seconds, 3),
