@@ -31,7 +31,7 @@ import torch
 
 from harmonixr.midi.files import load_files, parser_pool
 from harmonixr.midi.load import UNREADABLE, MidiError, Tensorized
-from harmonixr.model.embed import Window, embed_pieces, embed_windows, piece_windows, pool_windows
+from harmonixr.model.embed import Window, embed_windows, piece_windows, pool_windows
 from harmonixr.results import Attribution, Embedded, Match, Passage, Verdict
 from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files, check_index
 from harmonixr.train.rundir import Run, pretrained_dir
@@ -254,15 +254,8 @@ class Harmonixr:
             reasons = ", ".join(sorted({e.reason for e in errors}))
             raise ValueError(f"none of the {len(errors)} files could be embedded ({reasons})")
         embedded = (lambda i, n: progress("embed", i, n)) if progress else None
-        z = embed_pieces(
-            self.encoder,
-            [tensors[i] for i in keep],  # type: ignore[misc]
-            self.run.crop_frames,
-            self.run.hop_frames,
-            batch_size,
-            progress=embedded,
-            chunk=16,
-        )
+        kept = [tensors[i] for i in keep]
+        z = self.run.embed(kept, self.encoder, batch_size=batch_size, progress=embedded, chunk=16)
         if skip_errors:
             names = tuple(os.fspath(xs[i]) if _is_path(xs[i]) else f"<input {i}>" for i in keep)
             return Embedded(names, z, tuple(errors))

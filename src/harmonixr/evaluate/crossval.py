@@ -195,7 +195,6 @@ def embed_fold(
     the default half-crop hop, as ``Harmonixr.embed`` does). Training pieces only serve the
     composer centroids of attribution, so each gives its centre crop; with an
     ``unseen-composer`` split there is no attribution and they are not embedded."""
-    from harmonixr.model.embed import embed_pieces
     from harmonixr.train.rundir import Run
 
     run = Run.open(d)
@@ -208,7 +207,7 @@ def embed_fold(
             tensors = [cache.load(rows[i]) for i in idx]
             if side == "train":
                 tensors = [_centre(t, crop) for t in tensors]
-            parts[side] = embed_pieces(encoder, tensors, crop, run.hop_frames)
+            parts[side] = run.embed(tensors, encoder)
     arrays = {
         **{f"emb_{s}": parts[s] for s in parts},
         **{

@@ -52,7 +52,6 @@ Progress = Callable[[str], None]
 def embed_training_sides(out: str | Path, progress: Progress | None = None) -> list[Path]:
     """Embed each fold's training pieces whole with the fold's encoder into
     ``fold-k/train-embeddings.npz`` (skipped when present: a killed job resumes)."""
-    from harmonixr.model.embed import embed_pieces
     from harmonixr.train.rundir import Run
 
     out = Path(out)
@@ -75,7 +74,7 @@ def embed_training_sides(out: str | Path, progress: Progress | None = None) -> l
             if progress:
                 progress(f"fold {k}: embedding {len(idx)} training pieces")
             tensors = [cache.load(rows[i]) for i in idx]
-            emb = embed_pieces(run.encoder(), tensors, run.crop_frames, run.hop_frames)
+            emb = run.embed(tensors)
             paths = np.array([rows[i].path for i in idx], dtype=str)
             atomic_write(path, partial(np.savez, emb=emb, path=paths))
     return written

@@ -88,7 +88,6 @@ def evaluate_run(
     """Evaluate a run on its ``split`` side (``test``; ``val`` to look at validation;
     ``unseen-composer`` for a run trained with that split). ``scores``: a cache holding score
     MIDIs (ASAP ``--scores``); those of the held-out groups give the score-MIDI control."""
-    from harmonixr.model.embed import embed_pieces
     from harmonixr.model.io import load_encoder, weights_info
     from harmonixr.train.rundir import Run
 
@@ -104,7 +103,7 @@ def evaluate_run(
             "measure composers never seen in training"
         )
     held_name = "val" if split == "val" else "test"
-    crop, hop, seed = the_run.crop_frames, the_run.hop_frames, the_run.seed
+    crop, seed = the_run.crop_frames, the_run.seed
     settings = Settings(seed=seed, resamples=resamples)
     cache_dir = resolve_data(run, the_run.train.data, data)
     t0 = time.perf_counter()
@@ -136,11 +135,11 @@ def evaluate_run(
     encoder = load_encoder(weights_path)
     info = weights_info(weights_path)
     say("embedding with the trained model")
-    methods[MODEL] = data_sides.sides(lambda ts: embed_pieces(encoder, ts, crop, hop))
+    methods[MODEL] = data_sides.sides(lambda ts: the_run.embed(ts, encoder))
     if baselines:
         untrained = the_run.encoder(initial=True)
         say("embedding with the untrained model")
-        methods[UNTRAINED] = data_sides.sides(lambda ts: embed_pieces(untrained, ts, crop, hop))
+        methods[UNTRAINED] = data_sides.sides(lambda ts: the_run.embed(ts, untrained))
         say("histogram baselines")
         hists = {k: histogram_table(v) for k, v in tensors.items()}
         for kind in next(iter(hists.values())):

@@ -37,7 +37,6 @@ from harmonixr._files import atomic_json, atomic_write, sha256_file
 from harmonixr.evaluate.calibrate import Calibration, OpenSetModel, fit_calibration
 from harmonixr.midi.files import load_files
 from harmonixr.midi.load import UNREADABLE, MidiError
-from harmonixr.model.embed import embed_pieces
 from harmonixr.search.store import FaissStore, MilvusStore, VectorStore, milvus_uri
 from harmonixr.train.rundir import Run
 
@@ -302,14 +301,8 @@ def build_index(
             first.setdefault(r.sha256 or r.path, i)
         unique = list(first.values())
         counted = (lambda i, n: progress(i, n, "")) if progress else None
-        emb = embed_pieces(
-            run.encoder(),
-            [c.load(rows[i]) for i in unique],
-            run.crop_frames,
-            run.hop_frames,
-            batch_size,
-            progress=counted,
-        )
+        tensors = [c.load(rows[i]) for i in unique]
+        emb = run.embed(tensors, batch_size=batch_size, progress=counted)
     vec = dict(zip(first, emb, strict=True))
 
     def z(i: int) -> np.ndarray:
@@ -491,7 +484,7 @@ def add_files(
             tensors.append(got.tensor)
             items.append(Item(composer, Path(path).stem, sha, path, sha))
     if items:
-        index.add(embed_pieces(encoder, tensors, run.crop_frames, run.hop_frames), items)
+        index.add(run.embed(tensors, encoder), items)
         index.save()
     ordered = tuple(errors[n] for n in sorted(errors))
     return AddResult(tuple(it.path for it in items), tuple(duplicates), ordered)

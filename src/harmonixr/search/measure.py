@@ -35,7 +35,6 @@ from harmonixr.evaluate.crossval import _clean
 from harmonixr.evaluate.metrics import expected_calibration_error
 from harmonixr.evaluate.openset import _fmt, open_set_figures
 from harmonixr.midi.files import load_files
-from harmonixr.model.embed import embed_pieces
 from harmonixr.search.index import INDEX_DIR, Index, check_index
 from harmonixr.train.rundir import Run
 
@@ -57,7 +56,7 @@ def _music21(run: Run, encoder: Any, folder: Path, progress: Progress) -> dict[s
         got = load_files([p.path for p in listing.pieces], run.tensor)
         keep = [(p, g) for p, g in zip(listing.pieces, got, strict=True) if hasattr(g, "tensor")]
         tensors = [g.tensor for _, g in keep]
-        emb = embed_pieces(encoder, tensors, run.crop_frames, run.hop_frames)
+        emb = run.embed(tensors, encoder)
         out[name] = {
             "emb": emb.astype(np.float64),
             "composer": np.array([p.composer for p, _ in keep], dtype=object),

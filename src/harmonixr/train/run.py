@@ -427,11 +427,9 @@ def _write_projector(run_dir: Path, val_set: PieceSet, val_rows, config, trainer
     and title (what the exported weights make of pieces they never trained on)."""
     if not len(val_set):
         return
-    from harmonixr.model.embed import embed_pieces
-    from harmonixr.model.io import load_encoder
     from harmonixr.train.projector import write_projector
 
-    z = embed_pieces(load_encoder(run_dir), val_set.tensors, config.crop_frames)
+    z = Run.open(run_dir).embed(val_set.tensors)
     write_projector(
         run_dir, z, [(r.composer, r.title) for r in val_rows], tag="val", step=trainer.global_step
     )

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from harmonixr._files import sha256_file
 from harmonixr.midi.tensorize import TensorConfig
@@ -174,6 +177,16 @@ class Run:
         encoder = SiaViT(self.model)
         encoder.load_state_dict(weights)
         return encoder.eval().to(device)
+
+    def embed(
+        self, tensors: Sequence[np.ndarray], encoder: SiaViT | None = None, **kwargs: Any
+    ) -> np.ndarray:
+        """Whole-piece embeddings as everywhere else: the run's crop and hop, by ``encoder``
+        (default: the exported weights); ``kwargs`` go to ``model.embed.embed_pieces``."""
+        from harmonixr.model.embed import embed_pieces
+
+        encoder = encoder if encoder is not None else self.encoder()
+        return embed_pieces(encoder, tensors, self.crop_frames, self.hop_frames, **kwargs)
 
     # ------------------------------------------------------------ its corpus
 

@@ -14,7 +14,6 @@ from harmonixr._files import atomic_json
 from harmonixr.train.rundir import Run
 from harmonixr.viz import scatter
 from harmonixr.viz._style import MAX_COLOURS, composer_colours
-from harmonixr.viz.corpus import embed
 from harmonixr.viz.maps import build_map, check_map, piece_layers, short_path
 from harmonixr.viz.scatter import Layer
 from harmonixr.viz.tsne import CorpusMap
@@ -61,7 +60,7 @@ def context_map(
     for f in files:
         say(f"reading {f}")
         tensors.append(safe_load(f, info.tensor).tensor)
-    z = embed(info, tensors)
+    z = info.embed(tensors)
     say(f"placing {len(files)} file(s) in the map of {len(cmap)} pieces")
     xyz = cmap.place(z)
     idx, dist = cmap.nearest(z, k)

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from harmonixr._files import atomic_write
-from harmonixr.model.embed import embed_pieces
 from harmonixr.train.rundir import Run
 
 SPLITS = ("all", "train", "val", "test")
@@ -48,12 +47,6 @@ def map_corpus(run: Run, data: str | Path, split: str = "all") -> Corpus:
         [r.title or Path(r.path).stem for r in rows],
         tensors,
     )
-
-
-def embed(run: Run, tensors: list[np.ndarray], encoder: Any = None) -> np.ndarray:
-    """Whole-piece embeddings as everywhere else: the run's crop, half-crop hop, and its
-    exported weights unless ``encoder`` is given."""
-    return embed_pieces(encoder or run.encoder(), tensors, run.crop_frames, run.hop_frames)
 
 
 def cached_embeddings(

@@ -13,7 +13,7 @@ from harmonixr._files import atomic_json, sha256_file
 from harmonixr.train.rundir import Run
 from harmonixr.viz import scatter
 from harmonixr.viz._style import MAX_COLOURS, OTHER, OTHER_COLOUR, composer_colours, save_gif
-from harmonixr.viz.corpus import Corpus, cached_embeddings, embed, map_corpus
+from harmonixr.viz.corpus import Corpus, cached_embeddings, map_corpus
 from harmonixr.viz.scatter import Layer
 from harmonixr.viz.tsne import CorpusMap, align, composer_positions, fit_map, spread_and_dimension
 
@@ -75,7 +75,7 @@ def corpus_embeddings(
         out / "embeddings" / f"{tag}.npz",
         key,
         corpus.paths,
-        lambda: embed(run, corpus.tensors),
+        lambda: run.embed(corpus.tensors),
     )
     if reused:
         say("  (reused the embeddings saved by an earlier call)")
@@ -285,7 +285,7 @@ def checkpoint_maps(
             folder / "embeddings" / f"{split}-step{step}.npz",
             key,
             corpus.paths,
-            lambda path=path: embed(run, corpus.tensors, run.encoder(path, initial=path is None)),
+            lambda path=path: run.embed(corpus.tensors, run.encoder(path, initial=path is None)),
         )
         spread, dim = spread_and_dimension(z)
         m = _fit(run, corpus, z, perplexity, n_jobs)
