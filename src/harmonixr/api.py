@@ -266,9 +266,7 @@ class Harmonixr:
     ) -> list[Attribution]:
         index = self._index()
         cal = index.calibration
-        every = index.composer_similarities(z)
-        sims = index.named_similarities(every)
-        probs, unknown = cal.composer_probabilities(z, sims, prior_unknown)
+        every, sims, probs, unknown = index.scores(z, prior_unknown)
         answer = int(cal.decide(probs, unknown)[0])
         order = [int(c) for c in np.argsort(-probs[0], kind="stable")[: max(0, k)]]
         if answer >= 0 and answer not in order:
@@ -281,10 +279,9 @@ class Harmonixr:
         rest = sorted((a for a in [*named, other] if a is not first), key=lambda a: -a.probability)
         out = [first, *rest]
         top = float(sims[0].max()) if sims.shape[1] else -1.0
-        column = {c: n for n, c in enumerate(index.known)}
+        column = index.barely_known_columns
         close = sorted(
-            (c for c in index.barely_known if every[0, column[c]] > top),
-            key=lambda c: -every[0, column[c]],
+            (c for c in column if every[0, column[c]] > top), key=lambda c: -every[0, column[c]]
         )[:BARELY_SHOWN]
         out += [
             Attribution(c, 0.0, float(every[0, column[c]]), known=False, barely_known=True)
@@ -386,8 +383,7 @@ class Harmonixr:
 
     def _passages(self, z: np.ndarray, windows: Sequence[Window]) -> list[Passage]:
         index, fs = self._index(), self.run.frame_seconds
-        sims = index.named_similarities(index.composer_similarities(z))
-        probs, unknown = index.calibration.composer_probabilities(z, sims)
+        _, _, probs, unknown = index.scores(z)
         return [
             Passage(
                 round(w.start * fs, 3),

@@ -91,6 +91,9 @@ class Index:
         if missing:
             raise ValueError(f"{root}: calibrated composers without a centroid: {missing[:3]}")
         self._named = np.array([column[c] for c in calibration.composers], np.int64)
+        named = set(calibration.composers)
+        # composers with a centroid who are never named (too few training works): their columns
+        self.barely_known_columns = {c: k for c, k in column.items() if c not in named}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -144,11 +147,21 @@ class Index:
         calibration's order."""
         return np.atleast_2d(sims)[:, self._named]
 
+    def scores(
+        self, z: np.ndarray, prior_unknown: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """How every question scores embeddings ``z``: the similarity to every composer's
+        centroid, to the named composers', the named composers' calibrated probabilities and
+        that of "someone else" (``Calibration.composer_probabilities``)."""
+        every = self.composer_similarities(z)
+        sims = self.named_similarities(every)
+        probs, unknown = self.calibration.composer_probabilities(z, sims, prior_unknown)
+        return every, sims, probs, unknown
+
     @property
     def barely_known(self) -> list[str]:
         """Composers with a centroid who are never named (too few training works)."""
-        named = set(self.calibration.composers)
-        return [c for c in self.known if c not in named]
+        return list(self.barely_known_columns)
 
     # ------------------------------------------------------------ writing
 
@@ -312,15 +325,14 @@ def build_index(
     val = [i for i in range(len(rows)) if side.get(i) == "val"]
     if not train:
         raise ValueError(f"{run_dir}: the training split holds no piece of {cache}")
-    known, centroids = centroids_of(
-        np.stack([z(i) for i in train]), [rows[i].composer for i in train]
-    )
+    train_emb, train_composers = np.stack([z(i) for i in train]), [rows[i].composer for i in train]
+    known, centroids = centroids_of(train_emb, train_composers)
     val_emb = np.stack([z(i) for i in val]) if val else np.zeros((0, run.dim), np.float32)
     if open_set is not None and not isinstance(open_set, OpenSetModel):
         open_set = load_open_set(open_set)
     calibration = fit_calibration(
-        np.stack([z(i) for i in train]),
-        [rows[i].composer for i in train],
+        train_emb,
+        train_composers,
         [rows[i].group for i in train],
         val_emb,
         [rows[i].composer for i in val],
@@ -360,7 +372,7 @@ def build_index(
         "hop_frames": run.hop_frames,
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": str(cache),
-        "train_pieces": dict(Counter(rows[i].composer for i in train)),
+        "train_pieces": dict(Counter(train_composers)),
     }
     final = run_dir / INDEX_DIR
     _recover_builds(run_dir)

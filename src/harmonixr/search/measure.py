@@ -115,8 +115,7 @@ def measure_index(
         }
 
     def scored(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        sims = index.named_similarities(index.composer_similarities(emb))
-        probs, unknown = cal.composer_probabilities(emb, sims)
+        _, sims, probs, unknown = index.scores(emb)
         return sims, unknown, cal.decide(probs, unknown)
 
     t = side(test)
