@@ -105,8 +105,6 @@ class Harmonixr:
         58 ms with one; beside a busy process, 103 ms (p90 210 ms) against 73 ms (p90 89 ms).
         Pass ``threads=1`` where other work shares the cores, as ``harmonixr serve`` does."""
         if threads is not None:
-            import torch
-
             if threads < 1:
                 raise ValueError(f"threads must be at least 1 (or None), got {threads}")
             torch.set_num_threads(threads)
@@ -142,8 +140,8 @@ class Harmonixr:
     def _tensor_of(self, x: Any) -> np.ndarray:
         from harmonixr.midi.load import tensorize_checked
 
-        if hasattr(x, "numpy") and not isinstance(x, np.ndarray) and hasattr(x, "dtype"):
-            x = x.detach().cpu().numpy() if hasattr(x, "detach") else x.numpy()
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
         if isinstance(x, np.ndarray):
             want = (12, self.run.tensor.n_octaves)
             if x.dtype != np.uint8 or x.ndim != 3 or tuple(x.shape[1:]) != want or not len(x):
@@ -152,9 +150,7 @@ class Harmonixr:
                     f"got {x.dtype} {tuple(x.shape)}"
                 )
             return x
-        if isinstance(x, symusic.Score):
-            if str(x.ttype).lower() != "second":  # the length limit is checked in seconds
-                x = x.to("second")
+        if isinstance(x, symusic.Score):  # tensorize_checked converts it to seconds
             return tensorize_checked(x, self.run.tensor).tensor
         raise TypeError(
             f"cannot embed a {type(x).__name__}: give a path, a uint8 tensor or a Score"

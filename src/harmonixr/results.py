@@ -87,9 +87,7 @@ class Embedded:
         return {
             "embedded": len(self.paths),
             "dim": int(self.vectors.shape[1]),
-            "errors": [
-                {"path": e.path, "reason": e.reason, "detail": e.detail} for e in self.errors
-            ],
+            "errors": [e.to_dict() for e in self.errors],
         }
 
 

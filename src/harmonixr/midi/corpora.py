@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harmonixr.midi.builtin import read_builtin
 from harmonixr.midi.piece import Listing, Piece
-from harmonixr.midi.scores import SCORE_SUFFIXES, looks_like_score
+from harmonixr.midi.scores import SCORE_SUFFIXES, is_score, looks_like_score
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".rmi")
 
@@ -67,7 +67,7 @@ def music_files(root: Path) -> list[Path]:
 
 def _kind_of(path: Path, given: str = "") -> str:
     """A file's kind: as given, else ``score`` for a score format (it is rendered, not played)."""
-    return given or ("score" if path.suffix.lower() in SCORE_SUFFIXES else "")
+    return given or ("score" if is_score(path) else "")
 
 
 # ---------------------------------------------------------------- GiantMIDI-Piano

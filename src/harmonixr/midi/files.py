@@ -12,6 +12,7 @@ from harmonixr.midi.corpora import READ_SUFFIXES, music_files
 from harmonixr.midi.load import (
     MAX_FILE_BYTES,
     MAX_SECONDS,
+    PARSE_TIMEOUT,
     MidiError,
     Tensorized,
     failure_reason,
@@ -20,7 +21,6 @@ from harmonixr.midi.load import (
 from harmonixr.midi.load import parser_pool as make_pool
 from harmonixr.midi.tensorize import TensorConfig
 
-PARSE_TIMEOUT = 60.0  # seconds for one file, as safe_load
 ProgressFn = Callable[[int, int, str], None]  # (done, total, the file just done)
 
 

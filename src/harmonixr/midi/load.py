@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harmonixr._pool import Outcome
-from harmonixr.midi.scores import SCORE_SUFFIXES
+from harmonixr.midi.scores import is_score
 from harmonixr.midi.tensorize import TensorConfig, Tensorized, TooDense, tensorize_score
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_SECONDS = 4 * 3600.0
+PARSE_TIMEOUT = 60.0  # seconds a child process may take over one file
 
 # Skip reasons, one per kind of bad input (stored in the cache and counted in summaries).
 EMPTY = "empty"
@@ -54,6 +55,9 @@ class MidiError(ValueError):
         where = self.path or "<bytes>"
         msg = f"{where}: {reason}" + (f" ({detail})" if detail else "")
         super().__init__(msg)
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"path": self.path, "reason": self.reason, "detail": self.detail}
 
 
 def unwrap_rmid(data: bytes, path: str | PathLike[str] | None = None) -> bytes:
@@ -153,11 +157,11 @@ def tensorize_checked(
         if has_drums:
             raise MidiError(path, DRUMS_ONLY, "only drum-channel notes")
         raise MidiError(path, NO_NOTES, "the file holds no notes")
-    if result.notes == result.dropped_notes or not np.any(result.tensor):
+    frames = result.tensor.any(axis=(1, 2))  # whether something sounds, frame by frame
+    if result.notes == result.dropped_notes or not frames.any():
         lo, hi = config.low_note, config.high_note
         raise MidiError(path, NO_NOTES_IN_RANGE, f"all {result.notes} notes outside {lo}..{hi}")
-    sounding = float(np.count_nonzero(result.tensor.reshape(result.n_frames, -1).any(axis=1)))
-    sounding *= config.frame_ms / 1000.0
+    sounding = float(np.count_nonzero(frames)) * config.frame_ms / 1000.0
     if sounding < min_sounding_s:
         raise MidiError(
             path, TOO_SHORT, f"{sounding:.2f} s of sounding notes < {min_sounding_s:g} s"
@@ -175,10 +179,23 @@ def load_tensor(
     """Read, check, parse and tensorize one file in this process (a score format is rendered
     to MIDI first: ``midi.scores``)."""
     data = read_bytes(path, max_bytes)
-    if Path(path).suffix.lower() in SCORE_SUFFIXES:
-        data = render_score(data, path, Path(path).suffix, max_bytes)
-    score = parse_bytes(data, path, max_bytes)
-    return tensorize_checked(score, config, path, max_seconds, min_sounding_s)
+    return tensorize_bytes(data, path, config, max_seconds, max_bytes, min_sounding_s)
+
+
+def tensorize_bytes(
+    data: bytes,
+    name: str | PathLike[str],
+    config: TensorConfig = TensorConfig(),
+    max_seconds: float = MAX_SECONDS,
+    max_bytes: int = MAX_FILE_BYTES,
+    min_sounding_s: float = MIN_SOUNDING_S,
+) -> Tensorized:
+    """A file's bytes (named ``name``: its suffix says whether it is a score to render first)
+    checked, parsed and tensorized. Raises :class:`MidiError`."""
+    if is_score(name):
+        data = render_score(data, name, Path(name).suffix, max_bytes)
+    score = parse_bytes(data, name, max_bytes)
+    return tensorize_checked(score, config, name, max_seconds, min_sounding_s)
 
 
 def render_score(
@@ -225,11 +242,8 @@ def parse_bytes_job(
 ) -> Tensorized | tuple[str, str]:
     """Like :func:`load_job` for bytes already in memory (an upload): ``(data, name, config,
     max_seconds, max_bytes)``; nothing is written to disk."""
-    data, name, config, max_seconds, max_bytes = job
     try:
-        if Path(name).suffix.lower() in SCORE_SUFFIXES:
-            data = render_score(data, name, Path(name).suffix, max_bytes)
-        return tensorize_checked(parse_bytes(data, name, max_bytes), config, name, max_seconds)
+        return tensorize_bytes(*job)
     except MidiError as exc:
         return (exc.reason, exc.detail)
 
@@ -256,7 +270,7 @@ def parser_context() -> multiprocessing.context.BaseContext:
 
 
 def parser_pool(
-    func: Any = load_job, *, workers: int = 1, timeout: float | None = 60.0
+    func: Any = load_job, *, workers: int = 1, timeout: float | None = PARSE_TIMEOUT
 ) -> RobustPool:
     """Child processes running ``func`` (default :func:`load_job`) on parse jobs, started with
     :func:`parser_context`; keep it for many calls and ``close()`` it."""
@@ -271,7 +285,7 @@ def safe_load(
     path: str | PathLike[str],
     config: TensorConfig = TensorConfig(),
     *,
-    timeout: float = 60.0,
+    timeout: float = PARSE_TIMEOUT,
     max_seconds: float = MAX_SECONDS,
     max_bytes: int = MAX_FILE_BYTES,
     min_sounding_s: float = MIN_SOUNDING_S,

@@ -28,7 +28,6 @@ from pathlib import Path
 MUSICXML_SUFFIXES = (".musicxml", ".mxl", ".xml")
 VEROVIO_SUFFIXES = (".krn", ".mei")
 SCORE_SUFFIXES = MUSICXML_SUFFIXES + VEROVIO_SUFFIXES
-SCORE_ERROR = "score_error"
 
 
 class ScoreError(Exception):

@@ -449,9 +449,7 @@ class AddResult:
         return {
             "added": list(self.added),
             "duplicates": list(self.duplicates),
-            "errors": [
-                {"path": e.path, "reason": e.reason, "detail": e.detail} for e in self.errors
-            ],
+            "errors": [e.to_dict() for e in self.errors],
         }
 
 
