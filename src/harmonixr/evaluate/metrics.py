@@ -316,10 +316,12 @@ def binary_balanced_accuracy(
 
 
 def group_pair_weights(ga: Sequence[Any], gb: Sequence[Any]) -> np.ndarray:
-    """Weight 1 / (pairs of the same two groups): every pair of groups weighs one in total."""
-    _, codes = np.unique(
-        np.concatenate([np.asarray(ga, str), np.asarray(gb, str)]), return_inverse=True
-    )
+    """Weight 1 / (pairs of the same two groups): every pair of groups weighs one in total.
+    Integer group codes are used as they are (millions of pooled pairs); names as text."""
+    ga, gb = np.asarray(ga), np.asarray(gb)
+    if not (np.issubdtype(ga.dtype, np.integer) and np.issubdtype(gb.dtype, np.integer)):
+        ga, gb = ga.astype(str), gb.astype(str)
+    _, codes = np.unique(np.concatenate([ga, gb]), return_inverse=True)
     a, b = codes[: len(ga)], codes[len(ga) :]
     lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
     _, inv, counts = np.unique(
@@ -335,25 +337,40 @@ def balanced_weights_weighted(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.where(y, 0.5 / max(s1, 1e-300), 0.5 / max(s0, 1e-300))
 
 
+class StratifiedAUC:
+    """ROC AUC (score −d) counting only pairs of a positive and a negative from the same
+    stratum: each stratum's AUC weighted by its (weighted) positives × negatives. Strata with
+    one class only do not count; nan when none has both. The strata are split once, so that a
+    bootstrap calls it with weights after weights."""
+
+    def __init__(self, d: np.ndarray, y: np.ndarray, strata: np.ndarray) -> None:
+        self.d, self.y = np.asarray(d, np.float64), np.asarray(y).astype(bool)
+        _, inverse = np.unique(np.asarray(strata), return_inverse=True)
+        order = np.argsort(inverse.ravel(), kind="stable")
+        cuts = np.flatnonzero(np.diff(inverse.ravel()[order])) + 1
+        # members of each stratum, in their original order; those with one class never count
+        self.members = [m for m in np.split(order, cuts) if 0 < self.y[m].sum() < m.size]
+
+    def __call__(self, weights: np.ndarray | None = None) -> float:
+        from sklearn.metrics import roc_auc_score
+
+        d, y = self.d, self.y
+        w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+        total, acc = 0.0, 0.0
+        for members in self.members:
+            m = members[w[members] > 0]
+            pos, neg = w[m][y[m]].sum(), w[m][~y[m]].sum()
+            if pos > 0 and neg > 0:
+                acc += pos * neg * float(roc_auc_score(y[m], -d[m], sample_weight=w[m]))
+                total += pos * neg
+        return acc / total if total > 0 else float("nan")
+
+
 def stratified_auc(
     d: np.ndarray, y: np.ndarray, strata: np.ndarray, weights: np.ndarray | None = None
 ) -> float:
-    """ROC AUC (score −d) counting only pairs of a positive and a negative from the same
-    stratum: each stratum's AUC weighted by its (weighted) positives × negatives. Strata with
-    one class only do not count; nan when none has both."""
-    d, y = np.asarray(d, np.float64), np.asarray(y).astype(bool)
-    w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
-    strata = np.asarray(strata)
-    total, acc = 0.0, 0.0
-    for s in np.unique(strata):
-        m = (strata == s) & (w > 0)
-        pos, neg = w[m & y].sum(), w[m & ~y].sum()
-        if pos > 0 and neg > 0:
-            from sklearn.metrics import roc_auc_score
-
-            acc += pos * neg * float(roc_auc_score(y[m], -d[m], sample_weight=w[m]))
-            total += pos * neg
-    return acc / total if total > 0 else float("nan")
+    """:class:`StratifiedAUC` for one set of weights."""
+    return StratifiedAUC(d, y, strata)(weights)
 
 
 def centroids(emb: np.ndarray, composers: np.ndarray, names: Sequence[str]) -> np.ndarray:

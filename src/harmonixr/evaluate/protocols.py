@@ -16,6 +16,7 @@ import numpy as np
 from harmonixr.data.pairs import protocol_pair_sets
 from harmonixr.evaluate.bootstrap import bootstrap_interval
 from harmonixr.evaluate.metrics import (
+    StratifiedAUC,
     balanced_accuracy,
     centroids,
     cosine_distance,
@@ -25,7 +26,6 @@ from harmonixr.evaluate.metrics import (
     pair_set_protocol,
     retrieval_scores,
     roc_auc,
-    stratified_auc,
     topk_accuracy,
     tpr_at_fpr,
 )
@@ -145,11 +145,12 @@ def performer_control(held: Side, s: Settings) -> dict[str, float]:
     out["conf_performer_pairs"] = float(y.size)
     out["conf_performer_same"] = float(y.sum())
     d = cosine_distance(held.emb[i], held.emb[j])
-    auc = stratified_auc(d, y, strata) if y.any() else float("nan")
+    within = StratifiedAUC(d, y, strata)
+    auc = within() if y.any() else float("nan")
     if np.isfinite(auc):
 
         def stat(w: np.ndarray) -> float:
-            return stratified_auc(d, y, strata, w[i] * w[j])
+            return within(w[i] * w[j])
 
         lo, hi = bootstrap_interval(stat, held.group, s.resamples, s.seed)
         out.update(
