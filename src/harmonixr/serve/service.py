@@ -8,7 +8,6 @@ disk by this module: the bytes go to the parser process through a pipe.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import queue
 import threading
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MB = 1024 * 1024
-ROLL_COLUMNS = 720  # the piano-roll thumbnail's width in time bins (max over each bin)
 
 # What each reason means to a person reading the page ({name}: the uploaded file's name).
 MESSAGES = {
@@ -116,25 +114,6 @@ def error_for(exc: MidiError, name: str, limits: Limits) -> UploadError:
     return UploadError(status, exc.reason, text, name)
 
 
-def roll_summary(tensor: np.ndarray, frame_s: float, low_note: int, columns: int = ROLL_COLUMNS):
-    """A piano-roll thumbnail: rows are pitches from ``low_note`` up, columns time bins (the
-    loudest cell of each bin), as base64 of uint8 ``(pitches, columns)`` in row order."""
-    t, pcs, octaves = tensor.shape
-    rows = np.ascontiguousarray(tensor.transpose(0, 2, 1)).reshape(t, octaves * pcs)
-    n = max(1, min(columns, t))
-    edges = np.linspace(0, t, n + 1).astype(np.int64)[:-1]
-    binned = np.maximum.reduceat(rows, edges, axis=0) if t else np.zeros((1, rows.shape[1]))
-    grid = np.ascontiguousarray(binned.T.astype(np.uint8))
-    return {
-        "pitches": int(grid.shape[0]),
-        "columns": int(grid.shape[1]),
-        "low_note": int(low_note),
-        "seconds": round(t * frame_s, 3),
-        "max_value": 127,
-        "data": base64.b64encode(grid.tobytes()).decode("ascii"),
-    }
-
-
 # ------------------------------------------------------------------ the corpus map
 
 
@@ -182,6 +161,15 @@ def find_map(root: Path, map_dir: str | Path | None = None) -> tuple[CorpusMap |
 
 
 # ------------------------------------------------------------------ the service
+
+
+@contextlib.contextmanager
+def _window_bounds() -> Iterator[None]:
+    """The API's bounds on window and hop, said to the client as they are."""
+    try:
+        yield
+    except ValueError as exc:
+        raise UploadError(422, "bad_window", str(exc)) from None
 
 
 class Service:
@@ -325,14 +313,11 @@ class Service:
         return self.hx.embed(tensor)
 
     def timeline(self, tensor: np.ndarray, window: float, hop: float) -> list[dict[str, Any]]:
-        passages, _ = self._timeline(tensor, window, hop, self.hx.timeline)
-        return passages
+        self._check_windows(tensor, window, hop)
+        with _window_bounds():
+            return [p.to_dict() for p in self.hx.timeline(tensor, window=window, hop=hop)]
 
-    def _timeline(
-        self, tensor: np.ndarray, window: float, hop: float, ask: Callable[..., Any]
-    ) -> tuple[list[dict[str, Any]], Any]:
-        """``ask(tensor, window=, hop=)`` (the API's timeline, or timeline and embedding) once
-        the number of windows is within the limit; its passages as dicts and the rest."""
+    def _check_windows(self, tensor: np.ndarray, window: float, hop: float) -> None:
         seconds = tensor.shape[0] * self.hx.run.frame_seconds
         n = max(0.0, seconds - window) / hop + 1
         if n > self.limits.max_windows:
@@ -342,15 +327,11 @@ class Service:
                 f"{seconds:.0f} s in windows every {hop:g} s would make {n:.0f} windows, more "
                 f"than the {self.limits.max_windows} allowed; choose a longer hop",
             )
-        try:
-            got = ask(tensor, window=window, hop=hop)
-        except ValueError as exc:  # the API's bounds on window and hop, said as they are
-            raise UploadError(422, "bad_window", str(exc)) from None
-        passages, rest = got if isinstance(got, tuple) else (got, None)
-        return [p.to_dict() for p in passages], rest
 
     def roll(self, tensor: np.ndarray) -> dict[str, Any]:
         cfg = self.hx.run.tensor
+        from harmonixr.viz.tensor import roll_summary
+
         return roll_summary(tensor, self.hx.run.frame_seconds, cfg.low_note)
 
     def place(self, z: np.ndarray) -> dict[str, Any] | None:
@@ -384,8 +365,10 @@ class Service:
         self, tensor: np.ndarray, name: str, k: int, n: int, window: float, hop: float
     ) -> dict[str, Any]:
         """Everything the page shows for one file: one parse, one whole-piece embedding."""
-        # the page's 30 s windows are the model's crops: they are embedded once for both
-        timeline, z = self._timeline(tensor, window, hop, self.hx.timeline_and_embedding)
+        self._check_windows(tensor, window, hop)
+        with _window_bounds():  # the page's 30 s windows are the crops: embedded once for both
+            passages, z = self.hx.timeline_and_embedding(tensor, window, hop)
+        timeline = [p.to_dict() for p in passages]
         return {
             "file": name,
             "seconds": round(tensor.shape[0] * self.hx.run.frame_seconds, 3),

@@ -3,6 +3,7 @@ octave) grid over time, and a PNG of the unrolled 72-note roll (docs/architectur
 
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ OCTAVES = ("1", "2", "3", "4", "5", "6")  # octave o holds F(o+1)…E(o+2): F1�
 GIF_SECONDS = 20.0  # the GIF's default span
 MAX_GIF_FRAMES = 400
 MAX_ROLL_COLUMNS = 1000  # the roll's plot is about 980 pixels wide
+ROLL_COLUMNS = 720  # the page's piano-roll thumbnail: its width in time bins (max over each)
 SILENCE = "#eeeeee"
 CMAP = "viridis"
 
@@ -191,3 +193,22 @@ def grid_gif(
 
 def _fit(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def roll_summary(tensor: np.ndarray, frame_s: float, low_note: int, columns: int = ROLL_COLUMNS):
+    """A piano-roll thumbnail: rows are pitches from ``low_note`` up, columns time bins (the
+    loudest cell of each bin), as base64 of uint8 ``(pitches, columns)`` in row order."""
+    t, pcs, octaves = tensor.shape
+    rows = np.ascontiguousarray(tensor.transpose(0, 2, 1)).reshape(t, octaves * pcs)
+    n = max(1, min(columns, t))
+    edges = np.linspace(0, t, n + 1).astype(np.int64)[:-1]
+    binned = np.maximum.reduceat(rows, edges, axis=0) if t else np.zeros((1, rows.shape[1]))
+    grid = np.ascontiguousarray(binned.T.astype(np.uint8))
+    return {
+        "pitches": int(grid.shape[0]),
+        "columns": int(grid.shape[1]),
+        "low_note": int(low_note),
+        "seconds": round(t * frame_s, 3),
+        "max_value": 127,
+        "data": base64.b64encode(grid.tobytes()).decode("ascii"),
+    }
