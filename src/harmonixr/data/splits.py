@@ -296,8 +296,8 @@ def compare_manifests(shipped: str | Path, rebuilt: str | Path) -> None:
     from collections import Counter
 
     def sides(path: str | Path) -> Counter:
-        m = json.loads(Path(path).read_text())
-        entries = [(e.get("sha256"), s, e.get("group")) for s in SIDES for e in m.get(s, [])]
+        m = read_split(path)
+        entries = [(e.get("sha256"), s, e.get("group")) for s in SIDES for e in m[s]]
         if any(h is None for h, _, _ in entries):
             raise ValueError(f"{path}: a split manifest needs every file's sha256")
         return Counter(entries)

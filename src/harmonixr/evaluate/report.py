@@ -111,6 +111,7 @@ def evaluate_run(
         the_run.check_tensors(cache.config, cache.root)
         all_rows = cache.pieces()
         idx = the_run.split(all_rows)
+        the_run.check_split(idx, all_rows)
         rows = {k: [all_rows[i] for i in idx[k]] for k in ("train", "val")}
         rows["held"] = [all_rows[i] for i in idx[held_name]]
         tensors = {k: [cache.load(r) for r in v] for k, v in rows.items()}

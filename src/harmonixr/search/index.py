@@ -294,7 +294,7 @@ def build_index(
     ``RUN/index``, centroids and probe from the run's training split, calibration from its
     validation split (``evaluate/calibrate.py``). ``open_set`` is an unknown-composer model
     learnt on real strangers (an ``OpenSetModel`` or the ``open-set.json`` that
-    ``harmonixr evaluate-openset`` writes); without one it is simulated on validation.
+    ``harmonixr index open-set`` writes); without one it is simulated on validation.
     ``relative_to`` stores paths relative to that folder (a corpus root)."""
     from harmonixr.data.cache import TensorCache
     from harmonixr.data.splits import SIDES
@@ -308,6 +308,7 @@ def build_index(
         if not rows:
             raise ValueError(f"{cache}: the cache holds no usable pieces")
         split = run.split(rows)
+        run.check_split(split, rows)  # the pieces still have the content and groups it had
         side = {i: s for s in SIDES for i in split[s]}
         first: dict[str, int] = {}
         for i, r in enumerate(rows):
