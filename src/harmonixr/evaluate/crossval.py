@@ -39,7 +39,7 @@ from harmonixr.evaluate.metrics import (
     roc_auc,
 )
 from harmonixr.evaluate.protocols import PROBE_CS, class_probabilities
-from harmonixr.train.config import RESUMABLE, TrainConfig, load_toml
+from harmonixr.train.config import RESUMABLE, TrainConfig, load_toml, merged_settings
 
 MODEL = "SiaViT"
 LR = "logistic regression, 5 histograms"
@@ -157,6 +157,16 @@ def _stamp(d: Path, key: str, value: float) -> None:
     atomic_json(path, t, indent=1)
 
 
+def read_job(out: str | Path) -> tuple[dict[str, Any], FoldPlan]:
+    """A cross-validation job's record (``cv.json``: cache, training settings, plan) and its
+    fold plan."""
+    path = Path(out) / CV_FILE
+    if not path.is_file():
+        raise ValueError(f"{out}: not a cross-validation job (no {CV_FILE})")
+    rec = json.loads(path.read_text())
+    return rec, FoldPlan(rec["folds"], rec["seed"], rec["mode"], rec["val_fraction"])
+
+
 def job_settings(
     out_dir: Path,
     data: str | Path | None,
@@ -169,23 +179,19 @@ def job_settings(
     """(cache, training settings, model overrides, fold plan) of a cross-validation job: the
     job's own recorded settings when ``out_dir`` holds a ``cv.json`` and neither a cache nor a
     TOML is given (a rerun resumes), else the TOML's with ``seed`` and ``max_steps``."""
-    recorded = out_dir / CV_FILE
-    if recorded.is_file() and data is None and config is None:
-        rec = json.loads(recorded.read_text())
+    if (out_dir / CV_FILE).is_file() and data is None and config is None:
+        rec, plan = read_job(out_dir)
         settings = dict(rec["train"])
         model = settings.pop("model", {})
-        data = Path(rec["data"])
-        plan = FoldPlan(rec["folds"], rec["seed"], rec["mode"], rec["val_fraction"])
+        data, flags = Path(rec["data"]), {}
     else:
         if data is None:
             raise ValueError("--folds needs --data CACHE (or RUN holding a cv.json)")
         settings, model = load_toml(config) if config else ({}, {})
-        settings = TrainConfig.from_dict({**settings, "seed": seed}).to_dict()
-        if max_steps is not None:
-            settings["max_steps"] = max_steps
-        plan = FoldPlan(folds, seed, mode)
-    settings.update({"data": str(Path(data).resolve()), "out": str(out_dir), "split": plan.mode})
-    return Path(data), TrainConfig.from_dict(settings), model, plan
+        plan, flags = FoldPlan(folds, seed, mode), {"seed": seed, "max_steps": max_steps}
+    flags["split"] = plan.mode
+    cfg = merged_settings(Path(data).resolve(), out_dir, toml=settings, flags=flags)
+    return Path(data), cfg, model, plan
 
 
 def embed_fold(
@@ -574,8 +580,7 @@ def pooled_report(
         raise ValueError(f"side must be test or val, got {side!r}")
     say = progress or (lambda _m: None)
     out = Path(out)
-    rec = json.loads((out / CV_FILE).read_text())
-    plan = FoldPlan(rec["folds"], rec["seed"], rec["mode"], rec["val_fraction"])
+    rec, plan = read_job(out)
     t0 = time.perf_counter()
     with TensorCache(rec["data"]) as cache:
         rows = cache.pieces()

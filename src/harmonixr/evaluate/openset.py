@@ -19,7 +19,6 @@ cross-fitting, operating point, report); split, its exclusion rules would drift 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -42,7 +41,7 @@ from harmonixr.evaluate.calibrate import (
     spread_statistics,
     work_counts,
 )
-from harmonixr.evaluate.crossval import CV_FILE, EMB_FILE, FoldPlan, _clean, fold_sides
+from harmonixr.evaluate.crossval import EMB_FILE, _clean, fold_sides, read_job
 from harmonixr.evaluate.metrics import balanced_weights_weighted, binary_ece, roc_auc
 
 TRAIN_FILE = "train-embeddings.npz"
@@ -55,8 +54,7 @@ def embed_training_sides(out: str | Path, progress: Progress | None = None) -> l
     from harmonixr.train.rundir import Run
 
     out = Path(out)
-    cv = json.loads((out / CV_FILE).read_text())
-    plan = FoldPlan(cv["folds"], cv["seed"], cv["mode"], cv["val_fraction"])
+    cv, plan = read_job(out)
     written = []
     with TensorCache(cv["data"]) as cache:
         rows = cache.pieces()
@@ -110,7 +108,7 @@ def load_whole_folds(out: str | Path) -> tuple[dict[str, Any], list[dict[str, Si
     """Each fold's training (whole pieces, ``embed_training_sides``), validation and test sides
     as embedded by the fold's encoder, labelled from the cache the cross-validation used."""
     out = Path(out)
-    cv = json.loads((out / CV_FILE).read_text())
+    cv, _ = read_job(out)
     with TensorCache(cv["data"]) as cache:
         rows = {r.path: r for r in cache.pieces()}
     folds = []
