@@ -167,7 +167,7 @@ class Run:
                 torch.manual_seed(self.seed)
                 return SiaViT(self.model).eval().to(device)
         if checkpoint is None:
-            return load_encoder(self.weights_path).to(device)
+            return load_encoder(self.weights_path).to(device)  # any device, "meta" included
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         weights = {
             k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")
@@ -202,16 +202,18 @@ class Run:
         """``split.json``: its header (mode, seed, fractions, cache) and each side's pieces."""
         from harmonixr.data.splits import read_split
 
+        return read_split(self._split_file())
+
+    def _split_file(self) -> Path:
         if not self.split_path.is_file():
             raise ValueError(f"{self.root}: not a run directory (no {SPLIT})")
-        return read_split(self.split_path)
+        return self.split_path
 
     def split(self, rows: list[CachedPiece]) -> dict[str, list[int]]:
         """Row indices of each side of the run's split, matched by path."""
         from harmonixr.data.splits import load_split
 
-        self.split_manifest()  # a clear error when there is none
-        return load_split(self.split_path, rows)
+        return load_split(self._split_file(), rows)
 
     def check_split(self, split: dict[str, list[int]], rows: list[CachedPiece]) -> None:
         """Refuse when the cache no longer gives the split the run was trained on (a piece
