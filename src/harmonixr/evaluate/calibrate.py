@@ -61,7 +61,12 @@ REGULARISATION = 1.0  # logistic C (inverse L2 strength) of the small models on 
 FEATURES = ("top similarity", "margin", "top similarity in the composer's spread")
 SPREAD_PRIOR = 5.0  # pieces' worth of the pooled spread mixed into each composer's own
 MIN_WORKS_CHOICES = (1, 2, 3, 5, 8, 13)
-PROBE_CS = (0.01, 0.1, 1.0, 10.0)
+NAMED_PROBE_CS = (
+    0.01,
+    0.1,
+    1.0,
+    10.0,
+)  # the named-composer probe's C (protocols.PROBE_CS is the evaluation's)
 FALSE_UNKNOWN = 0.10  # share of validation pieces of named composers allowed to be called unknown
 FITTED_ON = "validation (fitted on it)"
 
@@ -370,7 +375,7 @@ def choose_named(
         sel = np.array([c in index for c in train_composers])
         y = np.array([index[c] for c in train_composers[sel]])
         vy = np.array([index.get(c, -1) for c in val_composers])
-        for c in PROBE_CS if len(val_emb) else (1.0,):
+        for c in NAMED_PROBE_CS if len(val_emb) else (1.0,):
             model = _fit_probe(train_emb[sel], y, c, seed)
             w, b = _probe_table(model, len(names))
             right = float(np.mean((val_emb @ w.T + b).argmax(1) == vy)) if len(vy) else 0.0

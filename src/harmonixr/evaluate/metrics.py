@@ -298,10 +298,9 @@ def binary_ece(
 
 
 def balanced_weights(y: np.ndarray) -> np.ndarray:
-    """Weights giving each class of a binary ``y`` half the total (what an even prior means)."""
-    y = np.asarray(y).astype(bool)
-    n1, n0 = y.sum(), (~y).sum()
-    return np.where(y, 0.5 / max(n1, 1), 0.5 / max(n0, 1))
+    """Weights giving each class of a binary ``y`` half the total (what an even prior means):
+    :func:`balanced_weights_weighted` with every piece weighing one."""
+    return balanced_weights_weighted(y, np.ones(len(y)))
 
 
 def binary_balanced_accuracy(
