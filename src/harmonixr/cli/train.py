@@ -81,6 +81,35 @@ def train(
     out.print(f"run: {run_dir}  (tensorboard --logdir {run_dir / 'tb'})")
 
 
+@app.command("train-head")
+def train_head(
+    source: RunArg,
+    data: Annotated[Path, typer.Option("--data", "-d", help="The run's tensor cache.")],
+    run: Annotated[Path, typer.Option("--out", "-o", help="The new run directory.")],
+    branches: Annotated[
+        str, typer.Option(help="both | vit (ViT only) | stats (statistics only).")
+    ] = "both",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1500,
+    branch_dropout: Annotated[
+        float, typer.Option(help="Chance that a training piece drops one branch.")
+    ] = 0.3,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Second stage: train SiaViT's statistics branch and whole-piece head on SOURCE's fixed
+    encoder (same split); OUT is a run like any other (evaluate, index build, serve)."""
+    from harmonixr.train.piece_head import HeadConfig
+    from harmonixr.train.piece_head import train_head as run_head
+
+    config = HeadConfig(steps=steps, branches=branches, branch_dropout=branch_dropout, seed=seed)
+    done = run_head(
+        source, data, run, config, progress=lambda stage, i, n: _say(f"{stage} {i}/{n}")
+    )
+    log = json.loads((done / "head_log.json").read_text())
+    out.print(
+        f"run: {done}  (best validation AUC {log['best_val_auc']:.3f} at step {log['best_step']})"
+    )
+
+
 @app.command()
 def evaluate(
     run: RunArg,

@@ -38,6 +38,12 @@ class ModelConfig:
     embed_dim: int = 128
     conv_dropout: float = 0.1
     dropout: float = 0.1
+    # the statistics branch (model/stats.py): 0 = ViT only (the crop head), else the length of
+    # the whole-piece statistics vector fused with the ViT's pooled tokens before the head
+    stats_dim: int = 0
+    stats_hidden: int = 128
+    stats_version: int = 0  # model.stats.STATS_VERSION the branch was trained on
+    stats_branches: str = "both"  # both | vit | stats: which branches the head reads
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(int(c) for c in self.stages))
@@ -53,6 +59,10 @@ class ModelConfig:
             raise ValueError(f"kernel must be odd, got {self.kernel}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.stats_dim < 0 or self.stats_hidden < 1:
+            raise ValueError("stats_dim must be ≥ 0 and stats_hidden ≥ 1")
+        if self.stats_branches not in ("both", "vit", "stats"):
+            raise ValueError(f"stats_branches must be both|vit|stats, got {self.stats_branches!r}")
         if self.stem_time_stride < 1:
             raise ValueError("stem_time_stride must be at least 1")
         pc, octv = self.grid_after_pools()

@@ -1,5 +1,7 @@
 """Whole-piece embeddings (docs/architecture.md): the mean of the embeddings of overlapping crops
-covering the piece, weighted by each crop's valid frames, then renormalised.
+covering the piece, weighted by each crop's valid frames, then renormalised. A model with a
+statistics branch instead averages the crops' pooled tokens and reads them with the whole
+piece's statistics (one head call per piece).
 
 Works on ``uint8 (T, 12, 6)`` arrays (the cache's tensors), so evaluation, pictures and search
 share one definition. Crops from many pieces are batched together; a piece shorter than the crop
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from harmonixr.model.encoder import SiaViT
+from harmonixr.model.stats import STATS_DIM, piece_stats
 
 
 def to_model_input(x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +74,52 @@ def crop_batches(
 
 
 @torch.inference_mode()
+def window_features(
+    encoder: SiaViT,
+    tensors: Sequence[np.ndarray],
+    windows: Sequence[Window],
+    crop: int,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """``(len(windows), d_model)`` float32 pooled ViT tokens of the given windows (what the
+    head reads)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = np.zeros((len(windows), encoder.config.d_model), np.float32)
+    for x, valid, sl in crop_batches(tensors, windows, crop, batch_size):
+        xt = to_model_input(torch.from_numpy(x).to(device))
+        lengths = torch.from_numpy(valid).to(device)
+        out[sl] = encoder.pooled(xt, lengths).float().cpu().numpy()
+    return out
+
+
+def window_stats(tensors: Sequence[np.ndarray], windows: Sequence[Window]) -> np.ndarray:
+    """``(len(windows), STATS_DIM)`` statistics of the music inside each window."""
+    return np.stack(
+        [piece_stats(tensors[w.piece][w.start : w.start + w.valid]) for w in windows]
+    ).reshape(len(windows), STATS_DIM)
+
+
+@torch.inference_mode()
+def head_embeddings(
+    encoder: SiaViT, features: np.ndarray, stats: np.ndarray | None, batch_size: int = 1024
+) -> np.ndarray:
+    """``(N, D)`` L2-normalised embeddings of pooled tokens (and statistics) by the head."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = np.zeros((len(features), encoder.config.embed_dim), np.float32)
+    for b0 in range(0, len(features), batch_size):
+        sl = slice(b0, b0 + batch_size)
+        f = torch.from_numpy(np.ascontiguousarray(features[sl], np.float32)).to(device)
+        st = None
+        if stats is not None:
+            st = torch.from_numpy(np.ascontiguousarray(stats[sl], np.float32)).to(device)
+        out[sl] = encoder.forward_head(f, st).float().cpu().numpy()
+    return out
+
+
 def embed_windows(
     encoder: SiaViT,
     tensors: Sequence[np.ndarray],
@@ -78,27 +127,34 @@ def embed_windows(
     crop: int,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """``(len(windows), D)`` float32 L2-normalised embeddings of the given windows."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    out = np.zeros((len(windows), encoder.config.embed_dim), np.float32)
-    for x, valid, sl in crop_batches(tensors, windows, crop, batch_size):
-        xt = to_model_input(torch.from_numpy(x).to(device))
-        lengths = torch.from_numpy(valid).to(device)
-        out[sl] = encoder(xt, lengths).float().cpu().numpy()
-    return out
+    """``(len(windows), D)`` float32 L2-normalised embeddings of the given windows (a
+    statistics model reads each window's own statistics)."""
+    features = window_features(encoder, tensors, windows, crop, batch_size)
+    stats = window_stats(tensors, windows) if encoder.has_stats else None
+    return head_embeddings(encoder, features, stats)
 
 
-def pool_windows(z: np.ndarray, windows: Sequence[Window], n_pieces: int) -> np.ndarray:
-    """Valid-frame-weighted mean of window embeddings per piece, renormalised, ``(N, D)``."""
+def _weighted_mean(z: np.ndarray, windows: Sequence[Window], n_pieces: int) -> np.ndarray:
     owner = np.array([w.piece for w in windows], np.int64)
     weight = np.array([w.valid for w in windows], np.float64)
     acc = np.zeros((n_pieces, z.shape[1]), np.float64)
     np.add.at(acc, owner, z.astype(np.float64) * weight[:, None])
+    total = np.bincount(owner, weights=weight, minlength=n_pieces)
+    return acc, total
+
+
+def pool_windows(z: np.ndarray, windows: Sequence[Window], n_pieces: int) -> np.ndarray:
+    """Valid-frame-weighted mean of window embeddings per piece, renormalised, ``(N, D)``."""
+    acc, _ = _weighted_mean(z, windows, n_pieces)
     norm = np.linalg.norm(acc, axis=1, keepdims=True)
     return (acc / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def pool_features(features: np.ndarray, windows: Sequence[Window], n_pieces: int) -> np.ndarray:
+    """Valid-frame-weighted mean of window features per piece, ``(N, d)`` (not normalised:
+    a statistics model's head reads the whole piece's mean token)."""
+    acc, total = _weighted_mean(features, windows, n_pieces)
+    return (acc / np.maximum(total, 1e-12)[:, None]).astype(np.float32)
 
 
 def embed_pieces(
@@ -109,20 +165,35 @@ def embed_pieces(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 64,
+    stats: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(N, D)`` float32 whole-piece embeddings (see the module docstring). ``hop`` defaults
     to half a crop. Pieces go through ``chunk`` at a time, so memory stays bounded and
-    ``progress(done, total)`` is called after each chunk."""
+    ``progress(done, total)`` is called after each chunk. A statistics model's head reads the
+    mean of the windows' pooled tokens and the whole piece's statistics (``stats``, ``(N,
+    STATS_DIM)``, computed from the tensors when not given)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if stats is not None and len(stats) != len(tensors):
+        raise ValueError(f"{len(stats)} statistics vectors for {len(tensors)} pieces")
     hop = hop or default_hop(crop)
     out = np.zeros((len(tensors), encoder.config.embed_dim), np.float32)
     step = max(1, chunk)
     for c0 in range(0, len(tensors), step):
         part = [tensors[i] for i in range(c0, min(c0 + step, len(tensors)))]
         windows = piece_windows(part, crop, hop)
-        z = embed_windows(encoder, part, windows, crop, batch_size)
-        out[c0 : c0 + len(part)] = pool_windows(z, windows, len(part))
+        if encoder.has_stats:
+            features = pool_features(
+                window_features(encoder, part, windows, crop, batch_size), windows, len(part)
+            )
+            if stats is not None:
+                part_stats = np.asarray(stats[c0 : c0 + len(part)], np.float32)
+            else:
+                part_stats = np.stack([piece_stats(t) for t in part])
+            out[c0 : c0 + len(part)] = head_embeddings(encoder, features, part_stats)
+        else:
+            z = embed_windows(encoder, part, windows, crop, batch_size)
+            out[c0 : c0 + len(part)] = pool_windows(z, windows, len(part))
         if progress:
             progress(c0 + len(part), len(tensors))
     return out

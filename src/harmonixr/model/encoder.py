@@ -40,7 +40,9 @@ def _time_mask(lengths: torch.Tensor | None, n: int) -> torch.Tensor | None:
 
 class SiaViT(nn.Module):
     """The shared encoder of the Siamese pair. Input ``(B, 1, 12, 6, L)`` in [0, 1] and the true
-    lengths (frames) of each crop; output L2-normalised ``(B, embed_dim)``."""
+    lengths (frames) of each crop; output L2-normalised ``(B, embed_dim)``. With
+    ``config.stats_dim`` it has a second input, the whole-piece statistics of
+    ``model/stats.py`` ``(B, stats_dim)``, fused with the pooled tokens before the head."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -75,12 +77,36 @@ class SiaViT(nn.Module):
         )
         self.transformer = nn.TransformerEncoder(layer, c.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(c.d_model)
-        self.head = nn.Sequential(
-            nn.Linear(c.d_model, c.d_model),
-            nn.GELU(),
-            nn.Dropout(c.dropout),
-            nn.Linear(c.d_model, c.embed_dim),
-        )
+        if c.stats_dim:
+            # the statistics branch: whole-piece statistics (standardised by the training
+            # side's mean and spread, kept with the weights) and the pooled ViT tokens each
+            # become ``stats_hidden`` numbers, concatenated before the head
+            h = c.stats_hidden
+            self.register_buffer("stats_mean", torch.zeros(c.stats_dim))
+            self.register_buffer("stats_std", torch.ones(c.stats_dim))
+            self.stats_net = nn.Sequential(
+                nn.Linear(c.stats_dim, h), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(h, h)
+            )
+            self.vit_net = nn.Sequential(nn.LayerNorm(c.d_model), nn.Linear(c.d_model, h))
+            self.head = nn.Sequential(
+                nn.GELU(),
+                nn.Dropout(c.dropout),
+                nn.Linear(2 * h, h),
+                nn.GELU(),
+                nn.Linear(h, c.embed_dim),
+            )
+        else:
+            self.head = nn.Sequential(
+                nn.Linear(c.d_model, c.d_model),
+                nn.GELU(),
+                nn.Dropout(c.dropout),
+                nn.Linear(c.d_model, c.embed_dim),
+            )
+
+    @property
+    def has_stats(self) -> bool:
+        """Whether the model takes whole-piece statistics beside the tensor."""
+        return bool(self.config.stats_dim)
 
     def forward_features(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
@@ -136,9 +162,48 @@ class SiaViT(nn.Module):
         w = valid.to(tokens.dtype)[:, :, None]
         return (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
 
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(pooled).float(), dim=-1)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The ViT's mean token ``(B, d_model)``: what the head reads (and what a whole piece
+        averages over its windows before a statistics model's head)."""
         tokens, valid = self.forward_features(x, lengths)
-        return self.forward_head(self.pool(tokens, valid))
+        return self.pool(tokens, valid)
+
+    def forward_head(
+        self,
+        pooled: torch.Tensor,
+        stats: torch.Tensor | None = None,
+        keep_vit: torch.Tensor | None = None,
+        keep_stats: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """L2-normalised embeddings from pooled tokens and, for a statistics model, the
+        statistics (``None``: the branch is left out, as when it is dropped in training).
+        ``keep_vit`` / ``keep_stats``: ``(B,)`` masks, 0 where a branch is dropped."""
+        if not self.has_stats:
+            if stats is not None:
+                raise ValueError("this model has no statistics branch (stats_dim = 0)")
+            return F.normalize(self.head(pooled).float(), dim=-1)
+        v = self.vit_net(pooled)
+        if self.config.stats_branches == "stats":
+            v = torch.zeros_like(v)
+        elif keep_vit is not None:
+            v = v * keep_vit.to(v.dtype)[:, None]
+        if stats is None or self.config.stats_branches == "vit":
+            s = torch.zeros_like(v)
+        else:
+            if stats.shape[-1] != self.config.stats_dim:
+                raise ValueError(
+                    f"expected {self.config.stats_dim} statistics per piece, got {stats.shape[-1]}"
+                )
+            z = (stats.to(v.dtype) - self.stats_mean) / self.stats_std
+            s = self.stats_net(z)
+            if keep_stats is not None:
+                s = s * keep_stats.to(s.dtype)[:, None]
+        return F.normalize(self.head(torch.cat((v, s), dim=-1)).float(), dim=-1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        stats: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.forward_head(self.pooled(x, lengths), stats)

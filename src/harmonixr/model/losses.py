@@ -91,3 +91,26 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1)
         return z.sum() * 0.0
     per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1)[has] / n_pos[has]
     return per_anchor.mean()
+
+
+def group_supcon(
+    z: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Supervised contrastive loss in which two pieces of one group are neither positive nor
+    negative (their shared music must not be what makes them close)."""
+    same_group = groups[:, None] == groups[None, :]
+    # the loss masks out "self"; masking same-group pairs the same way means pushing their
+    # similarity to −∞ in the denominator and never counting them as positives
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    far = (same_group & ~eye).float() * 1e4
+    zz = z.float()
+    sim = zz @ zz.T / temperature - far
+    sim = sim.masked_fill(eye, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~same_group
+    n_pos = pos.sum(1)
+    has = n_pos > 0
+    if not bool(has.any()):
+        return z.sum() * 0.0
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1)[has] / n_pos[has]
+    return per_anchor.mean()
