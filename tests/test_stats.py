@@ -191,20 +191,21 @@ def test_pieces_of_one_group_are_neither_positive_nor_negative():
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
 
 
-def test_the_second_stage_writes_a_run_every_room_reads(search_run, tmp_path):
+def test_the_second_stage_writes_a_run_every_room_reads(search_run, search_run_copy, tmp_path):
     import json
+    import shutil
 
     from harmonixr.model.io import load_encoder
     from harmonixr.search.index import build_index
     from harmonixr.train.piece_head import HeadConfig, train_head
     from harmonixr.train.rundir import Run
 
-    cache = search_run.parent / "cache"
+    cache = shutil.copytree(search_run.parent / "cache", tmp_path / "cache")
     config = HeadConfig(steps=20, val_every=10, composers=2, per_composer=2, branch_dropout=0.5)
-    out = train_head(search_run, cache, tmp_path / "head", config)
+    out = train_head(search_run_copy, cache, tmp_path / "head", config)
     run = Run.open(out)
     assert run.model.stats_dim == STATS_DIM and run.crop_frames == Run.open(search_run).crop_frames
-    assert (cache / "stats-v1.npz").is_file()
+    assert (cache / "stats-v1.npz").is_file() and (search_run_copy / "head-features.npz").is_file()
     log = json.loads((out / "head_log.json").read_text())
     assert [e["step"] for e in log["log"]] == [10, 20]
     encoder = load_encoder(out)
@@ -220,4 +221,4 @@ def test_the_second_stage_writes_a_run_every_room_reads(search_run, tmp_path):
     z = run.embed(tensors)
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="already holds a run"):
-        train_head(search_run, cache, out, config)
+        train_head(search_run_copy, cache, out, config)

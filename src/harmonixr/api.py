@@ -348,7 +348,8 @@ class Harmonixr:
         the whole-piece embedding's (both lists end at the piece's end)."""
         tensor, crop, step = self._timeline_input(x, window, hop)
         windows = piece_windows([tensor], crop, step)
-        if crop != self.run.crop_frames:
+        if crop != self.run.crop_frames or self.encoder.has_stats:
+            # a statistics model's whole piece is not the mean of its windows' embeddings
             z = embed_windows(self.encoder, [tensor], windows, crop)
             return self._passages(z, windows), self.embed(tensor)
         whole = piece_windows([tensor], crop, self.run.hop_frames)

@@ -3,14 +3,15 @@
 The first stage (``train/run.py``) teaches the convolutions and the transformer on 30 s crops.
 This stage keeps them fixed, reads every piece of the run's training and validation sides once
 (the mean pooled token of its windows, as whole-piece embedding reads it; cached in
-``OUT/features.npz``), computes each piece's statistics (``model/stats.py``; cached beside the
-tensors), and trains the statistics network, the ViT projection and the head together with a
-supervised contrastive loss over *pieces*: positives are pieces by the same composer in
-another group, pairs inside one group count neither way. Each step sees a whole piece or one of
-a few fixed random excerpts of it (its windows' mean and the excerpt's own statistics), and
-drops one branch at random (``branch_dropout``) so that each branch is useful alone. The
-checkpoint of best validation AUC (every pair of validation pieces in different groups counted
-once) is exported; ``OUT/head_log.json`` records validation AUC against wall time.
+``SOURCE/head-features.npz``), computes each piece's statistics (``model/stats.py``; cached
+beside the tensors), and trains the statistics network, the ViT projection and the head
+together with a supervised contrastive loss over *pieces*: positives are pieces by the same
+composer in another group, pairs inside one group count neither way. Each step sees a whole
+piece or one of a few fixed random excerpts of it (its windows' mean and the excerpt's own
+statistics), and drops one branch at random (``branch_dropout``) so that each branch is useful
+alone. The checkpoint of best validation AUC (every pair of validation pieces in different
+groups counted once) is exported; ``OUT/head_log.json`` records validation AUC against wall
+time.
 
 The output is an ordinary run directory (same split, crop and tensors), so evaluation, the
 index and the service read it like any other run.
@@ -21,26 +22,26 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from harmonixr._files import atomic_json, atomic_write
-from harmonixr.data.cache import CachedPiece, TensorCache
+from harmonixr._files import atomic_json
+from harmonixr.data.cache import TensorCache
 from harmonixr.evaluate.metrics import roc_auc
-from harmonixr.model.embed import piece_windows, pool_features, window_features
+from harmonixr.model.embed import pool_features
 from harmonixr.model.encoder import SiaViT
 from harmonixr.model.io import save_weights
 from harmonixr.model.losses import group_supcon
-from harmonixr.model.stats import STATS_DIM, STATS_VERSION, piece_stats
+from harmonixr.model.stats import STATS_DIM, STATS_VERSION
+from harmonixr.train.piece_inputs import Views, build_views, cached_stats, window_features_cached
 from harmonixr.train.rundir import CONFIG, SPLIT, Run
 
 BRANCHES = ("both", "vit", "stats")
-FEATURES = "features.npz"
 HEAD_LOG = "head_log.json"
 
 
@@ -69,119 +70,6 @@ class HeadConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.per_composer < 2:
             raise ValueError("per_composer must be at least 2 (a positive per anchor)")
-
-
-# ---------------------------------------------------------------- statistics, cached
-
-
-def cached_stats(cache: TensorCache, rows: Sequence[CachedPiece]) -> np.ndarray:
-    """``(N, STATS_DIM)`` statistics of the rows' whole tensors, kept in the cache folder
-    (``stats-v<STATS_VERSION>.npz``, by tensor file) so that they are computed once."""
-    path = cache.root / f"stats-v{STATS_VERSION}.npz"
-    known: dict[str, np.ndarray] = {}
-    if path.is_file():
-        try:
-            with np.load(path) as fh:
-                known = {k: fh[k] for k in fh.files}
-        except (OSError, ValueError):  # a damaged file is recomputed, not trusted
-            known = {}
-    out = np.zeros((len(rows), STATS_DIM), np.float32)
-    added = False
-    for i, r in enumerate(rows):
-        key = Path(r.tensor or "").stem
-        vec = known.get(key)
-        if vec is None or vec.shape != (STATS_DIM,):
-            vec = piece_stats(cache.load(r))
-            known[key] = vec
-            added = True
-        out[i] = vec
-    if added:
-        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **known))  # noqa: SIM115
-    return out
-
-
-# ---------------------------------------------------------------- the pieces' inputs
-
-
-@dataclass
-class Views:
-    """Inputs of the head: one row per view (a whole piece or an excerpt of it)."""
-
-    features: np.ndarray  # (V, d_model) mean pooled token
-    stats: np.ndarray  # (V, STATS_DIM)
-    piece: np.ndarray  # (V,) index into the side's pieces
-    whole: np.ndarray  # (V,) bool
-
-
-def _excerpts(n_windows: int, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """``count`` random spans [a, b) of 30–80 % of a piece's windows (none for one window)."""
-    if n_windows < 2:
-        return []
-    out = []
-    for _ in range(count):
-        length = max(1, round(n_windows * rng.uniform(0.3, 0.8)))
-        a = int(rng.integers(0, n_windows - length + 1))
-        out.append((a, a + length))
-    return out
-
-
-def build_views(
-    tensors: Sequence[np.ndarray],
-    window_feats: np.ndarray,
-    windows: Sequence[Any],
-    whole_stats: np.ndarray,
-    excerpts: int,
-    rng: np.random.Generator,
-) -> Views:
-    """Whole pieces, and ``excerpts`` random excerpts of each with their own statistics."""
-    feats, stats, piece, whole = [], [], [], []
-    whole_feats = pool_features(window_feats, windows, len(tensors))
-    owner = np.array([w.piece for w in windows])
-    first = np.searchsorted(owner, np.arange(len(tensors)))
-    counts = np.bincount(owner, minlength=len(tensors))
-    for i in range(len(tensors)):
-        feats.append(whole_feats[i])
-        stats.append(whole_stats[i])
-        piece.append(i)
-        whole.append(True)
-        for a, b in _excerpts(int(counts[i]), excerpts, rng):
-            ws = [windows[first[i] + k] for k in range(a, b)]
-            local = np.arange(first[i] + a, first[i] + b)
-            w = np.array([x.valid for x in ws], np.float64)
-            feats.append((window_feats[local] * w[:, None]).sum(0) / w.sum())
-            start, end = ws[0].start, ws[-1].start + ws[-1].valid
-            stats.append(piece_stats(tensors[i][start:end]))
-            piece.append(i)
-            whole.append(False)
-    return Views(
-        np.asarray(feats, np.float32),
-        np.asarray(stats, np.float32),
-        np.asarray(piece, np.int64),
-        np.asarray(whole, bool),
-    )
-
-
-def _window_features(
-    run: Run, encoder: SiaViT, tensors: Sequence[np.ndarray], paths: Sequence[str], out: Path
-) -> tuple[np.ndarray, list[Any]]:
-    """Every window's pooled token, read back from ``OUT/features.npz`` when it was computed
-    by the same weights for the same pieces (so a killed run resumes without the cost)."""
-    windows = piece_windows(tensors, run.crop_frames, run.hop_frames)
-    path = out / FEATURES
-    stamp = json.dumps({"weights": run.weights_sha256(), "paths": list(paths)})
-    if path.is_file():
-        with np.load(path) as fh:
-            if str(fh["stamp"]) == stamp and len(fh["features"]) == len(windows):
-                return fh["features"], windows
-    feats = window_features(encoder, tensors, windows, run.crop_frames)
-    atomic_write(
-        path,
-        lambda tmp: np.savez(open(tmp, "wb"), features=feats, stamp=np.array(stamp)),  # noqa: SIM115
-    )
-    return feats, windows
-
-
-# ---------------------------------------------------------------- training
 
 
 class _Sampler:
@@ -276,8 +164,8 @@ def train_head(
     if progress:
         progress("features", 0, 2)
     all_tensors = tensors["train"] + tensors["val"]
-    feats, windows = _window_features(
-        run, encoder, all_tensors, [r.path for r in sides["train"] + sides["val"]], out
+    feats, windows = window_features_cached(
+        run, encoder, all_tensors, [r.sha256 or r.path for r in sides["train"] + sides["val"]]
     )
     n_train = len(tensors["train"])
     owner = np.array([w.piece for w in windows])
@@ -337,41 +225,57 @@ def train_head(
         model.train()
         return validation_auc(z.numpy(), lab["val"], grp["val"])
 
-    t_head = time.perf_counter()
-    log: list[dict[str, float]] = []
-    best_auc, best_state, best_step = -1.0, None, 0
-    model.train()
-    for step in range(1, config.steps + 1):
-        idx = torch.from_numpy(sampler(rng))
-        keep_v, keep_s = _branch_masks(len(idx), config, gen)
-        z = model.forward_head(vf[idx], vs[idx], keep_v, keep_s)
-        loss = group_supcon(z, v_lab[idx], v_grp[idx], config.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % config.val_every == 0 or step == config.steps:
-            auc = evaluate()
-            now = time.perf_counter()
-            log.append(
-                {
-                    "step": step,
-                    "loss": loss.item(),
-                    "val_auc": auc,
-                    "head_s": now - t_head,
-                    "wall_s": now - t_start,
-                }
-            )
-            if auc > best_auc:
-                best_auc, best_step = auc, step
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if progress:
-                progress("head", step, config.steps)
-    assert best_state is not None
-    model.load_state_dict(best_state)
+    def fit_loop() -> tuple[list[dict[str, float]], int, float]:
+        """The steps; leaves the best validation weights in ``model``."""
+        t_head = time.perf_counter()
+        log: list[dict[str, float]] = []
+        best_auc, best_state, best_step = -1.0, None, 0
+        model.train()
+        for step in range(1, config.steps + 1):
+            idx = torch.from_numpy(sampler(rng))
+            keep_v, keep_s = _branch_masks(len(idx), config, gen)
+            z = model.forward_head(vf[idx], vs[idx], keep_v, keep_s)
+            loss = group_supcon(z, v_lab[idx], v_grp[idx], config.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % config.val_every == 0 or step == config.steps:
+                auc = evaluate()
+                now = time.perf_counter()
+                log.append(
+                    {
+                        "step": step,
+                        "loss": loss.item(),
+                        "val_auc": auc,
+                        "head_s": now - t_head,
+                        "wall_s": now - t_start,
+                    }
+                )
+                if auc > best_auc:
+                    best_auc, best_step = auc, step
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if progress:
+                    progress(f"head (validation AUC {auc:.3f})", step, config.steps)
+        assert best_state is not None
+        model.load_state_dict(best_state)
+        return log, best_step, best_auc
+
+    with _one_thread():  # the head is small: one thread is as fast, and spares a busy machine
+        log, best_step, best_auc = fit_loop()
     model.eval()
     _write_run(run, out, model, config, log, best_step, best_auc)
     return out
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _write_run(
