@@ -553,7 +553,10 @@ def test_page_drop_a_file_then_compare_two(browser, live, search_run, tmp_path, 
         })"""
     )
     assert min(inked) > 500, inked
-    assert page.locator("#passages tbody tr").count() == 7  # 0, 30, …, 150 s and the last 30 s
+    # windows of the run's crop (10 s for the tiny run, from /api/health), side by side:
+    # 0, 10, …, 170 s and the last 10 s
+    assert any("/api/analyze?k=5&n=10&window=10&hop=10" in url for url in requests), requests
+    assert page.locator("#passages tbody tr").count() == 19
     assert page.locator("#legend li").count() >= 1
     shots = _shots()
     if shots:
