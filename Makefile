@@ -96,9 +96,10 @@ pretrained: install
 	@test -n "$(ASAP)" -a -n "$(SCORES)" || { echo "usage: make pretrained ASAP=path/to/asap-dataset SCORES=path/to/scores" >&2; exit 2; }
 	$(HX) preprocess $(ASAP) $(SCORES) --out $(PRETRAINED_CACHE) --workers $(WORKERS)
 	OMP_NUM_THREADS=2 $(HX) evaluate $(PRETRAINED_RUN) --folds 10 --fold 0 --data $(PRETRAINED_CACHE) --config configs/pretrained.toml --resamples 300
-	@# the shipped split must come back file for file (content hash → side and group)
+	@# the shipped split must come back file for file (content hash → side and group), unless
+	@# it was grouped by an older rule (its header's "groups"): then the rebuilt one replaces it
 	if [ -f $(PRETRAINED_DIR)/split.json ]; then $(PY) -c "from harmonixr.data.splits import compare_manifests as c; \
-	c('$(PRETRAINED_DIR)/split.json', '$(PRETRAINED_RUN)/fold-0/split.json')"; fi
+	print(c('$(PRETRAINED_DIR)/split.json', '$(PRETRAINED_RUN)/fold-0/split.json'))"; fi
 	@# "someone else" from real strangers: the recipe's two cross-validations (~45 min each on 2 cores)
 	OMP_NUM_THREADS=2 $(HX) evaluate $(CV_GROUP) --folds 5 --data $(PRETRAINED_CACHE) --config configs/multi-invariant.toml --resamples 300
 	OMP_NUM_THREADS=2 $(HX) evaluate $(CV_UNSEEN) --folds 5 --split-mode unseen-composer --data $(PRETRAINED_CACHE) --config configs/multi-invariant.toml --resamples 300

@@ -54,7 +54,8 @@ def test_similar_verify_timeline_json(search_run):
     assert set(verdict) == {"similarity", "same_composer", "probability"}
     passages = hx_json("timeline", a, "--model", search_run, "--window", "10", "--hop", "5")
     assert passages[0]["start_s"] == 0.0 and set(passages[0]["probabilities"]) == {"High", "Low"}
-    assert "10 s windows every 10 s" in hx("timeline", a, "-m", search_run, "--window", "10")
+    shown = hx("timeline", a, "-m", search_run, "--window", "10", "--hop", "10")
+    assert "10 s windows every 10 s" in shown
     assert Path(a).name in hx("similar", a, "-m", search_run)
     assert "composer" in hx("verify", a, b, "-m", search_run)
 

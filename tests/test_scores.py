@@ -97,6 +97,23 @@ def test_musicxml_written_by_music21_renders_with_its_dynamics(tmp_path):
         assert 0 < soft.max() < plain.max()
 
 
+def test_tensorize_reads_scores_as_preprocess_does(tmp_path):
+    import harmonixr
+
+    cfg = TensorConfig()
+    kern = tmp_path / "piece.krn"
+    kern.write_text(KERN)
+    for path in (_musicxml(tmp_path / "plain.musicxml", None), kern):
+        np.testing.assert_array_equal(harmonixr.tensorize(path, cfg), load_tensor(path, cfg).tensor)
+        assert harmonixr.tensorize_with_stats(path, cfg).notes > 0
+        assert harmonixr.load_score(path).note_num() > 0
+    bad = tmp_path / "bad.musicxml"
+    bad.write_text("<score-partwise>not music")
+    with pytest.raises(MidiError) as err:
+        harmonixr.tensorize(bad)
+    assert err.value.reason == "score_error"
+
+
 def test_bad_scores_get_score_error_and_uploads_are_rendered_too(tmp_path):
     cfg = TensorConfig()
     bad = tmp_path / "bad.mei"

@@ -128,7 +128,9 @@ def test_analyze_gives_everything_the_page_shows(client, piece):
     assert a["attribution"][0]["composer"] == composer_of(path)
     assert sum(x["probability"] for x in a["attribution"]) == pytest.approx(1.0, abs=1e-9)
     assert [m["path"] for m in a["similar"]][:1] == [path] and len(a["similar"]) == 4
-    assert a["timeline"]["window_s"] == 30 and len(a["timeline"]["passages"]) >= 1
+    crop = client.get("/api/health").json()["crop_s"]  # the run's: 10 s for the tiny one
+    assert a["timeline"]["window_s"] == a["timeline"]["hop_s"] == crop == 10
+    assert len(a["timeline"]["passages"]) >= 1
     assert set(a["position"]) == {"x", "y", "z"}
     m = client.get("/api/map").json()
     assert m["available"] and len(m["x"]) == len(m["composers"]) == 20
@@ -551,7 +553,10 @@ def test_page_drop_a_file_then_compare_two(browser, live, search_run, tmp_path, 
         })"""
     )
     assert min(inked) > 500, inked
-    assert page.locator("#passages tbody tr").count() == 7  # 0, 30, …, 150 s and the last 30 s
+    # windows of the run's crop (10 s for the tiny run, from /api/health), side by side:
+    # 0, 10, …, 170 s and the last 10 s
+    assert any("/api/analyze?k=5&n=10&window=10&hop=10" in url for url in requests), requests
+    assert page.locator("#passages tbody tr").count() == 19
     assert page.locator("#legend li").count() >= 1
     shots = _shots()
     if shots:
@@ -817,7 +822,7 @@ def test_query_bounds_come_from_the_api_and_are_in_the_schema(client, piece):
 
     schema = client.get("/openapi.json").json()
     params = {p["name"]: p for p in schema["paths"]["/api/timeline"]["post"]["parameters"]}
-    window = params["window"]["schema"]
+    (window,) = [s for s in params["window"]["schema"]["anyOf"] if s.get("type") == "number"]
     assert (window["minimum"], window["maximum"]) == (MIN_WINDOW_S, MAX_WINDOW_S)
     assert f"window/{MAX_OVERLAP}" in params["hop"]["description"]
     # the rule the schema cannot say (hop against window) is refused in the documented shape

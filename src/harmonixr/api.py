@@ -8,7 +8,7 @@ hx.embed(["a.mid", "b.mid"])              # (N, D); also a uint8 (T, 12, 6) arra
 hx.attribute("a.mid", k=5)                # [Attribution(composer, probability, score), ...]
 hx.similar("a.mid", k=10)                 # [Match(composer, title, path, similarity), ...]
 hx.verify("a.mid", "b.mid")               # Verdict(similarity, same_composer, probability)
-hx.timeline("a.mid", window=30, hop=10)   # [Passage(start_s, end_s, {composer: p}), ...]
+hx.timeline("a.mid")                      # [Passage(start_s, end_s, {composer: p}), ...]
 ```
 
 Files are parsed in child processes (a file that crashes the parser raises
@@ -332,21 +332,43 @@ class Harmonixr:
         p = float(self._index().calibration.same_probability(sim))
         return Verdict(sim, p >= 0.5, p)
 
-    def timeline(self, x: Input, window: float = 30.0, hop: float = 10.0) -> list[Passage]:
+    @property
+    def crop_seconds(self) -> float:
+        """The run's crop: what it was trained on, the window of its whole-piece embedding and
+        the default window of :meth:`timeline` (30 s for the shipped model)."""
+        return round(self.run.crop_frames * self.run.frame_seconds, 6)
+
+    def timeline_windows(
+        self, window: float | None = None, hop: float | None = None
+    ) -> tuple[float, float]:
+        """The window and hop :meth:`timeline` uses, in seconds: ``window`` defaults to the run's
+        crop (:attr:`crop_seconds`), ``hop`` to a third of the crop in whole frames (10 s for
+        the shipped model), kept within what the window allows (window/4 to window)."""
+        window = self.crop_seconds if window is None else float(window)
+        if hop is None:
+            third = round(max(1, round(self.run.crop_frames / 3)) * self.run.frame_seconds, 6)
+            return window, min(max(third, window / MAX_OVERLAP), window)
+        return window, float(hop)
+
+    def timeline(
+        self, x: Input, window: float | None = None, hop: float | None = None
+    ) -> list[Passage]:
         """Composer probabilities of windows of ``window`` seconds every ``hop`` seconds (the
-        last window ends at the piece's end). The calibration is the whole-piece one, so a
-        short window's probabilities are indicative rather than calibrated."""
-        tensor, crop, step = self._timeline_input(x, window, hop)
+        last window ends at the piece's end; defaults: :meth:`timeline_windows`). The
+        calibration is the whole-piece one, so a short window's probabilities are indicative
+        rather than calibrated."""
+        tensor, crop, step = self._timeline_input(x, *self.timeline_windows(window, hop))
         windows = piece_windows([tensor], crop, step)
         return self._passages(embed_windows(self.encoder, [tensor], windows, crop), windows)
 
     def timeline_and_embedding(
-        self, x: Input, window: float = 30.0, hop: float = 10.0
+        self, x: Input, window: float | None = None, hop: float | None = None
     ) -> tuple[list[Passage], np.ndarray]:
         """:meth:`timeline` and :meth:`embed` of one input, the model run once on each window
-        they share: when ``window`` is the run's crop, every timeline window is also one of
-        the whole-piece embedding's (both lists end at the piece's end)."""
-        tensor, crop, step = self._timeline_input(x, window, hop)
+        they share: when ``window`` is the run's crop (the default, whatever the crop), every
+        timeline window is also one of the whole-piece embedding's (both lists end at the
+        piece's end). Another window is embedded apart from the whole piece's."""
+        tensor, crop, step = self._timeline_input(x, *self.timeline_windows(window, hop))
         windows = piece_windows([tensor], crop, step)
         if crop != self.run.crop_frames or self.encoder.has_stats:
             # a statistics model's whole piece is not the mean of its windows' embeddings

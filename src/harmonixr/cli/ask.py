@@ -142,13 +142,20 @@ TIMELINE_NOTE = (
 @app.command()
 def timeline(
     file: Annotated[Path, typer.Argument(help="A MIDI file.")],
-    window: Annotated[float, typer.Option(help="Window length in seconds.")] = 30.0,
-    hop: Annotated[float, typer.Option(help="Seconds between window starts.")] = 10.0,
+    window: Annotated[
+        float | None, typer.Option(help="Window length in seconds (default: the model's crop).")
+    ] = None,
+    hop: Annotated[
+        float | None,
+        typer.Option(help="Seconds between window starts (default: a third of the crop)."),
+    ] = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Composer probabilities passage by passage."""
-    passages = _model(model).timeline(file, window=window, hop=hop)
+    hx = _model(model)
+    window, hop = hx.timeline_windows(window, hop)
+    passages = hx.timeline(file, window=window, hop=hop)
     if as_json:
         _print_json([p.to_dict() for p in passages])
         return

@@ -106,14 +106,17 @@ def info(
     cache: Annotated[Path, typer.Argument(help="A cache folder made by preprocess.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Pieces and hours per composer in a cache, and why files were skipped."""
+    """Pieces and hours per composer in a cache, its split groups (and what joined them by
+    melody), and why files were skipped."""
     from harmonixr.data.cache import TensorCache
+    from harmonixr.data.groups import content_joins, content_report
 
     with TensorCache(cache) as c:
         stats = c.stats()
         stats["breakdown"] = c.breakdown()
-        units = {r.group for r in c.pieces()}
-    stats["units"] = len(units)
+        rows = c.pieces(joined=False)
+        stats["content"] = content_report(rows, content_joins(c, rows))
+    stats["units"] = stats["content"]["units"]
     if as_json:
         out.print_json(json.dumps(stats))
         return
@@ -142,6 +145,7 @@ def info(
         for composer in sorted(cells):
             by.add_row(composer, *(cells[composer].get(c, "") for c in cols))
         out.print(by)
+    _print_content(stats["content"])
     if stats["skipped"]:
         skipped = Table(title="skipped")
         skipped.add_column("reason")
@@ -149,3 +153,47 @@ def info(
         for reason, n in stats["skipped"].items():
             skipped.add_row(reason, str(n))
         out.print(skipped)
+
+
+SHOWN_JOINS = 12  # joins by melody listed by `harmonixr info` (--json lists all)
+
+
+def _print_content(content: dict) -> None:
+    """The joins by melody: how many, how sure, the strongest few."""
+    n = len(content["joins"])
+    out.print(
+        f"split groups: {content['units_by_name']} by name and hash; {content['units']} with "
+        f"{n} pair{'s' if n != 1 else ''} of pieces joined by melody (overlap ≥ "
+        f"{content['threshold']:g})"
+    )
+    note = (
+        f"overlap between different groups: 99.99th percentile {content['p99_99']:.3f} over "
+        f"{content['compared']:,} pairs"
+    )
+    note += f"; the scan took {content['seconds']:.1f} s"
+    out.print(note)
+    if content["p99_99"] and content["threshold"] < 1.5 * content["p99_99"]:
+        out.print(
+            "[yellow]the threshold is less than 1.5× this corpus's 99.99th percentile: some "
+            "joins by melody may be chance[/yellow]"
+        )
+    joins = content["joins"]
+    if joins:
+        more = len(joins) - SHOWN_JOINS
+        title = "joins by melody, strongest first" + (
+            f" ({more} more: --json lists all)" if more > 0 else ""
+        )
+        table = Table(title=title)
+        table.add_column("overlap", justify="right")
+        table.add_column("line")
+        table.add_column("piece")
+        table.add_column("joined with")
+        for e in joins[:SHOWN_JOINS]:
+            a, b = e["a"], e["b"]
+            table.add_row(
+                f"{e['overlap']:.2f}",
+                e["line"],
+                f"{a['composer']}: {a['title']}",
+                f"{b['composer']}: {b['title']}",
+            )
+        out.print(table)

@@ -213,14 +213,14 @@ class TensorCache:
     def pieces(self, joined: bool = True) -> list[CachedPiece]:
         """Usable rows ordered by path. With ``joined`` (the default) each row's ``group`` is
         its leak-free unit across every source in the cache (:func:`harmonixr.data.groups.
-        join_groups`): one work's editions, its ASAP performances and one recording's or
-        recital's pieces share it."""
+        join_groups`): one work's editions, its ASAP performances, one recording's or
+        recital's pieces and pieces whose melody recurs (scanned once, then stored) share it."""
         rows = self.rows("ok")
         if not joined:
             return rows
-        from harmonixr.data.groups import join_groups
+        from harmonixr.data.groups import content_joins, join_groups
 
-        unit = join_groups(rows)
+        unit = join_groups(rows, content_joins(self, rows).links())
         return [replace(r, group=unit[r.path]) for r in rows]
 
     def tensor_path(self, key: str) -> Path:

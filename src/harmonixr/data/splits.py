@@ -1,4 +1,9 @@
-"""Train/validation/test splits that never put one work (group) on two sides."""
+"""Train/validation/test splits that never put one work (group) on two sides.
+
+The groups are the cache's units (``data.groups``: joined by name, hash and melody). Every
+split file records the grouping rule it was made under (``groups``: :data:`~harmonixr.data.
+groups.GROUPING`); a file from an older rule (none recorded) is still read, and its units are
+then not compared with today's (:func:`check_manifest`, :func:`compare_manifests`)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from harmonixr._files import atomic_json
+from harmonixr.data.groups import GROUPING
 from harmonixr.midi.corpora import UnionFind
 
 SIDES = ("train", "val", "test")
@@ -37,7 +43,7 @@ def _counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
     return n_val, n_test
 
 
-def _content_joined_groups(pieces: Sequence[Labelled]) -> dict[str, str]:
+def _hash_joined_groups(pieces: Sequence[Labelled]) -> dict[str, str]:
     """group → the name of its unit, where groups holding byte-identical files (same sha256,
     e.g. one upload under two titles) are joined, so a file never sits on two sides."""
     parent: dict[str, str] = {}
@@ -80,7 +86,7 @@ def make_split(
         raise ValueError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
     rng = np.random.default_rng(seed)
     side_of: dict[str, str] = {}
-    unit = _content_joined_groups(pieces)
+    unit = _hash_joined_groups(pieces)
     if mode == "group":
         groups_by_composer: dict[str, list[str]] = defaultdict(list)
         owner: dict[str, str] = {}
@@ -112,7 +118,7 @@ def make_split(
 def save_split(
     path: str | Path, pieces: Sequence[Labelled], split: dict[str, list[int]], **info: Any
 ) -> None:
-    data = {**info, **{s: [pieces[i].path for i in split[s]] for s in SIDES}}
+    data = {"groups": GROUPING, **info, **{s: [pieces[i].path for i in split[s]] for s in SIDES}}
     atomic_json(path, data, indent=1)
 
 
@@ -149,7 +155,7 @@ def fold_units(pieces: Sequence[Labelled], mode: str = "group") -> list[str]:
     mistake), so that no group is ever cut."""
     if mode not in MODES:
         raise ValueError(f"split mode must be one of {MODES}, got {mode!r}")
-    unit = _content_joined_groups(pieces)
+    unit = _hash_joined_groups(pieces)
     if mode == "group":
         return [unit[p.group] for p in pieces]
     uf = UnionFind()
@@ -201,8 +207,10 @@ def fold_split(
 def split_manifest(
     pieces: Sequence[Any], split: dict[str, list[int]], **info: Any
 ) -> dict[str, Any]:
-    """What fixes a split for good: per side, each piece's path, content hash and unit."""
+    """What fixes a split for good: per side, each piece's path, content hash and unit, and
+    the grouping rule that made the units."""
     return {
+        "groups": GROUPING,
         **info,
         **{
             s: [
@@ -244,10 +252,14 @@ def side_groups(path: str | Path, side: str = "test") -> set[str]:
 def check_manifest(manifest: dict[str, Any], split: dict[str, list[int]], pieces, where: str):
     """Refuse when the cache no longer gives the recorded split: a piece changed content, unit
     or side, or pieces appeared or vanished. A split that recorded paths only (a training run's)
-    is checked on paths and sides."""
+    is checked on paths and sides; one made under another grouping rule (see the module
+    docstring) on paths, content and sides: its units came from that rule."""
+    same_rule = manifest.get("groups") == GROUPING
 
     def entry(e: Any, side: str) -> tuple[str, tuple[Any, ...]]:
         if isinstance(e, dict):
+            if not same_rule:
+                return e["path"], (side, e.get("sha256"))
             return e["path"], (side, e.get("sha256"), e.get("group"))
         return e, (side,)
 
@@ -262,10 +274,18 @@ def check_manifest(manifest: dict[str, Any], split: dict[str, list[int]], pieces
     new = [p for p in now if p not in recorded]
     if changed or gone or new:
         example = (changed or gone or new)[0]
+        rule = (
+            ""
+            if same_rule
+            else (
+                f"; it was grouped by {manifest.get('groups') or 'an older rule'}, "
+                f"today's groups are {GROUPING}"
+            )
+        )
         raise ValueError(
             f"{where}: the cache no longer matches the recorded split ({len(changed)} pieces "
             f"changed content, unit or side, {len(gone)} vanished, {len(new)} are new; e.g. "
-            f"{example}). Evaluate with the cache the run was made from, or start a new run"
+            f"{example}{rule}). Evaluate with the cache the run was made from, or start a new run"
         )
 
 
@@ -289,25 +309,35 @@ def portable_manifest(manifest: dict[str, Any], root: str | Path) -> dict[str, A
     return out
 
 
-def compare_manifests(shipped: str | Path, rebuilt: str | Path) -> None:
+def compare_manifests(shipped: str | Path, rebuilt: str | Path) -> str:
     """Refuse a rebuilt split that differs from the shipped one: by content hash, every file
     must keep its side and group (paths may differ between machines). Files are counted as a
-    multiset of (hash, side, group), so identical content on two sides cannot hide."""
+    multiset of (hash, side, group), so identical content on two sides cannot hide.
+
+    A shipped split made under another grouping rule (``groups`` in its header) cannot come
+    back: the rebuilt one replaces it, and the answer says how many files changed side or
+    group. Otherwise the answer says the split came back."""
     from collections import Counter
 
-    def sides(path: str | Path) -> Counter:
-        m = read_split(path)
+    def sides(m: dict[str, Any], path: str | Path) -> Counter:
         entries = [(e.get("sha256"), s, e.get("group")) for s in SIDES for e in m[s]]
         if any(h is None for h, _, _ in entries):
             raise ValueError(f"{path}: a split manifest needs every file's sha256")
         return Counter(entries)
 
-    a, b = sides(shipped), sides(rebuilt)
-    if a != b:
-        gone, new = a - b, b - a
-        hashes = {h for h, _, _ in gone} & {h for h, _, _ in new}
-        raise ValueError(
-            f"{rebuilt} differs from the shipped split {shipped}: {len(hashes)} files changed "
-            f"side or group, {sum(gone.values()) - len(hashes)} are missing, "
-            f"{sum(new.values()) - len(hashes)} are new"
+    old, now = read_split(shipped), read_split(rebuilt)
+    a, b = sides(old, shipped), sides(now, rebuilt)
+    if a == b:
+        return f"{rebuilt}: the shipped split came back file for file"
+    gone, new = a - b, b - a
+    hashes = {h for h, _, _ in gone} & {h for h, _, _ in new}
+    counts = (
+        f"{len(hashes)} files changed side or group, {sum(gone.values()) - len(hashes)} are "
+        f"missing, {sum(new.values()) - len(hashes)} are new"
+    )
+    if old.get("groups") != now.get("groups"):
+        return (
+            f"{rebuilt} replaces the shipped split {shipped}, grouped by "
+            f"{old.get('groups') or 'an older rule'} (now {now.get('groups')}): {counts}"
         )
+    raise ValueError(f"{rebuilt} differs from the shipped split {shipped}: {counts}")

@@ -128,8 +128,13 @@ def parse_bytes(
 
 
 def load_score(path: str | PathLike[str]) -> Any:
-    """Parse a MIDI file with symusic (in seconds, tempo map applied). Raises :class:`MidiError`."""
-    return parse_bytes(read_bytes(path), path)
+    """Parse a MIDI file with symusic (in seconds, tempo map applied); a score (MusicXML, kern,
+    MEI: ``midi.scores``) is rendered to MIDI first, as everywhere else. Raises
+    :class:`MidiError`."""
+    data = read_bytes(path)
+    if is_score(path):
+        data = render_score(data, path, Path(path).suffix)
+    return parse_bytes(data, path)
 
 
 def tensorize_checked(
@@ -305,10 +310,12 @@ def safe_load(
 def tensorize_with_stats(
     source: str | PathLike[str] | Any, config: TensorConfig = TensorConfig()
 ) -> Tensorized:
-    """Tensorize a path or a ``symusic.Score`` and return the counts beside the tensor.
+    """Tensorize a path (MIDI, or a score rendered to MIDI first) or a ``symusic.Score`` and
+    return the counts beside the tensor. It runs in this process (:func:`safe_load` parses in
+    a child).
 
-    A path that cannot be used raises ``MidiError`` naming the file and the reason (a score:
-    :class:`TooDense` when its notes would cost too much work)."""
+    A path that cannot be used raises ``MidiError`` naming the file and the reason (a
+    ``symusic.Score``: :class:`TooDense` when its notes would cost too much work)."""
     if isinstance(source, str | PathLike):
         score = load_score(source)
         try:
@@ -321,6 +328,7 @@ def tensorize_with_stats(
 def tensorize(
     source: str | PathLike[str] | Any, config: TensorConfig = TensorConfig()
 ) -> np.ndarray:
-    """The uint8 ``(T, 12, 6)`` tensor of a MIDI path or a ``symusic.Score`` (the tensor
+    """The uint8 ``(T, 12, 6)`` tensor of a MIDI or score path (``.musicxml``, ``.mxl``,
+    ``.krn``, ``.mei``; rendered as ``preprocess`` renders it) or a ``symusic.Score`` (the tensor
     contract in docs/architecture.md)."""
     return tensorize_with_stats(source, config).tensor

@@ -2,12 +2,12 @@
 
 ```
 GET  /                 the page (static files, nothing from the internet)
-GET  /api/health       model, index size, version, whether a corpus map exists
+GET  /api/health       model, its crop, index size, version, whether a corpus map exists
 GET  /api/map          the corpus map's points (for the page's 3-D plot)
 POST /api/attribute    one file  → [Attribution]        (?k=5)
 POST /api/similar      one file  → [Match]              (?k=10)
 POST /api/embed        one file  → Embedding
-POST /api/timeline     one file  → [Passage]            (?window=30&hop=10)
+POST /api/timeline     one file  → [Passage]            (?window=&hop=; crop, crop/3)
 POST /api/roll         one file  → Roll (piano-roll thumbnail)
 POST /api/analyze      one file  → Analysis (all of the above that the page shows, one parse)
 POST /api/verify       files a, b → Verdict

@@ -44,7 +44,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # the query bounds, from the API's own constants (harmonixr/api.py), so that the schema at
 # /openapi.json says what Harmonixr.timeline enforces
 WINDOW_QUERY = Query(
-    30.0, ge=MIN_WINDOW_S, le=MAX_WINDOW_S, description="Timeline window length, seconds."
+    None,
+    ge=MIN_WINDOW_S,
+    le=MAX_WINDOW_S,
+    description="Timeline window length, seconds (default: the model's crop, crop_s in "
+    "/api/health).",
 )
 HOP_RULE = (
     f"Seconds between window starts: between window/{MAX_OVERLAP} and window "
@@ -207,8 +211,13 @@ async def timeline(
     request: Request,
     service: ServiceDep,
     file: UploadFile = ONE_FILE,
-    window: float = WINDOW_QUERY,
-    hop: float = Query(10.0, gt=0, le=MAX_WINDOW_S, description=HOP_RULE),
+    window: float | None = WINDOW_QUERY,
+    hop: float | None = Query(
+        None,
+        gt=0,
+        le=MAX_WINDOW_S,
+        description=HOP_RULE + " Default: a third of the crop, within those bounds.",
+    ),
 ) -> list[dict[str, Any]]:
     """Composer probabilities window by window (indicative: calibrated on whole pieces)."""
     upload = await _read(file)
@@ -230,8 +239,10 @@ async def analyze(
     file: UploadFile = ONE_FILE,
     k: int = Query(5, ge=1, le=MAX_K, description="Named composers to list."),
     n: int = Query(10, ge=1, le=MAX_K, description="Nearest pieces."),
-    window: float = WINDOW_QUERY,
-    hop: float = Query(30.0, gt=0, le=MAX_WINDOW_S, description=HOP_RULE),
+    window: float | None = WINDOW_QUERY,
+    hop: float | None = Query(
+        None, gt=0, le=MAX_WINDOW_S, description=HOP_RULE + " Default: the window."
+    ),
 ) -> dict[str, Any]:
     """What the page shows: composers, nearest pieces, timeline, roll, map position."""
     data, name = await _read(file)

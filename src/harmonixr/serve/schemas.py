@@ -113,6 +113,7 @@ class Health(BaseModel):
     map_note: str
     max_upload_bytes: int
     workers: int
+    crop_s: float = Field(description="The model's crop: the timeline's default window, s.")
 
 
 class Problem(BaseModel):

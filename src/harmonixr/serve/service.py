@@ -307,12 +307,16 @@ class Service:
             "map_note": self.map_note,
             "max_upload_bytes": self.limits.max_bytes,
             "workers": self.workers,
+            "crop_s": self.hx.crop_seconds,
         }
 
     def embed(self, tensor: np.ndarray) -> np.ndarray:
         return self.hx.embed(tensor)
 
-    def timeline(self, tensor: np.ndarray, window: float, hop: float) -> list[dict[str, Any]]:
+    def timeline(
+        self, tensor: np.ndarray, window: float | None, hop: float | None
+    ) -> list[dict[str, Any]]:
+        window, hop = self.hx.timeline_windows(window, hop)
         self._check_windows(tensor, window, hop)
         with _window_bounds():
             return [p.to_dict() for p in self.hx.timeline(tensor, window=window, hop=hop)]
@@ -362,11 +366,14 @@ class Service:
         return self._map_json
 
     def analyze(
-        self, tensor: np.ndarray, name: str, k: int, n: int, window: float, hop: float
+        self, tensor: np.ndarray, name: str, k: int, n: int, window: float | None, hop: float | None
     ) -> dict[str, Any]:
-        """Everything the page shows for one file: one parse, one whole-piece embedding."""
+        """Everything the page shows for one file: one parse, one whole-piece embedding. The
+        timeline's windows default to the run's crop, side by side (``hop``: the window)."""
+        window, _ = self.hx.timeline_windows(window)
+        hop = window if hop is None else hop
         self._check_windows(tensor, window, hop)
-        with _window_bounds():  # the page's 30 s windows are the crops: embedded once for both
+        with _window_bounds():  # windows of the run's crop are its crops: embedded once for both
             passages, z = self.hx.timeline_and_embedding(tensor, window, hop)
         timeline = [p.to_dict() for p in passages]
         return {

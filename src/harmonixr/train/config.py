@@ -23,7 +23,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int = -1  # > 0 overrides epochs
     steps_per_epoch: int = 200
-    crop_seconds: float = 60.0
+    crop_seconds: float = 30.0  # every config's; the run's crop is read from the run everywhere
     batch_size: int = 32  # crops per step: P·K (supcon) or 2 per pair (contrastive: B/2 pairs)
     lr: float = 3e-4
     weight_decay: float = 0.05

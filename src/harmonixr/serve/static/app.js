@@ -151,7 +151,10 @@ async function analyze(file) {
   const form = new FormData();
   form.append("file", file, file.name);
   try {
-    const result = await api("/api/analyze?k=5&n=10&window=30&hop=30", {
+    // windows of the model's crop, side by side: each one is also a crop of the whole piece
+    const crop = state.health ? state.health.crop_s : null;
+    const windows = crop ? `&window=${crop}&hop=${crop}` : "";
+    const result = await api(`/api/analyze?k=5&n=10${windows}`, {
       method: "POST",
       body: form,
       signal: request.signal,
