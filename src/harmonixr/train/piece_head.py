@@ -33,7 +33,7 @@ import torch
 from harmonixr._files import atomic_json
 from harmonixr.data.cache import TensorCache
 from harmonixr.evaluate.metrics import roc_auc
-from harmonixr.model.embed import pool_features
+from harmonixr.model.embed import piece_windows, pool_features
 from harmonixr.model.encoder import SiaViT
 from harmonixr.model.io import save_weights
 from harmonixr.model.losses import group_supcon
@@ -164,9 +164,12 @@ def train_head(
     if progress:
         progress("features", 0, 2)
     all_tensors = tensors["train"] + tensors["val"]
-    feats, windows = window_features_cached(
-        run, encoder, all_tensors, [r.sha256 or r.path for r in sides["train"] + sides["val"]]
-    )
+    if config.branches == "stats":  # the ViT branch is never read: skip the encoder's pass
+        windows = piece_windows(all_tensors, run.crop_frames, run.hop_frames)
+        feats = np.zeros((len(windows), run.model.d_model), np.float32)
+    else:
+        keys = [r.sha256 or r.path for r in sides["train"] + sides["val"]]
+        feats, windows = window_features_cached(run, encoder, all_tensors, keys)
     n_train = len(tensors["train"])
     owner = np.array([w.piece for w in windows])
     train_w = owner < n_train
