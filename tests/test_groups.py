@@ -256,3 +256,19 @@ def test_a_split_from_an_older_grouping_rule_is_checked_without_its_units(tmp_pa
     (tmp_path / "new-rule.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="differs from the shipped split"):
         compare_manifests(tmp_path / "new-rule.json", tmp_path / "rebuilt.json")
+
+
+def test_pieces_whose_music_recurs_on_an_earlier_side_are_left_out():
+    from types import SimpleNamespace
+
+    from harmonixr.data.splits import without_recurring
+
+    pieces = [
+        SimpleNamespace(path=f"p{i}", group=g)
+        for i, g in enumerate(["a", "b", "c", "a", "d", "c", "e", "d"])
+    ]
+    split = {"train": [0, 1], "val": [2, 3, 4], "test": [5, 6, 7]}
+    kept, left = without_recurring(split, pieces)
+    # val: p3 shares group a with training; test: p5 shares c with val, p7 shares d with val
+    assert kept == {"train": [0, 1], "val": [2, 4], "test": [6]}
+    assert left == {"train": [], "val": ["p3"], "test": ["p5", "p7"]}

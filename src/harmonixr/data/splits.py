@@ -249,6 +249,24 @@ def side_groups(path: str | Path, side: str = "test") -> set[str]:
     return groups
 
 
+def without_recurring(
+    split: dict[str, list[int]], pieces: Sequence[Labelled]
+) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
+    """``split`` without the validation and test pieces whose unit, by today's groups, also
+    holds a piece of an earlier side (training before validation before test): music the model
+    or its choices already saw, which a split made under an older grouping rule can hold. Returns
+    the reduced split and the paths left out per side."""
+    seen: set[str] = set()
+    out: dict[str, list[int]] = {}
+    left_out: dict[str, list[str]] = {}
+    for s in SIDES:
+        keep = [i for i in split[s] if pieces[i].group not in seen]
+        left_out[s] = [pieces[i].path for i in split[s] if pieces[i].group in seen]
+        out[s] = keep
+        seen |= {pieces[i].group for i in split[s]}
+    return out, left_out
+
+
 def check_manifest(manifest: dict[str, Any], split: dict[str, list[int]], pieces, where: str):
     """Refuse when the cache no longer gives the recorded split: a piece changed content, unit
     or side, or pieces appeared or vanished. A split that recorded paths only (a training run's)

@@ -210,17 +210,33 @@ class Run:
         return self.split_path
 
     def split(self, rows: list[CachedPiece]) -> dict[str, list[int]]:
-        """Row indices of each side of the run's split, matched by path."""
-        from harmonixr.data.splits import load_split
+        """Row indices of each side of the run's split, matched by path, without the
+        validation and test pieces whose music recurs on an earlier side by today's groups
+        (``data.splits.without_recurring``; a warning counts them)."""
+        from harmonixr.data.splits import load_split, without_recurring
 
-        return load_split(self._split_file(), rows)
+        split, left_out = without_recurring(load_split(self._split_file(), rows), rows)
+        n = {s: len(v) for s, v in left_out.items() if v}
+        if n:
+            first = next(v[0] for v in left_out.values() if v)
+            warnings.warn(
+                f"{self.root}: left out {n} pieces whose music recurs on an earlier side of the "
+                f"split by today's groups (e.g. {first})",
+                stacklevel=2,
+            )
+        return split
 
     def check_split(self, split: dict[str, list[int]], rows: list[CachedPiece]) -> None:
         """Refuse when the cache no longer gives the split the run was trained on (a piece
-        changed content, unit or side, or appeared or vanished)."""
-        from harmonixr.data.splits import check_manifest
+        changed content, unit or side, or appeared or vanished), and ``split`` when it is not
+        that split (less the recurring pieces :meth:`split` leaves out)."""
+        from harmonixr.data.splits import check_manifest, load_split
 
-        check_manifest(self.split_manifest(), split, rows, str(self.root))
+        full = load_split(self._split_file(), rows)
+        check_manifest(self.split_manifest(), full, rows, str(self.root))
+        for s, idx in split.items():
+            if not set(idx) <= set(full.get(s, ())):
+                raise ValueError(f"{self.root}: the {s} side given is not the run's split")
 
     def split_info(self) -> dict[str, Any]:
         """``split.json``'s header without its pieces."""
