@@ -140,7 +140,7 @@ def test_group_bootstrap_is_seeded_and_resamples_whole_groups():
 
 
 def test_ranked_pairs_auc_equals_weighted_roc_auc_with_ties():
-    from harmonixr.evaluate.metrics import RankedPairs
+    from harmonixr.evaluate.verification import RankedPairs
 
     rng = np.random.default_rng(0)
     d = rng.integers(0, 6, 300).astype(float)  # many ties
@@ -239,3 +239,21 @@ def test_pair_set_protocol_without_both_classes_has_no_threshold():
     pseudo = _Pairs("pseudo", np.array([0, 1]), np.array([2, 3]), np.array([1, 1]))
     mixed = _Pairs("mixed", np.array([0, 1]), np.array([4, 5]), np.array([1, 0]))
     assert pair_set_protocol(e, pseudo, e, [mixed]) == {"n_mixed": 2.0}
+
+
+def test_the_tally_gives_the_roc_and_every_registered_metric_of_the_pairs():
+    from harmonixr.evaluate.metrics import roc_curve
+    from harmonixr.evaluate.verification import PAIR_METRICS, RankedPairs
+
+    rng = np.random.default_rng(1)
+    d = np.round(rng.uniform(size=400), 2)  # ties
+    y = rng.uniform(size=400) < 1.0 - d
+    t = RankedPairs(d, y).tally()
+    fpr, tpr, _ = roc_curve(d, y)
+    np.testing.assert_array_equal(t.roc()[0], fpr)  # the very points, bit for bit
+    np.testing.assert_array_equal(t.roc()[1], tpr)
+    assert PAIR_METRICS["eer"].fn(t) == equal_error_rate(d, y)
+    assert PAIR_METRICS["tpr_at_1fpr"].fn(t) == tpr_at_fpr(d, y, 0.01)
+    assert PAIR_METRICS["auc"].fn(t) == pytest.approx(roc_auc(d, y))
+    one_class = RankedPairs(d, np.ones(400, bool)).tally()
+    assert all(np.isnan(m.fn(one_class)) for m in PAIR_METRICS.values())

@@ -11,10 +11,10 @@ import typer
 from harmonixr.cli._common import (
     RunArg,
     RunCacheOpt,
-    _say,
     app,
     console,
     out,
+    say,
 )
 
 
@@ -167,12 +167,12 @@ def _crossval(
     as_json: bool,
     side: str = "test",
 ) -> None:
-    from harmonixr.evaluate.crossval import job_settings, pooled_report, run_folds
+    from harmonixr.experiments.cv import job_settings, pooled_report, run_folds
 
     data, cfg, model, plan = job_settings(out_dir, data, folds, config, mode, seed, max_steps)
-    run_folds(data, out_dir, cfg, plan, model, only=only, progress=_say)
+    run_folds(data, out_dir, cfg, plan, model, only=only, progress=say)
     report = pooled_report(
-        out_dir, resamples=resamples, baselines=baselines, progress=_say, only=only, side=side
+        out_dir, resamples=resamples, baselines=baselines, progress=say, only=only, side=side
     )
     if as_json:
         out.print_json(json.dumps(report))
