@@ -20,7 +20,7 @@ from harmonixr.evaluate.tables import MODEL, UNTRAINED
 # (section, figure) of every method's report, each an estimate
 FIGURES = {
     ("verify", "auc"), ("verify", "auc_gpe"), ("verify", "eer"), ("verify", "tpr_at_1fpr"),
-    ("pairs", "acc_mixed"), ("pairs", "acc_same"),
+    ("verify", "frr_at_far5"), ("pairs", "acc_mixed"), ("pairs", "acc_same"),
     ("pairs", "acc_different"), ("attribution", "top1"), ("attribution", "top3"),
     ("attribution", "top5"), ("attribution", "balanced_acc"), ("attribution", "macro_f1"),
     ("attribution_probe", "top1"), ("retrieval", "map"), ("retrieval", "p10"),
@@ -116,7 +116,7 @@ def test_report_has_every_metric_for_model_and_baselines(tiny_run):
     for name in ("report.json", "report.md", "roc.png", "det.png", "distances.png"):
         assert (out / name).stat().st_size > 0
     md = (out / "report.md").read_text()
-    assert MODEL in md and LR in md
+    assert MODEL in md and LR in md and "FRR@FAR 5%" in md
     assert Estimate.read(m["verify"]["auc"]).format() in md  # with its interval
     assert json.loads((out / "report.json").read_text())["methods"][MODEL] == m
     # the synthetic composers are learnable: the trained model separates them

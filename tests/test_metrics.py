@@ -257,3 +257,19 @@ def test_the_tally_gives_the_roc_and_every_registered_metric_of_the_pairs():
     assert PAIR_METRICS["auc"].fn(t) == pytest.approx(roc_auc(d, y))
     one_class = RankedPairs(d, np.ones(400, bool)).tally()
     assert all(np.isnan(m.fn(one_class)) for m in PAIR_METRICS.values())
+
+
+def test_false_rejects_at_five_percent_false_accepts_by_hand():
+    from harmonixr.evaluate.verification import PAIR_METRICS, RankedPairs
+
+    # 20 different-composer pairs at d = 0.5, 0.55, … ; 4 same-composer pairs at 0.1, 0.2, 0.6,
+    # 0.9. Accepting at most 1 of the 20 negatives (5 %) means a threshold at 0.5: pairs up to
+    # 0.5 accepted, so 2 of the 4 positives are rejected
+    neg = 0.5 + 0.05 * np.arange(20)
+    d = np.concatenate([[0.1, 0.2, 0.6, 0.9], neg])
+    y = np.r_[np.ones(4, bool), np.zeros(20, bool)]
+    frr = PAIR_METRICS["frr_at_far5"]
+    assert frr.fn(RankedPairs(d, y).tally()) == pytest.approx(0.5)
+    assert frr.label == "FRR@FAR 5%"
+    # perfectly separated pairs reject nothing
+    assert frr.fn(RankedPairs(np.array([0.1, 0.2, 0.8]), np.array([1, 1, 0])).tally()) == 0.0

@@ -123,6 +123,13 @@ def _tpr_at_1fpr(t: Tally) -> float:
     return tpr_of_roc(*t.roc(), 0.01) if t.both_classes else float("nan")
 
 
+@pair_metric("frr_at_far5", "FRR@FAR 5%")
+def _frr_at_far5(t: Tally) -> float:
+    """False-reject rate (same-composer pairs called different) at the threshold that falsely
+    accepts at most 5 % of different-composer pairs."""
+    return 1.0 - tpr_of_roc(*t.roc(), 0.05) if t.both_classes else float("nan")
+
+
 # pairs by the kinds of their two pieces (a cross-validation's headline rows)
 KIND_SECTIONS = {"performance": "verify_performance", "score": "verify_score"}
 CROSS_KIND = "verify_cross-kind"
