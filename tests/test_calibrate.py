@@ -15,7 +15,6 @@ from harmonixr.evaluate.calibrate import (
     fit_calibration,
     fit_temperature,
     softmax,
-    verify_pairs,
     work_counts,
 )
 from harmonixr.evaluate.metrics import (
@@ -34,6 +33,7 @@ from harmonixr.evaluate.unknown import (
     open_set_features,
     spread_statistics,
 )
+from harmonixr.evaluate.verification import verify_pairs
 
 
 def test_ece_by_hand():

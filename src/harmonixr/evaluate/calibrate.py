@@ -27,17 +27,14 @@ What a user sees and how it is made:
 - **The answer** is "someone else" when that probability reaches the operating point: the larger
   of 0.5 and the value that only ``FALSE_UNKNOWN`` of the validation pieces of named composers
   reach. Otherwise it is the most probable named composer.
-- **Verification**: Platt scaling, ``sigmoid(a · cos + b)``, on pairs of validation pieces from
-  different groups; each group pair weighs one in total (so one prolific composer's pairs cannot
-  dominate) and the two classes weigh the same, so ``p = 0.5`` is the decision threshold.
+- **Verification** (``verification.fit_verify``): Platt scaling, ``sigmoid(a · cos + b)``, on
+  pairs of validation pieces from different groups; each group pair weighs one in total (so
+  one prolific composer's pairs cannot dominate) and the two classes weigh the same, so
+  ``p = 0.5`` is the decision threshold.
 
 ``Calibration.report`` holds the figures measured on the validation side the parts were fitted
 on, each labelled ``measured_on``; held-out figures are measured by ``search.measure`` and
-added under ``held_out`` with the side they come from.
-
-One module, over 400 lines: every part of the calibration (named composers, probe,
-temperature, "someone else", verify's Platt, the operating point) is fitted and stored together
-in ``calibration.json``; they share its fields and its validation-only rule."""
+added under ``held_out`` with the side they come from."""
 
 from __future__ import annotations
 
@@ -48,17 +45,12 @@ from typing import Any
 import numpy as np
 
 from harmonixr.evaluate.metrics import (
-    balanced_weights_weighted,
-    binary_balanced_accuracy,
-    binary_ece,
     expected_calibration_error,
-    group_pair_weights,
 )
 from harmonixr.evaluate.unknown import (
     FALSE_UNKNOWN,
     OpenSetModel,
     fit_decreasing,
-    logistic,
     open_set_features,
     operating_point,
     prior_shift,
@@ -66,6 +58,7 @@ from harmonixr.evaluate.unknown import (
     simulated_strangers,
     spread_statistics,
 )
+from harmonixr.evaluate.verification import fit_verify
 
 MIN_WORKS_CHOICES = (1, 2, 3, 5, 8, 13)
 NAMED_PROBE_CS = (
@@ -284,59 +277,59 @@ def choose_named(
     return m, names, w, b, {"choices": table, "chosen_min_works": m}
 
 
-def verify_pairs(
-    groups: Sequence[str], max_pairs: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j) of pieces from different groups, at most ``max_pairs`` (seeded)."""
-    g = np.asarray(groups)
-    i, j = np.triu_indices(len(g), k=1)
-    keep = g[i] != g[j]
-    i, j = i[keep], j[keep]
-    if len(i) > max_pairs:
-        pick = np.sort(np.random.default_rng(seed).choice(len(i), max_pairs, replace=False))
-        i, j = i[pick], j[pick]
-    return i, j
-
-
-def verify_figures(
-    p: np.ndarray, y: np.ndarray, ga, gb, weights: np.ndarray | None = None
-) -> dict[str, float]:
-    """Balanced accuracy at p ≥ 0.5 and ECE at an even prior, pair-weighted and with every
-    group pair weighing the same; ``weights`` multiply both (a bootstrap's multiplicities)."""
+def _fit_unknown(
+    emb: np.ndarray,
+    sims: np.ndarray,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    spread: tuple[np.ndarray, np.ndarray],
+    open_set: OpenSetModel | None,
+    params: dict[str, Any],
+    report: dict[str, Any],
+    notes: list[str],
+) -> None:
+    """The parts fitted on validation pieces of named composers (``emb``, their centroid
+    similarities, probe logits and labels): the temperature, the unknown model (``open_set``,
+    or simulated strangers) and the operating point; into ``params``, ``report``, ``notes``."""
     from harmonixr.evaluate.metrics import roc_auc
 
-    y = np.asarray(y).astype(bool)
-    base = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
-    out: dict[str, float] = {"pairs": int(len(y)), "same_pairs": int(y.sum())}
-    if not (base[y].sum() > 0 and base[~y].sum() > 0):
-        return out
-    gpe = group_pair_weights(ga, gb)
-    for name, w in (("", base), ("_gpe", base * gpe)):
-        even = w * balanced_weights_weighted(y, w)
-        out[f"balanced_accuracy{name}"] = binary_balanced_accuracy(p >= 0.5, y, w)
-        out[f"ece{name}"] = binary_ece(p, y, weights=even)
-    out["auc"] = roc_auc(-p, y, base)
-    return out
-
-
-def _fit_verify(
-    emb: np.ndarray, composers: np.ndarray, groups: np.ndarray, max_pairs: int, seed: int
-) -> tuple[float, float, dict[str, Any]] | str:
-    i, j = verify_pairs(list(groups), max_pairs, seed)
-    y = (composers[i] == composers[j]).astype(np.int64)
-    if len(y) == 0 or y.all() or not y.any():
-        return "verify not calibrated: validation has no pairs of both kinds from different works"
-    cos = np.einsum("nd,nd->n", emb[i], emb[j]).astype(np.float64)
-    gpe = group_pair_weights(groups[i], groups[j])
-    (a,), b = logistic(cos[:, None], y, gpe * balanced_weights_weighted(y, gpe))
-    p = sigmoid(a * cos + b)
-    report = {
-        "method": "Platt scaling on cosine similarity; each group pair weighs one, classes even",
+    t = fit_temperature(logits, labels)
+    params["temperature"] = t
+    p_closed = softmax(logits / t)
+    report["composer"] = {
+        "method": "probe logits / temperature",
         "measured_on": FITTED_ON,
-        "threshold": -b / a if a > 0 else None,
-        **verify_figures(p, y, groups[i], groups[j]),
+        "temperature": t,
+        "pieces": int(len(labels)),
+        "ece": expected_calibration_error(p_closed, labels),
+        "top1_accuracy": float(np.mean(p_closed.argmax(1) == labels)),
     }
-    return a, b, report
+    if open_set is not None:
+        coef, bias, source = list(open_set.coef), open_set.bias, open_set.source
+    else:
+        x, y = simulated_strangers(sims, labels, *spread)
+        coef, bias = fit_decreasing(x, y, (True, len(names) >= 3, True))
+        source = "simulated strangers: validation pieces without their own composer"
+        notes.append(
+            "unknown fitted on simulated strangers (validation pieces scored without "
+            "their own composer), not on composers the encoder never saw"
+        )
+        report["unknown_simulated"] = {
+            "measured_on": FITTED_ON,
+            "auc": roc_auc(-(x @ np.asarray(coef)), y),
+        }
+    params.update(unknown_coef=tuple(coef), unknown_bias=bias, unknown_source=source)
+    u = Calibration(**params).unknown_probability(emb, sims)
+    point = operating_point(u)
+    params["operating_point"] = point
+    report["operating_point"] = {
+        "measured_on": FITTED_ON,
+        "rule": f"max(0.5, p reached by {FALSE_UNKNOWN:.0%} of validation pieces of "
+        "named composers)",
+        "value": point,
+        "named_called_unknown": float(np.mean(u >= point)),
+    }
 
 
 def fit_calibration(
@@ -355,8 +348,6 @@ def fit_calibration(
     """Fit every part (see the module docstring): the probe and the named composers on the
     training pieces' embeddings with choices on validation; temperature, operating point and
     ``verify`` on validation; the unknown model from ``open_set`` or simulated on validation."""
-    from harmonixr.evaluate.metrics import roc_auc
-
     tr_emb = np.asarray(train_emb, np.float64)
     va_emb = np.asarray(val_emb, np.float64).reshape(-1, tr_emb.shape[1])
     tr_c, va_c = np.asarray(train_composers, dtype=object), np.asarray(val_composers, dtype=object)
@@ -388,46 +379,11 @@ def fit_calibration(
         sims = va_emb @ cents.T
         logits = va_emb @ w.T + b
         if named.any():
-            t = fit_temperature(logits[named], labels[named])
-            params["temperature"] = t
-            p_closed = softmax(logits[named] / t)
-            report["composer"] = {
-                "method": "probe logits / temperature",
-                "measured_on": FITTED_ON,
-                "temperature": t,
-                "pieces": int(named.sum()),
-                "ece": expected_calibration_error(p_closed, labels[named]),
-                "top1_accuracy": float(np.mean(p_closed.argmax(1) == labels[named])),
-            }
-            if open_set is not None:
-                coef, bias, source = list(open_set.coef), open_set.bias, open_set.source
-            else:
-                x, y = simulated_strangers(sims[named], labels[named], mean, std)
-                coef, bias = fit_decreasing(x, y, (True, len(names) >= 3, True))
-                source = "simulated strangers: validation pieces without their own composer"
-                notes.append(
-                    "unknown fitted on simulated strangers (validation pieces scored without "
-                    "their own composer), not on composers the encoder never saw"
-                )
-                report["unknown_simulated"] = {
-                    "measured_on": FITTED_ON,
-                    "auc": roc_auc(-(x @ np.asarray(coef)), y),
-                }
-            params.update(unknown_coef=tuple(coef), unknown_bias=bias, unknown_source=source)
-            probe = Calibration(**params)
-            u = probe.unknown_probability(va_emb[named], sims[named])
-            point = operating_point(u)
-            params["operating_point"] = point
-            report["operating_point"] = {
-                "measured_on": FITTED_ON,
-                "rule": f"max(0.5, p reached by {FALSE_UNKNOWN:.0%} of validation pieces of "
-                "named composers)",
-                "value": point,
-                "named_called_unknown": float(np.mean(u >= point)),
-            }
+            _fit_unknown(va_emb[named], sims[named], logits[named], labels[named], names,
+                         (mean, std), open_set, params, report, notes)  # fmt: skip
         else:
             notes.append("no validation piece of a named composer: temperature and unknown unfit")
-    fitted = _fit_verify(va_emb, va_c, va_g, max_pairs, seed)
+    fitted = fit_verify(va_emb, va_c, va_g, max_pairs, seed, FITTED_ON)
     if isinstance(fitted, str):
         notes.append(fitted)
     else:

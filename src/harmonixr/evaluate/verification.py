@@ -15,20 +15,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from harmonixr.evaluate.bootstrap import Bootstrap
 from harmonixr.evaluate.metrics import (
     StratifiedAUC,
+    balanced_weights_weighted,
+    binary_balanced_accuracy,
+    binary_ece,
     check_pairs,
     cosine_distance,
     eer_of_roc,
     group_pair_weights,
+    roc_auc,
     tpr_of_roc,
 )
 from harmonixr.evaluate.records import Estimate, Side
+from harmonixr.evaluate.unknown import logistic, sigmoid
 
 
 class RankedPairs:
@@ -291,3 +296,67 @@ def performer_control(sides: Sequence[Side], boot: Bootstrap) -> dict[str, objec
         a, b = pop.codes[c["a"]], pop.codes[c["b"]]
         out["auc"] = pop.estimate(lambda w: within_strata(w[a] * w[b]), "pairs").to_json()
     return out
+
+
+# ---------------------------------------------------------------- calibrated verify
+
+
+def verify_pairs(
+    groups: Sequence[str], max_pairs: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of pieces from different groups, at most ``max_pairs`` (seeded)."""
+    g = np.asarray(groups)
+    i, j = np.triu_indices(len(g), k=1)
+    keep = g[i] != g[j]
+    i, j = i[keep], j[keep]
+    if len(i) > max_pairs:
+        pick = np.sort(np.random.default_rng(seed).choice(len(i), max_pairs, replace=False))
+        i, j = i[pick], j[pick]
+    return i, j
+
+
+def verify_figures(
+    p: np.ndarray, y: np.ndarray, ga, gb, weights: np.ndarray | None = None
+) -> dict[str, float]:
+    """Balanced accuracy at p ≥ 0.5 and ECE at an even prior, pair-weighted and with every
+    group pair weighing the same; ``weights`` multiply both (a bootstrap's multiplicities)."""
+    y = np.asarray(y).astype(bool)
+    base = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    out: dict[str, float] = {"pairs": int(len(y)), "same_pairs": int(y.sum())}
+    if not (base[y].sum() > 0 and base[~y].sum() > 0):
+        return out
+    gpe = group_pair_weights(ga, gb)
+    for name, w in (("", base), ("_gpe", base * gpe)):
+        even = w * balanced_weights_weighted(y, w)
+        out[f"balanced_accuracy{name}"] = binary_balanced_accuracy(p >= 0.5, y, w)
+        out[f"ece{name}"] = binary_ece(p, y, weights=even)
+    out["auc"] = roc_auc(-p, y, base)
+    return out
+
+
+def fit_verify(
+    emb: np.ndarray,
+    composers: np.ndarray,
+    groups: np.ndarray,
+    max_pairs: int,
+    seed: int,
+    fitted_on: str,
+) -> tuple[float, float, dict[str, Any]] | str:
+    """``verify``'s Platt scaling, ``sigmoid(a · cos + b)``, on pairs of the pieces (validation)
+    from different groups, each group pair weighing one and the classes even: (a, b, its
+    figures there), or why it could not be fitted."""
+    i, j = verify_pairs(list(groups), max_pairs, seed)
+    y = (composers[i] == composers[j]).astype(np.int64)
+    if len(y) == 0 or y.all() or not y.any():
+        return "verify not calibrated: validation has no pairs of both kinds from different works"
+    cos = np.einsum("nd,nd->n", emb[i], emb[j]).astype(np.float64)
+    gpe = group_pair_weights(groups[i], groups[j])
+    (a,), b = logistic(cos[:, None], y, gpe * balanced_weights_weighted(y, gpe))
+    p = sigmoid(a * cos + b)
+    report = {
+        "method": "Platt scaling on cosine similarity; each group pair weighs one, classes even",
+        "measured_on": fitted_on,
+        "threshold": -b / a if a > 0 else None,
+        **verify_figures(p, y, groups[i], groups[j]),
+    }
+    return a, b, report

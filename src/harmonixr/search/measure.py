@@ -32,12 +32,11 @@ from harmonixr._files import atomic_json, atomic_write
 from harmonixr.data.cache import TensorCache
 from harmonixr.data.splits import SIDES
 from harmonixr.evaluate.bootstrap import Bootstrap
-from harmonixr.evaluate.calibrate import verify_figures, verify_pairs
 from harmonixr.evaluate.metrics import expected_calibration_error
 from harmonixr.evaluate.openset import open_set_figures
 from harmonixr.evaluate.protocols import topk_credit
 from harmonixr.evaluate.records import Estimate, Side, formatted, json_ready, value
-from harmonixr.evaluate.verification import Pairs, pair_figures
+from harmonixr.evaluate.verification import Pairs, pair_figures, verify_figures, verify_pairs
 from harmonixr.midi.files import load_files
 from harmonixr.search.index import INDEX_DIR, Index, check_index
 from harmonixr.train.rundir import Run
