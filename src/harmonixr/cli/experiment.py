@@ -1,6 +1,6 @@
 """``harmonixr experiment …``: jobs of several training runs over one cache — a
-cross-validation (``cv``; also ``harmonixr evaluate JOB --folds K``). Each trains its runs
-(``experiments/``), resumes when rerun, and writes its report."""
+cross-validation (``cv``; also ``harmonixr evaluate JOB --folds K``) and leave one source out
+(``loso``). Each trains its runs (``experiments/``), resumes when rerun, and writes its report."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from harmonixr.cli._common import JsonOpt, app, out, say
+from harmonixr.cli._common import JsonOpt, app, out, print_report, say
 
 experiment_app = typer.Typer(
     help="Jobs of several training runs over one cache: cross-validation (cv) and leave one "
@@ -84,3 +84,38 @@ def cv(
         out_dir, data, folds, config, split_mode, seed, max_steps, fold, resamples,
         not no_baselines, as_json, "val" if split == "val" else "test",
     )  # fmt: skip
+
+
+@experiment_app.command("loso")
+def loso(
+    out_dir: OutOpt,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(help="Hold out only these sources (repeatable; default: every one)."),
+    ] = None,
+    seed: SeedOpt = 0,
+    max_steps: StepsOpt = None,
+    val_fraction: Annotated[float, typer.Option(help="Validation share of the units.")] = 0.1,
+    min_works: Annotated[
+        int, typer.Option(help="Training units a composer needs to be measured.")
+    ] = 1,
+    resamples: ResamplesOpt = 1000,
+    no_baselines: NoBaselinesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Leave one source out: a run per held-out source trained without it (and without every
+    unit it touches), measured on its pieces beside the tuned baselines; OUT/loso-report.md."""
+    from harmonixr.evaluate.loso import loso_markdown
+    from harmonixr.experiments.loso import job_settings, loso_job_report, run_loso
+
+    data, cfg, model, plan, only = job_settings(
+        out_dir, data, config, source, seed, val_fraction, min_works, max_steps
+    )
+    say(f"sources held out: {', '.join(plan.sources)}")
+    run_loso(data, out_dir, cfg, plan, model, only=only, progress=say)
+    report = loso_job_report(
+        out_dir, resamples=resamples, baselines=not no_baselines, progress=say, only=only
+    )
+    print_report(report, loso_markdown(report), as_json)
