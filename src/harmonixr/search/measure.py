@@ -9,7 +9,7 @@ model on other encoders' strangers); here every figure comes from pieces none of
 - **music21's corpus**: composers no corpus of ours holds (Palestrina, Monteverdi, Josquin,
   the Trecento…) against music21 scores by named composers (same converter, same textures);
 - ``verify`` on all test pairs from different groups at the shipped threshold;
-- the timeline's 30 s windows of test pieces, scored with the whole-piece calibration.
+- the timeline's windows of test pieces (the run's crop), scored with the whole-piece calibration.
 
 The result is written beside the index's fitted-on figures (``calibration.json`` →
 ``report.held_out``), so ``harmonixr index info`` prints both.
@@ -42,7 +42,6 @@ from harmonixr.search.index import INDEX_DIR, Index, check_index
 from harmonixr.train.rundir import Run
 
 Progress = Callable[[str], None]
-WINDOW_S = 30.0
 MUSIC21_TIMEOUT_S = 1200.0  # per work: the slowest quartet took over 90 s on 2 cores
 MAX_VERIFY_PAIRS = 200_000
 
@@ -161,11 +160,11 @@ class _Measure:
         return out
 
     def timeline(self, run: Run, encoder: Any, tensors: list, named: Side) -> dict[str, Any]:
-        """Non-overlapping 30 s windows of the test pieces of named composers, scored as
-        ``Harmonixr.timeline`` scores them (the whole-piece calibration)."""
+        """Non-overlapping windows of the run's crop over the test pieces of named composers,
+        scored as ``Harmonixr.timeline`` scores them (the whole-piece calibration)."""
         from harmonixr.model.embed import embed_windows, piece_windows
 
-        crop = max(1, round(WINDOW_S / run.frame_seconds))
+        crop = run.crop_frames
         windows = [w for w in piece_windows(tensors, crop, crop) if w.valid >= crop // 2]
         if not windows:
             return {"windows": 0}
@@ -178,7 +177,7 @@ class _Measure:
         answers = self.cal.answers(z, sims)
         return {
             "measured_on": "test",
-            "window_s": WINDOW_S,
+            "window_s": round(crop * run.frame_seconds, 6),
             "windows": len(windows),
             "top1": self.estimate(_share(topk_credit(closed, lab, 1)), units),
             "ece": self.estimate(
@@ -402,7 +401,9 @@ def measure_markdown(r: dict[str, Any]) -> str:
         f"{v.get('same', v.get('same_pairs'))}; intervals from "
         f"{Estimate.read(v.get('auc')).resamples or v.get('resamples', 50)} resamples",
         "",
-        "## Timeline (30 s windows of test pieces of named composers)",
+        "## Timeline ("
+        + (f"{tl['window_s']:g} s " if tl.get("window_s") else "")
+        + "windows of test pieces of named composers)",
         "",
         f"Windows: {tl.get('windows')}; scored with the whole-piece calibration.",
         "",
