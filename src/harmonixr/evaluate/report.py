@@ -21,7 +21,7 @@ from harmonixr._files import atomic_json, atomic_write
 from harmonixr.data.cache import CachedPiece, TensorCache
 from harmonixr.evaluate.baselines import baseline_folds, histogram_table
 from harmonixr.evaluate.protocols import RUN_PROTOCOLS, Curves, Fold, Settings, evaluate_folds
-from harmonixr.evaluate.records import WEIGHTINGS, Side
+from harmonixr.evaluate.records import WEIGHTINGS, Side, json_ready
 from harmonixr.evaluate.tables import INTERVALS, MODEL, UNTRAINED, report_markdown
 
 SPLITS = ("test", "val", "unseen-composer")
@@ -149,6 +149,7 @@ def evaluate_run(
         say(f"protocols: {name}")
         report["methods"][name], curves[name] = evaluate_folds([fold], settings, RUN_PROTOCOLS)
     report["seconds"] = round(time.perf_counter() - t0, 1)
+    report = json_ready(report)
     out_dir = run / "eval" / split
     write_report(report, curves, out_dir)
     report["out"] = str(out_dir)
