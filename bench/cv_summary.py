@@ -1,24 +1,16 @@
 """Print the headline rows of cross-validation reports (``evaluate --folds``) as markdown, for
 README and docs/experiments.md: the model, the best baseline chosen on validation, and the gap.
+Reports of any version are read in today's layout (``evaluate.tables.read_report``).
 
     python bench/cv_summary.py runs/cv-group/report.json [runs/cv-unseen/report.json ...]
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-MODEL = "SiaViT"
-
-
-def fmt(m: dict, key: str) -> str:
-    v = m.get(key)
-    if v is None:
-        return "—"
-    lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else f"{v:.3f}"
+from harmonixr.evaluate.records import formatted, value
+from harmonixr.evaluate.tables import MODEL, read_report
 
 
 def best_baseline(report: dict, section: str) -> tuple[str, dict]:
@@ -33,12 +25,12 @@ def best_baseline(report: dict, section: str) -> tuple[str, dict]:
     if not scored:
         return "—", {}
     name = max(scored)[1]
-    return name, report["methods"][name][section]
+    return name, report["methods"][name].get(section, {})
 
 
 def main(paths: list[str]) -> None:
     for path in paths:
-        r = json.loads(Path(path).read_text())
+        r = read_report(path)
         p = r["plan"]
         print(
             f"\n### {path}: {p['folds']} folds, {p['mode']}, seed {p['seed']}, "
@@ -54,29 +46,35 @@ def main(paths: list[str]) -> None:
             name, b = best_baseline(r, sec)
             print(
                 f"| {sec.removeprefix('verify_') if sec != 'verify' else 'all'} | "
-                f"{fmt(m, 'auc')} | {fmt(m, 'auc_gpe')} | {name} | {fmt(b, 'auc')} | "
-                f"{fmt(b, 'auc_gpe')} | {int(m.get('pairs', 0))} ({int(m.get('same', 0))}) |"
+                f"{formatted(m.get('auc'))} | {formatted(m.get('auc_gpe'))} | {name} | "
+                f"{formatted(b.get('auc'))} | {formatted(b.get('auc_gpe'))} | "
+                f"{int(m.get('pairs', 0))} ({int(m.get('same', 0))}) |"
             )
-        a = r["methods"][MODEL].get("attribution")
+        model = r["methods"][MODEL]
+        a = model.get("attribution")
         if a:
             name, _ = best_baseline(r, "verify")
             b = r["methods"].get(name, {}).get("attribution", {})
             print(
-                f"\nattribution (≥ 5 training works): SiaViT top-1 {fmt(a, 'top1')}, top-3 "
-                f"{fmt(a, 'top3')}, on performances {fmt(a, 'top1_performance')} "
-                f"({int(a['pieces'])} pieces); {name}: top-1 {fmt(b, 'top1')}"
+                f"\nattribution (≥ {r.get('min_works', 5)} training works): SiaViT top-1 "
+                f"{formatted(a.get('top1'))}, top-3 {formatted(a.get('top3'))}, on performances "
+                f"{formatted(a.get('top1_performance'))} ({int(a['pieces'])} pieces); {name}: "
+                f"top-1 {formatted(b.get('top1'))}"
             )
-        pr = r["methods"][MODEL].get("attribution_probe")
+        pr = model.get("attribution_probe")
         if pr:
             print(
                 f"attribution by a probe on the embeddings (C on validation): top-1 "
-                f"{fmt(pr, 'top1')}, top-3 {fmt(pr, 'top3')}, on performances "
-                f"{fmt(pr, 'top1_performance')}"
+                f"{formatted(pr.get('top1'))}, top-3 {formatted(pr.get('top3'))}, on "
+                f"performances {formatted(pr.get('top1_performance'))}"
             )
-        rt = r["methods"][MODEL]["retrieval"]
-        print(f"retrieval: mAP {fmt(rt, 'map')}, same-work recall@1 {fmt(rt, 'work_r1')}")
-        for name, probes in r.get("source_probe", {}).items():
-            for target, s in probes.items():
+        rt = model["retrieval"]
+        print(
+            f"retrieval: mAP {formatted(rt.get('map'))}, same-work recall@1 "
+            f"{formatted(rt.get('work_r1'))}"
+        )
+        for name, m in r["methods"].items():
+            for target, s in (m.get("source_probe") or {}).items():
                 print(
                     f"source probe {name} → {target}: balanced accuracy "
                     f"{s['balanced_accuracy']:.3f} (chance {s['chance']:.3f}, {s['pieces']} pieces)"
@@ -86,7 +84,7 @@ def main(paths: list[str]) -> None:
         em = sum(v.get("embed_seconds", 0) for v in t.values())
         print(
             f"wall time: training {tr / 60:.1f} min, embedding {em / 60:.1f} min, "
-            f"report {r.get('seconds', 0) / 60:.1f} min"
+            f"report {(value(r.get('seconds')) or 0) / 60:.1f} min"
         )
 
 

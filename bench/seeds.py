@@ -2,9 +2,9 @@
 
     python bench/seeds.py runs/aug-s0 runs/aug-s1 runs/aug-s2 [--split test] [--keys ...]
 
-Reads ``RUN/eval/SPLIT/report.json`` of each run (``harmonixr evaluate`` writes them; earlier
-reports' key names are read as today's) and prints a markdown table: per method, mean ± standard
-deviation over runs (and min–max) of each metric.
+Reads ``RUN/eval/SPLIT/report.json`` of each run (``harmonixr evaluate`` writes them; reports of
+earlier versions are read in today's layout) and prints a markdown table: per method, mean ±
+standard deviation over runs (and min–max) of each figure, named ``section.figure``.
 """
 
 from __future__ import annotations
@@ -14,19 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
-from harmonixr.evaluate.protocols import current_keys
-from harmonixr.evaluate.report import read_report
+from harmonixr.evaluate.records import value
+from harmonixr.evaluate.tables import read_report
 
 KEYS = [
-    "verify_auc",
-    "pairs_acc_mixed",
-    "attr_top1",
-    "attr_top3",
-    "probe_top1",
-    "retr_map",
-    "conf_performer_auc",
-    "conf_score_auc",
+    "verify.auc",
+    "pairs.acc_mixed",
+    "attribution.top1",
+    "attribution.top3",
+    "attribution_probe.top1",
+    "retrieval.map",
+    "control_performer.auc",
+    "control_score_midis.auc",
 ]
+
+
+def figure(method: dict, key: str) -> float | None:
+    section, _, name = key.partition(".")
+    return value((method.get(section) or {}).get(name))
 
 
 def main() -> None:
@@ -35,7 +40,6 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--keys", nargs="*", default=KEYS)
     args = ap.parse_args()
-    args.keys = list(current_keys(dict.fromkeys(args.keys)))  # earlier names accepted too
     reports = [read_report(r / "eval" / args.split / "report.json") for r in args.runs]
     methods = list(reports[0]["methods"])
     print(f"{len(reports)} runs: " + ", ".join(str(r) for r in args.runs))
@@ -44,7 +48,7 @@ def main() -> None:
     for m in methods:
         cells = []
         for k in args.keys:
-            vals = [r["methods"].get(m, {}).get(k) for r in reports]
+            vals = [figure(r["methods"].get(m, {}), k) for r in reports]
             vals = np.array([v for v in vals if v is not None], float)
             if vals.size == 0:
                 cells.append("–")

@@ -1,5 +1,6 @@
 """The house rules of docs/architecture.md, checked on the source: which room may import which,
-no import cycle (function-level imports count), and a reason at the top of any long module."""
+no import cycle (function-level imports count), no private name taken from another module, no
+module over 450 lines and a reason at the top of any module over 400."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "train": BASE | {"midi", "data", "model"},
     "evaluate": BASE | {"midi", "data", "model", "train"},
     "search": BASE | {"midi", "data", "model", "train", "evaluate"},
+    "experiments": BASE | {"midi", "data", "model", "train", "evaluate"},
     "viz": BASE | {"midi", "data", "model", "train", "evaluate", "search"},
     "results": BASE | {"midi"},
     "api": BASE | {"midi", "data", "model", "train", "evaluate", "search", "results"},
@@ -29,11 +31,12 @@ ALLOWED: dict[str, set[str]] = {
     | {"api", "__init__"},  # __init__: its __version__ only (checked below)
     "cli": BASE
     | {"midi", "data", "model", "train", "evaluate", "search", "viz", "results", "api", "serve"}
-    | {"__init__"},
+    | {"experiments", "__init__"},
     "__init__": {"midi", "api", "results"},
 }
 LEAVES = {"harmonixr.evaluate.metrics"}  # pure numpy: any room may use them
-LONG = 400
+LONG, MAX_LINES = 400, 450
+REASON = f"One module, over {LONG} lines:"
 
 
 def module_graph(package: Path, packages: bool = True) -> dict[str, set[str]]:
@@ -241,11 +244,105 @@ def test_every_room_is_in_the_rules():
     assert {room(m) for m in module_graph(SRC)} <= set(ALLOWED)
 
 
-def test_a_long_module_says_why_it_is_one():
-    silent = []
+# modules of other rooms' current work still over the limit: each waiver must still be needed
+# (the test fails once the module is short enough, so that the waiver goes too)
+WAIVED = {
+    "data/cache.py": "the cache's schema, migration and preprocess; to be split",
+    "search/index.py": "the index and its records (issue 25: the service's records); to be split",
+}
+
+
+def length_problem(text: str) -> str | None:
+    """Why a module's length breaks the rules, or None: over ``MAX_LINES`` lines it is too long
+    whatever it says; over ``LONG`` its docstring needs a paragraph starting with ``REASON``
+    that goes on to give a reason (a dozen words or more: what would drift apart if split)."""
+    lines = text.count("\n")
+    if lines > MAX_LINES:
+        return f"{lines} lines, over the limit of {MAX_LINES}"
+    if lines <= LONG:
+        return None
+    doc = ast.get_docstring(ast.parse(text)) or ""
+    paragraph = next((p for p in doc.split("\n\n") if p.strip().startswith(REASON)), "")
+    reason = " ".join(paragraph.split())[len(REASON) :].split()
+    if not paragraph:
+        return f"{lines} lines and no paragraph starting {REASON!r}"
+    if len(reason) < 12:
+        return f"{lines} lines and a reason of {len(reason)} words"
+    return None
+
+
+def test_the_length_rule_can_fail():
+    body = "\n".join(f"x{i} = {i}" for i in range(420)) + "\n"
+    bare = f'"""Does things.\n\n{REASON} it is one."""\n' + body
+    assert "a reason of 3 words" in length_problem(bare)
+    # the phrase anywhere else is not a reason
+    elsewhere = f'"""Does things. This module is not {REASON[:-1].lower()}."""\n' + body
+    assert "no paragraph" in length_problem(elsewhere)
+    good = (
+        f'"""Does things.\n\n{REASON} ``fit`` writes what ``Model`` reads, and the two share '
+        'one file format that would drift apart if they were split."""\n' + body
+    )
+    assert length_problem(good) is None
+    huge = good + "\n".join(f"y{i} = {i}" for i in range(40)) + "\n"
+    assert "over the limit" in length_problem(huge)
+    assert length_problem("x = 1\n") is None
+
+
+def test_no_module_is_too_long_and_a_long_one_says_why_it_is_one():
+    problems = []
     for path in sorted(SRC.rglob("*.py")):
-        text = path.read_text()
-        doc = ast.get_docstring(ast.parse(text)) or ""
-        if text.count("\n") > LONG and f"over {LONG} lines" not in doc:
-            silent.append(f"{path.relative_to(SRC)}: {text.count(chr(10))} lines")
-    assert not silent, "long modules without a reason at the top: " + ", ".join(silent)
+        name = str(path.relative_to(SRC))
+        why = length_problem(path.read_text())
+        if why and name not in WAIVED:
+            problems.append(f"{name}: {why}")
+        elif name in WAIVED and (not why or "over the limit" not in why):
+            problems.append(f"{name}: waived, but no longer over {MAX_LINES} lines: drop it")
+    assert not problems, "\n".join(problems)
+
+
+def private_imports(package: Path) -> list[str]:
+    """Private names (``_x``, not dunders) a module of ``package`` takes from another module of
+    it: by ``from … import _x``, or as ``module._x`` of a module it imported."""
+    top = package.name
+    found = []
+    for f in sorted(package.rglob("*.py")):
+        tree = ast.parse(f.read_text())
+        where = f.relative_to(package)
+        aliases: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").split(".")[0] == top
+            ):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        found.append(f"{where}: {a.name} from {node.module or '.'}")
+                    aliases.add(a.asname or a.name)  # a module imported from its package
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] == top:
+                        aliases.add(a.asname or a.name.split(".")[0])
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name | ast.Attribute)
+                and ast.unparse(node.value).split(".")[0] in aliases
+                and ast.unparse(node.value).split(".")[0] != "self"
+            ):
+                found.append(f"{where}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_private_name_checker_sees_both_ways(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("_hidden = 1\nshown = 2\n")
+    (pkg / "b.py").write_text("from pkg.a import _hidden, shown\nfrom . import a\nx = a._hidden\n")
+    (pkg / "c.py").write_text("from pkg.a import shown\nfrom ._util import helper\n")
+    assert private_imports(pkg) == ["b.py: _hidden from pkg.a", "b.py: a._hidden"]
+
+
+def test_no_module_takes_a_private_name_from_another():
+    assert private_imports(SRC) == []

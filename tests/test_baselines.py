@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from harmonixr.evaluate.baselines import (
-    histogram_embeddings,
+    histogram_table,
     interval_histogram,
+    normalise_rows,
     note_histogram,
     onsets,
     pitch_class_histogram,
@@ -37,5 +38,7 @@ def test_histograms_by_hand():
 
 
 def test_embeddings_are_unit_rows():
-    e = histogram_embeddings([_tensor(), _tensor()[::-1].copy()], "interval")
-    assert np.allclose(np.linalg.norm(e, axis=1), 1.0)
+    table = histogram_table([_tensor(), _tensor()[::-1].copy()])
+    for transform in ("raw", "sqrt"):
+        e = normalise_rows(table["interval"], transform)
+        assert np.allclose(np.linalg.norm(e, axis=1), 1.0)

@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 
 from harmonixr.evaluate.calibrate import (
-    FALSE_UNKNOWN,
     FITTED_ON,
     Calibration,
-    OpenSetModel,
-    _logistic,
     fit_calibration,
-    fit_decreasing,
     fit_temperature,
-    open_set_features,
     softmax,
-    spread_statistics,
-    verify_pairs,
     work_counts,
 )
 from harmonixr.evaluate.metrics import (
@@ -32,6 +25,15 @@ from harmonixr.evaluate.metrics import (
     group_pair_weights,
 )
 from harmonixr.evaluate.metrics import centroids as centroids_of
+from harmonixr.evaluate.unknown import (
+    FALSE_UNKNOWN,
+    OpenSetModel,
+    fit_decreasing,
+    logistic,
+    open_set_features,
+    spread_statistics,
+)
+from harmonixr.evaluate.verification import verify_pairs
 
 
 def test_ece_by_hand():
@@ -259,7 +261,7 @@ def test_verify_fit_is_not_dominated_by_one_prolific_pair_of_groups():
     i, j = verify_pairs(groups, max_pairs=10**6)
     y = (np.asarray(comp)[i] == np.asarray(comp)[j]).astype(int)
     cos = np.einsum("nd,nd->n", emb[i], emb[j])
-    (slope,), _ = _logistic(cos[:, None], y, balanced_weights(y))
+    (slope,), _ = logistic(cos[:, None], y, balanced_weights(y))
     assert slope < 0
     # weighted by group pair, the big pair counts once: similar means same composer
     cal = fit_calibration(emb, comp, groups, emb, comp, groups, max_pairs=10**6)

@@ -140,7 +140,7 @@ def test_group_bootstrap_is_seeded_and_resamples_whole_groups():
 
 
 def test_ranked_pairs_auc_equals_weighted_roc_auc_with_ties():
-    from harmonixr.evaluate.metrics import RankedPairs
+    from harmonixr.evaluate.verification import RankedPairs
 
     rng = np.random.default_rng(0)
     d = rng.integers(0, 6, 300).astype(float)  # many ties
@@ -239,3 +239,37 @@ def test_pair_set_protocol_without_both_classes_has_no_threshold():
     pseudo = _Pairs("pseudo", np.array([0, 1]), np.array([2, 3]), np.array([1, 1]))
     mixed = _Pairs("mixed", np.array([0, 1]), np.array([4, 5]), np.array([1, 0]))
     assert pair_set_protocol(e, pseudo, e, [mixed]) == {"n_mixed": 2.0}
+
+
+def test_the_tally_gives_the_roc_and_every_registered_metric_of_the_pairs():
+    from harmonixr.evaluate.metrics import roc_curve
+    from harmonixr.evaluate.verification import PAIR_METRICS, RankedPairs
+
+    rng = np.random.default_rng(1)
+    d = np.round(rng.uniform(size=400), 2)  # ties
+    y = rng.uniform(size=400) < 1.0 - d
+    t = RankedPairs(d, y).tally()
+    fpr, tpr, _ = roc_curve(d, y)
+    np.testing.assert_array_equal(t.roc()[0], fpr)  # the very points, bit for bit
+    np.testing.assert_array_equal(t.roc()[1], tpr)
+    assert PAIR_METRICS["eer"].fn(t) == equal_error_rate(d, y)
+    assert PAIR_METRICS["tpr_at_1fpr"].fn(t) == tpr_at_fpr(d, y, 0.01)
+    assert PAIR_METRICS["auc"].fn(t) == pytest.approx(roc_auc(d, y))
+    one_class = RankedPairs(d, np.ones(400, bool)).tally()
+    assert all(np.isnan(m.fn(one_class)) for m in PAIR_METRICS.values())
+
+
+def test_false_rejects_at_five_percent_false_accepts_by_hand():
+    from harmonixr.evaluate.verification import PAIR_METRICS, RankedPairs
+
+    # 20 different-composer pairs at d = 0.5, 0.55, … ; 4 same-composer pairs at 0.1, 0.2, 0.6,
+    # 0.9. Accepting at most 1 of the 20 negatives (5 %) means a threshold at 0.5: pairs up to
+    # 0.5 accepted, so 2 of the 4 positives are rejected
+    neg = 0.5 + 0.05 * np.arange(20)
+    d = np.concatenate([[0.1, 0.2, 0.6, 0.9], neg])
+    y = np.r_[np.ones(4, bool), np.zeros(20, bool)]
+    frr = PAIR_METRICS["frr_at_far5"]
+    assert frr.fn(RankedPairs(d, y).tally()) == pytest.approx(0.5)
+    assert frr.label == "FRR@FAR 5%"
+    # perfectly separated pairs reject nothing
+    assert frr.fn(RankedPairs(np.array([0.1, 0.2, 0.8]), np.array([1, 1, 0])).tally()) == 0.0

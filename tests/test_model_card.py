@@ -23,17 +23,18 @@ QUOTED = (
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="no shipped model in src/harmonixr/pretrained")
 def test_card_and_readme_quote_the_shipped_models_own_report():
-    report = json.loads(REPORT.read_text())
+    from harmonixr.evaluate.records import formatted
+    from harmonixr.evaluate.tables import read_report
+
+    report = read_report(REPORT)  # whichever version wrote it, in today's layout
     card, readme = CARD.read_text(), README.read_text()
     assert "TO BE MEASURED" not in card
     model = report["methods"]["SiaViT"]
     for section, key in QUOTED:
-        m = model[section]
-        quoted = f"{m[key]:.3f} [{m[key + '_lo']:.3f}, {m[key + '_hi']:.3f}]"
-        assert quoted in card, (section, key, quoted)
+        quoted = formatted(model[section][key])
+        assert "[" in quoted and quoted in card, (section, key, quoted)
     # README's first figure is the shipped model's own all-pairs AUC, with its interval
-    v = model["verify"]
-    first = f"{v['auc']:.3f} [{v['auc_lo']:.3f}, {v['auc_hi']:.3f}]"
+    first = formatted(model["verify"]["auc"])
     figures = [line for line in readme.splitlines() if "[0." in line]
     assert figures and first in figures[0], figures[:1]
     # the report is of these weights, measured on its test side only
@@ -57,8 +58,10 @@ def test_card_quotes_the_held_out_answers_and_the_index_carries_them():
     card = CARD.read_text()
     assert m["model_sha256"] == sha256_file(WEIGHTS)
 
+    from harmonixr.evaluate.records import Estimate, formatted
+
     def quoted(d: dict) -> str:
-        return f"{d['value']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
+        return formatted(d)
 
     for figure in (
         m["composer"]["answer_accuracy"],
@@ -69,7 +72,8 @@ def test_card_quotes_the_held_out_answers_and_the_index_carries_them():
     ):
         assert quoted(figure) in card, quoted(figure)
     v = m["verify"]
-    assert f"{v['balanced_accuracy']:.3f}" in card and f"{v['ece']:.3f}" in card
+    for key in ("balanced_accuracy", "ece"):
+        assert Estimate.read(v[key]).format().split(" [")[0] in card, key
     # `index info` shows exactly these held-out figures beside the fitted-on ones
     cal = json.loads((WEIGHTS.parent / "index" / "calibration.json").read_text())
     assert cal["report"]["held_out"] == m

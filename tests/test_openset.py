@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 
 from harmonixr.data.splits import compare_manifests, portable_manifest
-from harmonixr.evaluate.openset import (
-    Side,
-    known_examples,
-    open_set_figures,
-    operating_point,
-    stranger_examples,
-)
+from harmonixr.evaluate.openset import known_examples, open_set_figures, stranger_examples
+from harmonixr.evaluate.protocols import Fold
+from harmonixr.evaluate.records import Side
+from harmonixr.evaluate.unknown import operating_point
 
 
 def test_open_set_figures_by_hand():
@@ -50,34 +47,32 @@ def _side(rng, centres: dict[str, np.ndarray], per: int, tag: str) -> Side:
             emb.append(e / np.linalg.norm(e))
             comp.append(c)
             group.append(f"{tag}{c}{k}")
-    return Side(np.asarray(emb), np.array(comp, object), np.array(group, object))
+    return Side.of(np.asarray(emb), comp, group)
 
 
 def test_known_and_stranger_examples_keep_their_roles():
     rng = np.random.default_rng(0)
     centres = {c: rng.standard_normal(12) for c in "ABCDE"}
     known = {c: centres[c] for c in "ABC"}
-    fold = {
-        "train": _side(rng, known, 12, "t"),
-        "val": _side(rng, known, 6, "v"),
+    fold = Fold(
+        _side(rng, known, 12, "t"),
+        _side(rng, known, 6, "v"),
         # a by-group test side: known composers' other works and one composer never trained
-        "test": Side.join(_side(rng, known, 5, "x"), _side(rng, {"D": centres["D"]}, 4, "y")),
-    }
+        Side.concat([_side(rng, known, 5, "x"), _side(rng, {"D": centres["D"]}, 4, "y")]),
+    )
     ex = known_examples(fold, seed=0)
     assert len(ex["x_known"]) == 15 and len(ex["x_strangers"]) == 4
     assert set(ex["composer_strangers"]) == {"D"} and len(ex["x_cal"]) == 18
     # strangers look less known than known pieces on the top similarity
     assert np.median(ex["x_strangers"][:, 0]) < np.median(ex["x_known"][:, 0])
-    unseen = {
-        "train": fold["train"],
-        "val": _side(rng, {"D": centres["D"]}, 3, "w"),
-        "test": _side(rng, {"E": centres["E"]}, 5, "z"),
-    }
+    unseen = Fold(
+        fold.train, _side(rng, {"D": centres["D"]}, 3, "w"), _side(rng, {"E": centres["E"]}, 5, "z")
+    )
     st = stranger_examples(unseen, min_works=1)
     assert len(st["x"]) == 8 and set(st["composer"]) == {"D", "E"}
-    unseen["test"] = _side(rng, {"A": centres["A"]}, 3, "q")
+    leaky = Fold(unseen.train, unseen.val, _side(rng, {"A": centres["A"]}, 3, "q"))
     with pytest.raises(ValueError, match="also train the encoder"):
-        stranger_examples(unseen, min_works=1)
+        stranger_examples(leaky, min_works=1)
 
 
 def test_shipped_split_check_accepts_moved_paths_and_refuses_moved_files(tmp_path):
@@ -133,21 +128,19 @@ def test_measure_index_stores_held_out_figures_beside_fitted_ones(search_run_cop
 
 
 def test_stratified_auc_counts_only_pairs_inside_a_stratum():
-    from harmonixr.evaluate.metrics import stratified_auc
+    from harmonixr.evaluate.metrics import StratifiedAUC
 
     # stratum a: positive d 0.1 vs negative 0.2 → 1; stratum b: positive 0.5 vs negative 0.3
     # → 0; pooled over strata it would compare 0.1 with 0.3 too. Weighted 1·1 each: 0.5
     d = np.array([0.1, 0.2, 0.5, 0.3])
     y = np.array([True, False, True, False])
-    assert stratified_auc(d, y, np.array(["a", "a", "b", "b"])) == pytest.approx(0.5)
+    assert StratifiedAUC(d, y, np.array(["a", "a", "b", "b"]))() == pytest.approx(0.5)
     # a stratum with one class only does not count
-    assert stratified_auc(d[:3], y[:3], np.array(["a", "a", "b"])) == pytest.approx(1.0)
-    assert np.isnan(stratified_auc(d[:1], y[:1], np.array(["a"])))
+    assert StratifiedAUC(d[:3], y[:3], np.array(["a", "a", "b"]))() == pytest.approx(1.0)
+    assert np.isnan(StratifiedAUC(d[:1], y[:1], np.array(["a"]))())
 
 
 def _performers(rng, hears: bool):
-    from harmonixr.evaluate.protocols import Side as PSide
-
     # three composers, three performers; each piece its own group. An embedding that hears
     # the performer adds the performer's direction; one that does not adds noise only.
     comp, perf, emb = [], [], []
@@ -160,23 +153,17 @@ def _performers(rng, hears: bool):
                 emb.append(e / np.linalg.norm(e))
                 comp.append(f"C{c}")
                 perf.append(f"P{p}")
-    n = len(comp)
-    return PSide(
-        np.asarray(emb),
-        np.array(comp, object),
-        np.array([f"g{i}" for i in range(n)], object),
-        np.array([f"w{i}" for i in range(n)], object),
-        np.array(perf, object),
-    )
+    return Side.of(np.asarray(emb), comp, performer=perf)
 
 
 def test_performer_control_fails_when_the_embedding_hears_the_performer():
-    from harmonixr.evaluate.protocols import Settings, performer_control
+    from harmonixr.evaluate.bootstrap import Bootstrap
+    from harmonixr.evaluate.verification import performer_control
 
     rng = np.random.default_rng(0)
-    s = Settings(resamples=30)
-    hears = performer_control(_performers(rng, True), s)
-    deaf = performer_control(_performers(rng, False), s)
-    assert hears["conf_performer_auc"] > 0.9
-    assert 0.35 < deaf["conf_performer_auc"] < 0.65
-    assert hears["conf_performer_auc_lo"] > deaf["conf_performer_auc_hi"]
+    boot = Bootstrap(resamples=30)
+    hears = performer_control([_performers(rng, True)], boot)["auc"]
+    deaf = performer_control([_performers(rng, False)], boot)["auc"]
+    assert hears["value"] > 0.9
+    assert 0.35 < deaf["value"] < 0.65
+    assert hears["lo"] > deaf["hi"]

@@ -1,15 +1,15 @@
 """The ``harmonixr`` command: parses arguments and calls one library function per command.
 
-One module per command group (``data``, ``ask``, ``index``, ``train``, ``viz``); what they share
-is in ``_common``. The work itself is done by the library: a command only turns its options
-into a call and the answer into a table or JSON."""
+One module per command group (``data``, ``ask``, ``index``, ``train``, ``experiment``,
+``viz``); what they share is in ``_common``. The work itself is done by the library: a command
+only turns its options into a call and the answer into a table or JSON."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from harmonixr.cli import ask, data, index, train, viz  # noqa: F401  (registers the commands)
+from harmonixr.cli import ask, data, experiment, index, train, viz  # noqa: F401  (registers)
 from harmonixr.cli._common import app, console
 
 __all__ = ["app", "main"]

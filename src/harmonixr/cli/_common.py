@@ -24,7 +24,7 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _progress():
+def progress_bar():
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -60,18 +60,18 @@ RunCacheOpt = Annotated[
 ]
 
 
-def _print_json(data: object) -> None:
+def print_json(data: object) -> None:
     """Plain JSON on stdout (never wrapped, whatever the path lengths)."""
     sys.stdout.write(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
-def _model(model: Path | None):
+def load_model(model: Path | None):
     from harmonixr.api import Harmonixr
 
     return Harmonixr.load(model)
 
 
-def _file_progress(progress, what: str, n: int | None = None):
+def file_progress(progress, what: str, n: int | None = None):
     """A ``(done, total, name)`` callback drawing a bar, shown from its first call."""
     task = None
 
@@ -84,18 +84,18 @@ def _file_progress(progress, what: str, n: int | None = None):
     return tick
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     console.print(f"[dim]{text}[/dim]", highlight=False)
 
 
-def _print_paths(written: dict[str, Path]) -> None:
+def print_paths(written: dict[str, Path]) -> None:
     for name, path in written.items():
         out.print(f"{name}: {path}", highlight=False, soft_wrap=True)
 
 
-def _print_report(report: dict, markdown: str, as_json: bool) -> None:
+def print_report(report: dict, markdown: str, as_json: bool) -> None:
     """A report as JSON, or its Markdown as written (no rich markup read into it)."""
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         out.print(markdown, markup=False, highlight=False)

@@ -11,13 +11,13 @@ from rich.table import Table
 from harmonixr.cli._common import (
     JsonOpt,
     ModelOpt,
-    _file_progress,
-    _model,
-    _print_json,
-    _progress,
     app,
     console,
+    file_progress,
+    load_model,
     out,
+    print_json,
+    progress_bar,
 )
 
 
@@ -37,9 +37,9 @@ def embed(
 
     embeddings_format(out_path)  # a wrong name fails before any work
     paths = expand_midi_paths(files)
-    hx = _model(model)
-    with _progress() as progress:
-        bars = {s: _file_progress(progress, s, len(paths)) for s in ("parse", "embed")}
+    hx = load_model(model)
+    with progress_bar() as progress:
+        bars = {s: file_progress(progress, s, len(paths)) for s in ("parse", "embed")}
         result = hx.embed(
             paths,
             workers=workers,
@@ -48,7 +48,7 @@ def embed(
         )
     written = write_embeddings(out_path, result)
     if as_json:
-        _print_json({**result.to_dict(), "out": [str(p) for p in written]})
+        print_json({**result.to_dict(), "out": [str(p) for p in written]})
         return
     out.print(f"{len(result.paths)} × {result.vectors.shape[1]} → {', '.join(map(str, written))}")
     if result.errors:
@@ -72,9 +72,9 @@ def attribute(
     as_json: JsonOpt = False,
 ) -> None:
     """Who most likely wrote FILE: the answer first, then calibrated probabilities."""
-    result = _model(model).attribute(file, k=k, prior_unknown=prior_unknown)
+    result = load_model(model).attribute(file, k=k, prior_unknown=prior_unknown)
     if as_json:
-        _print_json([a.to_dict() for a in result])
+        print_json([a.to_dict() for a in result])
         return
     table = Table(title=f"who wrote {file.name}?")
     table.add_column("composer")
@@ -101,9 +101,9 @@ def similar(
     as_json: JsonOpt = False,
 ) -> None:
     """The indexed pieces most like FILE."""
-    result = _model(model).similar(file, k=k, per_work=per_work)
+    result = load_model(model).similar(file, k=k, per_work=per_work)
     if as_json:
-        _print_json([m.to_dict() for m in result])
+        print_json([m.to_dict() for m in result])
         return
     table = Table(title=f"pieces like {file.name}")
     for col in ("#", "similarity", "composer", "title", "performer / source", "path"):
@@ -122,9 +122,9 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Whether A and B share a composer."""
-    v = _model(model).verify(a, b)
+    v = load_model(model).verify(a, b)
     if as_json:
-        _print_json(v.to_dict())
+        print_json(v.to_dict())
         return
     answer = "[green]same composer[/green]" if v.same_composer else "[red]different composers[/red]"
     out.print(
@@ -153,11 +153,11 @@ def timeline(
     as_json: JsonOpt = False,
 ) -> None:
     """Composer probabilities passage by passage."""
-    hx = _model(model)
+    hx = load_model(model)
     window, hop = hx.timeline_windows(window, hop)
     passages = hx.timeline(file, window=window, hop=hop)
     if as_json:
-        _print_json([p.to_dict() for p in passages])
+        print_json([p.to_dict() for p in passages])
         return
     table = Table(title=f"{file.name}, {window:g} s windows every {hop:g} s")
     for col in ("from", "to", "most likely", "probability", "unknown"):

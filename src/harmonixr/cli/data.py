@@ -10,10 +10,10 @@ import typer
 from rich.table import Table
 
 from harmonixr.cli._common import (
-    _file_progress,
-    _progress,
     app,
+    file_progress,
     out,
+    progress_bar,
 )
 
 
@@ -66,7 +66,7 @@ def _preprocess_one(
     from harmonixr.midi.tensorize import TensorConfig
 
     config = TensorConfig(binary=binary, pedal=not no_pedal)
-    with _progress() as progress:
+    with progress_bar() as progress:
         summary = run(
             source,
             out_dir,
@@ -76,8 +76,8 @@ def _preprocess_one(
             config=config,
             workers=workers,
             limit=limit,
-            progress=_file_progress(progress, "tensorize"),
-            listing_progress=_file_progress(progress, "list (music21 → MIDI once)"),
+            progress=file_progress(progress, "tensorize"),
+            listing_progress=file_progress(progress, "list (music21 → MIDI once)"),
         )
     if as_json:
         out.print_json(json.dumps(summary.to_dict()))

@@ -12,14 +12,14 @@ from harmonixr.cli._common import (
     JsonOpt,
     RunArg,
     RunCacheOpt,
-    _model,
-    _print_json,
-    _print_report,
-    _progress,
-    _say,
     app,
     console,
+    load_model,
     out,
+    print_json,
+    print_report,
+    progress_bar,
+    say,
 )
 
 index_app = typer.Typer(
@@ -56,7 +56,7 @@ def index_build(
     """Embed the run's corpus into RUN/index (centroids from train, calibration from val)."""
     from harmonixr.search.index import build_index
 
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("embed", total=None, current="")
         index = build_index(
             run,
@@ -94,10 +94,10 @@ def index_measure(
         data,
         music21_dir=cache_dir() / "music21-open-set-v1" if music21 else None,
         resamples=resamples,
-        progress=_say,
+        progress=say,
     )
     save_measure(run, report, out_dir)
-    _print_report(report, measure_markdown(report), as_json)
+    print_report(report, measure_markdown(report), as_json)
 
 
 @index_app.command("open-set")
@@ -123,15 +123,16 @@ def index_open_set(
     known composers (KNOWN's folds), cross-fitted over the folds; writes
     STRANGERS/open-set.json for `index build --open-set`."""
     from harmonixr.data.splits import side_groups
-    from harmonixr.evaluate.openset import embed_training_sides, openset_markdown, openset_study
+    from harmonixr.evaluate.openset import openset_markdown
+    from harmonixr.experiments.cv import embed_training_sides, openset_job
 
     excluded = side_groups(exclude_split, "test") if exclude_split is not None else None
     for cv in (strangers, known):
-        embed_training_sides(cv, progress=_say)
-    result = openset_study(
-        strangers, known, resamples=resamples, progress=_say, exclude_groups=excluded
+        embed_training_sides(cv, progress=say)
+    result = openset_job(
+        strangers, known, resamples=resamples, progress=say, exclude_groups=excluded
     )
-    _print_report(result, openset_markdown(result), as_json)
+    print_report(result, openset_markdown(result), as_json)
 
 
 @index_app.command("add")
@@ -148,7 +149,7 @@ def index_add(
 
     result = Harmonixr.load(run).add(expand_midi_paths(files), composer=composer, workers=workers)
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     out.print(
         f"added {len(result.added)}, already indexed {len(result.duplicates)}, "
@@ -164,7 +165,7 @@ def index_info(
     as_json: JsonOpt = False,
 ) -> None:
     """What an index holds and how well its probabilities are calibrated."""
-    _show_index(_model(run).info(), as_json)
+    _show_index(load_model(run).info(), as_json)
 
 
 def _num(d: dict, key: str) -> str:
@@ -211,7 +212,7 @@ def calibration_rows(cal: dict) -> list[tuple[str, str, str]]:
 
 def _show_index(info: dict, as_json: bool) -> None:
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     table = Table(
         title=f"{info['root']}: {info['items']} pieces, {info['dim']}-d", show_header=False

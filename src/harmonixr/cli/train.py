@@ -11,10 +11,10 @@ import typer
 from harmonixr.cli._common import (
     RunArg,
     RunCacheOpt,
-    _say,
     app,
     console,
     out,
+    say,
 )
 
 
@@ -102,7 +102,7 @@ def train_head(
 
     config = HeadConfig(steps=steps, branches=branches, branch_dropout=branch_dropout, seed=seed)
     done = run_head(
-        source, data, run, config, progress=lambda stage, i, n: _say(f"{stage} {i}/{n}")
+        source, data, run, config, progress=lambda stage, i, n: say(f"{stage} {i}/{n}")
     )
     log = json.loads((done / "head_log.json").read_text())
     out.print(
@@ -149,7 +149,9 @@ def evaluate(
     """Evaluate a run against baselines: RUN/eval/SPLIT/report.{json,md}, roc/det/distances.png.
     With --folds K: cross-validation, pooled out-of-fold figures in RUN/report.{json,md}."""
     if folds is not None:
-        _crossval(
+        from harmonixr.cli.experiment import crossval
+
+        crossval(
             run,
             data,
             folds,
@@ -180,30 +182,3 @@ def evaluate(
         out.print_json(json.dumps(report))
         return
     out.print((Path(report["out"]) / "report.md").read_text(), markup=False, highlight=False)
-
-
-def _crossval(
-    out_dir: Path,
-    data: Path | None,
-    folds: int,
-    config: Path | None,
-    mode: str,
-    seed: int,
-    max_steps: int | None,
-    only: list[int] | None,
-    resamples: int,
-    baselines: bool,
-    as_json: bool,
-    side: str = "test",
-) -> None:
-    from harmonixr.evaluate.crossval import job_settings, pooled_report, run_folds
-
-    data, cfg, model, plan = job_settings(out_dir, data, folds, config, mode, seed, max_steps)
-    run_folds(data, out_dir, cfg, plan, model, only=only, progress=_say)
-    report = pooled_report(
-        out_dir, resamples=resamples, baselines=baselines, progress=_say, only=only, side=side
-    )
-    if as_json:
-        out.print_json(json.dumps(report))
-        return
-    out.print((out_dir / report["files"][1]).read_text(), markup=False, highlight=False)

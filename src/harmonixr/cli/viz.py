@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from harmonixr.cli._common import (
-    _print_paths,
-    _say,
     app,
     out,
+    print_paths,
+    say,
 )
 
 viz = typer.Typer(
@@ -53,9 +53,9 @@ def viz_tsne(
         frames=frames,
         top=top,
         perplexity=perplexity,
-        say=_say,
+        say=say,
     )
-    _print_paths(written)
+    print_paths(written)
 
 
 @viz.command("tensor")
@@ -71,7 +71,7 @@ def viz_tensor(
     """A piece's tensor: an animated GIF of the 12×6 grid over time and a PNG of the roll."""
     from harmonixr.viz.tensor import parse_span, tensor_pictures
 
-    _print_paths(tensor_pictures(file, parse_span(seconds), out_dir, frames=frames))
+    print_paths(tensor_pictures(file, parse_span(seconds), out_dir, frames=frames))
 
 
 @viz.command("filters")
@@ -84,7 +84,7 @@ def viz_filters(
     """The first layer's 3-D kernels, one panel per filter and time slice."""
     from harmonixr.viz.filters import filter_grid
 
-    _print_paths({"filters": filter_grid(run, out_dir)})
+    print_paths({"filters": filter_grid(run, out_dir)})
 
 
 @viz.command("style")
@@ -127,7 +127,7 @@ def viz_curves(
     """The run's TensorBoard scalars (losses, margin, threshold, accuracies, AUC) in one PNG."""
     from harmonixr.viz.curves import training_curves
 
-    _print_paths({"curves": training_curves(run, out_dir)})
+    print_paths({"curves": training_curves(run, out_dir)})
 
 
 @viz.command("context")
@@ -149,5 +149,5 @@ def viz_context(
     """Your MIDI files placed in the corpus's saved map (no refit), with their nearest pieces."""
     from harmonixr.viz.context import context_map
 
-    written = context_map(run, files, data=data, map_dir=map_dir, out=out_dir, k=k, say=_say)
-    _print_paths(written)
+    written = context_map(run, files, data=data, map_dir=map_dir, out=out_dir, k=k, say=say)
+    print_paths(written)

@@ -1,15 +1,22 @@
-"""Simple, strong-enough baselines on the same tensors the model sees (docs/architecture.md).
+"""Simple, strong-enough baselines on the same tensors the model sees (docs/architecture.md),
+given the model's treatment: the same folds, the same protocols, their settings chosen on each
+fold's validation side.
 
-Each turns a ``uint8 (T, 12, 6)`` tensor into an L1-normalised histogram; pieces are compared by
-the cosine of their histograms (optionally square-rooted first). ``fit_lr`` trains a logistic
-regression on the concatenated histograms; its class probabilities p are compared by p·q.
+Each histogram turns a ``uint8 (T, 12, 6)`` tensor into an L1-normalised histogram; pieces are
+compared by the cosine of their histograms (square-rooted first or not, chosen on validation).
+:func:`probability_space` fits a logistic regression on a fold's training features (C chosen on
+validation) and compares pieces by its class probabilities, p·q: on the five histograms
+together it is the logistic-regression baseline, and on any other features a cheap back-end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+from harmonixr.evaluate.protocols import Fold, class_probabilities, val_auc
 
 INTERVAL_RANGE = 12
 MAX_POLYPHONY = 10
@@ -90,14 +97,6 @@ def normalise_rows(h: np.ndarray, transform: str = "raw") -> np.ndarray:
     return h / np.where(norm > 0, norm, 1.0)
 
 
-def histogram_embeddings(
-    tensors: Sequence[np.ndarray], kind: str, transform: str = "raw"
-) -> np.ndarray:
-    """(N, D) L2-normalised histograms of one kind."""
-    fn = HISTOGRAMS[kind]
-    return normalise_rows(np.stack([fn(t) for t in tensors]), transform)
-
-
 def histogram_table(tensors: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Every histogram kind of every tensor, unnormalised rows: {kind: (N, D_kind)}."""
     out: dict[str, list[np.ndarray]] = {k: [] for k in HISTOGRAMS}
@@ -105,10 +104,6 @@ def histogram_table(tensors: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         for k, fn in HISTOGRAMS.items():
             out[k].append(fn(t))
     return {k: np.stack(v) if v else np.zeros((0, 1)) for k, v in out.items()}
-
-
-def all_histograms(tensors: Sequence[np.ndarray]) -> np.ndarray:
-    return np.stack([np.concatenate([fn(t) for fn in HISTOGRAMS.values()]) for t in tensors])
 
 
 def fit_lr(features: np.ndarray, labels: np.ndarray, c: float, seed: int = 0):
@@ -121,3 +116,65 @@ def fit_lr(features: np.ndarray, labels: np.ndarray, c: float, seed: int = 0):
         StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed)
     )
     return model.fit(features, labels)
+
+
+LR = "logistic regression, 5 histograms"
+
+
+def histogram_name(kind: str) -> str:
+    return f"{kind} histogram"
+
+
+def probability_space(fold: Fold, seed: int = 0, cs: Sequence[float] = LR_CS):
+    """A logistic regression on the fold's training features (its sides' embeddings) over the
+    training composers, C chosen by validation all-pairs AUC, pieces compared by p·q (the
+    probability that both are by the same composer if the two guesses were independent).
+    Returns the fold in that space and the choice."""
+    names = sorted(set(fold.train.composer.tolist()))
+    label = {n: i for i, n in enumerate(names)}
+    y = np.array([label[c] for c in fold.train.composer])
+    scored = []
+    for c in cs:
+        model = fit_lr(fold.train.embeddings, y, c, seed)
+        p_val = class_probabilities(model, fold.val.embeddings, len(names))
+        auc = val_auc(fold.val.with_embeddings(p_val))
+        scored.append((np.nan_to_num(auc, nan=-1.0), c, model))
+    auc, c, model = max(scored, key=lambda t: t[0])
+    space = fold.mapped(
+        lambda _, side: side.with_embeddings(
+            class_probabilities(model, side.embeddings, len(names))
+        )
+    )
+    return space, {"C": c, "val_auc": float(auc) if auc >= 0 else None, "scored_by": "p·q"}
+
+
+def baseline_folds(
+    fold: Fold, hists: dict[str, dict[str, np.ndarray]], seed: int = 0
+) -> tuple[dict[str, Fold], dict[str, dict[str, Any]]]:
+    """Every baseline's fold: each histogram kind (its transform chosen by validation AUC) and
+    the logistic regression on all five (:func:`probability_space`). ``fold``: the pieces'
+    labels (its embeddings unused); ``hists``: per side name, every kind's raw histograms
+    (``histogram_table``). Also each baseline's choice."""
+    methods: dict[str, Fold] = {}
+    choices: dict[str, dict[str, Any]] = {}
+    kinds = list(next(iter(hists.values())))
+    for kind in kinds:
+
+        def auc(tr: str, kind: str = kind) -> float:
+            v = fold.val.with_embeddings(normalise_rows(hists["val"][kind], tr))
+            return float(np.nan_to_num(val_auc(v), nan=-1))
+
+        best = max(TRANSFORMS, key=auc)
+        choices[histogram_name(kind)] = {"transform": best}
+        methods[histogram_name(kind)] = fold.mapped(
+            lambda name, side, kind=kind, best=best: side.with_embeddings(
+                normalise_rows(hists[name][kind], best)
+            )
+        )
+    features = fold.mapped(
+        lambda name, side: side.with_embeddings(
+            np.concatenate([hists[name][k] for k in kinds], axis=1)
+        )
+    )
+    methods[LR], choices[LR] = probability_space(features, seed)
+    return methods, choices

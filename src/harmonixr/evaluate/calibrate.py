@@ -13,13 +13,13 @@ What a user sees and how it is made:
   embeddings over the named composers, its logits divided by one temperature fitted on the
   validation pieces (temperature scaling, Guo et al. 2017). One parameter cannot overfit a
   validation side of a few hundred pieces and keeps the order of the scores.
-- **Someone else** (open set): a logistic model on three features of a piece (``FEATURES``):
-  its top similarity to a named composer's centroid, the margin over the second, and that top
-  similarity measured against the spread of the composer's own training pieces around their
-  centroid (a z-score: some composers are tight, others wide). All three come from centroids,
-  so the model can be learnt on one encoder's strangers and used with another of the same
-  recipe. Every coefficient is ≤ 0, so a piece that fits better never looks more foreign.
-  It is fitted on real strangers when one is given (``OpenSetModel``, learnt by
+- **Someone else** (open set, ``unknown.py``): a logistic model on three features of a piece
+  (``FEATURES``): its top similarity to a named composer's centroid, the margin over the
+  second, and that top similarity measured against the spread of the composer's own training
+  pieces around their centroid (a z-score: some composers are tight, others wide). All three
+  come from centroids, so the model can be learnt on one encoder's strangers and used with
+  another of the same recipe. Every coefficient is ≤ 0, so a piece that fits better never
+  looks more foreign. It is fitted on real strangers when one is given (``OpenSetModel``, learnt by
   ``evaluate.openset`` on composers that unseen-composer folds kept from their encoder);
   otherwise on validation pieces scored with their own composer left out (simulated strangers,
   said in ``notes``). Both classes weigh the same in the fit, so the probability assumes an even
@@ -27,21 +27,17 @@ What a user sees and how it is made:
 - **The answer** is "someone else" when that probability reaches the operating point: the larger
   of 0.5 and the value that only ``FALSE_UNKNOWN`` of the validation pieces of named composers
   reach. Otherwise it is the most probable named composer.
-- **Verification**: Platt scaling, ``sigmoid(a · cos + b)``, on pairs of validation pieces from
-  different groups; each group pair weighs one in total (so one prolific composer's pairs cannot
-  dominate) and the two classes weigh the same, so ``p = 0.5`` is the decision threshold.
+- **Verification** (``verification.fit_verify``): Platt scaling, ``sigmoid(a · cos + b)``, on
+  pairs of validation pieces from different groups; each group pair weighs one in total (so
+  one prolific composer's pairs cannot dominate) and the two classes weigh the same, so
+  ``p = 0.5`` is the decision threshold.
 
 ``Calibration.report`` holds the figures measured on the validation side the parts were fitted
-on, each labelled ``measured_on``; held-out figures are measured by ``evaluate.openset`` and
-added under ``held_out`` with the side they come from.
-
-One module, over 400 lines: every part of the calibration (named composers, probe,
-temperature, "someone else", verify's Platt, the operating point) is fitted and stored together
-in ``calibration.json``; they share its fields and its validation-only rule."""
+on, each labelled ``measured_on``; held-out figures are measured by ``search.measure`` and
+added under ``held_out`` with the side they come from."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -49,17 +45,21 @@ from typing import Any
 import numpy as np
 
 from harmonixr.evaluate.metrics import (
-    balanced_weights,
-    balanced_weights_weighted,
-    binary_balanced_accuracy,
-    binary_ece,
     expected_calibration_error,
-    group_pair_weights,
 )
+from harmonixr.evaluate.unknown import (
+    FALSE_UNKNOWN,
+    OpenSetModel,
+    fit_decreasing,
+    open_set_features,
+    operating_point,
+    prior_shift,
+    sigmoid,
+    simulated_strangers,
+    spread_statistics,
+)
+from harmonixr.evaluate.verification import fit_verify
 
-REGULARISATION = 1.0  # logistic C (inverse L2 strength) of the small models on standardised x
-FEATURES = ("top similarity", "margin", "top similarity in the composer's spread")
-SPREAD_PRIOR = 5.0  # pieces' worth of the pooled spread mixed into each composer's own
 MIN_WORKS_CHOICES = (1, 2, 3, 5, 8, 13)
 NAMED_PROBE_CS = (
     0.01,
@@ -67,7 +67,6 @@ NAMED_PROBE_CS = (
     1.0,
     10.0,
 )  # the named-composer probe's C (protocols.PROBE_CS is the evaluation's)
-FALSE_UNKNOWN = 0.10  # share of validation pieces of named composers allowed to be called unknown
 FITTED_ON = "validation (fitted on it)"
 
 
@@ -75,10 +74,6 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = x - x.max(axis=axis, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=axis, keepdims=True)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -97,115 +92,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
-def open_set_features(sims: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(N, 3) ``FEATURES``: the top centroid similarity, its margin over the second (0 with a
-    single composer), and ``(top − mean[c]) / std[c]`` for the top composer ``c``."""
-    sims = np.atleast_2d(np.asarray(sims, np.float64))
-    if sims.shape[1] == 0:
-        return np.zeros((sims.shape[0], 3))
-    best = sims.argmax(axis=1)
-    top = sims[np.arange(len(sims)), best]
-    second = -np.sort(-sims, axis=1)[:, 1] if sims.shape[1] > 1 else top
-    z = (top - np.asarray(mean, np.float64)[best]) / np.asarray(std, np.float64)[best]
-    return np.stack([top, top - second, z], axis=1)
-
-
-def spread_statistics(
-    emb: np.ndarray, composers: np.ndarray, names: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centroids (E, D), mean (E,), std (E,)) of the named composers: the mean and spread of
-    their training pieces' similarity to their own centroid, each std shrunk towards the pooled
-    one by ``SPREAD_PRIOR`` pieces (a composer of three pieces has no reliable spread)."""
-    from harmonixr.evaluate.metrics import centroids
-
-    cents = centroids(emb, composers, names)
-    sims = [emb[composers == n] @ cents[k] for k, n in enumerate(names)]
-    pooled = float(np.std(np.concatenate([s - s.mean() for s in sims]))) if sims else 1.0
-    pooled = max(pooled, 1e-6)
-    mean = np.array([s.mean() for s in sims])
-    var = np.array(
-        [(len(s) * s.var() + SPREAD_PRIOR * pooled**2) / (len(s) + SPREAD_PRIOR) for s in sims]
-    )
-    return cents, mean, np.sqrt(var)
-
-
 def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-
-
-def _logistic(
-    x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
-) -> tuple[list[float], float]:
-    """(coefficients, intercept) of an L2-regularised logistic regression, fitted on
-    standardised features (so the regularisation does not depend on how spread one model's
-    similarities are) and returned on the original scale. ``weights`` per example."""
-    from sklearn.linear_model import LogisticRegression
-
-    x = np.asarray(x, np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std = np.where(std > 1e-12, std, 1.0)
-    model = LogisticRegression(C=REGULARISATION, max_iter=1000)
-    w = None if weights is None else np.asarray(weights, np.float64) * len(y) / np.sum(weights)
-    model.fit((x - mean) / std, y, sample_weight=w)
-    coef = model.coef_[0] / std
-    return [float(c) for c in coef], float(model.intercept_[0] - np.dot(coef, mean))
-
-
-def fit_decreasing(
-    x: np.ndarray, y: np.ndarray, use: Sequence[bool] | None = None
-) -> tuple[list[float], float]:
-    """A class-balanced logistic model of "unknown" (``y = 1``) whose every coefficient is ≤ 0:
-    a feature whose fitted sign is wrong (or that ``use`` switches off) is dropped and the rest
-    refitted."""
-    y = np.asarray(y, np.int64)
-    keep = [True] * x.shape[1] if use is None else [bool(u) for u in use]
-    w = balanced_weights(y)
-    while any(keep):
-        cols = [i for i, k in enumerate(keep) if k]
-        coef_k, bias = _logistic(x[:, cols], y, w)
-        wrong = [c for c, v in zip(cols, coef_k, strict=True) if v > 0]
-        if not wrong:
-            coef = [0.0] * x.shape[1]
-            for c, v in zip(cols, coef_k, strict=True):
-                coef[c] = v
-            return coef, bias
-        for c in wrong:
-            keep[c] = False
-    return [0.0] * x.shape[1], 0.0  # balanced classes, no usable feature: p = 0.5
-
-
-def prior_shift(prior_unknown: float | None) -> float:
-    """Log-odds added to the unknown logit for a prior other than the even one it was fitted
-    at (Bayes' rule: posterior odds = likelihood ratio × prior odds)."""
-    if prior_unknown is None:
-        return 0.0
-    if not 0.0 < prior_unknown < 1.0:
-        raise ValueError(f"prior_unknown must be strictly between 0 and 1, got {prior_unknown}")
-    return math.log(prior_unknown / (1.0 - prior_unknown))
-
-
-@dataclass(frozen=True)
-class OpenSetModel:
-    """An unknown-composer model learnt elsewhere (on real strangers), for ``FEATURES``."""
-
-    coef: tuple[float, ...]
-    bias: float
-    source: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"coef": list(self.coef), "bias": self.bias, "source": self.source}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OpenSetModel:
-        return cls(tuple(float(c) for c in d["coef"]), float(d["bias"]), str(d["source"]))
-
-
-def operating_point(p_unknown_named: np.ndarray) -> float:
-    """The operating point of "someone else" from validation pieces of named composers: the
-    larger of 0.5 and the probability that only ``FALSE_UNKNOWN`` of them reach."""
-    p = np.asarray(p_unknown_named, np.float64)
-    return max(0.5, float(np.quantile(p, 1.0 - FALSE_UNKNOWN))) if p.size else 0.5
 
 
 # Calibration's fields stored as JSON lists
@@ -257,7 +146,7 @@ class Calibration:
             return np.ones(sims.shape[0])
         x = open_set_features(sims, self.spread_mean, self.spread_std)
         logit = x @ np.asarray(self.unknown_coef) + self.unknown_bias + prior_shift(prior_unknown)
-        return _sigmoid(logit)
+        return sigmoid(logit)
 
     def composer_probabilities(
         self, z: np.ndarray, sims: np.ndarray, prior_unknown: float | None = None
@@ -287,7 +176,7 @@ class Calibration:
         cos = np.asarray(cos, np.float64)
         if not self.same_fitted:
             return np.clip((1.0 + cos) / 2.0, 0.0, 1.0)
-        return _sigmoid(self.same_coef * cos + self.same_bias)
+        return sigmoid(self.same_coef * cos + self.same_bias)
 
     @property
     def threshold(self) -> float | None:
@@ -388,74 +277,59 @@ def choose_named(
     return m, names, w, b, {"choices": table, "chosen_min_works": m}
 
 
-def _open_set_examples(
-    sims: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Simulated strangers: each known piece as it is (0) and with its own composer's column
-    removed (1)."""
-    n, e = sims.shape
-    x0 = open_set_features(sims, mean, std)
-    hidden = sims.copy()
-    hidden[np.arange(n), labels] = -np.inf  # never the top: as if the column were gone
-    x1 = open_set_features(hidden, mean, std)
-    ranked = -np.sort(-hidden, axis=1)  # the hidden column (-inf) sorts last
-    x1[:, 1] = ranked[:, 0] - ranked[:, 1] if e > 2 else 0.0
-    return np.concatenate([x0, x1]), np.concatenate([np.zeros(n), np.ones(n)]).astype(np.int64)
-
-
-def verify_pairs(
-    groups: Sequence[str], max_pairs: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j) of pieces from different groups, at most ``max_pairs`` (seeded)."""
-    g = np.asarray(groups)
-    i, j = np.triu_indices(len(g), k=1)
-    keep = g[i] != g[j]
-    i, j = i[keep], j[keep]
-    if len(i) > max_pairs:
-        pick = np.sort(np.random.default_rng(seed).choice(len(i), max_pairs, replace=False))
-        i, j = i[pick], j[pick]
-    return i, j
-
-
-def verify_figures(
-    p: np.ndarray, y: np.ndarray, ga, gb, weights: np.ndarray | None = None
-) -> dict[str, float]:
-    """Balanced accuracy at p ≥ 0.5 and ECE at an even prior, pair-weighted and with every
-    group pair weighing the same; ``weights`` multiply both (a bootstrap's multiplicities)."""
+def _fit_unknown(
+    emb: np.ndarray,
+    sims: np.ndarray,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    spread: tuple[np.ndarray, np.ndarray],
+    open_set: OpenSetModel | None,
+    params: dict[str, Any],
+    report: dict[str, Any],
+    notes: list[str],
+) -> None:
+    """The parts fitted on validation pieces of named composers (``emb``, their centroid
+    similarities, probe logits and labels): the temperature, the unknown model (``open_set``,
+    or simulated strangers) and the operating point; into ``params``, ``report``, ``notes``."""
     from harmonixr.evaluate.metrics import roc_auc
 
-    y = np.asarray(y).astype(bool)
-    base = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
-    out: dict[str, float] = {"pairs": int(len(y)), "same_pairs": int(y.sum())}
-    if not (base[y].sum() > 0 and base[~y].sum() > 0):
-        return out
-    gpe = group_pair_weights(ga, gb)
-    for name, w in (("", base), ("_gpe", base * gpe)):
-        even = w * balanced_weights_weighted(y, w)
-        out[f"balanced_accuracy{name}"] = binary_balanced_accuracy(p >= 0.5, y, w)
-        out[f"ece{name}"] = binary_ece(p, y, weights=even)
-    out["auc"] = roc_auc(-p, y, base)
-    return out
-
-
-def _fit_verify(
-    emb: np.ndarray, composers: np.ndarray, groups: np.ndarray, max_pairs: int, seed: int
-) -> tuple[float, float, dict[str, Any]] | str:
-    i, j = verify_pairs(list(groups), max_pairs, seed)
-    y = (composers[i] == composers[j]).astype(np.int64)
-    if len(y) == 0 or y.all() or not y.any():
-        return "verify not calibrated: validation has no pairs of both kinds from different works"
-    cos = np.einsum("nd,nd->n", emb[i], emb[j]).astype(np.float64)
-    gpe = group_pair_weights(groups[i], groups[j])
-    (a,), b = _logistic(cos[:, None], y, gpe * balanced_weights_weighted(y, gpe))
-    p = _sigmoid(a * cos + b)
-    report = {
-        "method": "Platt scaling on cosine similarity; each group pair weighs one, classes even",
+    t = fit_temperature(logits, labels)
+    params["temperature"] = t
+    p_closed = softmax(logits / t)
+    report["composer"] = {
+        "method": "probe logits / temperature",
         "measured_on": FITTED_ON,
-        "threshold": -b / a if a > 0 else None,
-        **verify_figures(p, y, groups[i], groups[j]),
+        "temperature": t,
+        "pieces": int(len(labels)),
+        "ece": expected_calibration_error(p_closed, labels),
+        "top1_accuracy": float(np.mean(p_closed.argmax(1) == labels)),
     }
-    return a, b, report
+    if open_set is not None:
+        coef, bias, source = list(open_set.coef), open_set.bias, open_set.source
+    else:
+        x, y = simulated_strangers(sims, labels, *spread)
+        coef, bias = fit_decreasing(x, y, (True, len(names) >= 3, True))
+        source = "simulated strangers: validation pieces without their own composer"
+        notes.append(
+            "unknown fitted on simulated strangers (validation pieces scored without "
+            "their own composer), not on composers the encoder never saw"
+        )
+        report["unknown_simulated"] = {
+            "measured_on": FITTED_ON,
+            "auc": roc_auc(-(x @ np.asarray(coef)), y),
+        }
+    params.update(unknown_coef=tuple(coef), unknown_bias=bias, unknown_source=source)
+    u = Calibration(**params).unknown_probability(emb, sims)
+    point = operating_point(u)
+    params["operating_point"] = point
+    report["operating_point"] = {
+        "measured_on": FITTED_ON,
+        "rule": f"max(0.5, p reached by {FALSE_UNKNOWN:.0%} of validation pieces of "
+        "named composers)",
+        "value": point,
+        "named_called_unknown": float(np.mean(u >= point)),
+    }
 
 
 def fit_calibration(
@@ -474,8 +348,6 @@ def fit_calibration(
     """Fit every part (see the module docstring): the probe and the named composers on the
     training pieces' embeddings with choices on validation; temperature, operating point and
     ``verify`` on validation; the unknown model from ``open_set`` or simulated on validation."""
-    from harmonixr.evaluate.metrics import roc_auc
-
     tr_emb = np.asarray(train_emb, np.float64)
     va_emb = np.asarray(val_emb, np.float64).reshape(-1, tr_emb.shape[1])
     tr_c, va_c = np.asarray(train_composers, dtype=object), np.asarray(val_composers, dtype=object)
@@ -507,46 +379,11 @@ def fit_calibration(
         sims = va_emb @ cents.T
         logits = va_emb @ w.T + b
         if named.any():
-            t = fit_temperature(logits[named], labels[named])
-            params["temperature"] = t
-            p_closed = softmax(logits[named] / t)
-            report["composer"] = {
-                "method": "probe logits / temperature",
-                "measured_on": FITTED_ON,
-                "temperature": t,
-                "pieces": int(named.sum()),
-                "ece": expected_calibration_error(p_closed, labels[named]),
-                "top1_accuracy": float(np.mean(p_closed.argmax(1) == labels[named])),
-            }
-            if open_set is not None:
-                coef, bias, source = list(open_set.coef), open_set.bias, open_set.source
-            else:
-                x, y = _open_set_examples(sims[named], labels[named], mean, std)
-                coef, bias = fit_decreasing(x, y, (True, len(names) >= 3, True))
-                source = "simulated strangers: validation pieces without their own composer"
-                notes.append(
-                    "unknown fitted on simulated strangers (validation pieces scored without "
-                    "their own composer), not on composers the encoder never saw"
-                )
-                report["unknown_simulated"] = {
-                    "measured_on": FITTED_ON,
-                    "auc": roc_auc(-(x @ np.asarray(coef)), y),
-                }
-            params.update(unknown_coef=tuple(coef), unknown_bias=bias, unknown_source=source)
-            probe = Calibration(**params)
-            u = probe.unknown_probability(va_emb[named], sims[named])
-            point = operating_point(u)
-            params["operating_point"] = point
-            report["operating_point"] = {
-                "measured_on": FITTED_ON,
-                "rule": f"max(0.5, p reached by {FALSE_UNKNOWN:.0%} of validation pieces of "
-                "named composers)",
-                "value": point,
-                "named_called_unknown": float(np.mean(u >= point)),
-            }
+            _fit_unknown(va_emb[named], sims[named], logits[named], labels[named], names,
+                         (mean, std), open_set, params, report, notes)  # fmt: skip
         else:
             notes.append("no validation piece of a named composer: temperature and unknown unfit")
-    fitted = _fit_verify(va_emb, va_c, va_g, max_pairs, seed)
+    fitted = fit_verify(va_emb, va_c, va_g, max_pairs, seed, FITTED_ON)
     if isinstance(fitted, str):
         notes.append(fitted)
     else:

@@ -1,8 +1,11 @@
-"""Pure numpy metrics (mir_eval's shape: arrays in, floats out).
+"""Metrics on arrays (mir_eval's shape: arrays in, floats out), in numpy with scikit-learn for
+ROC curves, weighted AUC and the stratified AUC.
 
 Verification convention: a pair is predicted *same composer* when its distance is **below** the
 threshold; scores for ROC are ``-distance`` (closer = more likely the same composer). Metrics that
 need both classes raise ``ValueError`` when one is missing rather than return a number.
+Verification metrics that every report measures on every set of pairs are registered in
+``verification.py`` (``pair_metric``), on the ROC helpers here.
 
 This module imports nothing from harmonixr, so every layer (training included) may use it.
 """
@@ -15,7 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 
 
-def _check(d: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_pairs(d: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances as float64 and labels as booleans, both flat, of one length."""
     d, y = np.asarray(d, np.float64).ravel(), np.asarray(y).ravel().astype(bool)
     if d.shape != y.shape:
         raise ValueError(f"{d.size} distances but {y.size} labels")
@@ -43,7 +47,7 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def accuracy_at(d: np.ndarray, y: np.ndarray, threshold: float) -> float:
     """Share of pairs classified right when ``d < threshold`` means same composer."""
-    d, y = _check(d, y)
+    d, y = check_pairs(d, y)
     if d.size == 0:
         return float("nan")
     return float(np.mean((d < threshold) == y))
@@ -52,7 +56,7 @@ def accuracy_at(d: np.ndarray, y: np.ndarray, threshold: float) -> float:
 def best_threshold(d: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(threshold, accuracy) maximising accuracy; candidate thresholds are midpoints between
     sorted distinct distances plus both ends. Ties go to the smallest threshold."""
-    d, y = _check(d, y)
+    d, y = check_pairs(d, y)
     if d.size == 0:
         raise ValueError("no pairs to choose a threshold from")
     u = np.unique(d)
@@ -85,7 +89,8 @@ def pair_set_protocol(
     emb: np.ndarray,
     sets: Sequence[PairSetLike],
 ) -> dict[str, float]:
-    """The original project's pair-set protocol, with the distance :func:`cosine_distance`.
+    """The original SiaViT project's pair-set protocol, with the distance
+    :func:`cosine_distance`.
 
     The *pseudo-validation* pair set (over the rows of ``pseudo_emb``) chooses the threshold:
     the one of :func:`best_threshold`, maximising its accuracy. Each pair set of ``sets`` (over
@@ -93,26 +98,42 @@ def pair_set_protocol(
     when its distance is below it). Returns ``threshold``, ``acc_pseudo`` and, for each
     non-empty set, ``n_<name>`` (its pairs) and ``acc_<name>``. When the pseudo set lacks one of
     the two classes there is no threshold: only the ``n_<name>`` entries are returned."""
+    threshold, acc_pseudo, right = pair_set_decisions(pseudo_emb, pseudo, emb, sets)
     out: dict[str, float] = {}
+    if np.isfinite(threshold):
+        out["acc_pseudo"], out["threshold"] = acc_pseudo, threshold
+    for name, r in right.items():
+        out[f"n_{name}"] = float(len(r))
+        if np.isfinite(threshold):
+            out[f"acc_{name}"] = float(np.mean(r))
+    return out
+
+
+def pair_set_decisions(
+    pseudo_emb: np.ndarray,
+    pseudo: PairSetLike,
+    emb: np.ndarray,
+    sets: Sequence[PairSetLike],
+) -> tuple[float, float, dict[str, np.ndarray]]:
+    """:func:`pair_set_protocol`'s threshold, the pseudo set's accuracy at it, and per
+    non-empty set whether each pair is called right there (all False without a threshold)."""
     y = np.asarray(pseudo.y).astype(bool)
-    threshold = float("nan")
+    threshold, acc_pseudo = float("nan"), float("nan")
     if y.size and 0 < y.sum() < y.size:
         d = cosine_distance(pseudo_emb[pseudo.i], pseudo_emb[pseudo.j])
-        threshold, out["acc_pseudo"] = best_threshold(d, y)
-        out["threshold"] = threshold
+        threshold, acc_pseudo = best_threshold(d, y)
+    right: dict[str, np.ndarray] = {}
     for ps in sets:
         if not len(ps.y):
             continue
-        out[f"n_{ps.name}"] = float(len(ps.y))
-        if np.isfinite(threshold):
-            d = cosine_distance(emb[ps.i], emb[ps.j])
-            out[f"acc_{ps.name}"] = accuracy_at(d, ps.y, threshold)
-    return out
+        d = cosine_distance(emb[ps.i], emb[ps.j])
+        right[ps.name] = (d < threshold) == np.asarray(ps.y).astype(bool)
+    return threshold, acc_pseudo, right
 
 
 def roc_auc(d: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
     """ROC AUC with score −d (ties count half). Raises when one class is missing."""
-    d, y = _check(d, y)
+    d, y = check_pairs(d, y)
     _both_classes(y, "ROC AUC")
     from sklearn.metrics import roc_auc_score
 
@@ -122,7 +143,7 @@ def roc_auc(d: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> 
 def roc_curve(d: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate, distance threshold) over all thresholds; a
     pair counts as predicted same when ``d <= threshold``."""
-    d, y = _check(d, y)
+    d, y = check_pairs(d, y)
     _both_classes(y, "a ROC curve")
     from sklearn.metrics import roc_curve as sk_roc
 
@@ -134,6 +155,11 @@ def equal_error_rate(d: np.ndarray, y: np.ndarray) -> float:
     """The error rate where false accepts equal false rejects (FPR = 1 − TPR), interpolated
     linearly between the two ROC points that bracket the crossing."""
     fpr, tpr, _ = roc_curve(d, y)
+    return eer_of_roc(fpr, tpr)
+
+
+def eer_of_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """:func:`equal_error_rate` of a ROC curve given as its points, from (0, 0) on."""
     fnr = 1.0 - tpr
     diff = fpr - fnr  # rises from −1 to +1 along the curve
     k = int(np.flatnonzero(diff >= 0)[0])
@@ -147,6 +173,11 @@ def equal_error_rate(d: np.ndarray, y: np.ndarray) -> float:
 def tpr_at_fpr(d: np.ndarray, y: np.ndarray, max_fpr: float = 0.01) -> float:
     """The highest true positive rate at a threshold whose false positive rate ≤ ``max_fpr``."""
     fpr, tpr, _ = roc_curve(d, y)
+    return tpr_of_roc(fpr, tpr, max_fpr)
+
+
+def tpr_of_roc(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
+    """:func:`tpr_at_fpr` of a ROC curve given as its points, from (0, 0) on."""
     ok = fpr <= max_fpr + 1e-12
     return float(tpr[ok].max())
 
@@ -229,32 +260,6 @@ def retrieval_scores(
             aps[q] = average_precision(rel)
             pks[q] = float(rel[:k].sum()) / min(k, rel.size)
     return aps, pks
-
-
-class RankedPairs:
-    """ROC AUC (score −d, ties count half) of one set of scored pairs under many weightings,
-    as a bootstrap needs: the pairs are sorted once, and each weighting costs two bincounts
-    instead of a sort. ``auc(w)`` equals ``roc_auc(d, y, weights=w)``."""
-
-    def __init__(self, d: np.ndarray, y: np.ndarray) -> None:
-        d, y = _check(d, y)
-        self.order = np.argsort(d, kind="stable")
-        ds = d[self.order]
-        new = np.ones(ds.size, bool)
-        new[1:] = ds[1:] != ds[:-1]
-        self.tie = np.cumsum(new) - 1
-        self.n_ties = int(self.tie[-1]) + 1 if ds.size else 0
-        self.pos = y[self.order].astype(np.float64)
-
-    def auc(self, weights: np.ndarray | None = None) -> float:
-        w = np.ones(self.pos.size) if weights is None else np.asarray(weights, float)[self.order]
-        wp = np.bincount(self.tie, weights=w * self.pos, minlength=self.n_ties)
-        wn = np.bincount(self.tie, weights=w * (1.0 - self.pos), minlength=self.n_ties)
-        p, n = wp.sum(), wn.sum()
-        if p <= 0 or n <= 0:
-            return float("nan")
-        later = n - np.cumsum(wn)  # negatives strictly farther than this tie group
-        return float(np.sum(wp * (later + 0.5 * wn)) / (p * n))
 
 
 # ---------------------------------------------------------------- calibration and weights
@@ -363,13 +368,6 @@ class StratifiedAUC:
                 acc += pos * neg * float(roc_auc_score(y[m], -d[m], sample_weight=w[m]))
                 total += pos * neg
         return acc / total if total > 0 else float("nan")
-
-
-def stratified_auc(
-    d: np.ndarray, y: np.ndarray, strata: np.ndarray, weights: np.ndarray | None = None
-) -> float:
-    """:class:`StratifiedAUC` for one set of weights."""
-    return StratifiedAUC(d, y, strata)(weights)
 
 
 def centroids(emb: np.ndarray, composers: np.ndarray, names: Sequence[str]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Open-set attribution from real strangers: "someone else" learnt and measured on composers
 an encoder never trained on.
 
-Two cross-validations of one recipe over one cache supply the two kinds of piece:
+Two cross-validations of one recipe over one cache (``experiments.cv.openset_job`` reads them)
+supply the two kinds of piece:
 
 - an ``unseen-composer`` one deals whole composers to folds, so each fold's validation and test
   composers are real strangers to that fold's encoder;
@@ -12,181 +13,87 @@ For each fold the training pieces are embedded whole (the centroids ``attribute`
 every held-out piece is turned into the unknown model's features against them. The model is
 cross-fitted: fold k of both cross-validations is measured by a model fitted on the other
 folds, at an operating point chosen on fold k's validation side, so no figure is measured where
-anything was fitted. The model fitted on all folds is what ``index build --open-set`` uses.
-
-One module, over 400 lines: the open-set study is one protocol (folds read, features,
-cross-fitting, operating point, report); split, its exclusion rules would drift apart."""
+anything was fitted. The model fitted on all folds is what ``index build --open-set`` uses."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harmonixr._files import atomic_json, atomic_write
-from harmonixr.data.cache import TensorCache
-from harmonixr.evaluate.bootstrap import bootstrap_interval
-from harmonixr.evaluate.calibrate import (
+from harmonixr.evaluate.bootstrap import Bootstrap
+from harmonixr.evaluate.calibrate import fit_calibration, work_counts
+from harmonixr.evaluate.metrics import balanced_weights_weighted, binary_ece, roc_auc
+from harmonixr.evaluate.protocols import Fold
+from harmonixr.evaluate.records import Side, formatted, json_ready
+from harmonixr.evaluate.unknown import (
     FEATURES,
     OpenSetModel,
-    _sigmoid,
-    fit_calibration,
     fit_decreasing,
     open_set_features,
     operating_point,
+    sigmoid,
     spread_statistics,
-    work_counts,
 )
-from harmonixr.evaluate.crossval import EMB_FILE, _clean, fold_sides, read_job
-from harmonixr.evaluate.metrics import balanced_weights_weighted, binary_ece, roc_auc
 
-TRAIN_FILE = "train-embeddings.npz"
 Progress = Callable[[str], None]
+# a known piece's unit is its group, a stranger's its composer
+UNITS = "units"
 
 
-def embed_training_sides(out: str | Path, progress: Progress | None = None) -> list[Path]:
-    """Embed each fold's training pieces whole with the fold's encoder into
-    ``fold-k/train-embeddings.npz`` (skipped when present: a killed job resumes)."""
-    from harmonixr.train.rundir import Run
-
-    out = Path(out)
-    cv, plan = read_job(out)
-    written = []
-    with TensorCache(cv["data"]) as cache:
-        rows = cache.pieces()
-        for k in range(plan.folds):
-            d = out / f"fold-{k}"
-            path = d / TRAIN_FILE
-            written.append(path)
-            if path.is_file():
-                continue
-            run = Run.open(d)
-            sides = fold_sides(rows, plan, k)
-            # the cache must still give the split the fold's encoder was trained on
-            run.check_split(sides, rows)
-            idx = sides["train"]
-            if progress:
-                progress(f"fold {k}: embedding {len(idx)} training pieces")
-            tensors = [cache.load(rows[i]) for i in idx]
-            emb = run.embed(tensors)
-            paths = np.array([rows[i].path for i in idx], dtype=str)
-            atomic_write(path, partial(np.savez, emb=emb, path=paths))
-    return written
-
-
-# ---------------------------------------------------------------- the study over folds
-
-OPEN_SET_FILE = "open-set.json"
-
-
-@dataclass
-class Side:
-    emb: np.ndarray
-    composer: np.ndarray
-    group: np.ndarray
-
-    def take(self, mask: np.ndarray) -> Side:
-        return Side(self.emb[mask], self.composer[mask], self.group[mask])
-
-    def __len__(self) -> int:
-        return len(self.composer)
-
-    @staticmethod
-    def join(a: Side, b: Side) -> Side:
-        return Side(
-            np.concatenate([a.emb, b.emb]),
-            np.concatenate([a.composer, b.composer]),
-            np.concatenate([a.group, b.group]),
-        )
-
-
-def load_whole_folds(out: str | Path) -> tuple[dict[str, Any], list[dict[str, Side]]]:
-    """Each fold's training (whole pieces, ``embed_training_sides``), validation and test sides
-    as embedded by the fold's encoder, labelled from the cache the cross-validation used."""
-    out = Path(out)
-    cv, _ = read_job(out)
-    with TensorCache(cv["data"]) as cache:
-        rows = {r.path: r for r in cache.pieces()}
-    folds = []
-    for k in range(cv["folds"]):
-        d = out / f"fold-{k}"
-        if not (d / TRAIN_FILE).is_file():
-            raise ValueError(f"{d}: training side not embedded; run embed_training_sides first")
-        z, t = np.load(d / EMB_FILE), np.load(d / TRAIN_FILE)
-
-        def side(emb: np.ndarray, paths: np.ndarray, d: Path = d) -> Side:
-            missing = [p for p in paths if p not in rows]
-            if missing:
-                raise ValueError(f"{d}: {len(missing)} pieces left the cache, e.g. {missing[0]}")
-            return Side(
-                emb.astype(np.float64),
-                np.array([rows[p].composer for p in paths], dtype=object),
-                np.array([rows[p].group for p in paths], dtype=object),
-            )
-
-        folds.append(
-            {
-                "train": side(t["emb"], t["path"]),
-                "val": side(z["emb_val"], z["path_val"]),
-                "test": side(z["emb_test"], z["path_test"]),
-            }
-        )
-    return cv, folds
-
-
-def known_examples(sides: dict[str, Side], seed: int) -> dict[str, Any]:
+def known_examples(fold: Fold, seed: int) -> dict[str, Any]:
     """A by-group fold: calibrated on its training and validation sides as ``index build``
     would; its test pieces of named composers are held-out known pieces, those of composers
     with no training piece strangers, the rest barely known."""
-    tr, va, te = sides["train"], sides["val"], sides["test"]
-    cal = fit_calibration(tr.emb, tr.composer, tr.group, va.emb, va.composer, va.group, seed=seed)
+    tr, va, te = fold.train, fold.val, fold.test
+    cal = fit_calibration(
+        tr.embeddings, tr.composer, tr.unit, va.embeddings, va.composer, va.unit, seed=seed
+    )
     names = list(cal.composers)
     index = {c: k for k, c in enumerate(names)}
     trained = set(tr.composer)
     named = np.array([c in index for c in te.composer], bool)
     stranger = np.array([c not in trained for c in te.composer], bool)
     known = te.take(named)
-    cents, mean, std = spread_statistics(tr.emb, tr.composer, names)
+    cents, mean, std = spread_statistics(tr.embeddings, tr.composer, names)
 
     def features(emb: np.ndarray) -> np.ndarray:
         return open_set_features(emb @ cents.T, mean, std)
 
-    closed = cal.closed_log_probabilities(known.emb, known.emb @ cents.T)
+    closed = cal.closed_log_probabilities(known.embeddings, known.embeddings @ cents.T)
     labels = np.array([index[c] for c in known.composer])
     return {
         "cal": cal,
-        "x_cal": features(va.take(np.array([c in index for c in va.composer])).emb),
-        "x_known": features(known.emb),
+        "x_cal": features(va.take(np.array([c in index for c in va.composer], bool)).embeddings),
+        "x_known": features(known.embeddings),
         "right": closed.argmax(1) == labels,
-        "group_known": known.group,
-        "x_barely": features(te.take(~named & ~stranger).emb),
-        "x_strangers": features(te.take(stranger).emb),
+        "group_known": known.unit,
+        "x_barely": features(te.take(~named & ~stranger).embeddings),
+        "x_strangers": features(te.take(stranger).embeddings),
         "composer_strangers": te.composer[stranger],
-        "group_strangers": te.group[stranger],
+        "group_strangers": te.unit[stranger],
     }
 
 
-def stranger_examples(sides: dict[str, Side], min_works: int) -> dict[str, Any]:
+def stranger_examples(fold: Fold, min_works: int) -> dict[str, Any]:
     """An unseen-composer fold: its validation and test composers never trained its encoder.
     Scored against its training composers with at least ``min_works`` works; ``test`` marks
     the fold's own test pieces (its validation composers are other folds' test composers)."""
-    tr = sides["train"]
-    pieces = Side.join(sides["val"], sides["test"])
+    tr = fold.train
+    pieces = Side.concat([fold.val, fold.test])
     overlap = set(pieces.composer) & set(tr.composer)
     if overlap:
         raise ValueError(f"strangers that also train the encoder: {sorted(overlap)[:3]}")
-    works = work_counts(list(tr.composer), list(tr.group))
+    works = work_counts(list(tr.composer), list(tr.unit))
     names = sorted(c for c, n in works.items() if n >= min_works)
-    cents, mean, std = spread_statistics(tr.emb, tr.composer, names)
-    test = np.r_[np.zeros(len(sides["val"]), bool), np.ones(len(sides["test"]), bool)]
+    cents, mean, std = spread_statistics(tr.embeddings, tr.composer, names)
+    test = np.r_[np.zeros(len(fold.val), bool), np.ones(len(fold.test), bool)]
     return {
-        "x": open_set_features(pieces.emb @ cents.T, mean, std),
+        "x": open_set_features(pieces.embeddings @ cents.T, mean, std),
         "composer": pieces.composer,
-        "group": pieces.group,
+        "group": pieces.unit,
         "test": test,
     }
 
@@ -245,7 +152,7 @@ def disjoint_from(fit: Examples, measured: Examples, groups: set[str] = frozense
 
 
 def _p(coef: Any, bias: float, x: np.ndarray) -> np.ndarray:
-    return _sigmoid(x @ np.asarray(coef, np.float64) + bias)
+    return sigmoid(x @ np.asarray(coef, np.float64) + bias)
 
 
 def open_set_figures(
@@ -279,62 +186,19 @@ def open_set_figures(
         "ece_even_prior": lambda w: binary_ece(p, y, weights=w * balanced_weights_weighted(y, w)),
     }
     out: dict[str, Any] = {"known_pieces": nk, "stranger_pieces": ns}
-    ones = np.ones(len(p))
+    pop = Bootstrap(resamples, seed).population(units)
     for name, stat in stats.items():
         if name in ("detection_auc", "ece_even_prior") and not (nk and ns):
             continue
-        lo, hi = bootstrap_interval(stat, units, resamples, seed)
-        out[name] = {"value": stat(ones), "lo": lo, "hi": hi}
+        out[name] = pop.item_estimate(stat, UNITS).to_json()
     return out
 
 
-def _same_recipe(a: dict[str, Any], b: dict[str, Any]) -> None:
-    for key in ("folds", "seed", "data"):
-        if a.get(key) != b.get(key):
-            raise ValueError(f"the two cross-validations differ in {key}: {a[key]} vs {b[key]}")
-    if a.get("train") != b.get("train"):
-        raise ValueError("the two cross-validations trained with different settings")
-
-
-def openset_study(
-    strangers_dir: str | Path,
-    known_dir: str | Path,
-    resamples: int = 300,
-    seed: int = 0,
-    progress: Progress | None = None,
-    exclude_groups: set[str] | None = None,
-) -> dict[str, Any]:
-    """Learn "someone else" from real strangers and measure it where nothing was fitted.
-
-    ``strangers_dir``: an unseen-composer cross-validation (each fold's validation and test
-    composers never trained its encoder). ``known_dir``: a by-group cross-validation of the same
-    recipe, whose test sides hold pieces of composers its encoders know but pieces they never
-    trained on. Fold k is measured on its by-group test pieces of named composers and on its
-    strangers (the unseen-composer fold's *test* composers, and the by-group fold's test
-    composers with no training piece), by a model fitted on the other folds' pieces less every
-    piece that shares a group with a measured one and every stranger whose composer is measured
-    (``disjoint_from``): an unseen-composer fold's validation composers are other folds' test
-    composers, so without this the same pieces would be fitted and measured through two
-    encoders. The operating point is chosen on fold k's by-group validation side.
-
-    ``exclude_groups`` (e.g. the test groups of the run that will ship with this model) are kept
-    out of every fit and every measurement, so that run's test side stays unseen. Writes
-    ``open-set.json`` (the model fitted on every fold less those groups, and the cross-fitted
-    report) and ``open-set.md`` into ``strangers_dir``."""
-    strangers_dir = Path(strangers_dir)
-    say = progress or (lambda s: None)
-    cvs, sf = load_whole_folds(strangers_dir)
-    cvk, kf = load_whole_folds(known_dir)
-    if cvs.get("mode") != "unseen-composer" or cvk.get("mode") != "group":
-        raise ValueError("needs an unseen-composer and a by-group cross-validation, in that order")
-    _same_recipe(cvs, cvk)
-    known, strangers = [], []
-    for k in range(len(kf)):
-        say(f"fold {k}: calibrating")
-        known.append(known_examples(kf[k], cvk["seed"]))
-        strangers.append(stranger_examples(sf[k], known[k]["cal"].min_works))
-
-    excluded = set(exclude_groups or ())
+def _cross_fitted(
+    known: list[dict[str, Any]], strangers: list[dict[str, Any]], excluded: set[str]
+) -> dict[str, dict[str, list[np.ndarray]]]:
+    """Per model ("real": fitted on the other folds' real strangers; "simulated": fold k's own
+    validation calibration), fold k's measured probabilities, operating point and units."""
     every = [fold_examples(known[k], strangers[k], test_only=False) for k in range(len(known))]
     rows: dict[str, dict[str, list[np.ndarray]]] = {"real": {}, "simulated": {}}
     for k, e in enumerate(known):
@@ -367,20 +231,57 @@ def openset_study(
             }
             for key, v in part.items():
                 rows[name].setdefault(key, []).append(v)
+    return rows
+
+
+def openset_study(
+    strangers: Sequence[Fold],
+    known: Sequence[Fold],
+    plans: dict[str, dict[str, Any]],
+    calibration_seed: int = 0,
+    resamples: int = 300,
+    seed: int = 0,
+    progress: Progress | None = None,
+    exclude_groups: set[str] = frozenset(),
+) -> dict[str, Any]:
+    """Learn "someone else" from real strangers and measure it where nothing was fitted.
+
+    ``strangers``: the folds of an unseen-composer cross-validation (each fold's validation and
+    test composers never trained its encoder), training sides embedded whole. ``known``: the
+    folds of a by-group cross-validation of the same recipe, whose test sides hold pieces of
+    composers its encoders know but pieces they never trained on. Fold k is measured on its
+    by-group test pieces of named composers and on its strangers (the unseen-composer fold's
+    *test* composers, and the by-group fold's test composers with no training piece), by a
+    model fitted on the other folds' pieces less every piece that shares a group with a
+    measured one and every stranger whose composer is measured (``disjoint_from``): an
+    unseen-composer fold's validation composers are other folds' test composers, so without
+    this the same pieces would be fitted and measured through two encoders. The operating
+    point is chosen on fold k's by-group validation side (calibrated with
+    ``calibration_seed``).
+
+    ``exclude_groups`` (e.g. the test groups of the run that will ship with this model) are kept
+    out of every fit and every measurement, so that run's test side stays unseen. Returns the
+    model fitted on every fold less those groups, and the cross-fitted report (``plans``: the
+    two cross-validations' plans, recorded in it)."""
+    say = progress or (lambda s: None)
+    known_ex, stranger_ex = [], []
+    for k in range(len(known)):
+        say(f"fold {k}: calibrating")
+        known_ex.append(known_examples(known[k], calibration_seed))
+        stranger_ex.append(stranger_examples(strangers[k], known_ex[k]["cal"].min_works))
+    excluded = set(exclude_groups)
+    rows = _cross_fitted(known_ex, stranger_ex, excluded)
     report: dict[str, Any] = {
-        "cross_validations": {
-            "strangers": {k: cvs[k] for k in ("folds", "seed", "mode", "val_fraction")},
-            "known": {k: cvk[k] for k in ("folds", "seed", "mode", "val_fraction")},
-        },
+        "cross_validations": plans,
         "measured_on": "fold k's strangers (unseen-composer fold k: test composers its encoder "
         "never saw; by-group fold k: test composers with no training piece) and fold k's "
         "by-group test pieces of named composers; the unknown model fitted on the other folds "
         "less every piece sharing a group, or a stranger composer, with a measured piece; the "
         "operating point on fold k's validation side",
-        "excluded_groups": len(exclude_groups or ()),
+        "excluded_groups": len(excluded),
         "features": list(FEATURES),
-        "named_composers": [len(e["cal"].composers) for e in known],
-        "min_works": [e["cal"].min_works for e in known],
+        "named_composers": [len(e["cal"].composers) for e in known_ex],
+        "min_works": [e["cal"].min_works for e in known_ex],
     }
     for name, r in rows.items():
         c = {k: np.concatenate(v) for k, v in r.items()}
@@ -392,28 +293,18 @@ def openset_study(
         fig["operating_points"] = [float(v) for v in c["point"]]
         fig["fitted_pieces_per_fold"] = [int(v) for v in c["fit_pieces"]]
         report[f"{name}_strangers_model"] = fig
-    final = Examples.join(every)
-    final = final.take(np.array([g not in excluded for g in final.group], bool))
-    x, y = final.x, final.y
-    coef, bias = fit_decreasing(x, y)
+    every = Examples.join(
+        [fold_examples(known_ex[k], stranger_ex[k], test_only=False) for k in range(len(known))]
+    )
+    final = every.take(np.array([g not in excluded for g in every.group], bool))
+    coef, bias = fit_decreasing(final.x, final.y)
     model = OpenSetModel(
         tuple(coef),
         bias,
-        f"real strangers: {cvs['folds']} unseen-composer folds ({int(y.sum())} stranger "
-        f"pieces) against {int((y == 0).sum())} held-out pieces of known composers",
+        f"real strangers: {len(strangers)} unseen-composer folds ({int(final.y.sum())} stranger "
+        f"pieces) against {int((final.y == 0).sum())} held-out pieces of known composers",
     )
-    result = {"model": model.to_dict(), "report": _clean(report)}
-    atomic_json(strangers_dir / OPEN_SET_FILE, result, indent=1)
-    atomic_write(strangers_dir / "open-set.md", openset_markdown(result))
-    return result
-
-
-def _fmt(d: Any) -> str:
-    if not isinstance(d, dict) or d.get("value") is None:
-        return "–"
-    lo, hi = d.get("lo"), d.get("hi")
-    iv = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
-    return f"{d['value']:.3f}{iv}"
+    return {"model": model.to_dict(), "report": json_ready(report)}
 
 
 FIGURE_NAMES = (
@@ -443,7 +334,7 @@ def openset_markdown(result: dict[str, Any]) -> str:
     for key, label in FIGURE_NAMES:
         a = r.get("real_strangers_model", {}).get(key)
         b = r.get("simulated_strangers_model", {}).get(key)
-        lines.append(f"| {label} | {_fmt(a)} | {_fmt(b)} |")
+        lines.append(f"| {label} | {formatted(a)} | {formatted(b)} |")
     m = result["model"]
     lines += [
         "",

@@ -1,247 +1,160 @@
-"""The evaluation protocols (docs/architecture.md) on whole-piece embeddings of one method.
+"""The evaluation protocols, as functions of a fold's sides, registered in one place
+(:data:`PROTOCOLS`, as mir_eval registers a task's metrics).
 
-Every method (the model, an untrained model, each baseline) is an embedding per piece; two
-pieces are compared by ``metrics.cosine_distance``: ``1 − a·b``, 1 − cosine for normalised
-embeddings. Choices (threshold, probe regularisation) use the validation side
-only; the held-out side (test, or val with ``--split val``) is only measured.
+A **fold** is a method's embedding of three sides: ``train`` (what was fitted on), ``val``
+(where every choice is made: thresholds, a probe's C, a baseline's settings) and ``test`` (only
+measured). A single run is one fold; a cross-validation is K folds whose figures are pooled;
+leave-one-source-out is one fold per held-out source. Each protocol *measures* a fold (per-pair
+or per-piece results) and *pools* the folds' results into figures, each an ``Estimate`` with a
+bootstrap interval over units (``bootstrap.Bootstrap``). Two pieces are compared by
+``metrics.cosine_distance``: ``1 − a·b``, 1 − cosine for normalised embeddings.
+
+:func:`evaluate_folds` runs the protocols named for a method; the figures' keys are the same
+whichever caller (``evaluate_run``, a cross-validation, leave-one-source-out, a held-out
+measurement) runs them.
+
+One module, over 400 lines: the registry (``PROTOCOLS``) and the protocols it names (the
+pair sets, attribution, retrieval, the source probe; verification is ``verification.py``) are
+one list a reader checks at once, and they share ``Fold`` and ``Settings``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from harmonixr.data.pairs import protocol_pair_sets
-from harmonixr.evaluate.bootstrap import bootstrap_interval
+from harmonixr.evaluate.bootstrap import Bootstrap
 from harmonixr.evaluate.metrics import (
-    StratifiedAUC,
     balanced_accuracy,
     centroids,
-    cosine_distance,
-    equal_error_rate,
-    group_pair_weights,
     macro_f1,
-    pair_set_protocol,
+    pair_set_decisions,
     retrieval_scores,
-    roc_auc,
-    topk_accuracy,
-    tpr_at_fpr,
+)
+from harmonixr.evaluate.records import Estimate, Side
+from harmonixr.evaluate.verification import (
+    Pairs,
+    RankedPairs,
+    between,
+    cross_pairs,
+    pair_figures,
+    performer_control,
+    verification_sections,
+    within,
 )
 
-PROBE_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-TPR_FPR = 0.01
+PROBE_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # the evaluation probe's C grid
+TOPK = (1, 3, 5)
 
 
-@dataclass
-class Side:
-    """The pieces of one split side and their embeddings for one method."""
-
-    emb: np.ndarray  # (N, D)
-    composer: np.ndarray  # (N,) str
-    group: np.ndarray  # (N,) str, the leak-free unit
-    work: np.ndarray  # (N,) str
-    performer: np.ndarray  # (N,) str, "" unknown
-
-    def __len__(self) -> int:
-        return int(self.emb.shape[0])
-
-
-@dataclass
+@dataclass(frozen=True)
 class Settings:
+    """How figures are measured: bootstrap ``resamples`` seeded by ``seed`` (also the seed of
+    pair sets and probes); ``pairs`` per pair set of the pair-set protocol; ``k`` of
+    precision@k; attribution to training composers with at least ``min_works`` training units;
+    ``universe``: the units every interval resamples (None: those measured)."""
+
     seed: int = 0
-    pairs: int = 1000  # per pair set of the pairs protocol
     resamples: int = 1000
+    pairs: int = 1000
     k: int = 10
+    min_works: int = 1
+    universe: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def boot(self) -> Bootstrap:
+        return Bootstrap(self.resamples, self.seed, universe=self.universe)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One method's embedding of a fold's sides; ``scores``: score MIDIs of the test side's
+    works (the score-MIDI control), when there are any."""
+
+    train: Side
+    val: Side
+    test: Side
+    scores: Side | None = None
+
+    def sides(self) -> dict[str, Side]:
+        out = {"train": self.train, "val": self.val, "test": self.test}
+        return out if self.scores is None else {**out, "scores": self.scores}
+
+    def mapped(self, fn: Callable[[str, Side], Side]) -> Fold:
+        """The fold with each side replaced by ``fn(name, side)``."""
+        return Fold(**{k: fn(k, s) for k, s in self.sides().items()})
+
+    def measured_on_val(self) -> Fold:
+        """The validation side standing where the test side would (for choosing a recipe: the
+        test side is then never looked at)."""
+        return replace(self, test=self.val, scores=None)
 
 
 @dataclass
 class Curves:
-    """What the pictures need: all-pairs distances and labels, and the pairs protocol's
-    threshold."""
+    """What the pictures need: the test pairs' distances and labels, and the pair-set
+    protocol's threshold."""
 
     d: np.ndarray = field(default_factory=lambda: np.zeros(0))
     y: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     threshold: float = float("nan")
 
 
-def cross_pairs(side: Side) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i < j) of pieces from different groups."""
-    ii, jj = np.triu_indices(len(side), k=1)
-    keep = side.group[ii] != side.group[jj]
-    return ii[keep], jj[keep]
+def val_auc(side: Side) -> float:
+    """All-pairs AUC of a side (the figure every choice on validation maximises); nan without
+    both classes."""
+    p = within(side)
+    return RankedPairs(p.d, p.y).auc() if 0 < p.y.sum() < p.y.size else float("nan")
 
 
-def _auc_with_interval(
-    d: np.ndarray,
-    y: np.ndarray,
-    gi: np.ndarray,
-    gj: np.ndarray,
-    groups: np.ndarray,
-    s: Settings,
-    base: np.ndarray | None = None,
-) -> tuple[float, float, float]:
-    """AUC and its bootstrap interval over groups: a pair's weight is the product of its two
-    pieces' group multiplicities in the resample (times ``base``, a weight per pair)."""
-    auc = roc_auc(d, y, weights=base)
-
-    def stat(w: np.ndarray) -> float:
-        pw = w[gi] * w[gj]
-        if not (pw[y].any() and pw[~y].any()):
-            return float("nan")  # a resample without one of the classes
-        return roc_auc(d, y, weights=pw if base is None else pw * base)
-
-    lo, hi = bootstrap_interval(stat, groups, s.resamples, s.seed)
-    return auc, lo, hi
+# ---------------------------------------------------------------- the pair-set protocol
 
 
-def verification(held: Side, s: Settings, prefix: str = "verify") -> tuple[dict, Curves]:
-    """All pairs of held-out pieces from different groups: AUC pair-weighted and with every
-    pair of groups weighing the same (``_gpe``), each with a 95 % interval; EER, TPR at 1 %
-    FPR."""
-    i, j = cross_pairs(held)
-    y = held.composer[i] == held.composer[j]
-    d = cosine_distance(held.emb[i], held.emb[j])
-    out: dict[str, float] = {f"{prefix}_pairs": float(y.size), f"{prefix}_same": float(y.sum())}
-    if 0 < y.sum() < y.size:
-        auc, lo, hi = _auc_with_interval(d, y, i, j, held.group, s)
-        gpe = group_pair_weights(held.group[i], held.group[j])
-        auc_g, lo_g, hi_g = _auc_with_interval(d, y, i, j, held.group, s, gpe)
-        out.update(
-            {
-                f"{prefix}_auc": auc,
-                f"{prefix}_auc_lo": lo,
-                f"{prefix}_auc_hi": hi,
-                f"{prefix}_auc_gpe": auc_g,
-                f"{prefix}_auc_gpe_lo": lo_g,
-                f"{prefix}_auc_gpe_hi": hi_g,
-                f"{prefix}_eer": equal_error_rate(d, y),
-                f"{prefix}_tpr_at_1fpr": tpr_at_fpr(d, y, TPR_FPR),
-            }
-        )
-    return out, Curves(d, y)
-
-
-def performer_control(held: Side, s: Settings) -> dict[str, float]:
-    """The performer control: among held-out pairs of *different* composers (and different
-    groups) whose performers are known, does the similarity tell the pairs played by one
-    performer from those played by two? Pairs are compared only within the same pair of
-    composers (a performer's repertoire would otherwise stand in for the performer): AUC 0.5,
-    the embedding does not hear the performer; towards 1, it does. Also the share of
-    same-composer pairs that share a performer."""
-    i, j = cross_pairs(held)
-    known = (held.performer[i] != "") & (held.performer[j] != "")
-    y_all = held.composer[i] == held.composer[j]
-    same_perf = known & (held.performer[i] == held.performer[j])
-    out = {
-        "conf_same_performer_share": float(same_perf[y_all].mean()) if y_all.any() else np.nan,
-    }
-    keep = known & ~y_all
-    i, j = i[keep], j[keep]
-    y = held.performer[i] == held.performer[j]
-    pairs = zip(held.composer[i], held.composer[j], strict=True)
-    strata = np.array(["\x00".join(sorted((str(a), str(b)))) for a, b in pairs])
-    out["conf_performer_pairs"] = float(y.size)
-    out["conf_performer_same"] = float(y.sum())
-    d = cosine_distance(held.emb[i], held.emb[j])
-    within = StratifiedAUC(d, y, strata)
-    auc = within() if y.any() else float("nan")
-    if np.isfinite(auc):
-
-        def stat(w: np.ndarray) -> float:
-            return within(w[i] * w[j])
-
-        lo, hi = bootstrap_interval(stat, held.group, s.resamples, s.seed)
-        out.update(
-            {"conf_performer_auc": auc, "conf_performer_auc_lo": lo, "conf_performer_auc_hi": hi}
-        )
-    return out
-
-
-def pairs_protocol(val: Side, held: Side, s: Settings) -> tuple[dict[str, float], float]:
-    """The original project's pair-set protocol (``metrics.pair_set_protocol``) on whole pieces:
-    a pseudo-validation mixed pair set of the *validation* side picks the threshold; mixed /
-    same / different pair sets of the held-out side report accuracy there (distinct pairs;
-    same-composer pairs from different groups). Keys ``pairs_threshold``, ``pairs_acc_<set>``,
-    ``pairs_n_<set>``; the threshold is also returned (nan without one)."""
+def pair_set_fold(fold: Fold, s: Settings) -> dict[str, Any]:
+    """The original SiaViT project's pair-set protocol (``metrics.pair_set_protocol``) on whole
+    pieces: a pseudo-validation mixed pair set of the *validation* side picks the threshold;
+    mixed / same / different pair sets of the test side are called at it (distinct pairs;
+    same-composer pairs from different units)."""
+    val, test = fold.val, fold.test
     pseudo, sets = protocol_pair_sets(
-        val.composer, val.group, held.composer, held.group, s.pairs, s.seed
+        val.composer, val.unit, test.composer, test.unit, s.pairs, s.seed
     )
-    scores = pair_set_protocol(val.emb, pseudo, held.emb, sets)
-    scores.pop("acc_pseudo", None)
-    out = {f"pairs_{k}": v for k, v in scores.items()}
-    return out, out.get("pairs_threshold", float("nan"))
+    threshold, _, right = pair_set_decisions(val.embeddings, pseudo, test.embeddings, sets)
+    return {"threshold": threshold, "right": right}
 
 
-# report keys of earlier versions, as they read now (``current_keys``)
-_RENAMED_PREFIXES = (
-    ("seed_threshold", "pairs_threshold"),
-    ("seed_acc_", "pairs_acc_"),
-    ("seed_pairs_", "pairs_n_"),
-)
+def pair_set_figures(parts: Sequence[dict[str, Any]], s: Settings) -> dict[str, dict]:
+    """Accuracy at each fold's threshold, pooled: ``acc_<set>`` and ``n_<set>`` per pair set,
+    ``thresholds`` per fold (none where validation lacked a class)."""
+    thresholds = [p["threshold"] for p in parts]
+    out: dict[str, Any] = {"thresholds": [float(t) if np.isfinite(t) else None for t in thresholds]}
+    for name in dict.fromkeys(n for p in parts for n in p["right"]):
+        n, called = 0, []
+        for p in parts:
+            if name in p["right"]:
+                n += len(p["right"][name])
+                if np.isfinite(p["threshold"]):
+                    called.append(p["right"][name])
+        out[f"n_{name}"] = n
+        if called:
+            right = np.concatenate(called)
+            out[f"acc_{name}"] = Estimate(right.mean(), weighting="pairs").to_json()
+    return {"pairs": out}
 
 
-def current_keys(metrics: dict[str, object]) -> dict[str, object]:
-    """One method's metrics with the keys of earlier reports renamed to today's (``seed_threshold``
-    → ``pairs_threshold``, ``seed_acc_*`` → ``pairs_acc_*``, ``seed_pairs_*`` → ``pairs_n_*``),
-    so reports written before the rename read like new ones. A key present under both names
-    keeps today's value."""
-    out: dict[str, object] = {}
-    for k, v in metrics.items():
-        new = k
-        for old, now in _RENAMED_PREFIXES:
-            if k.startswith(old):
-                new = now + k[len(old) :]
-                break
-        if new == k or new not in metrics:
-            out[new] = v
-    return out
+# ---------------------------------------------------------------- attribution
 
 
-def _centroids(side: Side, names: Sequence[str]) -> np.ndarray:
-    return centroids(side.emb, side.composer, names)
-
-
-def _attribution_metrics(
-    scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, prefix: str, s: Settings
-) -> dict[str, float]:
-    pred = scores.argmax(axis=1)
-    correct = (pred == labels).astype(np.float64)
-    lo, hi = bootstrap_interval(
-        lambda w: float(np.sum(w * correct) / w.sum()) if w.sum() > 0 else np.nan,
-        groups,
-        s.resamples,
-        s.seed,
-    )
-    out = {
-        f"{prefix}_top1": topk_accuracy(scores, labels, 1),
-        f"{prefix}_top1_lo": lo,
-        f"{prefix}_top1_hi": hi,
-        f"{prefix}_balanced_acc": balanced_accuracy(pred, labels),
-        f"{prefix}_macro_f1": macro_f1(pred, labels),
-    }
-    for k in (3, 5):
-        out[f"{prefix}_top{k}"] = topk_accuracy(scores, labels, min(k, scores.shape[1]))
-    return out
-
-
-def attribution(train: Side, val: Side, held: Side, s: Settings) -> dict[str, float]:
-    """Composer centroids of the training side; top-1/3/5, balanced accuracy and macro-F1 on
-    held-out pieces by composers seen in training. Also a logistic-regression probe on the
-    embeddings whose C is chosen by validation top-1."""
-    names = sorted(set(train.composer.tolist()))
-    index = {n: k for k, n in enumerate(names)}
-    seen = np.array([c in index for c in held.composer])
-    out: dict[str, float] = {"attr_pieces": float(seen.sum()), "attr_composers": len(names)}
-    if not seen.any():
-        return out
-    labels = np.array([index[c] for c in held.composer[seen]])
-    groups = held.group[seen]
-    cent = _centroids(train, names)
-    out.update(_attribution_metrics(held.emb[seen] @ cent.T, labels, groups, "attr", s))
-    out.update(_probe(train, val, held, seen, labels, names, s))
-    return out
+def named_composers(train: Side, min_works: int) -> list[str]:
+    """Training composers with at least ``min_works`` units, sorted."""
+    units: dict[str, set[str]] = {}
+    for c, u in zip(train.composer, train.unit, strict=True):
+        units.setdefault(c, set()).add(u)
+    return sorted(c for c, us in units.items() if len(us) >= min_works)
 
 
 def class_probabilities(model, x: np.ndarray, n_classes: int) -> np.ndarray:
@@ -252,81 +165,278 @@ def class_probabilities(model, x: np.ndarray, n_classes: int) -> np.ndarray:
     return p
 
 
-def _probe(
-    train: Side,
-    val: Side,
-    held: Side,
-    seen: np.ndarray,
-    labels: np.ndarray,
-    names: list[str],
-    s: Settings,
-) -> dict[str, float]:
+def topk_credit(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the credit of the true label being among the ``k`` highest scores; ties share
+    the places they straddle (``metrics.topk_accuracy`` is its mean)."""
+    true = scores[np.arange(labels.size), labels][:, None]
+    greater = (scores > true).sum(axis=1)
+    tied = (scores == true).sum(axis=1)
+    return np.clip((k - greater) / tied, 0.0, 1.0)
+
+
+def probe_scores(fold: Fold, names: list[str], seed: int) -> tuple[np.ndarray, float] | None:
+    """A logistic-regression probe on the training pieces of ``names`` (C chosen by
+    validation top-1 among ``PROBE_CS``, the first best): the test pieces' class
+    probabilities, and the C."""
     from sklearn.linear_model import LogisticRegression
 
     index = {n: k for k, n in enumerate(names)}
-    y_train = np.array([index[c] for c in train.composer])
-    vseen = np.array([c in index for c in val.composer])
-    if len(np.unique(y_train)) < 2 or not vseen.any():
-        return {}
-    y_val = np.array([index[c] for c in val.composer[vseen]])
+    tr = np.array([c in index for c in fold.train.composer], bool)
+    va = np.array([c in index for c in fold.val.composer], bool)
+    y_train = np.array([index[c] for c in fold.train.composer[tr]])
+    if len(np.unique(y_train)) < 2 or not va.any():
+        return None
+    y_val = np.array([index[c] for c in fold.val.composer[va]])
 
     def fit(c: float) -> LogisticRegression:
-        return LogisticRegression(C=c, max_iter=3000, random_state=s.seed).fit(train.emb, y_train)
+        return LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(
+            fold.train.embeddings[tr], y_train
+        )
 
     models = {c: fit(c) for c in PROBE_CS}  # each C fitted once, the chosen one reused
 
-    def full(c: float, x: np.ndarray) -> np.ndarray:
+    def probs(c: float, x: np.ndarray) -> np.ndarray:
         return class_probabilities(models[c], x, len(names))
 
-    best = max(PROBE_CS, key=lambda c: np.mean(full(c, val.emb[vseen]).argmax(1) == y_val))
-    out = _attribution_metrics(full(best, held.emb[seen]), labels, held.group[seen], "probe", s)
-    out["probe_C"] = best
+    best = max(
+        PROBE_CS, key=lambda c: np.mean(probs(c, fold.val.embeddings[va]).argmax(1) == y_val)
+    )
+    return probs(best, fold.test.embeddings), best
+
+
+def attribution_fold(fold: Fold, s: Settings, probe: bool) -> dict[str, Any] | None:
+    """Test pieces by the named training composers (``s.min_works``), scored against exactly
+    those: by the centroids of their training pieces, or (``probe``) by a probe on them."""
+    if not len(fold.train):
+        return None
+    names = named_composers(fold.train, s.min_works)
+    if len(names) < 2:
+        return None
+    index = {n: k for k, n in enumerate(names)}
+    seen = np.array([c in index for c in fold.test.composer], bool)
+    out: dict[str, Any] = {"candidates": len(names), "pieces": int(seen.sum())}
+    if not seen.any():
+        return out
+    test = fold.test.take(seen)
+    labels = np.array([index[c] for c in test.composer])
+    if probe:
+        got = probe_scores(replace(fold, test=test), names, s.seed)
+        if got is None:
+            return None
+        scores, out["C"] = got
+    else:
+        scores = test.embeddings @ centroids(fold.train.embeddings, fold.train.composer, names).T
+    n = scores.shape[1]
+    out.update(
+        {f"top{k}": topk_credit(scores, labels, min(k, n)) for k in TOPK},
+        predicted=np.array(names, dtype=object)[scores.argmax(axis=1)],
+        side=test.with_embeddings(np.zeros((len(test), 0))),  # its labels, to pool folds
+    )
     return out
 
 
-def retrieval(held: Side, s: Settings) -> dict[str, float]:
-    """Each held-out piece queries the other held-out pieces of other groups: same-composer mAP
-    and precision@k (interval: queries resampled by group). Same-work recall@1: for pieces whose
-    work has another rendition, is the nearest other piece one of them?"""
-    sim = held.emb @ held.emb.T
-    other_group = held.group[:, None] != held.group[None, :]
-    relevant = held.composer[:, None] == held.composer[None, :]
-    aps, pks = retrieval_scores(sim, relevant, other_group, s.k)
-    ok = np.isfinite(aps)
-    out: dict[str, float] = {}
-    if ok.any():
-        lo, hi = bootstrap_interval(
-            lambda w: float(np.sum(w[ok] * aps[ok]) / w[ok].sum()) if w[ok].sum() else np.nan,
-            held.group,
-            s.resamples,
-            s.seed,
-        )
-        out.update({"retr_map": float(aps[ok].mean()), "retr_map_lo": lo, "retr_map_hi": hi})
-        out[f"retr_p{s.k}"] = float(pks[ok].mean())
-    n = len(held)
+def attribution_figures(parts: Sequence[dict[str, Any]], s: Settings, key: str) -> dict:
+    """Top-1/3/5 (with intervals over the measured pieces' units), top-1 on performances,
+    balanced accuracy and macro-F1 over the composers, pooled over folds."""
+    if not parts:
+        return {}
+    fig: dict[str, Any] = {
+        "pieces": int(sum(p["pieces"] for p in parts)),
+        "candidates_per_fold": [p["candidates"] for p in parts],
+    }
+    if key == "attribution_probe":
+        fig["C_per_fold"] = [p.get("C") for p in parts]
+    scored = [p for p in parts if "side" in p]
+    if scored:
+        side = Side.concat([p["side"] for p in scored])
+        pop = s.boot.population(side.unit)
+        for k in TOPK:
+            credit = np.concatenate([p[f"top{k}"] for p in scored])
+            fig[f"top{k}"] = pop.mean(credit).to_json()
+        perf = side.kind == "performance"
+        if perf.any():
+            sub = s.boot.population(side.unit[perf])
+            fig["top1_performance"] = sub.mean(
+                np.concatenate([p["top1"] for p in scored])[perf]
+            ).to_json()
+        pred = np.concatenate([p["predicted"] for p in scored])
+        truth = side.composer
+        fig["balanced_acc"] = Estimate(balanced_accuracy(pred, truth), weighting="pieces").to_json()
+        fig["macro_f1"] = Estimate(macro_f1(pred, truth), weighting="pieces").to_json()
+    return {key: fig}
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+def retrieval_fold(fold: Fold, s: Settings) -> dict[str, Any]:
+    """Each test piece queries the fold's other test pieces of other units: same-composer AP
+    and precision@k; same-work recall@1 where the work has another rendition (is the nearest
+    other piece one of them?)."""
+    t = fold.test
+    sim = t.embeddings @ t.embeddings.T
+    other_unit = t.unit[:, None] != t.unit[None, :]
+    relevant = t.composer[:, None] == t.composer[None, :]
+    aps, pks = retrieval_scores(sim, relevant, other_unit, s.k)
+    n = len(t)
     not_self = ~np.eye(n, dtype=bool)
-    same_work = (held.work[:, None] == held.work[None, :]) & not_self
+    same_work = (t.work[:, None] == t.work[None, :]) & not_self
     has = same_work.any(axis=1)
-    out["retr_work_queries"] = float(has.sum())
+    r1 = np.full(n, np.nan)
     if has.any():
-        masked = np.where(not_self, sim, -np.inf)
-        nearest = masked.argmax(axis=1)
-        out["retr_work_r1"] = float(np.mean(same_work[np.flatnonzero(has), nearest[has]]))
+        nearest = np.where(not_self, sim, -np.inf).argmax(axis=1)
+        r1[has] = same_work[np.flatnonzero(has), nearest[has]]
+    return {"ap": aps, "pk": pks, "r1": r1, "units": t.unit}
+
+
+def retrieval_figures(parts: Sequence[dict[str, Any]], s: Settings) -> dict[str, dict]:
+    c = {k: np.concatenate([p[k] for p in parts]) for k in ("ap", "pk", "r1", "units")}
+    pop = s.boot.population(c["units"])
+    return {
+        "retrieval": {
+            "map": pop.mean(c["ap"], "queries").to_json(),
+            f"p{s.k}": pop.mean(c["pk"], "queries").to_json(),
+            "work_r1": pop.mean(c["r1"], "queries").to_json(),
+            "work_queries": int(np.isfinite(c["r1"]).sum()),
+        }
+    }
+
+
+# ---------------------------------------------------------------- source probe
+
+
+def source_probe_fold(fold: Fold, s: Settings) -> dict[str, Any]:
+    """How well a logistic regression on the test side's embeddings tells what they should not:
+    score vs performance, and which source made a score; cross-validated inside the test side
+    by unit (GroupKFold)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    t = fold.test
+    out: dict[str, Any] = {}
+    for target in ("kind", "source"):
+        lab = t.kind if target == "kind" else t.source
+        sel = np.ones(len(t), bool) if target == "kind" else t.kind == "score"
+        classes, y = np.unique(lab[sel], return_inverse=True)
+        units = t.unit[sel]
+        if classes.size < 2 or np.unique(units).size < 5:
+            continue
+        model = LogisticRegression(C=1.0, max_iter=2000, random_state=s.seed)
+        p = cross_val_predict(model, t.embeddings[sel], y, groups=units, cv=GroupKFold(5))
+        out[target] = (classes[p], classes[y])
     return out
 
 
-def evaluate_method(
-    train: Side, val: Side, held: Side, s: Settings, scores: Side | None = None
-) -> tuple[dict[str, float], Curves]:
-    """Every protocol for one method's embeddings; ``scores``: held-out works' score MIDIs."""
-    out, curves = verification(held, s)
-    out.update(performer_control(held, s))
-    pairs, thr = pairs_protocol(val, held, s)
-    out.update(pairs)
-    curves.threshold = thr
-    out.update(attribution(train, val, held, s))
-    out.update(retrieval(held, s))
-    if scores is not None and len(scores) >= 2:
-        sc, _ = verification(scores, s, prefix="conf_score")
-        out.update(sc)
-    return out, curves
+def source_probe_figures(parts: Sequence[dict[str, Any]], s: Settings) -> dict[str, dict]:
+    """Balanced accuracy of the pooled probes' predictions against chance (1 / classes)."""
+    out: dict[str, Any] = {}
+    for target in ("kind", "source"):
+        got = [p[target] for p in parts if target in p]
+        if not got:
+            continue
+        pr, tr = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+        classes, code = np.unique(tr, return_inverse=True)
+        lookup = {k: i for i, k in enumerate(classes)}
+        pc = np.array([lookup.get(x, -1) for x in pr])
+        out[target] = {
+            "balanced_accuracy": balanced_accuracy(pc, code),
+            "chance": 1.0 / classes.size,
+            "classes": classes.tolist(),
+            "pieces": int(tr.size),
+        }
+    return {"source_probe": out}
+
+
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """``measure(fold, settings)``: one fold's results (None: not measurable there);
+    ``pool(results, settings)``: the figures, by report section."""
+
+    measure: Callable[[Fold, Settings], Any]
+    pool: Callable[[Sequence[Any], Settings], dict[str, dict]]
+
+
+def _pairs_pool(prefix: str) -> Callable[[Sequence[Pairs], Settings], dict[str, dict]]:
+    def pool(parts: Sequence[Pairs], s: Settings) -> dict[str, dict]:
+        return verification_sections(Pairs.pool(parts), s.boot, prefix) if parts else {}
+
+    return pool
+
+
+def _scores_side(fold: Fold, s: Settings) -> Pairs | None:
+    return within(fold.scores) if fold.scores is not None and len(fold.scores) >= 2 else None
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # same composer? every pair of test pieces from different units (and by kinds of piece)
+    "verify": Protocol(lambda f, s: within(f.test), _pairs_pool("verify")),
+    # same composer? a test piece against each training piece (leave-one-source-out)
+    "verify_against_train": Protocol(
+        lambda f, s: between(f.test, f.train), _pairs_pool("verify_against_train")
+    ),
+    "pairs": Protocol(pair_set_fold, pair_set_figures),
+    "attribution": Protocol(
+        lambda f, s: attribution_fold(f, s, probe=False),
+        lambda parts, s: attribution_figures(parts, s, "attribution"),
+    ),
+    "attribution_probe": Protocol(
+        lambda f, s: attribution_fold(f, s, probe=True),
+        lambda parts, s: attribution_figures(parts, s, "attribution_probe"),
+    ),
+    "retrieval": Protocol(retrieval_fold, retrieval_figures),
+    "control_performer": Protocol(
+        lambda f, s: f.test,
+        lambda sides, s: {"control_performer": performer_control(sides, s.boot)},
+    ),
+    "control_score_midis": Protocol(_scores_side, _pairs_pool("control_score_midis")),
+    "source_probe": Protocol(source_probe_fold, source_probe_figures),
+}
+RUN_PROTOCOLS = (
+    "verify",
+    "pairs",
+    "attribution",
+    "attribution_probe",
+    "retrieval",
+    "control_performer",
+    "control_score_midis",
+)
+
+
+def evaluate_folds(
+    folds: Sequence[Fold], s: Settings, protocols: Sequence[str] = RUN_PROTOCOLS
+) -> tuple[dict[str, Any], Curves]:
+    """One method's figures over its folds (one for a single run): every named protocol, and
+    each fold's validation AUC; the curves of the pooled test pairs for the pictures."""
+    figures: dict[str, Any] = {}
+    curves = Curves()
+    for name in protocols:
+        p = PROTOCOLS[name]
+        parts = [r for f in folds if (r := p.measure(f, s)) is not None]
+        figures.update(p.pool(parts, s))
+        if name == "verify" and parts:
+            pooled = Pairs.pool(parts)
+            curves.d, curves.y = pooled.d, pooled.y
+        if name == "pairs" and len(parts) == 1:
+            curves.threshold = parts[0]["threshold"]
+    figures["val_auc_per_fold"] = [_finite(val_auc(f.val)) for f in folds]
+    return figures, curves
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+__all__ = [
+    "PROTOCOLS",
+    "RUN_PROTOCOLS",
+    "Curves",
+    "Fold",
+    "Settings",
+    "cross_pairs",
+    "evaluate_folds",
+    "pair_figures",
+    "val_auc",
+]

@@ -310,7 +310,7 @@ def checkpoint_maps(
         try:
             name = f"step-{st['step']:07d}.png"
             written[f"checkpoints/{name}"] = scatter.save_png(fig, folder / name, ax)
-            images.append(scatter._shrink(scatter.snapshot(fig, ax), scatter.GIF_SCALE))
+            images.append(scatter.shrink(scatter.snapshot(fig, ax), scatter.GIF_SCALE))
         finally:
             scatter.close(fig)
     written["checkpoints.gif"] = save_gif(images, out / "checkpoints.gif", frame_ms=1500)

@@ -250,12 +250,12 @@ def save_rotation(
     images = []
     for i in range(frames):
         ax.view_init(elev=elev, azim=azim + 360.0 * i / frames)
-        images.append(_shrink(snapshot(fig, ax), GIF_SCALE))
+        images.append(shrink(snapshot(fig, ax), GIF_SCALE))
     ax.view_init(elev=elev, azim=azim)
     return save_gif(images, path, frame_ms=frame_ms)
 
 
-def _shrink(img: Any, scale: float) -> Any:
+def shrink(img: Any, scale: float) -> Any:
     from PIL import Image
 
     return img.resize(
