@@ -101,9 +101,7 @@ def train_head(
     from harmonixr.train.piece_head import train_head as run_head
 
     config = HeadConfig(steps=steps, branches=branches, branch_dropout=branch_dropout, seed=seed)
-    done = run_head(
-        source, data, run, config, progress=lambda stage, i, n: say(f"{stage} {i}/{n}")
-    )
+    done = run_head(source, data, run, config, progress=lambda stage, i, n: say(f"{stage} {i}/{n}"))
     log = json.loads((done / "head_log.json").read_text())
     out.print(
         f"run: {done}  (best validation AUC {log['best_val_auc']:.3f} at step {log['best_step']})"
