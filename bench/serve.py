@@ -178,7 +178,7 @@ def slow_bodies(url: str, data: bytes, clients: int) -> dict:
         # from another loopback address: another client than the whole upload's 127.0.0.1
         s = socket.create_connection((u.hostname, u.port), source_address=("127.0.0.2", 0))
         s.sendall(
-            b"POST /api/attribute HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+            b"POST /api/attribute HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
             b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
         )
         socks.append(s)

@@ -37,6 +37,7 @@ from harmonixr.serve.limits import Gate, UploadLimit  # noqa: E402
 
 pytestmark = pytest.mark.slow
 MB = 1024 * 1024
+LOCAL = "http://localhost"  # TestClient's base URL: a host the service answers to
 PRETRAINED = Path(harmonixr.__file__).parent / "pretrained"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -63,7 +64,7 @@ def map_dir(search_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(search_run, map_dir):
-    with TestClient(create_app(search_run, map_dir=map_dir)) as c:
+    with TestClient(create_app(search_run, map_dir=map_dir), base_url=LOCAL) as c:
         yield c
 
 
@@ -82,7 +83,7 @@ def upload(name: str, data: bytes) -> dict:
 
 def test_health_names_the_model_its_index_and_its_map(client):
     h = client.get("/api/health").json()
-    assert h["status"] == "ok" and h["version"] == harmonixr.__version__
+    assert h["status"] == "ok" and "version" not in h  # nothing to tell an attacker
     assert (h["model"], h["shipped"], h["index_size"]) == ("run", False, 20)
     assert h["composers"] == ["High", "Low"] and set(h["colours"]) == {"High", "Low"}
     assert h["map"] is True and h["max_upload_bytes"] == 10 * MB
@@ -172,7 +173,7 @@ def test_page_and_plotly_are_served_locally(client):
 
 
 def test_without_a_saved_map_the_service_says_so(search_run, piece):
-    with TestClient(create_app(search_run)) as c:
+    with TestClient(create_app(search_run), base_url=LOCAL) as c:
         h = c.get("/api/health").json()
         assert h["map"] is False and "viz tsne" in h["map_note"]
         # the note names folders without the machine's absolute install path
@@ -199,7 +200,7 @@ def test_a_run_without_an_index_cannot_be_served(search_run_copy):
     reason="no shipped model in src/harmonixr/pretrained (make pretrained ASAP=...)",
 )
 def test_the_shipped_model_answers_every_endpoint(piece):
-    with TestClient(create_app()) as c:
+    with TestClient(create_app(), base_url=LOCAL) as c:
         h = c.get("/api/health").json()
         assert h["shipped"] is True and h["index_size"] > 0
         for name in ("attribute", "similar", "embed", "timeline", "roll", "analyze"):
@@ -265,7 +266,8 @@ def test_requests_that_are_not_uploads_get_a_readable_422(client, piece):
 
 def test_too_long_and_too_large_files(search_run, piece, tmp_path):
     path, data = piece
-    with TestClient(create_app(search_run, max_seconds=10, max_upload_mb=0.25)) as c:
+    app = create_app(search_run, max_seconds=10, max_upload_mb=0.25)
+    with TestClient(app, base_url=LOCAL) as c:
         got = c.post("/api/attribute", files=upload("a.mid", data))
         assert (got.status_code, got.json()["reason"]) == (422, "too_long")
         assert "too long" in got.json()["detail"]
@@ -377,10 +379,10 @@ def _flaky(job):
 def test_a_crashing_or_hanging_parser_costs_one_request(search_run, piece):
     data = piece[1]
     app = create_app(search_run, workers=1, parse_timeout=2, loader=_flaky)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         got = c.post("/api/attribute", files=upload("crash.mid", data))
         assert (got.status_code, got.json()["reason"]) == (422, "crashed")
-        assert "crashed the MIDI parser" in got.json()["detail"]
+        assert "crashed the parser" in got.json()["detail"]
         t0 = time.monotonic()
         got = c.post("/api/attribute", files=upload("hang.mid", data))
         assert (got.status_code, got.json()["reason"]) == (422, "timeout")
@@ -747,7 +749,7 @@ def test_slow_bodies_hold_no_worker_place(search_run, piece):
         for _ in range(3):
             s = socket.create_connection((u.hostname, u.port))
             s.sendall(
-                b"POST /api/attribute HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                b"POST /api/attribute HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
             )
             slow.append(s)
@@ -842,7 +844,7 @@ def test_requests_whose_client_hung_up_are_dropped_before_any_work(search_run, p
         b"Content-Type: audio/midi\r\n\r\n" + piece[1] + b"\r\n--" + boundary + b"--\r\n"
     )
     head = (
-        b"POST /api/attribute HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        b"POST /api/attribute HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
         b"boundary=" + boundary + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
     with server_thread(app) as url:
@@ -868,42 +870,6 @@ def test_requests_whose_client_hung_up_are_dropped_before_any_work(search_run, p
         assert got.status_code == 200
 
 
-def test_a_client_trickling_its_headers_is_disconnected(search_run):
-    import socket
-
-    import uvicorn
-
-    from harmonixr.serve.protocol import with_header_timeout
-
-    app = create_app(search_run)
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", http=with_header_timeout(1.0)
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.02)
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(b"POST /api/attribute HTTP/1.1\r\nHost: x\r\n")  # never finished
-        slow.settimeout(5)
-        t0 = time.monotonic()
-        assert slow.recv(100) == b""  # closed by the server
-        assert 0.8 < time.monotonic() - t0 < 4
-        # a whole request on a fresh connection is answered, and its connection kept
-        ok = socket.create_connection(("127.0.0.1", port))
-        ok.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        ok.settimeout(5)
-        assert ok.recv(20).startswith(b"HTTP/1.1 200")
-        slow.close()
-        ok.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def test_serve_bounds_malloc_arenas_before_it_starts(search_run, monkeypatch):
     import sys as _sys
 
@@ -914,9 +880,10 @@ def test_serve_bounds_malloc_arenas_before_it_starts(search_run, monkeypatch):
 
     calls = []
     monkeypatch.setattr(protocol, "bound_malloc_arenas", lambda: calls.append("arenas") or True)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k["http"].__name__))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k))
     serve(search_run, port=free_port(), say=lambda text: None)
-    assert calls == ["arenas", "HeaderTimeout"]
+    assert calls[0] == "arenas" and calls[1]["server_header"] is False
+    assert "http" not in calls[1]  # uvicorn's own protocol, with documented settings only
     monkeypatch.undo()
     if _sys.platform.startswith("linux"):  # glibc takes the setting
         assert protocol.bound_malloc_arenas() is True

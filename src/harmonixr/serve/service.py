@@ -3,12 +3,20 @@ tensorize it in a child process with a time limit, embed it once and ask the mod
 
 No FastAPI here: :class:`Service` takes bytes and returns plain dictionaries (the shapes of the
 API's records), so it can be tested and timed without a server. Uploads are never written to
-disk by this module: the bytes go to the parser process through a pipe.
+disk: the bytes go to the parser process through a pipe, and an ``.mxl`` is unzipped there in
+memory.
+
+What a parse may cost (:class:`Limits`): MIDI files 30 s; scores (MusicXML, ``.mxl``, kern,
+MEI), whose conversion costs far more per byte, their own 3 MB, 60,000 XML elements, 40,000
+notes once repeats are expanded and 40 s; every parser process 384 MB of memory over what it
+started with. Refusals say the reason in the project's words; what a library said is logged
+(logger ``harmonixr.serve``), never sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -19,17 +27,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from harmonixr.midi.load import (
+    CANCELLED,
     CRASHED,
     EMPTY,
     MAX_SECONDS,
     NOT_MIDI,
     TIMEOUT,
+    TOO_COMPLEX,
     TOO_LARGE,
     MidiError,
     Tensorized,
     failure_reason,
     parse_bytes_job,
 )
+from harmonixr.midi.scores import ScoreLimits, is_score
 from harmonixr.midi.tensorize import condense
 
 if TYPE_CHECKING:
@@ -39,24 +50,38 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MB = 1024 * 1024
+log = logging.getLogger("harmonixr.serve")
 
-# What each reason means to a person reading the page ({name}: the uploaded file's name).
+# What each reason means to a person reading the page ({name}: the uploaded file's name;
+# {detail}: only where the detail is the project's own words, with numbers, never content)
 MESSAGES = {
     EMPTY: "{name} is empty",
     NOT_MIDI: "{name} is not a MIDI file (it does not start with the MIDI header 'MThd')",
     "truncated": "{name} is cut short: {detail}",
-    "parse_error": "{name} could not be read as MIDI: {detail}",
+    "parse_error": "{name} could not be read as MIDI (its data is not valid MIDI)",
     "no_notes": "{name} holds no notes",
     "no_notes_in_range": "{name} has no notes in the range the model reads ({detail})",
     "drums_only": "{name} holds only drum-channel notes",
     TOO_LARGE: "{name} is larger than the {limit} limit",
     "too_long": "{name} is too long to analyse ({detail})",
     "too_short": "{name} holds too little music to judge ({detail})",
-    "score_error": "{name} could not be rendered as a score ({detail})",
+    "score_error": "{name} could not be rendered as a score (it is not a MusicXML, kern or "
+    "MEI file these converters can read)",
+    "unsafe_xml": "{name} was refused: {detail}",
+    TOO_COMPLEX: "{name} is too complex to read here: {detail}",
     "too_dense": "{name} holds too many long overlapping notes to analyse ({detail})",
     TIMEOUT: "Reading {name} took longer than {timeout:g} s and was stopped",
-    CRASHED: "{name} crashed the MIDI parser (only its own child process was lost)",
-    "internal_error": "{name} could not be read ({detail})",
+    CRASHED: "{name} crashed the parser (only its own child process was lost)",
+    "internal_error": "{name} could not be read",
+}
+OWN_DETAIL = {  # reasons whose detail this project writes (the rest: a library's, logged)
+    "truncated",
+    "no_notes_in_range",
+    "too_long",
+    "too_short",
+    "too_dense",
+    "unsafe_xml",
+    TOO_COMPLEX,
 }
 
 
@@ -72,10 +97,18 @@ class UploadError(Exception):
         return {"detail": self.message, "reason": self.reason, "file": self.file}
 
 
+MAX_NAME = 120
+
+
 def clean_name(name: str | None) -> str:
-    """The upload's file name for messages only (never a path on this machine)."""
+    """The upload's file name for messages (never a path on this machine) and for its format:
+    a long one is cut in its stem, so that it keeps its suffix."""
     base = PurePath((name or "").replace("\\", "/")).name.strip()
-    base = "".join(ch for ch in base if ch.isprintable())[:120]
+    base = "".join(ch for ch in base if ch.isprintable())
+    if len(base) > MAX_NAME:
+        suffix = PurePath(base).suffix
+        suffix = suffix if len(suffix) <= 16 else ""
+        base = base[: MAX_NAME - len(suffix) - 1] + "…" + suffix
     return base or "the upload"
 
 
@@ -89,27 +122,53 @@ MAX_QUIET_S = 10.0  # an upload's stretches without a new note are cut to this (
 
 @dataclass(frozen=True)
 class Limits:
+    """What one upload may cost. The score figures come from music21's corpus
+    (``bench/serve.py --score-costs``, 2 cores beside a training job): music21 converts about
+    2,000 XML elements a second there (Beethoven's op. 133, 134,000 elements, 67 s and
+    +284 MB); 60,000 elements (97.9 % of the corpus's 654 MusicXML files; a MusicXML's
+    elements average 38 bytes) is about 30 s and 130 MB; nesting is at most 8 deep and a
+    piece plays at most 29,000 notes with its repeats. ``memory``: bytes a parser process may
+    take over what it started with, three times the largest accepted score's."""
+
     max_bytes: int = 10 * MB  # one uploaded file
     max_seconds: float = MAX_SECONDS  # a piece's length
     parse_timeout: float = 30.0  # seconds for the child process to parse and tensorize a file
     max_windows: int = 2000  # timeline windows of one request
+    score_bytes: int = 3 * MB  # one uploaded score (an .mxl's MusicXML unzipped: 4 MB)
+    score_timeout: float = 40.0
+    score_elements: int = 60_000
+    score_played: int = 40_000  # notes once repeats are expanded
+    memory: int = 384 * MB
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_seconds <= 0 or self.parse_timeout <= 0:
+        numbers = (self.max_bytes, self.max_seconds, self.parse_timeout, self.score_bytes)
+        more = (self.score_timeout, self.score_elements, self.score_played, self.memory)
+        if min(numbers + more) <= 0:
             raise ValueError(f"limits must be positive, got {self}")
+
+    def scores(self) -> ScoreLimits:
+        return ScoreLimits(
+            max_xml_bytes=max(self.score_bytes, 4 * MB),
+            max_elements=self.score_elements,
+            max_played=self.score_played,
+        )
 
 
 def error_for(exc: MidiError, name: str, limits: Limits) -> UploadError:
     """The HTTP answer to a file the parser refused: 415 for what is not MIDI at all, 413 for
     what is too large, 422 with the reason for the rest."""
     status = {EMPTY: 415, NOT_MIDI: 415, TOO_LARGE: 413}.get(exc.reason, 422)
-    template = MESSAGES.get(exc.reason, "{name} cannot be used: {reason} ({detail})")
+    template = MESSAGES.get(exc.reason, "{name} cannot be used ({reason})")
+    score = is_score(name)
+    if exc.detail and exc.reason not in OWN_DETAIL:
+        log.warning("%s refused (%s): %s", name, exc.reason, exc.detail)
     text = template.format(
         name=name,
-        detail=exc.detail,
+        detail=exc.detail if exc.reason in OWN_DETAIL else "",
         reason=exc.reason,
-        limit=f"{limits.max_bytes / MB:g} MB",
-        timeout=limits.parse_timeout,
+        limit=f"{(limits.score_bytes if score else limits.max_bytes) / MB:g} MB"
+        + (" for a score" if score else ""),
+        timeout=limits.score_timeout if score else limits.parse_timeout,
     )
     return UploadError(status, exc.reason, text, name)
 
@@ -214,7 +273,10 @@ class Service:
         pool = self._pools.get()
         try:
             if pool is None:
-                pool = parser_pool(self.loader, workers=1, timeout=self.limits.parse_timeout)
+                lim = self.limits
+                pool = parser_pool(
+                    self.loader, workers=1, timeout=lim.parse_timeout, memory=lim.memory
+                )
                 with self._lock:
                     self._made.append(pool)
             yield pool
@@ -230,22 +292,44 @@ class Service:
 
     # ------------------------------------------------------------ inputs
 
-    def tensor(self, pool: RobustPool, data: bytes, name: str) -> np.ndarray:
-        """The uploaded file's tensor, parsed in ``pool``'s child process; raises
-        :class:`UploadError` with the status and reason for a bad file."""
-        from harmonixr.midi.scores import is_score
-
-        if not is_score(name) and not has_midi_header(data):
-            reason = EMPTY if not data else NOT_MIDI
-            raise error_for(MidiError(name, reason), name, self.limits)
+    def tensor(
+        self,
+        pool: RobustPool,
+        data: bytes,
+        name: str,
+        gone: threading.Event | None = None,
+    ) -> np.ndarray:
+        """The uploaded file's tensor, parsed in ``pool``'s child process (killed, and
+        replaced, once ``gone`` is set); raises :class:`UploadError` with the status and
+        reason for a bad file."""
         lim = self.limits
-        job = (data, name, self.hx.run.tensor, lim.max_seconds, lim.max_bytes)
-        (outcome,) = pool.imap([job])
+        score = is_score(name)
+        if not score and not has_midi_header(data):
+            reason = EMPTY if not data else NOT_MIDI
+            raise error_for(MidiError(name, reason), name, lim)
+        if score and len(data) > lim.score_bytes:
+            raise error_for(MidiError(name, TOO_LARGE), name, lim)
+        job = (data, name, self.hx.run.tensor, lim.max_seconds, lim.max_bytes, lim.scores())
+        (outcome,) = pool.imap(
+            [job],
+            timeout=lim.score_timeout if score else lim.parse_timeout,
+            cancelled=None if gone is None else gone.is_set,
+        )
         if outcome.ok and isinstance(outcome.value, Tensorized):
             # a held note or a silence costs the model no more than MAX_QUIET_S of music
             quiet = max(1, round(MAX_QUIET_S / self.hx.run.frame_seconds))
             return condense(outcome.value.tensor, quiet)
-        raise error_for(MidiError(name, *failure_reason(outcome)), name, lim)
+        reason, detail = failure_reason(outcome)
+        if reason == CANCELLED:
+            raise self._gone()
+        if outcome.failure == "memory":
+            detail = f"reading it took more than the {lim.memory / MB:.0f} MB a file may take"
+        raise error_for(MidiError(name, reason, detail), name, lim)
+
+    def _gone(self) -> UploadError:
+        with self._lock:
+            self.abandoned += 1
+        return UploadError(499, "client_gone", "The client closed the connection")
 
     def ask(
         self,
@@ -255,21 +339,20 @@ class Service:
     ) -> T:
         """``question(*tensors)`` of the uploaded files, the whole of it (parse, forward,
         search) while holding one worker, so at most ``workers`` requests work at once. Once
-        ``gone`` is set (the client hung up) the work not yet begun is dropped: waiting for a
-        worker, each parse, the model."""
+        ``gone`` is set (the client hung up) the work is dropped: waiting for a worker, a
+        parse under way (its process is killed and replaced), the parses and the model not
+        begun."""
 
         def check() -> None:
             if gone is not None and gone.is_set():
-                with self._lock:
-                    self.abandoned += 1
-                raise UploadError(499, "client_gone", "The client closed the connection")
+                raise self._gone()
 
         check()
         with self.slot() as pool:
             check()
             tensors = []
             for data, name in files:
-                tensors.append(self.tensor(pool, data, name))
+                tensors.append(self.tensor(pool, data, name, gone))
                 check()
             return question(*tensors)
 
@@ -292,12 +375,10 @@ class Service:
         return self._colours
 
     def health(self) -> dict[str, Any]:
-        from harmonixr import __version__
-
+        """What the page needs to know (no software versions: nothing for an attacker)."""
         index = self.index
         return {
             "status": "ok",
-            "version": __version__,
             "model": self.model_name(),
             "shipped": self.hx.shipped,
             "index_size": len(index),
@@ -306,11 +387,22 @@ class Service:
             "map": self.map is not None,
             "map_note": self.map_note,
             "max_upload_bytes": self.limits.max_bytes,
+            "max_score_bytes": self.limits.score_bytes,
             "workers": self.workers,
         }
 
-    def embed(self, tensor: np.ndarray) -> np.ndarray:
-        return self.hx.embed(tensor)
+    def embed(self, tensor: np.ndarray) -> dict[str, Any]:
+        z = self.hx.embed(tensor)
+        return {"dim": int(z.shape[0]), "embedding": z.tolist()}
+
+    def attribute(self, tensor: np.ndarray, k: int) -> list[dict[str, Any]]:
+        return [a.to_dict() for a in self.hx.attribute(tensor, k)]
+
+    def similar(self, tensor: np.ndarray, k: int, per_work: int | None) -> list[dict[str, Any]]:
+        return [m.to_dict() for m in self.hx.similar(tensor, k, per_work=per_work)]
+
+    def verify(self, a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+        return self.hx.verify(a, b).to_dict()
 
     def timeline(self, tensor: np.ndarray, window: float, hop: float) -> list[dict[str, Any]]:
         self._check_windows(tensor, window, hop)
