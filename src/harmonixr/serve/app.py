@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -75,6 +76,8 @@ def create_app(
     per_client: int = 8,
     max_arriving: int = 64,
     allowed_hosts: tuple[str, ...] | list[str] = (),
+    parse_memory_mb: float = 384.0,
+    score_timeout: float = 40.0,
 ) -> FastAPI:
     """The service for ``model``: a :class:`Harmonixr`, a run directory, or None for the
     shipped model. The model needs an index (``harmonixr index build RUN``). A body must
@@ -86,12 +89,19 @@ def create_app(
     against 210 ms: ``bench/threads.py``). ``per_client`` uploads may be under way from one
     address and ``max_arriving`` bodies arrive at once (behind a reverse proxy every client
     has the proxy's address unless uvicorn trusts its forwarded headers, as it does from
-    127.0.0.1). ``allowed_hosts``: host names served besides localhost (``Host`` header)."""
+    127.0.0.1). ``allowed_hosts``: host names served besides localhost (``Host`` header).
+    ``parse_memory_mb``: memory a parser process may take over its start (422 beyond);
+    ``score_timeout``: seconds a score's conversion may take (``parse_timeout``: MIDI's)."""
     if queue < 0:
         raise ValueError(f"queue must be 0 or more, got {queue}")
-    limits = Limits(max_bytes=max(1, round(max_upload_mb * MB)), parse_timeout=parse_timeout)
+    limits = Limits(
+        max_bytes=max(1, round(max_upload_mb * MB)),
+        parse_timeout=parse_timeout,
+        memory=max(1, round(parse_memory_mb * MB)),
+        score_timeout=score_timeout,
+    )
     if max_seconds is not None:
-        limits = Limits(limits.max_bytes, max_seconds, parse_timeout)
+        limits = replace(limits, max_seconds=max_seconds)
     extra = {} if loader is None else {"loader": loader}
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))

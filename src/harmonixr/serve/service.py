@@ -62,7 +62,7 @@ MESSAGES = {
     "no_notes": "{name} holds no notes",
     "no_notes_in_range": "{name} has no notes in the range the model reads ({detail})",
     "drums_only": "{name} holds only drum-channel notes",
-    TOO_LARGE: "{name} is larger than the {limit} limit",
+    TOO_LARGE: "{name} is larger than the {limit}",
     "too_long": "{name} is too long to analyse ({detail})",
     "too_short": "{name} holds too little music to judge ({detail})",
     "score_error": "{name} could not be rendered as a score (it is not a MusicXML, kern or "
@@ -166,7 +166,7 @@ def error_for(exc: MidiError, name: str, limits: Limits) -> UploadError:
         name=name,
         detail=exc.detail if exc.reason in OWN_DETAIL else "",
         reason=exc.reason,
-        limit=f"{(limits.score_bytes if score else limits.max_bytes) / MB:g} MB"
+        limit=f"{(limits.score_bytes if score else limits.max_bytes) / MB:g} MB limit"
         + (" for a score" if score else ""),
         timeout=limits.score_timeout if score else limits.parse_timeout,
     )
@@ -255,6 +255,7 @@ class Service:
         self._made: list[RobustPool] = []
         self._lock = threading.Lock()
         self.abandoned = 0  # requests dropped because their client hung up
+        self.largest_parse = 0  # the most memory a parser process took over its start (bytes)
         self.map, self.map_note = find_map(hx.run.root, map_dir)
         self._map_json: dict[str, Any] | None = None
         self._colours: dict[str, str] | None = None
@@ -315,6 +316,8 @@ class Service:
             timeout=lim.score_timeout if score else lim.parse_timeout,
             cancelled=None if gone is None else gone.is_set,
         )
+        with self._lock:
+            self.largest_parse = max(self.largest_parse, outcome.peak)
         if outcome.ok and isinstance(outcome.value, Tensorized):
             # a held note or a silence costs the model no more than MAX_QUIET_S of music
             quiet = max(1, round(MAX_QUIET_S / self.hx.run.frame_seconds))
