@@ -36,7 +36,7 @@ fastapi = pytest.importorskip("fastapi", reason="the service needs FastAPI (harm
 from fastapi.testclient import TestClient  # noqa: E402
 
 from harmonixr.serve.app import create_app  # noqa: E402
-from harmonixr.serve.service import Limits, clean_name  # noqa: E402
+from harmonixr.serve.uploads import Limits, clean_name  # noqa: E402
 
 MB = 1024 * 1024
 LOCAL = "http://localhost"

@@ -18,7 +18,7 @@ Uploads are multipart form fields (``file``; ``a`` and ``b`` for verify), held i
 (never spooled to disk). A request for a host the server does not serve gets 400, an upload
 from another site's page 403 (:mod:`harmonixr.serve.guard`). A body over the size limit is
 refused while it streams in (413), one still arriving after ``upload_timeout`` or slower than
-16 KB/s after 5 s too (408); a file that is not MIDI by its header gets 415; a file that cannot
+10 KB/s after 5 s too (408); a file that is not MIDI by its header gets 415; a file that cannot
 be used gets 422 with its reason; parsing runs in child processes with time and memory limits;
 at most ``workers`` uploads are worked on at once and ``queue`` more wait, beyond that 503 with
 ``Retry-After``. Every refusal is a :class:`~harmonixr.serve.schemas.Problem`. The routes
@@ -42,7 +42,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from harmonixr.serve.guard import HostOrigin
 from harmonixr.serve.limits import BodyRefused, Gate, UploadLimit, problem
 from harmonixr.serve.routes import STATIC, router
-from harmonixr.serve.service import MB, Limits, Service, UploadError
+from harmonixr.serve.service import Service
+from harmonixr.serve.uploads import MB, Limits, UploadError
 
 if TYPE_CHECKING:
     from harmonixr.api import Harmonixr

@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from harmonixr.api import MAX_K, MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
 from harmonixr.serve import schemas
 from harmonixr.serve.limits import problem
-from harmonixr.serve.service import Service, clean_name
+from harmonixr.serve.service import Service
+from harmonixr.serve.uploads import clean_name
 
 STATIC = Path(__file__).parent / "static"
 
@@ -99,7 +100,7 @@ async def asked(
             if await request.is_disconnected():
                 gone.set()
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
 
     watcher = asyncio.create_task(watch())
     try:
