@@ -229,6 +229,10 @@ def serve(
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     say(f"Harmonixr: {app.state.service.model_name()}; open http://{shown}:{port}/ (Ctrl-C stops)")
     if host not in ("127.0.0.1", "::1", "localhost"):
-        say(f"note: listening on {host}, so other machines can reach this page")
+        say(
+            f"note: listening on {host}, so other machines can reach this page, by the names "
+            f"it answers to: {', '.join(sorted(set(hosts) | {'localhost'}))} (--allowed-host "
+            "adds one; a public server belongs behind a reverse proxy: serve/nginx.conf)"
+        )
     log_to_stderr()
     uvicorn.run(app, host=host, port=port, **uvicorn_settings())
