@@ -365,8 +365,8 @@ def score_costs(n: int) -> None:
         t0 = time.perf_counter()
         try:
             got = f"{tensorize_bytes(path.read_bytes(), str(path), max_bytes=1 << 26).notes} notes"
-        except Exception as exc:
-            got = type(exc).__name__
+        except Exception as exc:  # a MidiError says its reason
+            got = str(getattr(exc, "reason", type(exc).__name__))
         q.put((time.perf_counter() - t0, _status("VmHWM") - base, got))
 
     root = Path(music21.__file__).parent / "corpus"
