@@ -507,6 +507,17 @@ def _drop(page, name: str, data: bytes) -> None:
     )
 
 
+def _wait_text(page, selector: str, text: str) -> None:
+    """Wait until ``selector``'s text holds ``text`` (case and all; ``^`` anchors it at the
+    start). Not ``wait_for_function``: when its condition is not met at once it polls by
+    evaluating a string in the page, which the page's Content-Security-Policy refuses, so the
+    tests failed whenever the page was slow."""
+    import re
+
+    pattern = text if text.startswith("^") else re.escape(text)
+    page.locator(selector, has_text=re.compile(pattern)).wait_for()
+
+
 def _shots() -> Path | None:
     where = os.environ.get("HARMONIXR_SCREENSHOTS")
     if where:
@@ -527,7 +538,7 @@ def test_page_drop_a_file_then_compare_two(browser, live, search_run, tmp_path, 
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(live + "/")
-    page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+    _wait_text(page, "#model", "^Model")
     # keyboard: Tab reaches the file input and the compare button
     reached = []
     for _ in range(8):
@@ -664,13 +675,11 @@ def test_page_never_shows_an_older_answer_over_a_newer_one(browser, live, tmp_pa
         })()"""
     )
     page.goto(live + "/")
-    page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+    _wait_text(page, "#model", "^Model")
     _drop(page, long.name, long.read_bytes())
     page.wait_for_timeout(300)
     _drop(page, short.name, short.read_bytes())
-    page.wait_for_function(
-        "document.getElementById('status').textContent.includes('short-piece.mid')"
-    )
+    _wait_text(page, "#status", "short-piece.mid")
     page.wait_for_timeout(2500)  # the held-back answer for the long piece has arrived by now
     assert page.inner_text("#piece-name") == "short-piece.mid"
     assert "short-piece.mid" in page.inner_text("#status")
@@ -697,12 +706,12 @@ def test_page_layout_survives_a_long_name_and_nearest_shows_one_piece_per_work(
     with server_thread(create_app(search_run_copy)) as url:
         page = browser.new_page(viewport={"width": 390, "height": 844})
         page.goto(url + "/")
-        page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+        _wait_text(page, "#model", "^Model")
         # the header counts distinct files and the composers the model can name
         assert "20 distinct files indexed · 2 named composers" in page.inner_text("#model")
         _drop(page, piece.name, piece.read_bytes())
         page.wait_for_selector("#nearest tbody tr")
-        page.wait_for_function("document.getElementById('status').textContent.includes('AAA')")
+        _wait_text(page, "#status", "AAA")
         # no horizontal scrolling on a phone, and the heading is wrapped, not clipped
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         heading = page.locator("#h-composers")
