@@ -14,6 +14,15 @@ against the 3-minute piece (goal: ≤ 0.5 s of server time). (d) ``--slow-client
 trickle a body a byte every 2 s while a whole upload is timed (goal: 200). The server runs
 with its defaults (2 workers, a queue of 8, one torch thread).
 
+Issue 26's attacks, each against a baseline measured in the same run: (e) the deep MEI, the
+zip that lies about its size (1 MB inflating to 1 GB), entity-amplified MusicXML: status,
+seconds and the largest parser process meanwhile (goal: 4xx within 10 s, ≤ 1 GB); (f) two
+clients posting repeat bombs and two hanging up on slow scores, in loops, while a normal
+upload is timed: its p95 against the p95 measured idle just before (goal ≤ 3×); (g) 64
+bodies trickled from 8 addresses (127.0.0.2–9) while a normal upload is timed (goal: 200).
+``--score-costs N``: the conversion time and memory of music21's corpus's N largest MusicXML
+files and N more (the figures behind ``serve.service.Limits``), then exits.
+
 ``--model`` defaults to the shipped model; without one, a throwaway ``small`` run is trained
 for two steps on generated pieces and indexed (speed does not depend on the weights). The
 machine's load average is printed before and after: other processes change the figures.
@@ -37,6 +46,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent / "tests"))  # the hostile files of tests/serve_fixtures.py
 
 from embed import write_piece  # noqa: E402  (bench/embed.py: a generated piano piece)
 
@@ -178,7 +188,7 @@ def slow_bodies(url: str, data: bytes, clients: int) -> dict:
         # from another loopback address: another client than the whole upload's 127.0.0.1
         s = socket.create_connection((u.hostname, u.port), source_address=("127.0.0.2", 0))
         s.sendall(
-            b"POST /api/attribute HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+            b"POST /api/attribute HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
             b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
         )
         socks.append(s)
@@ -208,6 +218,186 @@ def slow_bodies(url: str, data: bytes, clients: int) -> dict:
             s.close()
 
 
+def _children_peak(pid: int, stop: threading.Event, out: list[int]) -> None:
+    """The largest resident size of ``pid``'s child processes, sampled every 20 ms."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    while not stop.wait(0.02):
+        for child in parent.children():
+            with contextlib.suppress(psutil.Error):
+                out[0] = max(out[0], child.memory_info().rss)
+
+
+def memory_attacks(url: str, pid: int) -> list[tuple[str, int, str, float, int]]:
+    """(name, status, reason, seconds, largest child's bytes) of each hostile score."""
+    import httpx
+    from serve_fixtures import deep_mei, entity_musicxml, lying_mxl, musicxml
+
+    files = [
+        ("a normal MusicXML (baseline)", "ok.musicxml", musicxml(8)),
+        ("deep MEI, 148 KB", "deep.mei", deep_mei(7500)),
+        ("lying zip, 1 MB → 1 GB", "lying.mxl", lying_mxl(1024 * 1024 * 1024, declared=1000)),
+        ("entity-amplified MusicXML", "laughs.musicxml", entity_musicxml("amplified")),
+        ("repeat bomb, times=100000", "bomb.musicxml", musicxml(1, repeat_times=100_000)),
+    ]
+    rows = []
+    for label, name, data in files:
+        stop, peak = threading.Event(), [0]
+        watch = threading.Thread(target=_children_peak, args=(pid, stop, peak))
+        watch.start()
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/api/attribute", files={"file": (name, data)}, timeout=120)
+        seconds = time.perf_counter() - t0
+        stop.set()
+        watch.join()
+        reason = r.json()[0]["composer"] if r.status_code == 200 else r.json()["reason"]
+        rows.append(
+            (f"{label} ({len(data) / 1024:.0f} KB)", r.status_code, reason, seconds, peak[0])
+        )
+    return rows
+
+
+def _p95(xs: list[float]) -> float:
+    return float(np.percentile(xs, 95))
+
+
+def _timed(url: str, data: bytes, n: int) -> list[float]:
+    import httpx
+
+    out = []
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = http.post("/api/attribute", files={"file": ("p.mid", data)})
+            out.append(time.perf_counter() - t0)
+            assert r.status_code == 200, r.text
+    return out
+
+
+def bombs_and_hangups(url: str, data: bytes, n: int = 30) -> dict:
+    """p95 of a normal upload idle, then of the same uploads while two clients post repeat
+    bombs and two send a slow score and hang up 0.3 s later, all four at once as the timed
+    series begins (issue 26: two bombs held both workers for 30 s, a hang-up its whole parse)."""
+    import httpx
+    from serve_fixtures import musicxml, raw_upload
+
+    idle = _timed(url, data, n)
+    bomb = musicxml(1, repeat_times=100_000)
+    slow = musicxml(400)  # a real score that holds its worker for seconds
+    got: list[int] = []
+
+    def bomber() -> None:
+        r = httpx.post(url + "/api/attribute", files={"file": ("bomb.musicxml", bomb)}, timeout=120)
+        got.append(r.status_code)
+
+    def hanger() -> None:
+        sock = raw_upload(url, "slow.musicxml", slow)
+        time.sleep(0.3)
+        sock.close()
+
+    threads = [threading.Thread(target=f) for f in (bomber, bomber, hanger, hanger)]
+    for t in threads:
+        t.start()
+    busy = _timed(url, data, n)
+    for t in threads:
+        t.join()
+    return {"idle": _p95(idle), "busy": _p95(busy), "bombs": got}
+
+
+def many_slow_bodies(url: str, data: bytes) -> dict:
+    """64 bodies trickled from 8 addresses (8 each); meanwhile a normal upload, against the
+    same upload just before."""
+    from urllib.parse import urlparse
+
+    import httpx
+
+    base = _timed(url, data, 5)
+    u = urlparse(url)
+    socks = []
+    for a in range(8):
+        for _ in range(8):
+            s = socket.create_connection(
+                (u.hostname, u.port), source_address=(f"127.0.0.{a + 2}", 0)
+            )
+            s.sendall(
+                b"POST /api/attribute HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+            )
+            socks.append(s)
+    try:
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/api/attribute", files={"file": ("p.mid", data)}, timeout=120)
+        seconds = time.perf_counter() - t0
+        time.sleep(6.0)  # past the 5 s grace: the trickling bodies are dropped (408)
+        dropped = 0
+        for s in socks:
+            s.setblocking(False)
+            with contextlib.suppress(OSError):
+                dropped += s.recv(64).startswith((b"HTTP/1.1 408", b"HTTP/1.1 503"))
+    finally:
+        for s in socks:
+            s.close()
+    return {
+        "status": r.status_code,
+        "seconds": seconds,
+        "base": statistics.median(base),
+        "dropped": dropped,
+    }
+
+
+def score_costs(n: int) -> None:
+    """Conversion seconds and memory of music21's corpus's ``n`` largest MusicXML files (by
+    XML elements) and ``n`` others, each in a fresh child process."""
+    import multiprocessing as mp
+    import random
+
+    import music21
+
+    from harmonixr._pool import _status
+    from harmonixr.midi.load import tensorize_bytes
+    from harmonixr.midi.scores import read_mxl
+    from harmonixr.midi.xmlsafe import scan
+
+    def child(path: Path, q: mp.Queue) -> None:
+        base = _status("VmRSS")
+        t0 = time.perf_counter()
+        try:
+            got = f"{tensorize_bytes(path.read_bytes(), str(path), max_bytes=1 << 26).notes} notes"
+        except Exception as exc:  # a MidiError says its reason
+            got = str(getattr(exc, "reason", type(exc).__name__))
+        q.put((time.perf_counter() - t0, _status("VmHWM") - base, got))
+
+    root = Path(music21.__file__).parent / "corpus"
+    rows = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in (".mxl", ".xml", ".musicxml"):
+            xml = read_mxl(p.read_bytes(), 1 << 26) if p.suffix == ".mxl" else p.read_bytes()
+            f = scan(xml, 1000)
+            rows.append((f.elements, f.depth, f.played, len(xml), p))
+    rows.sort(key=lambda r: r[0])
+    print(
+        f"{len(rows)} MusicXML files: nesting ≤ {max(r[1] for r in rows)}, notes as played "
+        f"≤ {max(r[2] for r in rows):,}, elements p50 {rows[len(rows) // 2][0]:,}, "
+        f"max {rows[-1][0]:,}"
+    )
+    pick = rows[-n:] + random.Random(0).sample(rows[:-n], n)
+    ctx = mp.get_context("fork")
+    print(f"{'file':<50} {'elements':>9} {'XML KB':>8} {'s':>6} {'+MB':>6}  result")
+    for elements, _, _, size, p in pick:
+        q: mp.Queue = ctx.Queue()
+        proc = ctx.Process(target=child, args=(p, q))
+        proc.start()
+        seconds, memory, got = q.get()
+        proc.join()
+        print(
+            f"{str(p.relative_to(root))[:50]:<50} {elements:>9,} {size / 1024:>8.0f} "
+            f"{seconds:>6.1f} {memory / 2**20:>6.0f}  {got}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="run with an index")
@@ -215,7 +405,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--per-client", type=int, default=50)
     parser.add_argument("--slow-clients", type=int, default=10)
+    parser.add_argument("--score-costs", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    if args.score_costs:
+        score_costs(args.score_costs)
+        return
 
     import httpx
 
@@ -264,6 +458,9 @@ def main() -> None:
             conc = concurrent(url, data, args.clients, args.per_client)
             held = held_note(url, data, tmp_path)
             gate = slow_bodies(url, data, args.slow_clients)
+            attacks = memory_attacks(url, proc.pid)
+            fair = bombs_and_hangups(url, data)
+            many = many_slow_bodies(url, data)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -293,6 +490,21 @@ def main() -> None:
         f"    a whole upload meanwhile: {gate['status']} in {gate['seconds'] * ms:.0f} ms "
         f"(goal: 200); trickling clients refused at once: {gate['refused']} "
         f"(one address may have 8 uploads under way)"
+    )
+    print("\n(e) hostile scores: status, reason, seconds, largest parser process meanwhile")
+    for label, status, reason, seconds, peak in attacks:
+        print(f"    {label:<44} {status} {reason:<12} {seconds:6.2f} s  {peak / 2**20:5.0f} MB")
+    print("    (goal: 4xx within 10 s, largest parser ≤ 1024 MB)")
+    print(
+        f"\n(f) 30 normal uploads: p95 idle {fair['idle'] * ms:.0f} ms; with two repeat bombs "
+        f"(answered {fair['bombs']}) and two hang-ups on slow scores as they begin "
+        f"{fair['busy'] * ms:.0f} ms: {fair['busy'] / fair['idle']:.2f}×  (goal ≤ 3×)"
+    )
+    print(
+        f"\n(g) 64 bodies trickled from 8 addresses: a normal upload {many['status']} in "
+        f"{many['seconds'] * ms:.0f} ms (alone just before: {many['base'] * ms:.0f} ms, "
+        f"{many['seconds'] / many['base']:.2f}×; goal: 200); trickling bodies answered 408/503 "
+        f"6 s later: {many['dropped']} of 64"
     )
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

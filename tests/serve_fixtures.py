@@ -31,10 +31,11 @@ def server_thread(app) -> Iterator[str]:
     """``app`` served by uvicorn on 127.0.0.1 in a thread of this process; yields its URL."""
     import uvicorn
 
+    from harmonixr.serve.protocol import uvicorn_settings
+
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", **uvicorn_settings())
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -193,3 +194,162 @@ def chunked_upload(url: str, path: str, total: int, chunk: int = 1 << 20) -> tup
         return int(reply.split(b" ")[1]), sent
     finally:
         sock.close()
+
+
+# ------------------------------------------------------------------ hostile scores
+
+
+def musicxml(measures: int = 3, repeat_times: int | None = None) -> bytes:
+    """A small valid MusicXML: ``measures`` bars of four quarter notes at quarter = 60 (4 s a
+    bar); with ``repeat_times`` the last bar ends in a repeat barline played that many times."""
+    steps = "CDEFGAB"
+    bars = []
+    for m in range(measures):
+        notes = "".join(
+            f"<note><pitch><step>{steps[(m + i) % 7]}</step><octave>4</octave></pitch>"
+            "<duration>1</duration><type>quarter</type></note>"
+            for i in range(4)
+        )
+        head = (
+            "<attributes><divisions>1</divisions><time><beats>4</beats>"
+            "<beat-type>4</beat-type></time><clef><sign>G</sign><line>2</line></clef>"
+            '</attributes><sound tempo="60"/>'
+            if m == 0
+            else ""
+        )
+        tail = ""
+        if repeat_times and m == measures - 1:
+            tail = (
+                '<barline location="right"><repeat direction="backward" '
+                f'times="{repeat_times}"/></barline>'
+            )
+        bars.append(f'<measure number="{m + 1}">{head}{notes}{tail}</measure>')
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE score-partwise PUBLIC '
+        '"-//Recordare//DTD MusicXML 4.0 Partwise//EN" '
+        '"http://www.musicxml.org/dtds/partwise.dtd">\n<score-partwise version="4.0">'
+        '<part-list><score-part id="P1"><part-name>Piano</part-name></score-part></part-list>'
+        f'<part id="P1">{"".join(bars)}</part></score-partwise>'
+    ).encode()
+
+
+def mxl(xml: bytes, name: str = "score.musicxml") -> bytes:
+    """``xml`` zipped as an ``.mxl`` (with its ``META-INF/container.xml``)."""
+    import io
+    import zipfile
+
+    container = (
+        '<?xml version="1.0"?><container><rootfiles>'
+        f'<rootfile full-path="{name}"/></rootfiles></container>'
+    )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("META-INF/container.xml", container)
+        z.writestr(name, xml)
+    return out.getvalue()
+
+
+def lying_mxl(inflated: int = 64 * 1024 * 1024, declared: int = 1000) -> bytes:
+    """An ``.mxl`` whose MusicXML inflates to ``inflated`` bytes while the zip's directory
+    (and its local header) declare ``declared``."""
+    import zlib
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts = [comp.compress(b"<score-partwise>")]
+    block = b" " * (1 << 20)
+    for _ in range(inflated >> 20):
+        parts.append(comp.compress(block))
+    parts.append(comp.compress(b"</score-partwise>") + comp.flush())
+    data = bytearray(mxl(b"x" * 64))  # the layout; its member's bytes are replaced below
+    # rebuild with the huge stream: local header + data, then the central directory
+    name = b"score.musicxml"
+    stream = b"".join(parts)
+    crc = zlib.crc32(b"")  # wrong on purpose: a reader that trusts sizes never gets there
+    local = (
+        b"PK\x03\x04"
+        + (20).to_bytes(2, "little")
+        + b"\0\0"
+        + (8).to_bytes(2, "little")
+        + b"\0\0\0\0"
+        + crc.to_bytes(4, "little")
+        + len(stream).to_bytes(4, "little")
+        + declared.to_bytes(4, "little")
+        + len(name).to_bytes(2, "little")
+        + b"\0\0"
+        + name
+    )
+    central = (
+        b"PK\x01\x02"
+        + (20).to_bytes(2, "little") * 2
+        + b"\0\0"
+        + (8).to_bytes(2, "little")
+        + b"\0\0\0\0"
+        + crc.to_bytes(4, "little")
+        + len(stream).to_bytes(4, "little")
+        + declared.to_bytes(4, "little")
+        + len(name).to_bytes(2, "little")
+        + b"\0" * 12
+        + (0).to_bytes(4, "little")
+        + name
+    )
+    body = local + stream
+    end = (
+        b"PK\x05\x06"
+        + b"\0" * 4
+        + (1).to_bytes(2, "little") * 2
+        + len(central).to_bytes(4, "little")
+        + len(body).to_bytes(4, "little")
+        + b"\0\0"
+    )
+    del data
+    return body + central + end
+
+
+def deep_mei(levels: int = 15000) -> bytes:
+    """An MEI file of ``levels`` nested sections (about 150 KB at 15,000)."""
+    return (
+        '<?xml version="1.0"?><mei xmlns="http://www.music-encoding.org/ns/mei" '
+        'meiversion="5.0"><music><body><mdiv><score><section>'
+        + "<section>" * levels
+        + "</section>" * levels
+        + "</section></score></mdiv></body></music></mei>"
+    ).encode()
+
+
+def entity_musicxml(kind: str = "amplified") -> bytes:
+    """MusicXML declaring entities: ``amplified`` (each level ten of the one below, 10⁸
+    characters from a few hundred bytes) or ``external`` (a file of this machine)."""
+    if kind == "external":
+        subset = '<!ENTITY x SYSTEM "file:///etc/passwd">'
+        use = "&x;"
+    else:
+        subset = '<!ENTITY a0 "aaaaaaaaaa">' + "".join(
+            f'<!ENTITY a{i} "{f"&a{i - 1};" * 10}">' for i in range(1, 8)
+        )
+        use = "&a7;"
+    xml = musicxml(3).decode()
+    xml = xml.replace(
+        '"http://www.musicxml.org/dtds/partwise.dtd">',
+        f'"http://www.musicxml.org/dtds/partwise.dtd" [{subset}]>',
+    )
+    return xml.replace("<part-name>Piano</part-name>", f"<part-name>{use}</part-name>").encode()
+
+
+def raw_upload(url: str, name: str, data: bytes, path: str = "/api/attribute") -> socket.socket:
+    """A whole multipart upload of ``data`` sent on a socket of its own, the answer not read:
+    the caller closes the socket to hang up."""
+    host, port = url.removeprefix("http://").split(":")
+    body = (
+        b'--hx\r\nContent-Disposition: form-data; name="file"; filename="'
+        + name.encode()
+        + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        + data
+        + b"\r\n--hx--\r\n"
+    )
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
+        f"boundary=hx\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(head + body)
+    return sock

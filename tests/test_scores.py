@@ -120,6 +120,10 @@ def test_bad_scores_get_score_error_and_uploads_are_rendered_too(tmp_path):
     bad.write_text("<mei>not music")
     with pytest.raises(MidiError) as err:
         load_tensor(bad, cfg)
+    assert err.value.reason == "score_error" and "not well-formed XML" in err.value.detail
+    bad.write_text("<mei>not music</mei>")  # well-formed: verovio says why
+    with pytest.raises(MidiError) as err:
+        load_tensor(bad, cfg)
     assert err.value.reason == "score_error" and "verovio" in err.value.detail
     got = parse_bytes_job((KERN.encode(), "up.krn", cfg, 3600.0, 1 << 20))
     assert got.tensor.shape[0] > 300

@@ -37,6 +37,7 @@ from harmonixr.serve.limits import Gate, UploadLimit  # noqa: E402
 
 pytestmark = pytest.mark.slow
 MB = 1024 * 1024
+LOCAL = "http://localhost"  # TestClient's base URL: a host the service answers to
 PRETRAINED = Path(harmonixr.__file__).parent / "pretrained"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -63,7 +64,7 @@ def map_dir(search_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(search_run, map_dir):
-    with TestClient(create_app(search_run, map_dir=map_dir)) as c:
+    with TestClient(create_app(search_run, map_dir=map_dir), base_url=LOCAL) as c:
         yield c
 
 
@@ -82,7 +83,7 @@ def upload(name: str, data: bytes) -> dict:
 
 def test_health_names_the_model_its_index_and_its_map(client):
     h = client.get("/api/health").json()
-    assert h["status"] == "ok" and h["version"] == harmonixr.__version__
+    assert h["status"] == "ok" and "version" not in h  # nothing to tell an attacker
     assert (h["model"], h["shipped"], h["index_size"]) == ("run", False, 20)
     assert h["composers"] == ["High", "Low"] and set(h["colours"]) == {"High", "Low"}
     assert h["map"] is True and h["max_upload_bytes"] == 10 * MB
@@ -174,7 +175,7 @@ def test_page_and_plotly_are_served_locally(client):
 
 
 def test_without_a_saved_map_the_service_says_so(search_run, piece):
-    with TestClient(create_app(search_run)) as c:
+    with TestClient(create_app(search_run), base_url=LOCAL) as c:
         h = c.get("/api/health").json()
         assert h["map"] is False and "viz tsne" in h["map_note"]
         # the note names folders without the machine's absolute install path
@@ -201,7 +202,7 @@ def test_a_run_without_an_index_cannot_be_served(search_run_copy):
     reason="no shipped model in src/harmonixr/pretrained (make pretrained ASAP=...)",
 )
 def test_the_shipped_model_answers_every_endpoint(piece):
-    with TestClient(create_app()) as c:
+    with TestClient(create_app(), base_url=LOCAL) as c:
         h = c.get("/api/health").json()
         assert h["shipped"] is True and h["index_size"] > 0
         for name in ("attribute", "similar", "embed", "timeline", "roll", "analyze"):
@@ -267,7 +268,8 @@ def test_requests_that_are_not_uploads_get_a_readable_422(client, piece):
 
 def test_too_long_and_too_large_files(search_run, piece, tmp_path):
     path, data = piece
-    with TestClient(create_app(search_run, max_seconds=10, max_upload_mb=0.25)) as c:
+    app = create_app(search_run, max_seconds=10, max_upload_mb=0.25)
+    with TestClient(app, base_url=LOCAL) as c:
         got = c.post("/api/attribute", files=upload("a.mid", data))
         assert (got.status_code, got.json()["reason"]) == (422, "too_long")
         assert "too long" in got.json()["detail"]
@@ -379,10 +381,10 @@ def _flaky(job):
 def test_a_crashing_or_hanging_parser_costs_one_request(search_run, piece):
     data = piece[1]
     app = create_app(search_run, workers=1, parse_timeout=2, loader=_flaky)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         got = c.post("/api/attribute", files=upload("crash.mid", data))
         assert (got.status_code, got.json()["reason"]) == (422, "crashed")
-        assert "crashed the MIDI parser" in got.json()["detail"]
+        assert "crashed the parser" in got.json()["detail"]
         t0 = time.monotonic()
         got = c.post("/api/attribute", files=upload("hang.mid", data))
         assert (got.status_code, got.json()["reason"]) == (422, "timeout")
@@ -507,6 +509,17 @@ def _drop(page, name: str, data: bytes) -> None:
     )
 
 
+def _wait_text(page, selector: str, text: str) -> None:
+    """Wait until ``selector``'s text holds ``text`` (case and all; ``^`` anchors it at the
+    start). Not ``wait_for_function``: when its condition is not met at once it polls by
+    evaluating a string in the page, which the page's Content-Security-Policy refuses, so the
+    tests failed whenever the page was slow."""
+    import re
+
+    pattern = text if text.startswith("^") else re.escape(text)
+    page.locator(selector, has_text=re.compile(pattern)).wait_for()
+
+
 def _shots() -> Path | None:
     where = os.environ.get("HARMONIXR_SCREENSHOTS")
     if where:
@@ -527,7 +540,7 @@ def test_page_drop_a_file_then_compare_two(browser, live, search_run, tmp_path, 
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(live + "/")
-    page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+    _wait_text(page, "#model", "^Model")
     # keyboard: Tab reaches the file input and the compare button
     reached = []
     for _ in range(8):
@@ -667,13 +680,11 @@ def test_page_never_shows_an_older_answer_over_a_newer_one(browser, live, tmp_pa
         })()"""
     )
     page.goto(live + "/")
-    page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+    _wait_text(page, "#model", "^Model")
     _drop(page, long.name, long.read_bytes())
     page.wait_for_timeout(300)
     _drop(page, short.name, short.read_bytes())
-    page.wait_for_function(
-        "document.getElementById('status').textContent.includes('short-piece.mid')"
-    )
+    _wait_text(page, "#status", "short-piece.mid")
     page.wait_for_timeout(2500)  # the held-back answer for the long piece has arrived by now
     assert page.inner_text("#piece-name") == "short-piece.mid"
     assert "short-piece.mid" in page.inner_text("#status")
@@ -700,12 +711,12 @@ def test_page_layout_survives_a_long_name_and_nearest_shows_one_piece_per_work(
     with server_thread(create_app(search_run_copy)) as url:
         page = browser.new_page(viewport={"width": 390, "height": 844})
         page.goto(url + "/")
-        page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+        _wait_text(page, "#model", "^Model")
         # the header counts distinct files and the composers the model can name
         assert "20 distinct files indexed · 2 named composers" in page.inner_text("#model")
         _drop(page, piece.name, piece.read_bytes())
         page.wait_for_selector("#nearest tbody tr")
-        page.wait_for_function("document.getElementById('status').textContent.includes('AAA')")
+        _wait_text(page, "#status", "AAA")
         # no horizontal scrolling on a phone, and the heading is wrapped, not clipped
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         heading = page.locator("#h-composers")
@@ -752,7 +763,7 @@ def test_slow_bodies_hold_no_worker_place(search_run, piece):
         for _ in range(3):
             s = socket.create_connection((u.hostname, u.port))
             s.sendall(
-                b"POST /api/attribute HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                b"POST /api/attribute HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
             )
             slow.append(s)
@@ -847,7 +858,7 @@ def test_requests_whose_client_hung_up_are_dropped_before_any_work(search_run, p
         b"Content-Type: audio/midi\r\n\r\n" + piece[1] + b"\r\n--" + boundary + b"--\r\n"
     )
     head = (
-        b"POST /api/attribute HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        b"POST /api/attribute HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
         b"boundary=" + boundary + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
     with server_thread(app) as url:
@@ -873,42 +884,6 @@ def test_requests_whose_client_hung_up_are_dropped_before_any_work(search_run, p
         assert got.status_code == 200
 
 
-def test_a_client_trickling_its_headers_is_disconnected(search_run):
-    import socket
-
-    import uvicorn
-
-    from harmonixr.serve.protocol import with_header_timeout
-
-    app = create_app(search_run)
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", http=with_header_timeout(1.0)
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.02)
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(b"POST /api/attribute HTTP/1.1\r\nHost: x\r\n")  # never finished
-        slow.settimeout(5)
-        t0 = time.monotonic()
-        assert slow.recv(100) == b""  # closed by the server
-        assert 0.8 < time.monotonic() - t0 < 4
-        # a whole request on a fresh connection is answered, and its connection kept
-        ok = socket.create_connection(("127.0.0.1", port))
-        ok.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        ok.settimeout(5)
-        assert ok.recv(20).startswith(b"HTTP/1.1 200")
-        slow.close()
-        ok.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def test_serve_bounds_malloc_arenas_before_it_starts(search_run, monkeypatch):
     import sys as _sys
 
@@ -919,9 +894,10 @@ def test_serve_bounds_malloc_arenas_before_it_starts(search_run, monkeypatch):
 
     calls = []
     monkeypatch.setattr(protocol, "bound_malloc_arenas", lambda: calls.append("arenas") or True)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k["http"].__name__))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k))
     serve(search_run, port=free_port(), say=lambda text: None)
-    assert calls == ["arenas", "HeaderTimeout"]
+    assert calls[0] == "arenas" and calls[1]["server_header"] is False
+    assert "http" not in calls[1]  # uvicorn's own protocol, with documented settings only
     monkeypatch.undo()
     if _sys.platform.startswith("linux"):  # glibc takes the setting
         assert protocol.bound_malloc_arenas() is True

@@ -191,6 +191,10 @@ def serve(
     per_client: Annotated[
         int, typer.Option(help="Uploads one address may have under way (503 beyond).")
     ] = 8,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="A host name served besides localhost (repeatable; others: 400)."),
+    ] = None,
 ) -> None:
     """The web page (drop a MIDI file: composers, nearest pieces, map, timeline) and its JSON
     API, on http://HOST:PORT/ (OpenAPI at /docs)."""
@@ -210,4 +214,5 @@ def serve(
         map_dir=map_dir,
         threads=threads,
         per_client=per_client,
+        allowed_hosts=allowed_host or [],
     )

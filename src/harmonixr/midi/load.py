@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harmonixr._pool import Outcome
-from harmonixr.midi.scores import is_score
+from harmonixr.midi.scores import ScoreLimits, is_score
 from harmonixr.midi.tensorize import TensorConfig, Tensorized, TooDense, tensorize_score
 
 if TYPE_CHECKING:
@@ -35,12 +35,15 @@ DRUMS_ONLY = "drums_only"
 TOO_LARGE = "too_large"
 TOO_LONG = "too_long"
 SCORE_ERROR = "score_error"  # a score (MusicXML, kern, MEI) the converter could not render
+TOO_COMPLEX = "too_complex"  # beyond the bounds on nesting, notes as played, or memory
+UNSAFE_XML = "unsafe_xml"  # XML entities or a DTD of its own (refused before any converter)
 
 TOO_SHORT = "too_short"  # less sounding music than the model can judge
 MIN_SOUNDING_S = 5.0  # seconds during which at least one note sounds
 TOO_DENSE = "too_dense"  # notes that would cost too much work (thousands of hours-long notes)
 CRASHED = "crashed"
 TIMEOUT = "timeout"
+CANCELLED = "cancelled"  # the caller stopped waiting (a service's client hung up)
 UNREADABLE = "unreadable"
 INTERNAL_ERROR = "internal_error"
 
@@ -194,31 +197,61 @@ def tensorize_bytes(
     max_seconds: float = MAX_SECONDS,
     max_bytes: int = MAX_FILE_BYTES,
     min_sounding_s: float = MIN_SOUNDING_S,
+    score: ScoreLimits | None = None,
 ) -> Tensorized:
-    """A file's bytes (named ``name``: its suffix says whether it is a score to render first)
-    checked, parsed and tensorized. Raises :class:`MidiError`."""
+    """A file's bytes (named ``name``: its suffix says whether it is a score to render first,
+    within ``score``'s limits) checked, parsed and tensorized. Raises :class:`MidiError`."""
     if is_score(name):
-        data = render_score(data, name, Path(name).suffix, max_bytes)
+        data = render_score(data, name, Path(name).suffix, max_bytes, score)
     score = parse_bytes(data, name, max_bytes)
     return tensorize_checked(score, config, name, max_seconds, min_sounding_s)
 
 
 def render_score(
-    data: bytes, path: str | PathLike[str] | None, suffix: str, max_bytes: int = MAX_FILE_BYTES
+    data: bytes,
+    path: str | PathLike[str] | None,
+    suffix: str,
+    max_bytes: int = MAX_FILE_BYTES,
+    limits: ScoreLimits | None = None,
 ) -> bytes:
-    """MIDI bytes rendered from a score file's ``data``; an ``.mxl`` is also held to
-    ``max_bytes`` once unzipped. Raises :class:`MidiError` (``empty``, ``too_large``,
+    """MIDI bytes rendered from a score file's ``data`` (``midi.scores``: its XML checked
+    first; an ``.mxl`` held to ``max_bytes`` as it unzips, or ``limits.max_xml_bytes``).
+    Raises :class:`MidiError` (``empty``, ``too_large``, ``unsafe_xml``, ``too_complex``,
     ``score_error``)."""
-    from harmonixr.midi.scores import ScoreError, score_to_midi, unzipped_size
+    from dataclasses import replace
+
+    from harmonixr.midi.scores import ScoreError, ScoreTooComplex, ScoreTooLarge, score_to_midi
 
     if not data:
         raise MidiError(path, EMPTY, "file has 0 bytes")
+    limits = limits or replace(ScoreLimits(), max_xml_bytes=max_bytes)
     try:
-        if suffix.lower() == ".mxl" and (size := unzipped_size(data)) > max_bytes:
-            raise MidiError(path, TOO_LARGE, f"{size} bytes unzipped > {max_bytes}")
-        return score_to_midi(data, suffix)
+        midi = score_to_midi(data, suffix, limits)
+    except ScoreTooLarge as exc:
+        raise MidiError(path, TOO_LARGE, str(exc)) from None
+    except ScoreTooComplex as exc:
+        reason = UNSAFE_XML if exc.kind == "unsafe" else TOO_COMPLEX
+        raise MidiError(path, reason, str(exc)) from None
     except ScoreError as exc:
         raise MidiError(path, SCORE_ERROR, str(exc)[:500]) from None
+    except MemoryError:
+        raise MidiError(path, TOO_COMPLEX, "it needs more memory than a score may take") from None
+    most = limits.max_played
+    if most is not None and (notes := _midi_notes(midi)) > most:
+        # e.g. expansions of kern, which the checks before conversion do not see
+        raise MidiError(path, TOO_COMPLEX, f"it plays {notes:,} notes, more than {most:,}")
+    return midi
+
+
+def _midi_notes(midi: bytes) -> int:
+    """Note-ons in standard MIDI bytes (what a rendering plays), 0 if symusic cannot read it
+    (the MIDI path then says why)."""
+    import symusic
+
+    try:
+        return int(symusic.Score.from_midi(midi).note_num())
+    except Exception:
+        return 0
 
 
 # path, config, max_seconds, max_bytes[, min_sounding_s]
@@ -238,17 +271,22 @@ def failure_reason(outcome: Outcome) -> tuple[str, str]:
     its worker crashing, hanging or hitting a bug."""
     if outcome.ok:
         return outcome.value
-    kinds = {"crashed": CRASHED, "timeout": TIMEOUT}
+    kinds = {"crashed": CRASHED, "timeout": TIMEOUT, "memory": TOO_COMPLEX}
+    kinds["cancelled"] = CANCELLED
     return kinds.get(outcome.failure, INTERNAL_ERROR), outcome.error[:500]
 
 
 def parse_bytes_job(
-    job: tuple[bytes, str, TensorConfig, float, int],
+    job: tuple[bytes, str, TensorConfig, float, int]
+    | tuple[bytes, str, TensorConfig, float, int, ScoreLimits | None],
 ) -> Tensorized | tuple[str, str]:
     """Like :func:`load_job` for bytes already in memory (an upload): ``(data, name, config,
-    max_seconds, max_bytes)``; nothing is written to disk."""
+    max_seconds, max_bytes[, score_limits])``; nothing is written to disk."""
+    data, name, config, max_seconds, max_bytes, *rest = job
     try:
-        return tensorize_bytes(*job)
+        return tensorize_bytes(
+            data, name, config, max_seconds, max_bytes, score=rest[0] if rest else None
+        )
     except MidiError as exc:
         return (exc.reason, exc.detail)
 
@@ -275,15 +313,21 @@ def parser_context() -> multiprocessing.context.BaseContext:
 
 
 def parser_pool(
-    func: Any = load_job, *, workers: int = 1, timeout: float | None = PARSE_TIMEOUT
+    func: Any = load_job,
+    *,
+    workers: int = 1,
+    timeout: float | None = PARSE_TIMEOUT,
+    memory: int | None = None,
 ) -> RobustPool:
     """Child processes running ``func`` (default :func:`load_job`) on parse jobs, started with
-    :func:`parser_context`; keep it for many calls and ``close()`` it."""
+    :func:`parser_context`, each allowed ``memory`` bytes over what it starts with (None: no
+    ceiling); keep it for many calls and ``close()`` it."""
     from harmonixr._pool import RobustPool
 
     with warnings.catch_warnings():  # Python ≥ 3.12 warns about forking a threaded process
         warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
-        return RobustPool(func, workers=workers, timeout=timeout, context=parser_context())
+        context = parser_context()
+        return RobustPool(func, workers=workers, timeout=timeout, context=context, memory=memory)
 
 
 def safe_load(

@@ -12,7 +12,13 @@ converter that crashes or hangs costs one file. What a rendering is:
   MIDI has one constant velocity (90). The tensor keeps velocities, so a score without
   dynamics looks like a deadpan performance.
 
-A file that cannot be rendered is refused with ``score_error`` and the library's message.
+What a score may cost is bounded before a converter sees it (``xmlsafe``): no XML entities
+or DTD of its own, nesting at most ``MAX_DEPTH`` deep, and, within :class:`ScoreLimits`, its
+XML elements and the notes it plays once repeats are expanded (checked again on the rendered
+MIDI); an ``.mxl`` is unzipped in memory, a chunk at a time, up to a limit whatever its
+directory declares. Nothing is written to disk. A file that cannot be rendered is refused
+with ``score_error`` and the library's message (a service shows its own sentence and logs
+that message).
 """
 
 from __future__ import annotations
@@ -21,34 +27,114 @@ import base64
 import contextlib
 import io
 import os
-import tempfile
+import re
 import zipfile
-from pathlib import Path
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from harmonixr.midi.xmlsafe import MAX_DEPTH, XmlRefused, scan
 
 MUSICXML_SUFFIXES = (".musicxml", ".mxl", ".xml")
 VEROVIO_SUFFIXES = (".krn", ".mei")
 SCORE_SUFFIXES = MUSICXML_SUFFIXES + VEROVIO_SUFFIXES
+XML_SUFFIXES = (".musicxml", ".xml", ".mei")  # read by :func:`xmlsafe.scan` first
+
+MXL_MEMBERS = 256  # files in an .mxl (real ones hold 2 or 3)
+CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ScoreLimits:
+    """What one score may cost before a converter sees it (None: no bound; preprocessing a
+    corpus sets none, the service sets all: ``serve.service.Limits``). ``max_elements``: XML
+    elements, what music21's time follows (measured: ``bench/serve.py --score-costs``);
+    ``max_played``: notes once repeats are expanded, estimated before conversion and counted
+    in the MIDI after; ``max_xml_bytes``: an ``.mxl``'s MusicXML unzipped."""
+
+    max_xml_bytes: int = 64 * 1024 * 1024
+    max_elements: int | None = None
+    max_played: int | None = None
+    max_depth: int = MAX_DEPTH
 
 
 class ScoreError(Exception):
-    """A score the converter could not render (its message says why)."""
+    """A score the converter could not render. Its message is the library's (for logs and
+    the preprocess summary); a service shows its own sentence instead."""
+
+
+class ScoreTooComplex(ScoreError):
+    """A score refused before conversion: entities or a DTD of its own (``kind`` "unsafe"), or
+    nesting or notes as played beyond the bounds ("too_complex"); the message is ours."""
+
+    def __init__(self, message: str, kind: str = "too_complex") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ScoreTooLarge(ScoreError):
+    """An ``.mxl`` whose MusicXML unzips to more than the limit (counted while it inflates)."""
 
 
 def is_score(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in SCORE_SUFFIXES
 
 
-def unzipped_size(data: bytes) -> int:
-    """The bytes an ``.mxl`` (a zip) holds once unpacked, from its directory (nothing is
-    unpacked to count them)."""
+def _member(z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """A zip member's bytes, inflated a chunk at a time and counted as they come: never more
+    than ``limit`` (+ one chunk) in memory, whatever size the zip's directory declares."""
+    if info.flag_bits & 0x1:
+        raise ScoreError("an encrypted .mxl member")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        # bzip2 and lzma inflate a whole block per read: not bounded by the chunk size
+        raise ScoreError(f"an .mxl member compressed with method {info.compress_type}")
+    out = bytearray()
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            return sum(info.file_size for info in z.infolist())
-    except zipfile.BadZipFile as exc:
-        raise ScoreError(f"not a compressed MusicXML file ({exc})") from None
+        with z.open(info) as fh:
+            while chunk := fh.read(CHUNK):
+                out += chunk
+                if len(out) > limit:
+                    raise ScoreTooLarge(f"its MusicXML is larger than {limit} bytes unzipped")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise ScoreError(f"zip: {exc}") from None
+    return bytes(out)
 
 
-def _musicxml_to_midi(data: bytes, suffix: str) -> bytes:
+def read_mxl(data: bytes, limit: int = ScoreLimits.max_xml_bytes) -> bytes:
+    """The MusicXML inside an ``.mxl`` (a zip), chosen as music21 chooses it (the first
+    ``.musicxml``/``.xml`` member outside ``META-INF``), read by :func:`_member`. Nothing is
+    written to disk."""
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise ScoreError(f"not a zip ({exc})") from None
+    with z:
+        infos = z.infolist()
+        if len(infos) > MXL_MEMBERS:
+            raise ScoreTooComplex(f"its zip holds more than {MXL_MEMBERS} files")
+        for info in infos:
+            name = info.filename
+            suffix = PurePosixPath(name).suffix
+            if "META-INF" not in name and (suffix in (".musicxml", ".xml") or name == ".xml"):
+                return _member(z, info, limit)
+    raise ScoreError("no MusicXML file inside the .mxl")
+
+
+def _decode(xml: bytes) -> str:
+    """Text of MusicXML bytes: UTF-8 (with or without a byte-order mark), else the encoding
+    its declaration names, else UTF-16 (music21 tries UTF-8, then UTF-16)."""
+    found = re.match(rb"""[^>]*encoding=['"]([A-Za-z0-9._-]+)['"]""", xml[:1000])
+    for encoding in ("utf-8-sig", found.group(1).decode() if found else None, "utf-16"):
+        if encoding is None:
+            continue
+        try:
+            return xml.decode(encoding)
+        except (UnicodeDecodeError, LookupError):
+            pass
+    raise ScoreError("not text in a known encoding")
+
+
+def _musicxml_to_midi(xml: bytes) -> bytes:
     import warnings
 
     from music21 import converter, midi, stream
@@ -56,14 +142,9 @@ def _musicxml_to_midi(data: bytes, suffix: str) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            if suffix == ".mxl":  # a zip: music21 reads it from a file
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / "score.mxl"
-                    path.write_bytes(data)
-                    # forceSource: music21 would otherwise keep a pickle of every parsed file
-                    score = converter.parse(str(path), format="musicxml", forceSource=True)
-            else:
-                score = converter.parseData(data.decode("utf-8-sig"), format="musicxml")
+            score = converter.parseData(_decode(xml), format="musicxml")
+        except ScoreError:
+            raise
         except Exception as exc:  # music21 raises many kinds
             raise ScoreError(f"music21: {type(exc).__name__}: {exc}") from None
         if isinstance(score, stream.Opus):
@@ -99,20 +180,35 @@ def _verovio_to_midi(data: bytes, suffix: str) -> bytes:
     return base64.b64decode(midi_b64)
 
 
-def score_to_midi(data: bytes, suffix: str) -> bytes:
+def score_to_midi(data: bytes, suffix: str, limits: ScoreLimits = ScoreLimits()) -> bytes:
     """Standard MIDI bytes rendered from a score file's bytes; ``suffix`` says its format.
-    Every failure of a converter is a :class:`ScoreError` (a bad file, not a bug of ours)."""
+    XML (an ``.mxl``'s after :func:`read_mxl`) is checked by :func:`xmlsafe.scan` before any
+    converter sees it. Every failure is a :class:`ScoreError` (a bad file, not a bug of ours):
+    :class:`ScoreTooComplex` for what the checks refuse, :class:`ScoreTooLarge` for an .mxl
+    over ``limits.max_xml_bytes`` unzipped."""
     suffix = suffix.lower()
+    if suffix not in SCORE_SUFFIXES:
+        known = ", ".join(SCORE_SUFFIXES)
+        raise ScoreError(f"{suffix!r} is not a score format read here ({known})")
+    if suffix == ".mxl":
+        data, suffix = read_mxl(data, limits.max_xml_bytes), ".musicxml"
+    if suffix in XML_SUFFIXES:
+        try:
+            facts = scan(data, limits.max_depth, limits.max_played)
+        except XmlRefused as exc:
+            if exc.kind == "malformed":
+                raise ScoreError(str(exc)) from None
+            raise ScoreTooComplex(str(exc), exc.kind) from None
+        if limits.max_elements is not None and facts.elements > limits.max_elements:
+            raise ScoreTooComplex(f"it holds more than {limits.max_elements:,} XML elements")
     try:
         if suffix in MUSICXML_SUFFIXES:
-            return _musicxml_to_midi(data, suffix)
-        if suffix in VEROVIO_SUFFIXES:
-            return _verovio_to_midi(data, suffix)
+            return _musicxml_to_midi(data)
+        return _verovio_to_midi(data, suffix)
     except ScoreError:
         raise
     except Exception as exc:  # the libraries raise many kinds
         raise ScoreError(f"{type(exc).__name__}: {exc}") from None
-    raise ScoreError(f"{suffix!r} is not a score format read here ({', '.join(SCORE_SUFFIXES)})")
 
 
 def looks_like_score(path: str | os.PathLike[str]) -> bool:

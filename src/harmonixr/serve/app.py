@@ -14,13 +14,15 @@ POST /api/verify       files a, b → Verdict
 GET  /docs             OpenAPI
 ```
 
-Uploads are multipart form fields (``file``; ``a`` and ``b`` for verify). A body over the size
-limit is refused while it streams in (413), one still arriving after ``upload_timeout`` too
-(408); a file that is not MIDI by its header gets 415; a MIDI file that cannot be used gets 422
-with its reason; parsing runs in child processes with a time limit; at most ``workers`` uploads
-are worked on at once and ``queue`` more wait, beyond that 503 with ``Retry-After``. Every
-refusal is a :class:`~harmonixr.serve.schemas.Problem`. The routes themselves are in
-:mod:`harmonixr.serve.routes`.
+Uploads are multipart form fields (``file``; ``a`` and ``b`` for verify), held in memory
+(never spooled to disk). A request for a host the server does not serve gets 400, an upload
+from another site's page 403 (:mod:`harmonixr.serve.guard`). A body over the size limit is
+refused while it streams in (413), one still arriving after ``upload_timeout`` or slower than
+10 KB/s after 5 s too (408); a file that is not MIDI by its header gets 415; a file that cannot
+be used gets 422 with its reason; parsing runs in child processes with time and memory limits;
+at most ``workers`` uploads are worked on at once and ``queue`` more wait, beyond that 503 with
+``Retry-After``. Every refusal is a :class:`~harmonixr.serve.schemas.Problem`. The routes
+themselves are in :mod:`harmonixr.serve.routes`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -36,9 +39,11 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from harmonixr.serve.limits import BodyRefused, Busy, Gate, UploadLimit, problem
+from harmonixr.serve.guard import HostOrigin
+from harmonixr.serve.limits import BodyRefused, Gate, UploadLimit, problem
 from harmonixr.serve.routes import STATIC, router
-from harmonixr.serve.service import MB, Limits, Service, UploadError
+from harmonixr.serve.service import Service
+from harmonixr.serve.uploads import MB, Limits, UploadError
 
 if TYPE_CHECKING:
     from harmonixr.api import Harmonixr
@@ -71,6 +76,9 @@ def create_app(
     threads: int | None = None,
     per_client: int = 8,
     max_arriving: int = 64,
+    allowed_hosts: tuple[str, ...] | list[str] = (),
+    parse_memory_mb: float = 384.0,
+    score_timeout: float = 40.0,
 ) -> FastAPI:
     """The service for ``model``: a :class:`Harmonixr`, a run directory, or None for the
     shipped model. The model needs an index (``harmonixr index build RUN``). A body must
@@ -81,12 +89,20 @@ def create_app(
     cores (there, beside a busy process, 1 thread answers in 73 ms, 2 in 103 ms, p90 89
     against 210 ms: ``bench/threads.py``). ``per_client`` uploads may be under way from one
     address and ``max_arriving`` bodies arrive at once (behind a reverse proxy every client
-    has the proxy's address unless uvicorn is told to trust its forwarded headers)."""
+    has the proxy's address unless uvicorn trusts its forwarded headers, as it does from
+    127.0.0.1). ``allowed_hosts``: host names served besides localhost (``Host`` header).
+    ``parse_memory_mb``: memory a parser process may take over its start (422 beyond);
+    ``score_timeout``: seconds a score's conversion may take (``parse_timeout``: MIDI's)."""
     if queue < 0:
         raise ValueError(f"queue must be 0 or more, got {queue}")
-    limits = Limits(max_bytes=max(1, round(max_upload_mb * MB)), parse_timeout=parse_timeout)
+    limits = Limits(
+        max_bytes=max(1, round(max_upload_mb * MB)),
+        parse_timeout=parse_timeout,
+        memory=max(1, round(parse_memory_mb * MB)),
+        score_timeout=score_timeout,
+    )
     if max_seconds is not None:
-        limits = Limits(limits.max_bytes, max_seconds, parse_timeout)
+        limits = replace(limits, max_seconds=max_seconds)
     extra = {} if loader is None else {"loader": loader}
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -98,11 +114,10 @@ def create_app(
         yield
         service.close()
 
-    from harmonixr import __version__
-
+    _keep_uploads_in_memory(limits.max_bytes * 2 + FORM_SLACK)
     app = FastAPI(
         title="Harmonixr",
-        version=__version__,
+        version="1",  # the API's, not the software's: a version tells an attacker what to try
         description="Who wrote this MIDI file, which pieces are like it, same composer?",
         lifespan=lifespan,
         # Swagger UI and ReDoc load their scripts from a CDN: /docs is a page of our own
@@ -124,12 +139,22 @@ def create_app(
         per_client=per_client,
         max_arriving=max_arriving,
     )
-    # outermost: counts every byte, and the time the body takes to arrive
+    # counts every byte, and the time the body takes to arrive
     app.add_middleware(UploadLimit, limit_for=limit_for, timeout=upload_timeout)
+    app.add_middleware(HostOrigin, hosts=allowed_hosts)  # outermost: before anything is read
     _handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _keep_uploads_in_memory(size: int) -> None:
+    """Starlette keeps a multipart file part in memory up to ``MultiPartParser.spool_max_size``
+    (1 MB by default) and writes the rest to the temporary folder; raised here to the largest
+    body the size limit lets in, so no upload touches the disk."""
+    from starlette.formparsers import MultiPartParser
+
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, size)
 
 
 def _handlers(app: FastAPI) -> None:
@@ -139,10 +164,7 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BodyRefused)
     async def refused(_: Request, exc: BodyRefused) -> JSONResponse:
-        body = problem(exc.detail, exc.reason)
-        if isinstance(exc, Busy):  # the body was read: the connection can serve again
-            return JSONResponse(body, 503, {"Retry-After": str(exc.retry_after)})
-        return JSONResponse(body, exc.status_code, {"Connection": "close"})
+        return JSONResponse(problem(exc.detail, exc.reason), exc.status_code, exc.headers_out())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -191,20 +213,26 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     say: Callable[[str], None] = print,
+    allowed_hosts: tuple[str, ...] | list[str] = (),
     **options: Any,
 ) -> None:
-    """Run the service with uvicorn until interrupted (``options``: see :func:`create_app`)."""
+    """Run the service with uvicorn until interrupted (``options``: see :func:`create_app`;
+    the address it listens on is among the allowed hosts unless it is a wildcard)."""
     import uvicorn
 
     check_port_free(host, port)  # before the model loads and before "open …" is printed
-    from harmonixr.serve.protocol import bound_malloc_arenas
+    from harmonixr.serve.protocol import bound_malloc_arenas, log_to_stderr, uvicorn_settings
 
     bound_malloc_arenas()  # before the worker threads exist: see its docstring
-    app = create_app(model, **options)
+    hosts = [*allowed_hosts] + ([] if host in ("0.0.0.0", "::", "") else [host])
+    app = create_app(model, allowed_hosts=hosts, **options)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     say(f"Harmonixr: {app.state.service.model_name()}; open http://{shown}:{port}/ (Ctrl-C stops)")
     if host not in ("127.0.0.1", "::1", "localhost"):
-        say(f"note: listening on {host}, so other machines can reach this page")
-    from harmonixr.serve.protocol import with_header_timeout
-
-    uvicorn.run(app, host=host, port=port, log_level="warning", http=with_header_timeout())
+        say(
+            f"note: listening on {host}, so other machines can reach this page, by the names "
+            f"it answers to: {', '.join(sorted(set(hosts) | {'localhost'}))} (--allowed-host "
+            "adds one; a public server belongs behind a reverse proxy: serve/nginx.conf)"
+        )
+    log_to_stderr()
+    uvicorn.run(app, host=host, port=port, **uvicorn_settings())

@@ -1,63 +1,55 @@
-"""uvicorn's HTTP/1.1 protocol with a time limit on a request's headers.
+"""How ``harmonixr serve`` runs uvicorn, with uvicorn's documented settings only (no class of
+uvicorn's is subclassed: its private internals change between releases), and the process's
+memory settings.
 
-uvicorn limits how long an idle keep-alive connection stays open, but not how long a client may
-take to send a request's headers: a client that trickles them a byte at a time keeps its
-connection, and a few thousand such clients keep the server's file descriptors. This protocol
-closes a connection whose request line and headers have not all arrived ``HEADER_TIMEOUT``
-seconds after the connection opened or after its previous response. (The body has its own
-limit: ``limits.UploadLimit``.)
+What the settings bound:
+
+- ``server_header=False``: no ``server: uvicorn`` header (a version or product tells an
+  attacker what to try).
+- ``timeout_keep_alive``: an idle keep-alive connection is closed after 5 s.
+- ``limit_concurrency``: at most ``CONNECTIONS`` connections and tasks at once; beyond, a new
+  request is answered 503 at once. A client trickling its request *headers* holds a connection
+  until then: uvicorn has no documented limit on the time headers take, so a public deployment
+  sits behind a reverse proxy that has one (``nginx.conf`` beside this module:
+  ``client_header_timeout``, and ``client_body_timeout`` for bodies).
+- ``h11_max_incomplete_event_size``: request line and headers at most 16 KB.
+- ``proxy_headers`` (uvicorn's default, trusted from 127.0.0.1 only): behind that proxy a
+  client's address is the one it forwards, so the per-address limits see real clients.
+
+Bodies have their own limits, in ASGI middleware: ``limits.UploadLimit`` (size, time, minimum
+rate) and ``limits.Gate`` (places, per address and fairly shared).
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+CONNECTIONS = 256
+KEEP_ALIVE_S = 5
+MAX_HEAD_BYTES = 16 * 1024
 
-HEADER_TIMEOUT = 10.0
+
+def uvicorn_settings() -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` (all documented settings)."""
+    return {
+        "log_level": "warning",
+        "server_header": False,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "limit_concurrency": CONNECTIONS,
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+    }
 
 
-def with_header_timeout(seconds: float = HEADER_TIMEOUT) -> type[H11Protocol]:
-    """An ``H11Protocol`` class that closes connections whose headers take over ``seconds``."""
-
-    class HeaderTimeout(H11Protocol):
-        _header_timer: asyncio.TimerHandle | None = None
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._header_timer = self.loop.call_later(seconds, self._too_slow)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _too_slow(self) -> None:
-            self._header_timer = None
-            if self.cycle is None or self.cycle.response_complete:  # no request under way
-                self.transport.close()
-
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def handle_events(self) -> None:
-            before = self.cycle
-            super().handle_events()
-            if self.cycle is not None and self.cycle is not before:
-                self._disarm()  # a request's headers arrived
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm()  # the next request's headers get the same time
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return HeaderTimeout
+def log_to_stderr() -> None:
+    """The service's log (``harmonixr.serve``: what a library said about a refused file) on
+    standard error, where uvicorn writes its own."""
+    logger = logging.getLogger("harmonixr.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:  %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 # ------------------------------------------------------------------ memory

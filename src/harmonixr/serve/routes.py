@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from harmonixr.api import MAX_K, MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
 from harmonixr.serve import schemas
 from harmonixr.serve.limits import problem
-from harmonixr.serve.service import Service, clean_name
+from harmonixr.serve.service import Service
+from harmonixr.serve.uploads import clean_name
 
 STATIC = Path(__file__).parent / "static"
 
@@ -34,9 +35,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.Problem, "description": text}
     for code, text in (
         (408, "The upload took too long to arrive."),
+        (400, "A Host the server does not serve, or a malformed multipart body."),
+        (403, "A state-changing request from another site's page (`Origin`)."),
         (413, "The upload is larger than the limit."),
         (415, "The file is not MIDI (by its header)."),
-        (422, "The MIDI file cannot be used; `reason` says why."),
+        (422, "The file cannot be used; `reason` says why."),
         (503, "Busy: retry after `Retry-After` seconds."),
     )
 }
@@ -54,7 +57,10 @@ HOP_RULE = (
     f"Seconds between window starts: between window/{MAX_OVERLAP} and window "
     f"(checked together with window; 422 bad_window otherwise)."
 )
-ONE_FILE = File(description="A MIDI file (.mid, .midi, .kar, .rmi).")
+ONE_FILE = File(
+    description="A MIDI file (.mid, .midi, .kar, .rmi) or a score (.musicxml, .mxl, .xml, "
+    ".krn, .mei)."
+)
 
 
 async def get_service(request: Request) -> Service:
@@ -98,7 +104,7 @@ async def asked(
             if await request.is_disconnected():
                 gone.set()
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
 
     watcher = asyncio.create_task(watch())
     try:
@@ -175,8 +181,7 @@ async def attribute(
 ) -> list[dict[str, Any]]:
     """Who most likely wrote the file: calibrated probabilities, and "unknown"."""
     upload = await _read(file)
-    got = await asked(request, service, [upload], lambda t: service.hx.attribute(t, k))
-    return [a.to_dict() for a in got]
+    return await asked(request, service, [upload], lambda t: service.attribute(t, k))
 
 
 @router.post("/api/similar", response_model=list[schemas.Match], responses=ERRORS)
@@ -191,10 +196,7 @@ async def similar(
 ) -> list[dict[str, Any]]:
     """The indexed pieces nearest to the file, best first."""
     upload = await _read(file)
-    got = await asked(
-        request, service, [upload], lambda t: service.hx.similar(t, k, per_work=per_work)
-    )
-    return [m.to_dict() for m in got]
+    return await asked(request, service, [upload], lambda t: service.similar(t, k, per_work))
 
 
 @router.post("/api/embed", response_model=schemas.Embedding, responses=ERRORS)
@@ -202,8 +204,7 @@ async def embed(
     request: Request, service: ServiceDep, file: UploadFile = ONE_FILE
 ) -> dict[str, Any]:
     """The file's whole-piece embedding."""
-    z = await asked(request, service, [await _read(file)], service.embed)
-    return {"dim": int(z.shape[0]), "embedding": z.tolist()}
+    return await asked(request, service, [await _read(file)], service.embed)
 
 
 @router.post("/api/timeline", response_model=list[schemas.Passage], responses=ERRORS)
@@ -260,5 +261,4 @@ async def verify(
 ) -> dict[str, Any]:
     """Whether the two files share a composer, with the calibrated probability."""
     files = [await _read(a), await _read(b)]
-    got = await asked(request, service, files, service.hx.verify)
-    return got.to_dict()
+    return await asked(request, service, files, service.verify)

@@ -103,7 +103,6 @@ class CorpusMapPoints(BaseModel):
 
 class Health(BaseModel):
     status: str
-    version: str
     model: str
     shipped: bool
     index_size: int
@@ -112,6 +111,7 @@ class Health(BaseModel):
     map: bool
     map_note: str
     max_upload_bytes: int
+    max_score_bytes: int = Field(description="Largest score file (MusicXML, .mxl, kern, MEI).")
     workers: int
     crop_s: float = Field(description="The model's crop: the timeline's default window, s.")
 

@@ -3,7 +3,14 @@ tensorize it in a child process with a time limit, embed it once and ask the mod
 
 No FastAPI here: :class:`Service` takes bytes and returns plain dictionaries (the shapes of the
 API's records), so it can be tested and timed without a server. Uploads are never written to
-disk by this module: the bytes go to the parser process through a pipe.
+disk: the bytes go to the parser process through a pipe, and an ``.mxl`` is unzipped there in
+memory.
+
+What a parse may cost (``uploads.Limits``): MIDI files 30 s; scores (MusicXML, ``.mxl``,
+kern, MEI), whose conversion costs far more per byte, their own 3 MB, 60,000 XML elements,
+40,000 notes once repeats are expanded and 40 s; every parser process 384 MB of memory over
+what it started with. Refusals say the reason in the project's words; what a library said is logged
+(logger ``harmonixr.serve``), never sent.
 """
 
 from __future__ import annotations
@@ -12,25 +19,24 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from harmonixr.midi.load import (
-    CRASHED,
+    CANCELLED,
     EMPTY,
-    MAX_SECONDS,
     NOT_MIDI,
-    TIMEOUT,
     TOO_LARGE,
     MidiError,
     Tensorized,
     failure_reason,
     parse_bytes_job,
 )
+from harmonixr.midi.scores import is_score
 from harmonixr.midi.tensorize import condense
+from harmonixr.serve.uploads import MB, Limits, UploadError, error_for, has_midi_header
 
 if TYPE_CHECKING:
     from harmonixr._pool import RobustPool
@@ -38,80 +44,7 @@ if TYPE_CHECKING:
     from harmonixr.viz.tsne import CorpusMap
 
 T = TypeVar("T")
-MB = 1024 * 1024
-
-# What each reason means to a person reading the page ({name}: the uploaded file's name).
-MESSAGES = {
-    EMPTY: "{name} is empty",
-    NOT_MIDI: "{name} is not a MIDI file (it does not start with the MIDI header 'MThd')",
-    "truncated": "{name} is cut short: {detail}",
-    "parse_error": "{name} could not be read as MIDI: {detail}",
-    "no_notes": "{name} holds no notes",
-    "no_notes_in_range": "{name} has no notes in the range the model reads ({detail})",
-    "drums_only": "{name} holds only drum-channel notes",
-    TOO_LARGE: "{name} is larger than the {limit} limit",
-    "too_long": "{name} is too long to analyse ({detail})",
-    "too_short": "{name} holds too little music to judge ({detail})",
-    "score_error": "{name} could not be rendered as a score ({detail})",
-    "too_dense": "{name} holds too many long overlapping notes to analyse ({detail})",
-    TIMEOUT: "Reading {name} took longer than {timeout:g} s and was stopped",
-    CRASHED: "{name} crashed the MIDI parser (only its own child process was lost)",
-    "internal_error": "{name} could not be read ({detail})",
-}
-
-
-class UploadError(Exception):
-    """A bad upload: the HTTP status, a reason from ``midi.load`` (or ``busy``, ``too_many``)
-    and a sentence a person can read."""
-
-    def __init__(self, status: int, reason: str, message: str, file: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message, self.file = status, reason, message, file
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"detail": self.message, "reason": self.reason, "file": self.file}
-
-
-def clean_name(name: str | None) -> str:
-    """The upload's file name for messages only (never a path on this machine)."""
-    base = PurePath((name or "").replace("\\", "/")).name.strip()
-    base = "".join(ch for ch in base if ch.isprintable())[:120]
-    return base or "the upload"
-
-
-def has_midi_header(data: bytes) -> bool:
-    """Whether ``data`` starts like a standard MIDI file (or an RMID-wrapped one)."""
-    return data[:4] == b"MThd" or (data[:4] == b"RIFF" and data[8:12] == b"RMID")
-
-
 MAX_QUIET_S = 10.0  # an upload's stretches without a new note are cut to this (see condense)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_bytes: int = 10 * MB  # one uploaded file
-    max_seconds: float = MAX_SECONDS  # a piece's length
-    parse_timeout: float = 30.0  # seconds for the child process to parse and tensorize a file
-    max_windows: int = 2000  # timeline windows of one request
-
-    def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_seconds <= 0 or self.parse_timeout <= 0:
-            raise ValueError(f"limits must be positive, got {self}")
-
-
-def error_for(exc: MidiError, name: str, limits: Limits) -> UploadError:
-    """The HTTP answer to a file the parser refused: 415 for what is not MIDI at all, 413 for
-    what is too large, 422 with the reason for the rest."""
-    status = {EMPTY: 415, NOT_MIDI: 415, TOO_LARGE: 413}.get(exc.reason, 422)
-    template = MESSAGES.get(exc.reason, "{name} cannot be used: {reason} ({detail})")
-    text = template.format(
-        name=name,
-        detail=exc.detail,
-        reason=exc.reason,
-        limit=f"{limits.max_bytes / MB:g} MB",
-        timeout=limits.parse_timeout,
-    )
-    return UploadError(status, exc.reason, text, name)
 
 
 # ------------------------------------------------------------------ the corpus map
@@ -196,6 +129,7 @@ class Service:
         self._made: list[RobustPool] = []
         self._lock = threading.Lock()
         self.abandoned = 0  # requests dropped because their client hung up
+        self.largest_parse = 0  # the most memory a parser process took over its start (bytes)
         self.map, self.map_note = find_map(hx.run.root, map_dir)
         self._map_json: dict[str, Any] | None = None
         self._colours: dict[str, str] | None = None
@@ -214,7 +148,10 @@ class Service:
         pool = self._pools.get()
         try:
             if pool is None:
-                pool = parser_pool(self.loader, workers=1, timeout=self.limits.parse_timeout)
+                lim = self.limits
+                pool = parser_pool(
+                    self.loader, workers=1, timeout=lim.parse_timeout, memory=lim.memory
+                )
                 with self._lock:
                     self._made.append(pool)
             yield pool
@@ -230,22 +167,46 @@ class Service:
 
     # ------------------------------------------------------------ inputs
 
-    def tensor(self, pool: RobustPool, data: bytes, name: str) -> np.ndarray:
-        """The uploaded file's tensor, parsed in ``pool``'s child process; raises
-        :class:`UploadError` with the status and reason for a bad file."""
-        from harmonixr.midi.scores import is_score
-
-        if not is_score(name) and not has_midi_header(data):
-            reason = EMPTY if not data else NOT_MIDI
-            raise error_for(MidiError(name, reason), name, self.limits)
+    def tensor(
+        self,
+        pool: RobustPool,
+        data: bytes,
+        name: str,
+        gone: threading.Event | None = None,
+    ) -> np.ndarray:
+        """The uploaded file's tensor, parsed in ``pool``'s child process (killed, and
+        replaced, once ``gone`` is set); raises :class:`UploadError` with the status and
+        reason for a bad file."""
         lim = self.limits
-        job = (data, name, self.hx.run.tensor, lim.max_seconds, lim.max_bytes)
-        (outcome,) = pool.imap([job])
+        score = is_score(name)
+        if not score and not has_midi_header(data):
+            reason = EMPTY if not data else NOT_MIDI
+            raise error_for(MidiError(name, reason), name, lim)
+        if score and len(data) > lim.score_bytes:
+            raise error_for(MidiError(name, TOO_LARGE), name, lim)
+        job = (data, name, self.hx.run.tensor, lim.max_seconds, lim.max_bytes, lim.scores())
+        (outcome,) = pool.imap(
+            [job],
+            timeout=lim.score_timeout if score else lim.parse_timeout,
+            cancelled=None if gone is None else gone.is_set,
+        )
+        with self._lock:
+            self.largest_parse = max(self.largest_parse, outcome.peak)
         if outcome.ok and isinstance(outcome.value, Tensorized):
             # a held note or a silence costs the model no more than MAX_QUIET_S of music
             quiet = max(1, round(MAX_QUIET_S / self.hx.run.frame_seconds))
             return condense(outcome.value.tensor, quiet)
-        raise error_for(MidiError(name, *failure_reason(outcome)), name, lim)
+        reason, detail = failure_reason(outcome)
+        if reason == CANCELLED:
+            raise self._gone()
+        if outcome.failure == "memory":
+            detail = f"reading it took more than the {lim.memory / MB:.0f} MB a file may take"
+        raise error_for(MidiError(name, reason, detail), name, lim)
+
+    def _gone(self) -> UploadError:
+        with self._lock:
+            self.abandoned += 1
+        return UploadError(499, "client_gone", "The client closed the connection")
 
     def ask(
         self,
@@ -255,21 +216,20 @@ class Service:
     ) -> T:
         """``question(*tensors)`` of the uploaded files, the whole of it (parse, forward,
         search) while holding one worker, so at most ``workers`` requests work at once. Once
-        ``gone`` is set (the client hung up) the work not yet begun is dropped: waiting for a
-        worker, each parse, the model."""
+        ``gone`` is set (the client hung up) the work is dropped: waiting for a worker, a
+        parse under way (its process is killed and replaced), the parses and the model not
+        begun."""
 
         def check() -> None:
             if gone is not None and gone.is_set():
-                with self._lock:
-                    self.abandoned += 1
-                raise UploadError(499, "client_gone", "The client closed the connection")
+                raise self._gone()
 
         check()
         with self.slot() as pool:
             check()
             tensors = []
             for data, name in files:
-                tensors.append(self.tensor(pool, data, name))
+                tensors.append(self.tensor(pool, data, name, gone))
                 check()
             return question(*tensors)
 
@@ -292,12 +252,10 @@ class Service:
         return self._colours
 
     def health(self) -> dict[str, Any]:
-        from harmonixr import __version__
-
+        """What the page needs to know (no software versions: nothing for an attacker)."""
         index = self.index
         return {
             "status": "ok",
-            "version": __version__,
             "model": self.model_name(),
             "shipped": self.hx.shipped,
             "index_size": len(index),
@@ -306,12 +264,23 @@ class Service:
             "map": self.map is not None,
             "map_note": self.map_note,
             "max_upload_bytes": self.limits.max_bytes,
+            "max_score_bytes": self.limits.score_bytes,
             "workers": self.workers,
             "crop_s": self.hx.crop_seconds,
         }
 
-    def embed(self, tensor: np.ndarray) -> np.ndarray:
-        return self.hx.embed(tensor)
+    def embed(self, tensor: np.ndarray) -> dict[str, Any]:
+        z = self.hx.embed(tensor)
+        return {"dim": int(z.shape[0]), "embedding": z.tolist()}
+
+    def attribute(self, tensor: np.ndarray, k: int) -> list[dict[str, Any]]:
+        return [a.to_dict() for a in self.hx.attribute(tensor, k)]
+
+    def similar(self, tensor: np.ndarray, k: int, per_work: int | None) -> list[dict[str, Any]]:
+        return [m.to_dict() for m in self.hx.similar(tensor, k, per_work=per_work)]
+
+    def verify(self, a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+        return self.hx.verify(a, b).to_dict()
 
     def timeline(
         self, tensor: np.ndarray, window: float | None, hop: float | None

@@ -100,8 +100,11 @@ function setStatus(text, busy) {
   node.classList.toggle("busy", Boolean(busy));
 }
 
+const SCORE = /\.(musicxml|mxl|xml|krn|mei)$/i;
+
 function tooLarge(file) {
-  const limit = state.health ? state.health.max_upload_bytes : Infinity;
+  const key = SCORE.test(file.name) ? "max_score_bytes" : "max_upload_bytes";
+  const limit = state.health ? state.health[key] : Infinity;
   return file.size > limit ? `${file.name} is larger than the ${megabytes(limit)} limit.` : "";
 }
 
@@ -114,8 +117,9 @@ async function start() {
     const composers = health.composers.length;
     $("model").textContent =
       `Model: ${health.model} · ${health.index_size} distinct files indexed · ` +
-      `${composers} named composer${composers === 1 ? "" : "s"} · Harmonixr ${health.version}`;
-    $("limit").textContent = megabytes(health.max_upload_bytes);
+      `${composers} named composer${composers === 1 ? "" : "s"}`;
+    $("limit").textContent = megabytes(health.max_upload_bytes) + " (scores " +
+      megabytes(health.max_score_bytes) + ")";
     $("n-composers").textContent = String(composers);
     if (!health.map) {
       $("map-missing").textContent = "No corpus map for this model, so none is shown: " +
