@@ -325,3 +325,35 @@ def test_shipped_unknown_probability_is_monotone():
     params = json.loads(path.read_text())
     assert all(c <= 0 for c in params["unknown_coef"]), params["unknown_coef"]
     assert params["unknown_source"].startswith("real strangers")
+
+
+def test_the_answer_is_the_top_row_of_one_table(search_run):
+    from search_fixtures import split_paths
+
+    from harmonixr.api import Harmonixr
+
+    hx = Harmonixr.load(search_run)
+    for prior in (None, 0.05, 0.5, 0.95):
+        for path in split_paths(search_run, "test")[:6]:
+            rows = [a for a in hx.attribute(path, k=50, prior_unknown=prior) if not a.barely_known]
+            assert rows[0].probability == max(a.probability for a in rows)
+            assert sum(a.probability for a in rows) == pytest.approx(1.0)
+    # an overwhelming prior makes "someone else" the answer, on top
+    top = hx.attribute(split_paths(search_run, "test")[0], prior_unknown=0.999)[0]
+    assert not top.known and top.composer == "unknown"
+
+
+def test_the_default_prior_calls_at_most_a_tenth_of_named_pieces_unknown():
+    from harmonixr.evaluate.calibrate import default_prior
+    from harmonixr.evaluate.unknown import FALSE_UNKNOWN
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(1.0, 2.0, 500)  # "someone else" log-odds at an even prior
+    best = rng.uniform(0.2, 0.9, 500)  # each piece's best named composer (closed set)
+    prior = default_prior(logits, best)
+    s = np.log(prior / (1 - prior))
+    u = 1 / (1 + np.exp(-(logits + s)))
+    called = u > best * (1 - u)  # "someone else" is the top row
+    assert called.mean() <= FALSE_UNKNOWN and prior <= 0.5
+    # pieces whose "someone else" is hopeless at an even prior need no shift at all
+    assert default_prior(np.full(50, -20.0), np.full(50, 0.5)) == pytest.approx(0.5)

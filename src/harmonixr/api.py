@@ -292,11 +292,12 @@ class Harmonixr:
         (``known=False``) by probability, then up to three *barely known* composers whose
         centroid is closer than the answer's (never named: too few training works).
 
-        The answer is "someone else" when its probability reaches the calibration's operating
-        point (chosen on validation), else the most probable named composer. Probabilities of
-        all named composers and "someone else" sum to one; they assume an even prior between
-        "a named composer" and "someone else" unless ``prior_unknown`` says otherwise (Bayes'
-        rule on the odds)."""
+        Probabilities of all named composers and "someone else" sum to one, and the answer is
+        the most probable of them: no listed row is ever more probable than the answer. They
+        assume the calibration's default prior that the composer is none of the named ones
+        (fitted on validation so that at most a tenth of the named composers' pieces are
+        answered "someone else"; ``index info`` shows it) unless ``prior_unknown`` says
+        otherwise (Bayes' rule on the odds)."""
         return self.attribute_embedding(self.embed(x), k, prior_unknown=prior_unknown)
 
     def attribute_embedding(

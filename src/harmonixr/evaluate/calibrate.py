@@ -117,7 +117,11 @@ class Calibration:
     unknown_coef: tuple[float, ...] = (0.0, 0.0, 0.0)
     unknown_bias: float = -30.0  # p(unknown) ≈ 0 until fitted
     unknown_source: str = "not fitted"
-    operating_point: float = 0.5  # p(unknown) from which the answer is "someone else"
+    operating_point: float = 0.5  # kept for reading older calibrations; see default_prior
+    # the prior that the composer is none of the named ones, used when the caller gives none;
+    # fitted on validation so that at most FALSE_UNKNOWN of its named pieces are answered
+    # "someone else" (the operating point as a prior: the answer is always the top row)
+    default_prior: float = 0.5
     same_coef: float = 0.0
     same_bias: float = 0.0
     same_fitted: bool = False
@@ -144,9 +148,13 @@ class Calibration:
         sims = np.atleast_2d(np.asarray(sims, np.float64))
         if sims.shape[1] == 0:
             return np.ones(sims.shape[0])
-        x = open_set_features(sims, self.spread_mean, self.spread_std)
-        logit = x @ np.asarray(self.unknown_coef) + self.unknown_bias + prior_shift(prior_unknown)
-        return sigmoid(logit)
+        prior = self.default_prior if prior_unknown is None else prior_unknown
+        return sigmoid(self.unknown_logits(sims) + prior_shift(prior))
+
+    def unknown_logits(self, sims: np.ndarray) -> np.ndarray:
+        """(N,) log-odds of "someone else" at an even prior."""
+        x = open_set_features(np.atleast_2d(sims), self.spread_mean, self.spread_std)
+        return x @ np.asarray(self.unknown_coef) + self.unknown_bias
 
     def composer_probabilities(
         self, z: np.ndarray, sims: np.ndarray, prior_unknown: float | None = None
@@ -167,10 +175,11 @@ class Calibration:
 
     def decide(self, probs: np.ndarray, unknown: np.ndarray) -> np.ndarray:
         """(N,) the answer from probabilities already computed (``composer_probabilities``):
-        -1 ("someone else") from the operating point on, else the most probable composer."""
+        the most probable row of the one table {each named composer, someone else}, -1 for
+        "someone else" (so no listed row is ever more probable than the answer)."""
         if probs.shape[1] == 0:
             return np.full(len(unknown), -1)
-        return np.where(unknown >= self.operating_point, -1, probs.argmax(axis=1))
+        return np.where(unknown > probs.max(axis=1), -1, probs.argmax(axis=1))
 
     def same_probability(self, cos: np.ndarray | float) -> np.ndarray:
         cos = np.asarray(cos, np.float64)
@@ -320,16 +329,33 @@ def _fit_unknown(
             "auc": roc_auc(-(x @ np.asarray(coef)), y),
         }
     params.update(unknown_coef=tuple(coef), unknown_bias=bias, unknown_source=source)
-    u = Calibration(**params).unknown_probability(emb, sims)
-    point = operating_point(u)
-    params["operating_point"] = point
+    cal = Calibration(**params)
+    u = cal.unknown_probability(emb, sims, 0.5)
+    params["operating_point"] = operating_point(u)
+    prior = default_prior(cal.unknown_logits(sims), p_closed.max(axis=1))
+    params["default_prior"] = prior
+    u = sigmoid(cal.unknown_logits(sims) + prior_shift(prior))
+    named_unknown = u > p_closed.max(axis=1) * (1.0 - u)
     report["operating_point"] = {
         "measured_on": FITTED_ON,
-        "rule": f"max(0.5, p reached by {FALSE_UNKNOWN:.0%} of validation pieces of "
-        "named composers)",
-        "value": point,
-        "named_called_unknown": float(np.mean(u >= point)),
+        "rule": "the prior of 'someone else' (at most an even one) under which at most "
+        f"{FALSE_UNKNOWN:.0%} of validation pieces of named composers have it as their most "
+        "probable row",
+        "value": prior,
+        "named_called_unknown": float(np.mean(named_unknown)),
     }
+
+
+def default_prior(unknown_logits: np.ndarray, best_closed: np.ndarray) -> float:
+    """The prior that makes "someone else" the most probable row for at most ``FALSE_UNKNOWN``
+    of these pieces of named composers, never above an even prior. A piece's "someone else"
+    (log-odds ``l + s`` at a prior of log-odds ``s``) beats its best composer (``m`` of the
+    closed set, times ``1 − p(unknown)``) exactly when ``l + s > log m``."""
+    t = np.log(np.maximum(np.asarray(best_closed, np.float64), 1e-300)) - unknown_logits
+    if t.size == 0:
+        return 0.5
+    s = min(0.0, float(np.quantile(t, FALSE_UNKNOWN, method="lower")))
+    return float(sigmoid(np.array(s)))
 
 
 def fit_calibration(
