@@ -222,3 +222,14 @@ def test_the_second_stage_writes_a_run_every_room_reads(search_run, search_run_c
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="already holds a run"):
         train_head(search_run_copy, cache, out, config)
+    # the ablation scores the encoder, the second stage and the baselines on the same split
+    from harmonixr.experiments.ablation import STATS_LR, run_ablation
+
+    report = run_ablation(
+        search_run_copy / "split.json", cache, search_run_copy, {"both": out}, resamples=20
+    )
+    methods = report["methods"]
+    assert {"ViT (crop head)", "second stage: both", STATS_LR} <= set(methods)
+    for m in methods.values():
+        assert 0.0 <= m["verify"]["auc"]["value"] <= 1.0
+    assert report["sizes"]["test"] == len(Run.open(search_run_copy).split_manifest()["test"])

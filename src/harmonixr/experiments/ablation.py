@@ -68,8 +68,12 @@ def split_rows(
     info: dict[str, Any] = {"left_out_recurring": {s: len(v) for s, v in left_out.items()}}
     if source is not None:
         trained = {r.composer for r in sides["train"]}
-        info["unmeasured"] = sum(r.composer not in trained for r in sides["test"])
-        sides["test"] = [r for r in sides["test"] if r.composer in trained]
+        known = [r for r in sides["test"] if r.composer in trained]
+        if known:
+            info["unmeasured"] = len(sides["test"]) - len(known)
+            sides["test"] = known
+        else:  # a source of composers found nowhere else: only its own pairs, all unseen
+            info["unseen_composers_only"] = True
     info["sizes"] = {s: len(v) for s, v in sides.items()}
     return sides, info
 
