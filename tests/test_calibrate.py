@@ -357,3 +357,31 @@ def test_the_default_prior_calls_at_most_a_tenth_of_named_pieces_unknown():
     assert called.mean() <= FALSE_UNKNOWN and prior <= 0.5
     # pieces whose "someone else" is hopeless at an even prior need no shift at all
     assert default_prior(np.full(50, -20.0), np.full(50, 0.5)) == pytest.approx(0.5)
+
+
+def test_someone_else_is_withdrawn_where_held_out_figures_miss_the_bar(search_run_copy):
+    from search_fixtures import split_paths
+
+    from harmonixr.api import Harmonixr
+    from harmonixr.evaluate.unknown import open_set_verdict
+    from harmonixr.search.measure import store_held_out
+
+    good = {"detection_auc": 0.8, "strangers_caught": {"value": 0.7}, "known_called_unknown": 0.1}
+    assert open_set_verdict(good) == (False, "")
+    for key, bad in (("detection_auc", 0.74), ("strangers_caught", 0.5),
+                     ("known_called_unknown", 0.2)):  # fmt: skip
+        withdrawn, note = open_set_verdict({**good, key: bad})
+        assert withdrawn and "cannot tell" in note
+    assert open_set_verdict({})[0]  # never measured on strangers: no claim
+
+    path = split_paths(search_run_copy, "test")[0]
+    before = Harmonixr.load(search_run_copy)
+    assert before.open_set and any(not a.known for a in before.attribute(path, k=50))
+    store_held_out(search_run_copy, {"open_set_all": {**good, "detection_auc": 0.5}})
+    hx = Harmonixr.load(search_run_copy)
+    assert not hx.open_set and "0.50" in hx.open_set_note
+    rows = [a for a in hx.attribute(path, k=50, prior_unknown=0.99) if not a.barely_known]
+    assert all(a.known for a in rows)  # no "someone else" row, whatever the prior
+    assert sum(a.probability for a in rows) == pytest.approx(1.0)
+    assert rows[0].probability == max(a.probability for a in rows)
+    assert all(p.unknown == 0.0 for p in hx.timeline(path))

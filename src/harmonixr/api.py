@@ -271,8 +271,9 @@ class Harmonixr:
             Attribution(cal.composers[c], float(probs[0, c]), float(sims[0, c])) for c in order
         ]
         other = Attribution(UNKNOWN, float(unknown[0]), None, known=False)
+        listed = named if cal.open_set_withdrawn else [*named, other]  # see open_set
         first = other if answer < 0 else named[order.index(answer)]
-        rest = sorted((a for a in [*named, other] if a is not first), key=lambda a: -a.probability)
+        rest = sorted((a for a in listed if a is not first), key=lambda a: -a.probability)
         out = [first, *rest]
         top = float(sims[0].max()) if sims.shape[1] else -1.0
         column = index.barely_known_columns
@@ -284,6 +285,15 @@ class Harmonixr:
             for c in close
         ]
         return out
+
+    @property
+    def open_set(self) -> bool:
+        """Whether "someone else" is an answer: False when, measured held out (``index
+        measure``), it missed the bar (``open_set_note`` says by how much); the answer is then
+        the closest named composer, probabilities over the named ones."""
+        return not self._index().calibration.open_set_withdrawn
+
+    open_set_note = property(lambda self: self._index().calibration.open_set_note)
 
     def attribute(
         self, x: Input, k: int = 5, *, prior_unknown: float | None = None

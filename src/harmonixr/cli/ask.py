@@ -66,13 +66,17 @@ def attribute(
     k: Annotated[int, typer.Option("--k", "-k", help="Named composers to list.")] = 5,
     prior_unknown: Annotated[
         float | None,
-        typer.Option(help="Prior that the composer is none of the named ones (default 0.5)."),
+        typer.Option(
+            help="Prior that the composer is none of the named ones (default: the index's, "
+            "fitted on validation; no effect where 'someone else' is withdrawn)."
+        ),
     ] = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Who most likely wrote FILE: the answer first, then calibrated probabilities."""
-    result = load_model(model).attribute(file, k=k, prior_unknown=prior_unknown)
+    hx = load_model(model)
+    result = hx.attribute(file, k=k, prior_unknown=prior_unknown)
     if as_json:
         print_json([a.to_dict() for a in result])
         return
@@ -88,6 +92,12 @@ def attribute(
         prob = "" if a.barely_known else f"{a.probability:.3f}"
         table.add_row(f"[bold]{name}[/bold] ← answer" if n == 0 else name, prob, score)
     out.print(table)
+    if not hx.open_set:
+        out.print(
+            f"Closest named composer: {result[0].composer} ({result[0].probability:.2f}); "
+            f"{hx.open_set_note}.",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -160,15 +170,19 @@ def timeline(
         print_json([p.to_dict() for p in passages])
         return
     table = Table(title=f"{file.name}, {window:g} s windows every {hop:g} s")
-    for col in ("from", "to", "most likely", "probability", "unknown"):
+    columns = ("from", "to", "most likely", "probability", "unknown")[: 5 if hx.open_set else 4]
+    for col in columns:
         table.add_column(col, justify="left" if col == "most likely" else "right")
     for p in passages:
         best = max(p.probabilities, key=p.probabilities.__getitem__, default="")
         top = p.probabilities.get(best, 0.0)
         if p.unknown > top:
             best, top = "none of the known composers", p.unknown
-        table.add_row(f"{p.start_s:.1f}", f"{p.end_s:.1f}", best, f"{top:.3f}", f"{p.unknown:.3f}")
+        row = [f"{p.start_s:.1f}", f"{p.end_s:.1f}", best, f"{top:.3f}", f"{p.unknown:.3f}"]
+        table.add_row(*row[: len(columns)])
     out.print(table)
+    if not hx.open_set:
+        out.print(hx.open_set_note, style="dim", highlight=False)
     out.print(TIMELINE_NOTE, style="dim")
 
 

@@ -34,7 +34,12 @@ What a user sees and how it is made:
 
 ``Calibration.report`` holds the figures measured on the validation side the parts were fitted
 on, each labelled ``measured_on``; held-out figures are measured by ``search.measure`` and
-added under ``held_out`` with the side they come from."""
+added under ``held_out`` with the side they come from.
+
+One module, over 400 lines: the fitted parameters, how they are applied to a question and how
+each is fitted on validation share one record (``Calibration``) and its JSON form, which must
+not drift apart.
+"""
 
 from __future__ import annotations
 
@@ -122,6 +127,10 @@ class Calibration:
     # fitted on validation so that at most FALSE_UNKNOWN of its named pieces are answered
     # "someone else" (the operating point as a prior: the answer is always the top row)
     default_prior: float = 0.5
+    # "someone else" is withdrawn as an answer when measured held out below the bar
+    # (``open_set_verdict``): every probability is then over the named composers alone
+    open_set_withdrawn: bool = False
+    open_set_note: str = ""
     same_coef: float = 0.0
     same_bias: float = 0.0
     same_fitted: bool = False
@@ -148,6 +157,8 @@ class Calibration:
         sims = np.atleast_2d(np.asarray(sims, np.float64))
         if sims.shape[1] == 0:
             return np.ones(sims.shape[0])
+        if self.open_set_withdrawn:
+            return np.zeros(sims.shape[0])
         prior = self.default_prior if prior_unknown is None else prior_unknown
         return sigmoid(self.unknown_logits(sims) + prior_shift(prior))
 

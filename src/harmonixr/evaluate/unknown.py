@@ -147,3 +147,40 @@ def simulated_strangers(
     ranked = -np.sort(-hidden, axis=1)  # the hidden column (-inf) sorts last
     x1[:, 1] = ranked[:, 0] - ranked[:, 1] if e > 2 else 0.0
     return np.concatenate([x0, x1]), np.concatenate([np.zeros(n), np.ones(n)]).astype(np.int64)
+
+
+# what "someone else" must reach, held out (test side and outsiders pooled), to stay an answer
+OPEN_SET_BAR = {"detection_auc": 0.75, "strangers_caught": 0.60, "known_called_unknown": 0.15}
+
+
+def open_set_verdict(figures: dict[str, Any]) -> tuple[bool, str]:
+    """(withdrawn, note) from held-out open-set figures (values or estimates): withdrawn unless
+    detection AUC, strangers caught and named pieces called unknown all meet ``OPEN_SET_BAR``."""
+
+    def v(key: str) -> float | None:
+        x = figures.get(key)
+        x = x.get("value") if isinstance(x, dict) else x
+        return None if x is None else float(x)
+
+    auc, caught, false = (v(k) for k in OPEN_SET_BAR)
+    ok = (
+        auc is not None
+        and caught is not None
+        and false is not None
+        and auc >= OPEN_SET_BAR["detection_auc"]
+        and caught >= OPEN_SET_BAR["strangers_caught"]
+        and false <= OPEN_SET_BAR["known_called_unknown"]
+    )
+    if ok:
+        return False, ""
+
+    def show(x: float | None) -> str:
+        return "not measured" if x is None else f"{x:.2f}"
+
+    return True, (
+        "this model cannot tell whether a piece is by a composer it does not know: held out, "
+        f"its 'someone else' reached a detection AUC of {show(auc)} and caught {show(caught)} "
+        f"of strangers while calling {show(false)} of named composers' pieces unknown (the bar: "
+        f"{OPEN_SET_BAR['detection_auc']}, {OPEN_SET_BAR['strangers_caught']}, "
+        f"{OPEN_SET_BAR['known_called_unknown']}); probabilities are over the named composers"
+    )

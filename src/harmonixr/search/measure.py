@@ -36,6 +36,7 @@ from harmonixr.evaluate.metrics import expected_calibration_error
 from harmonixr.evaluate.openset import open_set_figures
 from harmonixr.evaluate.protocols import topk_credit
 from harmonixr.evaluate.records import Estimate, Side, formatted, json_ready, value
+from harmonixr.evaluate.unknown import open_set_verdict
 from harmonixr.evaluate.verification import Pairs, pair_figures, verify_figures, verify_pairs
 from harmonixr.midi.files import load_files
 from harmonixr.search.index import INDEX_DIR, Index, check_index
@@ -295,10 +296,13 @@ def _music21_blocks(
 
 
 def store_held_out(run_dir: str | Path, report: dict[str, Any]) -> None:
-    """Put the held-out figures beside the fitted-on ones in the index's calibration."""
+    """Put the held-out figures beside the fitted-on ones in the index's calibration, and
+    withdraw "someone else" as an answer when they are below ``OPEN_SET_BAR``."""
     path = Path(run_dir) / INDEX_DIR / "calibration.json"
     cal = json.loads(path.read_text())
     cal["report"]["held_out"] = report
+    pooled = report.get("open_set_all") or report.get("open_set") or {}
+    cal["open_set_withdrawn"], cal["open_set_note"] = open_set_verdict(pooled)
     atomic_json(path, cal, indent=1)
 
 

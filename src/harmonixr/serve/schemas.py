@@ -114,6 +114,12 @@ class Health(BaseModel):
     max_score_bytes: int = Field(description="Largest score file (MusicXML, .mxl, kern, MEI).")
     workers: int
     crop_s: float = Field(description="The model's crop: the timeline's default window, s.")
+    open_set: bool = Field(
+        default=True,
+        description="Whether 'someone else' is an answer (it is withdrawn where, "
+        "measured held out, it did not work).",
+    )
+    open_set_note: str = Field(default="", description="Why it is withdrawn, with the figures.")
 
 
 class Problem(BaseModel):

@@ -267,6 +267,8 @@ class Service:
             "max_score_bytes": self.limits.score_bytes,
             "workers": self.workers,
             "crop_s": self.hx.crop_seconds,
+            "open_set": self.hx.open_set,
+            "open_set_note": self.hx.open_set_note,
         }
 
     def embed(self, tensor: np.ndarray) -> dict[str, Any]:

@@ -198,6 +198,16 @@ async function show(result, current = () => true) {
 function drawBars(attribution) {
   const list = $("bars");
   list.replaceChildren();
+  // where "someone else" did not work held out, it is no answer: say what the answer means
+  const note = $("open-set-note");
+  const withdrawn = state.health && state.health.open_set === false && attribution.length > 0;
+  note.hidden = !withdrawn;
+  if (withdrawn) {
+    const top = attribution[0];
+    note.textContent =
+      `Closest named composer: ${top.composer} (${percent(top.probability)}); ` +
+      `${state.health.open_set_note}.`;
+  }
   attribution.forEach((a, i) => {
     const name = a.known || a.barely_known ? a.composer : "Someone else";
     const fill = el("span", { class: "fill" });
@@ -419,10 +429,15 @@ function drawPassageTable(passages) {
         el("td", {}, clock(p.end_s)),
         el("td", {}, composer === "unknown" ? "someone else" : composer),
         el("td", { class: "num" }, percent(prob)),
-        el("td", { class: "num" }, percent(p.unknown)),
+        ...(openSet() ? [el("td", { class: "num" }, percent(p.unknown))] : []),
       ),
     );
   }
+  for (const th of document.querySelectorAll(".unknown-col")) th.hidden = !openSet();
+}
+
+function openSet() {
+  return !state.health || state.health.open_set !== false;
 }
 
 // ------------------------------------------------------------------ the map
