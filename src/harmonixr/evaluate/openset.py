@@ -163,15 +163,20 @@ def open_set_figures(
     units: np.ndarray,
     resamples: int,
     seed: int,
+    answered: bool = False,
 ) -> dict[str, Any]:
     """Detection AUC (score p), the share of known pieces called unknown and of strangers
     caught at the operating point, answer accuracy on both, and the ECE of p at an even prior
     (classes reweighted to equal mass), each with a unit-bootstrap interval. ``point`` may
-    differ per piece (each fold its own); ``units`` label known pieces then strangers."""
+    differ per piece (each fold its own); with ``answered``, ``point`` is instead each piece's
+    answer already made (True: "someone else"). ``units`` label known pieces then strangers."""
     nk, ns = len(p_known), len(p_strangers)
     p = np.concatenate([p_known, p_strangers])
     y = np.concatenate([np.zeros(nk, bool), np.ones(ns, bool)])
-    said = p >= np.broadcast_to(np.asarray(point, np.float64), p.shape)
+    if answered:
+        said = np.asarray(point, bool)
+    else:
+        said = p >= np.broadcast_to(np.asarray(point, np.float64), p.shape)
     answer_right = np.concatenate([right_known & ~said[:nk], said[nk:]])
 
     def mean(v: np.ndarray, m: np.ndarray, w: np.ndarray) -> float:

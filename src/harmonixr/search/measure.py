@@ -117,18 +117,20 @@ class _Measure:
         }
 
     def open_set(self, known: Side, strangers: Side) -> dict[str, Any]:
-        _, pk, ak = self.scored(known.embeddings)
-        pu = self.scored(strangers.embeddings)[1] if len(strangers) else np.zeros(0)
+        """Detection by p(unknown) at an even prior (AUC, ECE); caught and called unknown by
+        the answers themselves ("someone else" the top row, at the index's default prior)."""
+        sk, _, ak = self.scored(known.embeddings)
+        pk = self.cal.unknown_probability(known.embeddings, sk, 0.5)
+        if len(strangers):
+            su, _, au = self.scored(strangers.embeddings)
+            pu = self.cal.unknown_probability(strangers.embeddings, su, 0.5)
+        else:
+            pu, au = np.zeros(0), np.zeros(0, int)
         lab = np.array([self.named[c] for c in known.composer])
         units = np.concatenate([known.unit, np.array([f"c:{c}" for c in strangers.composer])])
+        said = np.concatenate([ak < 0, au < 0])
         return open_set_figures(
-            pk,
-            pu,
-            self.cal.operating_point,
-            ak == lab,
-            units,
-            self.boot.resamples,
-            self.boot.seed,
+            pk, pu, said, ak == lab, units, self.boot.resamples, self.boot.seed, answered=True
         )
 
     def verify(self, t: Side) -> dict[str, Any]:
