@@ -366,7 +366,7 @@ def default_prior(unknown_logits: np.ndarray, best_closed: np.ndarray) -> float:
     if t.size == 0:
         return 0.5
     s = min(0.0, float(np.quantile(t, FALSE_UNKNOWN, method="lower")))
-    return float(sigmoid(np.array(s)))
+    return float(np.clip(sigmoid(np.array(s)), 1e-9, 0.5))  # a prior stays a probability
 
 
 def fit_calibration(

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from harmonixr.data.cache import CachedPiece, TensorCache
-from harmonixr.data.splits import load_split, without_recurring
+from harmonixr.data.splits import load_split, read_split, without_recurring
 from harmonixr.evaluate.baselines import baseline_folds, histogram_table, probability_space
 from harmonixr.evaluate.loso import loso_report
 from harmonixr.evaluate.protocols import RUN_PROTOCOLS, Fold, Settings, evaluate_folds
@@ -76,6 +76,27 @@ def split_rows(
             info["unseen_composers_only"] = True
     info["sizes"] = {s: len(v) for s, v in sides.items()}
     return sides, info
+
+
+def check_inputs(split_json: Path, trunk: Path | None, heads: dict[str, Path]) -> None:
+    """Refuse runs that are not of this split: the trunk and every head must carry the same
+    sides (by path), and a head must sit on this trunk's weights."""
+
+    def sides_of(path: Path) -> dict[str, set[str]]:
+        m = read_split(path)
+        return {s: {e["path"] if isinstance(e, dict) else e for e in m[s]} for s in SIDES}
+
+    want = sides_of(split_json)
+    runs = ([trunk] if trunk is not None else []) + list(heads.values())
+    for r in runs:
+        if sides_of(Path(r) / "split.json") != want:
+            raise ValueError(f"{r}: its split is not {split_json}")
+    if trunk is not None:
+        sha = Run.open(trunk).weights_sha256()
+        for name, h in heads.items():
+            head = json.loads((Path(h) / "config.json").read_text()).get("head", {})
+            if head.get("branches") != "stats" and head.get("trunk_weights_sha256") != sha:
+                raise ValueError(f"{h} ({name}): trained on another encoder than {trunk}")
 
 
 def arms(
@@ -145,6 +166,7 @@ def run_ablation(
     side: str = "test",
     seed: int = 0,
 ) -> dict[str, Any]:
+    check_inputs(split_json, trunk, heads)
     with TensorCache(data) as cache:
         sides, info = split_rows(cache, split_json, source)
         methods = arms(cache, sides, trunk, heads)

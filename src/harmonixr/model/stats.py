@@ -1,18 +1,22 @@
-"""Whole-piece statistics: the second input of SiaViT (docs/architecture.md, "statistics branch").
+"""Whole-piece statistics: the second input of SiaViT (docs/design.md, "The statistics branch").
 
 Everything is read off the ``uint8 (T, 12, 6)`` tensor, so a file, a score, an upload, a cached
 piece and a timeline window all get the same numbers without the notes. A *cell* is a key
 (pitch class × octave, notes F1–E7); it *sounds* in a frame when its value is above zero, and a
 note *starts* in a frame when its cell rises above the frame before (a new key, or a key struck
-again: the tensor's values only decay while a note is held).
+again: the tensor's values only decay while a note is held). A key struck again no louder than
+it still sounds, in the very next frame (repeated 50 ms notes), reads as one long note. The
+numbers assume the default tensors (50 ms frames from F1, decaying values); the second stage
+refuses others.
 
 The vector (:data:`STATS_DIM` numbers, :func:`describe` names its parts) holds, per piece:
 
 - pitch classes weighted by how long they sound, absolute and rotated to an estimated key
-  (Krumhansl–Kessler profiles, major or minor), the key's mode and how clearly it wins;
+  (Krumhansl–Kessler profiles, major or minor), the key's mode and its profile's correlation;
 - the register: how long each of the 72 keys sounds, and the mean and spread of the notes
   started;
-- note starts per second and the share of frames with a start;
+- note starts per second of sounding music (log(1 + rate)) and the share of sounding frames
+  with a start;
 - polyphony (keys sounding per frame) and chord size (keys starting together);
 - melodic intervals (−12…+12 semitones) of the top line and of the bass, the notes that start
   highest and lowest in each frame with a start, and their mean size;

@@ -37,7 +37,7 @@ from harmonixr.model.embed import piece_windows, pool_features
 from harmonixr.model.encoder import SiaViT
 from harmonixr.model.io import save_weights
 from harmonixr.model.losses import group_supcon
-from harmonixr.model.stats import STATS_DIM, STATS_VERSION
+from harmonixr.model.stats import FRAME_S, LOW_NOTE, STATS_DIM, STATS_VERSION
 from harmonixr.train.piece_inputs import Views, build_views, cached_stats, window_features_cached
 from harmonixr.train.rundir import CONFIG, SPLIT, Run
 
@@ -145,6 +145,13 @@ def train_head(
     if (out / CONFIG).is_file() and (out / "model.safetensors").is_file():
         raise ValueError(f"{out}: already holds a run; use another --out")
     out.mkdir(parents=True, exist_ok=True)
+    if (run.tensor.frame_ms, run.tensor.low_note) != (FRAME_S * 1000.0, LOW_NOTE) or (
+        run.tensor.binary or not run.tensor.decay
+    ):
+        raise ValueError(
+            f"{source}: the statistics read 50 ms frames from F1 with decaying values (the "
+            f"default tensors); this run's are {run.tensor}"
+        )
     with TensorCache(data) as cache:
         run.check_tensors(cache.config, data)
         rows = cache.pieces()
@@ -260,7 +267,11 @@ def train_head(
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if progress:
                     progress(f"head (validation AUC {auc:.3f})", step, config.steps)
-        assert best_state is not None
+        if best_state is None:
+            raise ValueError(
+                f"{source}: no validation AUC could be measured (its validation side needs "
+                "pieces of at least two composers in different groups)"
+            )
         model.load_state_dict(best_state)
         return log, best_step, best_auc
 

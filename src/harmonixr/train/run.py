@@ -28,7 +28,7 @@ from harmonixr.data.pairs import (
     centre_crop,
     protocol_pair_sets,
 )
-from harmonixr.data.splits import load_split, make_split, save_split
+from harmonixr.data.splits import load_split, make_split, save_split, without_recurring
 from harmonixr.model.io import WEIGHTS, save_weights
 from harmonixr.train.config import TrainConfig, build_model_config, check_resume
 from harmonixr.train.module import SiameseModule, ValData
@@ -315,7 +315,9 @@ def train(
             split = make_split(rows, config.split, config.split_fractions, config.seed)
         composers = sorted({r.composer for r in rows})
         train_set = PieceSet.from_cache(cache, [rows[i] for i in split["train"]], composers)
-        val_set = PieceSet.from_cache(cache, [rows[i] for i in split["val"]], composers)
+        # validation chooses the checkpoint: never on music the training side holds
+        val_rows = [rows[i] for i in without_recurring(split, rows)[0]["val"]]
+        val_set = PieceSet.from_cache(cache, val_rows, composers)
 
     rank_zero = all(  # torchrun sets RANK, Lightning's launcher LOCAL_RANK, SLURM SLURM_PROCID
         int(os.environ.get(k, "0")) == 0 for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")
