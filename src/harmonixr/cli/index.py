@@ -228,7 +228,10 @@ def _show_index(info: dict, as_json: bool) -> None:
         table.add_row("barely known", f"{len(info['barely_known'])} (never named)")
     table.add_row(
         "someone else",
-        f"{info['unknown_model']}; answer when p ≥ {info['operating_point']:.3f}",
+        f"withdrawn: {info['open_set_note']}"
+        if not info.get("open_set", True)
+        else f"{info['unknown_model']}; the answer when it is the most probable row, at a "
+        f"default prior of {info.get('default_prior', 0.5):.3f}",
     )
     for label, fitted, held in calibration_rows(info["calibration"]):
         table.add_row(label, f"fitted on validation: {fitted}\nmeasured held out: {held}")

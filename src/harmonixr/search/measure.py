@@ -242,6 +242,7 @@ def measure_index(
     report: dict[str, Any] = {
         "model_sha256": index.manifest.get("model_sha256"),
         "operating_point": cal.operating_point,
+        "default_prior": cal.default_prior,
         "unknown_model": cal.unknown_source,
         "test_pieces": {k: int((kind == k).sum()) for k in ("named", "barely known", "stranger")},
         "fitted_on_validation": {
@@ -349,8 +350,9 @@ def measure_markdown(r: dict[str, Any]) -> str:
         "",
         f"Model {str(r.get('model_sha256'))[:12]}; test side: "
         + ", ".join(f"{n} {k}" for k, n in r["test_pieces"].items())
-        + f" pieces. Operating point p(unknown) ≥ {_n(r['operating_point'])}; unknown model: "
-        f"{r['unknown_model']}. Intervals: 95 % bootstrap over groups (strangers: composers).",
+        + " pieces. The answer is the most probable row, at a default prior of 'someone "
+        f"else' of {_n(r.get('default_prior', 0.5))}; unknown model: {r['unknown_model']}. "
+        "Intervals: 95 % bootstrap over groups (strangers: composers).",
         "",
         "## Fitted on validation vs measured held out",
         "",
