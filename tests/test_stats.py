@@ -25,11 +25,19 @@ def _tensor(notes):
     return t
 
 
-def test_a_real_file_gives_the_same_numbers_as_its_tensor():
-    score = make_score([(frames(0), frames(8), 60, 80), (frames(8), frames(8), 64, 80)])
-    tensor = tensorize_score(score, TensorConfig()).tensor
-    np.testing.assert_array_equal(piece_stats(tensor), piece_stats(np.array(tensor)))
-    assert _part(piece_stats(tensor), "top_intervals")[12 + 4] == pytest.approx(1.0)
+def test_a_real_file_gives_its_onsets_and_inter_onset_intervals():
+    # four quarter notes of 0.5 s at 120 bpm, each held 0.4 s: 2 s of sounding music
+    score = make_score([(i * frames(10), frames(8), 60 + 2 * i, 80) for i in range(4)])
+    vec = piece_stats(tensorize_score(score, TensorConfig()).tensor)
+    sounding_s = 4 * 0.4
+    np.testing.assert_allclose(
+        _part(vec, "onset_density"), [np.log1p(4 / sounding_s), 1 / 8], rtol=1e-6
+    )
+    assert _part(vec, "ioi_typical")[0] == pytest.approx(np.log2(0.5))
+    # every inter-onset interval equals its local beat: all in the bin around log2(1) = 0
+    ioi = _part(vec, "ioi_ratios") ** 2
+    assert ioi.max() == pytest.approx(1.0) and ioi.argmax() == 6
+    assert _part(vec, "top_intervals")[12 + 2] == pytest.approx(1.0)
 
 
 def _part(vec, name):
@@ -195,6 +203,7 @@ def test_the_second_stage_writes_a_run_every_room_reads(search_run, search_run_c
     import json
     import shutil
 
+    from harmonixr.data.cache import TensorCache
     from harmonixr.model.io import load_encoder
     from harmonixr.search.index import build_index
     from harmonixr.train.piece_head import HeadConfig, train_head
@@ -214,12 +223,24 @@ def test_the_second_stage_writes_a_run_every_room_reads(search_run, search_run_c
     source = load_encoder(search_run)
     torch.testing.assert_close(encoder.stem.conv.weight, source.stem.conv.weight)
     build_index(out, cache)
-    from harmonixr.data.cache import TensorCache
 
     with TensorCache(cache) as c:
         tensors = [c.load(r) for r in c.pieces()[:3]]
     z = run.embed(tensors)
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
+    # the exported weights are the best validation step's: their validation AUC is the best
+    from harmonixr.train.piece_head import validation_auc
+
+    with TensorCache(cache) as c:
+        rows = c.pieces()
+        val = [rows[i] for i in run.split(rows)["val"]]
+        z = run.embed([c.load(r) for r in val])
+    names = sorted({r.composer for r in val})
+    auc = validation_auc(
+        z, np.array([names.index(r.composer) for r in val]), np.array([r.group for r in val])
+    )
+    assert auc == pytest.approx(log["best_val_auc"], abs=1e-4)
+    assert log["best_val_auc"] == max(e["val_auc"] for e in log["log"])
     with pytest.raises(ValueError, match="already holds a run"):
         train_head(search_run_copy, cache, out, config)
     # the ablation scores the encoder, the second stage and the baselines on the same split
@@ -233,3 +254,42 @@ def test_the_second_stage_writes_a_run_every_room_reads(search_run, search_run_c
     for m in methods.values():
         assert 0.0 <= m["verify"]["auc"]["value"] <= 1.0
     assert report["sizes"]["test"] == len(Run.open(search_run_copy).split_manifest()["test"])
+
+
+def test_a_statistics_model_reads_the_whole_piece_through_its_head():
+    from harmonixr.model.embed import (
+        embed_pieces,
+        embed_windows,
+        head_embeddings,
+        piece_windows,
+        window_features,
+    )
+
+    model = _stats_model()
+    tensors = [_tensor(_notes()), _tensor(_notes(shift=4))]
+    tensors.append(np.repeat(tensors[0], 5, axis=0))  # longer than a crop: several windows
+    crop = 40
+    # by the rule: the valid-frame-weighted mean of the windows' pooled tokens, then the head
+    # with the statistics of the whole piece
+    expect = []
+    for t in tensors:
+        w = piece_windows([t], crop, crop // 2)
+        f = window_features(model, [t], w, crop)
+        v = np.array([x.valid for x in w], np.float64)
+        mean = (f * v[:, None]).sum(0) / v.sum()
+        expect.append(head_embeddings(model, mean[None].astype(np.float32),
+                                      piece_stats(t)[None])[0])  # fmt: skip
+    for chunk in (1, 64):
+        got = embed_pieces(model, tensors, crop, chunk=chunk)
+        np.testing.assert_allclose(got, np.stack(expect), atol=1e-5)
+    given = np.stack([piece_stats(t) for t in tensors])
+    np.testing.assert_allclose(embed_pieces(model, tensors, crop, stats=given), got, atol=1e-6)
+    with pytest.raises(ValueError, match="statistics vectors"):
+        embed_pieces(model, tensors, crop, stats=given[:1])
+    # a window reads its own statistics, not the piece's
+    w = piece_windows([tensors[2]], crop, crop)
+    own = embed_windows(model, [tensors[2]], w, crop)
+    seg = tensors[2][w[1].start : w[1].start + w[1].valid]
+    f = window_features(model, [tensors[2]], w[1:2], crop)
+    np.testing.assert_allclose(own[1], head_embeddings(model, f, piece_stats(seg)[None])[0],
+                               atol=1e-5)  # fmt: skip
