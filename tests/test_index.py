@@ -239,3 +239,31 @@ def test_an_index_parked_by_a_killed_build_is_put_back(search_run_copy):
     (search_run_copy / "index").rename(parked)  # killed after parking the old index
     _recover_builds(search_run_copy)
     assert not parked.exists() and Index.load(search_run_copy / "index").items
+
+
+def test_the_index_records_its_back_end_and_an_older_index_is_refused(search_run_copy):
+    manifest = json.loads((search_run_copy / "index" / "index.json").read_text())
+    assert manifest["backend"] == "cosine" and manifest["format"] == 3
+    Index.load(search_run_copy / "index")
+    manifest["format"] = 2
+    (search_run_copy / "index" / "index.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="rebuild it with `harmonixr index build"):
+        Index.load(search_run_copy / "index")
+    manifest["format"], manifest["backend"] = 3, "lda"
+    (search_run_copy / "index" / "index.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="scored by 'lda'"):
+        Index.load(search_run_copy / "index")
+
+
+def test_embed_then_cosine_ranks_pairs_as_verify_does(search_run):
+    hx = Harmonixr.load(search_run)
+    paths = split_paths(search_run, "test")[:5]
+    z = hx.embed(paths)
+    pairs = [(a, b) for a in range(len(paths)) for b in range(a + 1, len(paths))]
+    cos = [float(z[a] @ z[b]) for a, b in pairs]
+    verdicts = [hx.verify(paths[a], paths[b]) for a, b in pairs]
+    np.testing.assert_allclose([v.similarity for v in verdicts], cos, atol=1e-5)
+    # verify's probability is a non-decreasing function of that cosine
+    order = np.argsort(cos)
+    probs = np.array([verdicts[i].probability for i in order])
+    assert (np.diff(probs) >= -1e-9).all()

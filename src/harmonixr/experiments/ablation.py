@@ -19,6 +19,8 @@ validation side; the test side is only measured.
 
     python -m harmonixr.experiments.ablation SPLIT_JSON --data CACHE --out OUT.json \\
         [--trunk RUN] [--head NAME=RUN ...] [--source S] [--resamples 300] [--side test|val]
+    python -m harmonixr.experiments.ablation SPLIT_JSON --data CACHE --out - --source S \\
+        --write-loso-split      # the split of holding S out, for training its runs
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonixr._files import atomic_json
 from harmonixr.data.cache import CachedPiece, TensorCache
 from harmonixr.data.splits import load_split, read_split, without_recurring
 from harmonixr.evaluate.baselines import baseline_folds, histogram_table, probability_space
@@ -76,6 +79,25 @@ def split_rows(
             info["unseen_composers_only"] = True
     info["sizes"] = {s: len(v) for s, v in sides.items()}
     return sides, info
+
+
+def write_loso_split(data: Path, source: str, out: Path, seed: int = 0) -> dict[str, int]:
+    """The split of holding ``source`` out (``evaluate.loso.holdout``: its pieces whose
+    composer the training side holds are the test side, other sources' pieces of a unit it
+    touches are set aside, validation drawn from the rest), as a split manifest at ``out``
+    (training runs read it with ``split_file``). Returns the sizes."""
+    from harmonixr.data.splits import split_manifest
+    from harmonixr.evaluate.loso import holdout
+
+    with TensorCache(data) as cache:
+        rows = cache.pieces()
+    corpus = _labels(rows, np.zeros((len(rows), 1), np.float32))
+    h = holdout(corpus, source, seed=seed)
+    split = {k: [int(i) for i in v] for k, v in h.sides.items()}
+    manifest = split_manifest(rows, split, mode="leave-one-source-out", held_out=source, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_json(out, manifest)
+    return h.sizes()
 
 
 def check_inputs(split_json: Path, trunk: Path | None, heads: dict[str, Path]) -> None:
@@ -201,7 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source")
     p.add_argument("--resamples", type=int, default=300)
     p.add_argument("--side", choices=("test", "val"), default="test")
+    p.add_argument(
+        "--write-loso-split",
+        action="store_true",
+        help="Write SPLIT as the split of holding --source out, then stop.",
+    )
     a = p.parse_args(argv)
+    if a.write_loso_split:
+        print(write_loso_split(a.data, a.source, a.split))
+        return
     heads = dict(h.split("=", 1) for h in a.head)
     report = run_ablation(
         a.split,

@@ -45,7 +45,11 @@ if TYPE_CHECKING:
     from harmonixr.model.encoder import SiaViT
 
 INDEX_DIR = "index"
-FORMAT = 2  # 2: named composers, probe and operating point in calibration.json
+# 2: named composers, probe and operating point in calibration.json; 3: the scoring back-end
+FORMAT = 3
+# How every question scores two embeddings: the cosine of the vectors ``embed`` returns (a
+# statistics model's head is trained for it), so users' own tools score as ``verify`` does.
+BACKEND = "cosine"
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -199,7 +203,16 @@ class Index:
             raise ValueError(f"{root}: no index (build one with `harmonixr index build`)")
         manifest = json.loads((root / "index.json").read_text())
         if manifest.get("format") != FORMAT:
-            raise ValueError(f"{root}: index format {manifest.get('format')}, expected {FORMAT}")
+            raise ValueError(
+                f"{root}: index format {manifest.get('format')}, expected {FORMAT} (an index from "
+                "an earlier Harmonixr, which did not record its scoring back-end); rebuild it "
+                "with `harmonixr index build RUN --data CACHE`"
+            )
+        if manifest.get("backend") != BACKEND:
+            raise ValueError(
+                f"{root}: scored by {manifest.get('backend')!r}, this Harmonixr scores by "
+                f"{BACKEND!r}; rebuild it with `harmonixr index build RUN --data CACHE`"
+            )
         columns = json.loads((root / "items.json").read_text())
         n = len(columns["sha256"])
         for c, default in _OPTIONAL.items():  # columns added later read as empty
@@ -223,6 +236,7 @@ class Index:
             "dim": self.dim,
             **self.store.describe(),
             "model_sha256": m.get("model_sha256"),
+            "backend": m.get("backend"),
             "built": m.get("built"),
             "source": m.get("source"),
             "known_composers": [
@@ -235,6 +249,9 @@ class Index:
             "barely_known": self.barely_known,
             "unknown_model": self.calibration.unknown_source,
             "operating_point": self.calibration.operating_point,
+            "default_prior": self.calibration.default_prior,
+            "open_set": not self.calibration.open_set_withdrawn,
+            "open_set_note": self.calibration.open_set_note,
             "calibration": self.calibration.report,
             "threshold": self.calibration.threshold,
             "notes": list(self.calibration.notes),
@@ -366,6 +383,7 @@ def build_index(
     sha = run.weights_sha256()
     manifest = {
         "format": FORMAT,
+        "backend": BACKEND,
         "dim": run.dim,
         "model_sha256": sha,
         "tensor": run.tensor.to_dict(),
