@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonixr._files import atomic_json, atomic_write
+from harmonixr._files import atomic_json, atomic_write, sha256_file
 from harmonixr.data.cache import CachedPiece, TensorCache
 from harmonixr.evaluate.baselines import baseline_folds, histogram_table
 from harmonixr.evaluate.protocols import RUN_PROTOCOLS, Curves, Fold, Settings, evaluate_folds
@@ -139,6 +139,7 @@ def evaluate_run(
         "intervals": INTERVALS,
         "weightings": WEIGHTINGS,
         "weights": {"path": str(weights_path), "step": info.get("step"), "ema": the_run.train.ema},
+        "model_sha256": {"0": sha256_file(weights_path)},
         "measured_on": held,
         "choices_made_on": "val",
         "choices": choices,
