@@ -77,27 +77,17 @@ class DynamicMarginContrastive(nn.Module):
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """Mean over anchors with at least one positive of
-    ``−1/|P(i)| Σ_{p∈P(i)} log( exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ) )``."""
-    z = z.float()
-    n = z.shape[0]
-    sim = z @ z.T / temperature
-    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(self_mask, float("-inf"))
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    pos = (labels[:, None] == labels[None, :]) & ~self_mask
-    n_pos = pos.sum(1)
-    has = n_pos > 0
-    if not bool(has.any()):
-        return z.sum() * 0.0
-    per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1)[has] / n_pos[has]
-    return per_anchor.mean()
+    ``−1/|P(i)| Σ_{p∈P(i)} log( exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ) )``: :func:`group_supcon`
+    with every piece its own group."""
+    return group_supcon(z, labels, torch.arange(len(z), device=z.device), temperature)
 
 
 def group_supcon(
     z: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """Supervised contrastive loss in which two pieces of one group are neither positive nor
-    negative (their shared music must not be what makes them close)."""
+    """Supervised contrastive loss (see :func:`supcon_loss`) in which two pieces of one group
+    are neither positive nor negative (their shared music must not be what makes them close):
+    positives are the same label in another group, the denominator runs over other groups."""
     same_group = groups[:, None] == groups[None, :]
     # the loss masks out "self"; masking same-group pairs the same way means pushing their
     # similarity to −∞ in the denominator and never counting them as positives
