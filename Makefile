@@ -48,10 +48,11 @@ demo: install
 	$(HX) viz filters $(DEMO_RUN)
 	$(HX) viz curves $(DEMO_RUN)
 	@echo "Who wrote these? Three built-in pieces the shipped model never saw: a Bach chorale, a Mozart"
-	@echo "string quartet movement and a Palestrina mass movement. Right answers: Bach, Mozart, 'someone else'"
-	@echo "(Palestrina is not among its 61 named composers). Check them against its answers (the first row):"
-	@echo "it learnt keyboard music, and on vocal and quartet scores it is right for about 1 named-composer"
-	@echo "piece in 7 and 3 outsiders in 10 (docs/model-card.md), so expect misses."
+	@echo "string quartet movement and a Palestrina mass movement. Right answers: Bach, Mozart, and for"
+	@echo "Palestrina none of its named composers. Each table lists calibrated probabilities over the named"
+	@echo "composers, most probable first (the answer); 'similarity' is the cosine to that composer's centre."
+	@echo "The model does not answer 'someone else' (measured held out, it did not work: docs/model-card.md),"
+	@echo "so Palestrina gets the closest named composer. It learnt keyboard music: expect misses on these."
 	@d=$$($(PY) -c "from harmonixr.midi.builtin import builtin_dir; print(builtin_dir())"); \
 	for f in $$(ls $$d/bach__*.mid | head -1) $$(ls $$d/mozart__*.mid | head -1) \
 	         $$(ls $$d/palestrina__*.mid | head -1); do $(HX) attribute $$f --k 3 || exit 1; done
