@@ -16,6 +16,7 @@ what it started with. Refusals say the reason in the project's words; what a lib
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -131,6 +132,8 @@ class Service:
         self.abandoned = 0  # requests dropped because their client hung up
         self.largest_parse = 0  # the most memory a parser process took over its start (bytes)
         self.map, self.map_note = find_map(hx.run.root, map_dir)
+        if self.map is None:
+            logging.getLogger("harmonixr.serve").info("no corpus map: %s", self.map_note)
         self._map_json: dict[str, Any] | None = None
         self._colours: dict[str, str] | None = None
 

@@ -122,8 +122,8 @@ async function start() {
       megabytes(health.max_score_bytes) + ")";
     $("n-composers").textContent = String(composers);
     if (!health.map) {
-      $("map-missing").textContent = "No corpus map for this model, so none is shown: " +
-        health.map_note + ".";
+      // the reason (and how to make one) is for whoever runs the server: it is in its log
+      $("map-missing").textContent = "No corpus map ships with this model, so none is shown.";
       $("map-missing").hidden = false;
     }
   } catch (err) {
