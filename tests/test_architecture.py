@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": BASE | {"midi"},
     "train": BASE | {"midi", "data", "model"},
     "evaluate": BASE | {"midi", "data", "model", "train"},
-    "search": BASE | {"midi", "data", "model", "train", "evaluate"},
+    "search": BASE | {"midi", "data", "model", "train", "evaluate", "results"},
     "experiments": BASE | {"midi", "data", "model", "train", "evaluate"},
     "viz": BASE | {"midi", "data", "model", "train", "evaluate", "search"},
     "results": BASE | {"midi"},

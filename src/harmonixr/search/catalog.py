@@ -28,6 +28,7 @@ import numpy as np
 
 from harmonixr._files import atomic_json, atomic_write
 from harmonixr.evaluate.calibrate import Calibration
+from harmonixr.results import Match
 from harmonixr.search.store import FaissStore, MilvusStore, VectorStore
 from harmonixr.train.rundir import Run
 
@@ -41,7 +42,8 @@ BACKEND = "cosine"
 
 @dataclass(frozen=True)
 class Item:
-    """One indexed piece."""
+    """One indexed piece, as ``items.json`` stores it; a search hands it out as a
+    :class:`~harmonixr.results.Match` (:meth:`match`: all but ``group``, with its similarity)."""
 
     composer: str
     title: str
@@ -53,6 +55,10 @@ class Item:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
+
+    def match(self, similarity: float) -> Match:
+        shown = {f.name: getattr(self, f.name) for f in fields(Match) if f.name != "similarity"}
+        return Match(similarity=similarity, **shown)
 
 
 _COLUMNS = [f.name for f in fields(Item)]
@@ -97,10 +103,8 @@ class Index:
 
     # ------------------------------------------------------------ queries
 
-    def search(
-        self, queries: np.ndarray, k: int, per_work: int | None = None
-    ) -> list[list[tuple[Item, float]]]:
-        """The ``k`` most similar items per query (cosine similarity, best first); with
+    def search(self, queries: np.ndarray, k: int, per_work: int | None = None) -> list[list[Match]]:
+        """The ``k`` most similar items per query, as matches (cosine similarity, best first); with
         ``per_work``, at most that many of one piece (same composer and title: its
         performances, or its copies), the best of each. Not the split group, which can hold
         a whole opus."""
@@ -120,7 +124,7 @@ class Index:
                         if seen.get(key, 0) >= per_work:
                             continue
                         seen[key] = seen.get(key, 0) + 1
-                    hits.append((it, float(s)))
+                    hits.append(it.match(float(s)))
                     if len(hits) == k:
                         break
                 out.append(hits)
