@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": BASE | {"midi"},
     "train": BASE | {"midi", "data", "model"},
     "evaluate": BASE | {"midi", "data", "model", "train"},
-    "search": BASE | {"midi", "data", "model", "train", "evaluate"},
+    "search": BASE | {"midi", "data", "model", "train", "evaluate", "results"},
     "experiments": BASE | {"midi", "data", "model", "train", "evaluate"},
     "viz": BASE | {"midi", "data", "model", "train", "evaluate", "search"},
     "results": BASE | {"midi"},
@@ -246,10 +246,7 @@ def test_every_room_is_in_the_rules():
 
 # modules of other rooms' current work still over the limit: each waiver must still be needed
 # (the test fails once the module is short enough, so that the waiver goes too)
-WAIVED = {
-    "data/cache.py": "the cache's schema, migration and preprocess; to be split",
-    "search/index.py": "the index and its records (issue 25: the service's records); to be split",
-}
+WAIVED: dict[str, str] = {}  # module → why it is still long
 
 
 def length_problem(text: str) -> str | None:

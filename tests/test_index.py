@@ -193,13 +193,13 @@ def test_per_work_keeps_the_best_rendition_of_each_piece(tmp_path):
     index.add(vectors, items)
     query = np.array([[1.0, 0.0, 0.0]], np.float32)
     (raw,) = index.search(query, 3)
-    assert [it.path for it, _ in raw] == ["A0.mid", "A1.mid", "A2.mid"]
+    assert [m.path for m in raw] == ["A0.mid", "A1.mid", "A2.mid"]
     (one,) = index.search(query, 3, per_work=1)
-    assert [it.path for it, _ in one] == ["A0.mid", "B3.mid", "C5.mid"]
+    assert [m.path for m in one] == ["A0.mid", "B3.mid", "C5.mid"]
     (two,) = index.search(query, 4, per_work=2)
-    assert [it.path for it, _ in two] == ["A0.mid", "A1.mid", "B3.mid", "B4.mid"]
+    assert [m.path for m in two] == ["A0.mid", "A1.mid", "B3.mid", "B4.mid"]
     (few,) = index.search(query, 10, per_work=1)  # fewer pieces than asked: all of them
-    assert [it.path for it, _ in few] == ["A0.mid", "B3.mid", "C5.mid"]
+    assert [m.path for m in few] == ["A0.mid", "B3.mid", "C5.mid"]
 
 
 def test_a_rebuild_cleans_up_after_a_killed_build_and_nothing_else(search_run_copy):

@@ -145,6 +145,22 @@ def test_openapi_documents_every_endpoint(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_the_api_records_are_the_service_shapes_and_keep_their_descriptions(client):
+    """Attribution, Match, Verdict and Passage are declared once (``harmonixr.results``); the
+    schema documents their fields from there."""
+    from harmonixr import results
+    from harmonixr.serve import schemas
+
+    shapes = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("Attribution", "Match", "Verdict", "Passage"):
+        assert getattr(schemas, name, getattr(results, name)) is getattr(results, name)
+    assert "centroid" in shapes["Attribution"]["properties"]["score"]["description"]
+    assert "corpus" in shapes["Match"]["properties"]["performer"]["description"]
+    assert "even prior" in shapes["Verdict"]["properties"]["probability"]["description"]
+    assert "sum 1" in shapes["Passage"]["properties"]["probabilities"]["description"]
+    assert set(shapes["Match"]["required"]) == {"composer", "title", "path", "similarity"}
+
+
 def test_routes_get_their_service_through_the_get_service_dependency(client, piece):
     from harmonixr.serve.routes import get_service
 

@@ -330,10 +330,7 @@ class Harmonixr:
         if per_work is not None and per_work < 1:
             raise ValueError(f"per_work must be at least 1, got {per_work}")
         (hits,) = self._index().search(np.asarray(z, np.float32).reshape(1, -1), k, per_work)
-        return [
-            Match(it.composer, it.title, it.path, sim, it.sha256, it.performer, it.source)
-            for it, sim in hits
-        ]
+        return hits
 
     def verify(self, a: Input, b: Input) -> Verdict:
         """Whether ``a`` and ``b`` share a composer, with the calibrated probability; the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,12 @@ import numpy as np
 
 from harmonixr._files import atomic_write
 from harmonixr.midi.load import MidiError
+
+
+def described(text: str, **default: Any) -> Any:
+    """A field with its description, which the service's OpenAPI page (``/docs``) shows
+    (pydantic reads it from the field's metadata); ``default=`` as ``dataclasses.field``."""
+    return field(metadata={"description": text}, **default)
 
 
 @dataclass(frozen=True)
@@ -24,11 +30,15 @@ class Attribution:
     few training works to be named, shown with its similarity and probability 0 (its share is
     part of "someone else")."""
 
-    composer: str
-    probability: float
-    score: float | None
+    composer: str = described(
+        'The first entry is the answer: a named composer, or "unknown" (known=false, someone else).'
+    )
+    probability: float = described("Calibrated; named entries with unknown sum to 1.")
+    score: float | None = described("Cosine similarity to the composer's centroid.")
     known: bool = True
-    barely_known: bool = False
+    barely_known: bool = described(
+        "Too few training works to be named: shown, probability 0.", default=False
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,13 +46,15 @@ class Attribution:
 
 @dataclass(frozen=True)
 class Match:
+    """An indexed piece near the question."""
+
     composer: str
     title: str
-    path: str
-    similarity: float
+    path: str = described("The piece's path as the index recorded it.")
+    similarity: float = described("Cosine similarity of the whole-piece embeddings.")
     sha256: str = ""
-    performer: str = ""
-    source: str = ""
+    performer: str = described("Who played it, where the corpus says.", default="")
+    source: str = described("The corpus, edition or converter it came from.", default="")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,9 +62,11 @@ class Match:
 
 @dataclass(frozen=True)
 class Verdict:
+    """Whether two pieces are by the same composer."""
+
     similarity: float
-    same_composer: bool
-    probability: float  # of the same composer, at an even prior
+    same_composer: bool = described("probability ≥ 0.5")
+    probability: float = described("Of the same composer, at an even prior.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,9 +77,9 @@ class Passage:
     """One window of a timeline; unpacks as ``(start_s, end_s, probabilities)``. The known
     composers' probabilities and ``unknown`` sum to one."""
 
-    start_s: float
+    start_s: float = described("In the music analysed (long quiet stretches cut).")
     end_s: float
-    probabilities: dict[str, float]
+    probabilities: dict[str, float] = described("Known composers; with unknown, sum 1.")
     unknown: float
 
     def __iter__(self) -> Iterator[Any]:

@@ -1,21 +1,6 @@
-"""The persistent index of a run (``RUN/index/``): whole-piece embeddings of its corpus in a
-vector store, a metadata table, composer centroids and the calibration.
-
-```
-RUN/index/
-  index.json        what built it: model hash, store, dimension, centroid composers, counts
-  items.json        the metadata table, one column per field (row i = vector id i)
-  centroids.npy     (C, D) unit composer centroids, from the run's TRAIN split only
-  calibration.json  probe + calibration: TRAIN and VALIDATION splits only (evaluate/calibrate.py)
-  embeddings.npy    (N, D) float32 (FAISS store) [+ hnsw.faiss above HNSW_MIN vectors]
-```
-
-No pickle anywhere: JSON, ``.npy`` and ``faiss.write_index``. ``items.json`` is written last
-and is the commit point of an ``add``: vectors past its length (an interrupted add) are
-ignored on load and overwritten by the next one. The test split is never read for a choice.
-
-One module, over 400 lines: building, loading, searching and extending an index share its
-on-disk format (the manifest, the items, the commit point), which must not drift."""
+"""Building a run's index (``RUN/index/``, :mod:`harmonixr.search.catalog`) from the run and its
+tensor cache, crash-safe, and adding files to it without a rebuild. The index's format, its
+record and the :class:`Index` class live in ``catalog.py``; they are importable from here too."""
 
 from __future__ import annotations
 
@@ -27,16 +12,24 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harmonixr._files import atomic_json, atomic_write, sha256_file
-from harmonixr.evaluate.calibrate import Calibration, OpenSetModel, fit_calibration
+from harmonixr._files import sha256_file
+from harmonixr.evaluate.calibrate import OpenSetModel, fit_calibration
 from harmonixr.midi.files import load_files
 from harmonixr.midi.load import UNREADABLE, MidiError
+from harmonixr.search.catalog import (
+    BACKEND,
+    FORMAT,
+    INDEX_DIR,
+    Index,
+    Item,
+    check_index,
+)
 from harmonixr.search.store import FaissStore, MilvusStore, VectorStore, milvus_uri
 from harmonixr.train.rundir import Run
 
@@ -44,218 +37,24 @@ if TYPE_CHECKING:
     from harmonixr._pool import RobustPool
     from harmonixr.model.encoder import SiaViT
 
-INDEX_DIR = "index"
-# 2: named composers, probe and operating point in calibration.json; 3: the scoring back-end
-FORMAT = 3
-# How every question scores two embeddings: the cosine of the vectors ``embed`` returns (a
-# statistics model's head is trained for it), so users' own tools score as ``verify`` does.
-BACKEND = "cosine"
 ProgressFn = Callable[[int, int, str], None]
 
-
-@dataclass(frozen=True)
-class Item:
-    """One indexed piece."""
-
-    composer: str
-    title: str
-    group: str
-    path: str
-    sha256: str
-    performer: str = ""  # who played it, where the corpus says
-    source: str = ""  # the corpus, edition or converter it came from
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-_COLUMNS = [f.name for f in fields(Item)]
-_OPTIONAL = {f.name: f.default for f in fields(Item) if isinstance(f.default, str)}
-
-
-class Index:
-    """Search, centroids and calibration of one run; see the module docstring."""
-
-    def __init__(
-        self,
-        root: Path,
-        items: list[Item],
-        store: VectorStore,
-        centroids: np.ndarray,
-        known: Sequence[str],
-        calibration: Calibration,
-        manifest: dict[str, Any],
-    ) -> None:
-        self.root, self.items, self.store = root, items, store
-        self.centroids, self.known = centroids, list(known)
-        self.calibration, self.manifest = calibration, manifest
-        self._shas = {it.sha256 for it in items}
-        column = {c: k for k, c in enumerate(self.known)}
-        missing = [c for c in calibration.composers if c not in column]
-        if missing:
-            raise ValueError(f"{root}: calibrated composers without a centroid: {missing[:3]}")
-        self._named = np.array([column[c] for c in calibration.composers], np.int64)
-        named = set(calibration.composers)
-        # composers with a centroid who are never named (too few training works): their columns
-        self.barely_known_columns = {c: k for c, k in column.items() if c not in named}
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __contains__(self, sha256: str) -> bool:
-        return sha256 in self._shas
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    # ------------------------------------------------------------ queries
-
-    def search(
-        self, queries: np.ndarray, k: int, per_work: int | None = None
-    ) -> list[list[tuple[Item, float]]]:
-        """The ``k`` most similar items per query (cosine similarity, best first); with
-        ``per_work``, at most that many of one piece (same composer and title: its
-        performances, or its copies), the best of each. Not the split group, which can hold
-        a whole opus."""
-        queries = np.atleast_2d(queries)
-        fetch = k if per_work is None else min(len(self), max(k, k * 8))
-        while True:
-            sims, ids = self.store.search(queries, fetch)
-            out = []
-            for srow, irow in zip(sims, ids, strict=True):
-                hits, seen = [], {}  # seen: pieces (composer, title) → count
-                for s, i in zip(srow, irow, strict=True):
-                    if not 0 <= i < len(self):
-                        continue
-                    it = self.items[i]
-                    if per_work is not None:
-                        key = (it.composer, it.title)
-                        if seen.get(key, 0) >= per_work:
-                            continue
-                        seen[key] = seen.get(key, 0) + 1
-                    hits.append((it, float(s)))
-                    if len(hits) == k:
-                        break
-                out.append(hits)
-            if per_work is None or fetch >= len(self) or all(len(h) == k for h in out):
-                return out
-            fetch = min(len(self), fetch * 4)  # one work filled the window: look further
-
-    def composer_similarities(self, z: np.ndarray) -> np.ndarray:
-        """(N, C) cosine similarity of each embedding to each known composer's centroid."""
-        return np.atleast_2d(z).astype(np.float32) @ self.centroids.T
-
-    def named_similarities(self, sims: np.ndarray) -> np.ndarray:
-        """The columns of :meth:`composer_similarities` of the named composers, in the
-        calibration's order."""
-        return np.atleast_2d(sims)[:, self._named]
-
-    def scores(
-        self, z: np.ndarray, prior_unknown: float | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """How every question scores embeddings ``z``: the similarity to every composer's
-        centroid, to the named composers', the named composers' calibrated probabilities and
-        that of "someone else" (``Calibration.composer_probabilities``)."""
-        every = self.composer_similarities(z)
-        sims = self.named_similarities(every)
-        probs, unknown = self.calibration.composer_probabilities(z, sims, prior_unknown)
-        return every, sims, probs, unknown
-
-    @property
-    def barely_known(self) -> list[str]:
-        """Composers with a centroid who are never named (too few training works)."""
-        return list(self.barely_known_columns)
-
-    # ------------------------------------------------------------ writing
-
-    def add(self, vectors: np.ndarray, items: Sequence[Item]) -> list[Item]:
-        """Append pieces not present yet (by sha256, also within ``items``); returns those
-        added. Incremental: FAISS appends to its index, Milvus upserts. Call :meth:`save`."""
-        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
-        keep, seen = [], set(self._shas)
-        for i, it in enumerate(items):
-            if it.sha256 not in seen:
-                seen.add(it.sha256)
-                keep.append(i)
-        new = [items[i] for i in keep]
-        if new:
-            self.store.add(vectors[keep], [it.to_dict() for it in new], len(self.items))
-            self.items.extend(new)
-            self._shas = seen
-        return new
-
-    def save(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        centroids = np.asarray(self.centroids, np.float32)
-        atomic_write(self.root / "centroids.npy", lambda tmp: np.save(tmp, centroids))
-        atomic_json(self.root / "calibration.json", self.calibration.to_dict(), indent=1)
-        manifest = {**self.manifest, **self.store.describe(), "known": self.known}
-        atomic_json(self.root / "index.json", manifest, indent=1)
-        self.store.save(self.root)
-        columns = {c: [getattr(it, c) for it in self.items] for c in _COLUMNS}
-        atomic_json(self.root / "items.json", columns)  # the commit point
-
-    @classmethod
-    def load(cls, root: str | Path) -> Index:
-        root = Path(root)
-        if not (root / "index.json").is_file():
-            raise ValueError(f"{root}: no index (build one with `harmonixr index build`)")
-        manifest = json.loads((root / "index.json").read_text())
-        if manifest.get("format") != FORMAT:
-            raise ValueError(
-                f"{root}: index format {manifest.get('format')}, expected {FORMAT} (an index from "
-                "an earlier Harmonixr, which did not record its scoring back-end); rebuild it "
-                "with `harmonixr index build RUN --data CACHE`"
-            )
-        if manifest.get("backend") != BACKEND:
-            raise ValueError(
-                f"{root}: scored by {manifest.get('backend')!r}, this Harmonixr scores by "
-                f"{BACKEND!r}; rebuild it with `harmonixr index build RUN --data CACHE`"
-            )
-        columns = json.loads((root / "items.json").read_text())
-        n = len(columns["sha256"])
-        for c, default in _OPTIONAL.items():  # columns added later read as empty
-            columns.setdefault(c, [default] * n)
-        items = [Item(*vals) for vals in zip(*(columns[c] for c in _COLUMNS), strict=True)]
-        store: VectorStore
-        if manifest["store"] == "milvus":
-            store = MilvusStore(manifest["uri"], manifest["collection"], int(manifest["dim"]))
-        else:
-            store = FaissStore.load(root, manifest, len(items))
-        calibration = Calibration.from_dict(json.loads((root / "calibration.json").read_text()))
-        centroids = np.load(root / "centroids.npy")
-        return cls(root, items, store, centroids, manifest["known"], calibration, manifest)
-
-    def info(self) -> dict[str, Any]:
-        per = Counter(it.composer for it in self.items)
-        m = self.manifest
-        return {
-            "root": str(self.root),
-            "items": len(self),
-            "dim": self.dim,
-            **self.store.describe(),
-            "model_sha256": m.get("model_sha256"),
-            "backend": m.get("backend"),
-            "built": m.get("built"),
-            "source": m.get("source"),
-            "known_composers": [
-                {"composer": c, "train_pieces": m.get("train_pieces", {}).get(c, 0)}
-                for c in self.known
-            ],
-            "pieces_per_composer": dict(per.most_common()),
-            "named_composers": list(self.calibration.composers),
-            "min_works": self.calibration.min_works,
-            "barely_known": self.barely_known,
-            "unknown_model": self.calibration.unknown_source,
-            "operating_point": self.calibration.operating_point,
-            "default_prior": self.calibration.default_prior,
-            "open_set": not self.calibration.open_set_withdrawn,
-            "open_set_note": self.calibration.open_set_note,
-            "calibration": self.calibration.report,
-            "threshold": self.calibration.threshold,
-            "notes": list(self.calibration.notes),
-        }
+# the index's own names, for the callers that import them from here
+__all__ = [
+    "BACKEND",
+    "FORMAT",
+    "INDEX_DIR",
+    "AddResult",
+    "Index",
+    "Item",
+    "ProgressFn",
+    "add_files",
+    "build_index",
+    "centroids_of",
+    "check_index",
+    "load_open_set",
+    "source_label",
+]
 
 
 # ------------------------------------------------------------------ building
@@ -410,16 +209,6 @@ def build_index(
     return index
 
 
-def check_index(index: Index, run: Run) -> None:
-    """Refuse an index built with other weights than the run holds now: its vectors,
-    centroids and calibration belong to another model."""
-    if index.manifest.get("model_sha256") != run.weights_sha256():
-        raise ValueError(
-            f"{index.root}: built with other weights than {run.weights_path}; rebuild it "
-            f"(harmonixr index build {run.root})"
-        )
-
-
 _BUILD = re.compile(r"^\.index\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.(?P<kind>tmp|old)$")
 
 
@@ -489,7 +278,7 @@ def add_files(
     todo: list[tuple[int, str, str]] = []
     duplicates: list[str] = []
     errors: dict[int, MidiError] = {}
-    seen = set(index._shas)
+    seen: set[str] = set()  # met in this request
     for n, p in enumerate(paths):
         path = str(Path(p).resolve())
         try:
@@ -497,7 +286,7 @@ def add_files(
         except OSError as exc:
             errors[n] = MidiError(path, UNREADABLE, exc.strerror or str(exc))
             continue
-        if sha in seen:
+        if sha in index or sha in seen:
             duplicates.append(os.fspath(p))
         else:
             seen.add(sha)

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from harmonixr.api import MAX_K, MAX_OVERLAP, MAX_WINDOW_S, MIN_WINDOW_S
+from harmonixr.results import Attribution, Match, Passage, Verdict
 from harmonixr.serve import schemas
 from harmonixr.serve.limits import problem
 from harmonixr.serve.service import Service
@@ -172,7 +173,7 @@ async def corpus_map(service: ServiceDep) -> dict[str, Any]:
     return await run_in_threadpool(service.corpus_map)
 
 
-@router.post("/api/attribute", response_model=list[schemas.Attribution], responses=ERRORS)
+@router.post("/api/attribute", response_model=list[Attribution], responses=ERRORS)
 async def attribute(
     request: Request,
     service: ServiceDep,
@@ -184,7 +185,7 @@ async def attribute(
     return await asked(request, service, [upload], lambda t: service.attribute(t, k))
 
 
-@router.post("/api/similar", response_model=list[schemas.Match], responses=ERRORS)
+@router.post("/api/similar", response_model=list[Match], responses=ERRORS)
 async def similar(
     request: Request,
     service: ServiceDep,
@@ -207,7 +208,7 @@ async def embed(
     return await asked(request, service, [await _read(file)], service.embed)
 
 
-@router.post("/api/timeline", response_model=list[schemas.Passage], responses=ERRORS)
+@router.post("/api/timeline", response_model=list[Passage], responses=ERRORS)
 async def timeline(
     request: Request,
     service: ServiceDep,
@@ -252,7 +253,7 @@ async def analyze(
     )
 
 
-@router.post("/api/verify", response_model=schemas.Verdict, responses=ERRORS)
+@router.post("/api/verify", response_model=Verdict, responses=ERRORS)
 async def verify(
     request: Request,
     service: ServiceDep,

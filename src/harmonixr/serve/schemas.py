@@ -1,46 +1,13 @@
-"""The service's response shapes: the API's records (``harmonixr.results``) as pydantic
-models, so that the OpenAPI page at ``/docs`` documents them and every answer is checked against
-them."""
+"""The service's response shapes, so that the OpenAPI page at ``/docs`` documents them and every
+answer is checked against them: pydantic models of what only the service answers, and the
+API's own records (``harmonixr.results``: ``Attribution``, ``Match``, ``Verdict``, ``Passage``,
+stdlib dataclasses whose fields carry their descriptions), declared once there."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-
-class Attribution(BaseModel):
-    composer: str = Field(
-        description='The first entry is the answer: a named composer, or "unknown" (known=false, '
-        "someone else)."
-    )
-    probability: float = Field(description="Calibrated; named entries with unknown sum to 1.")
-    score: float | None = Field(description="Cosine similarity to the composer's centroid.")
-    known: bool = True
-    barely_known: bool = Field(
-        False, description="Too few training works to be named: shown, probability 0."
-    )
-
-
-class Match(BaseModel):
-    composer: str
-    title: str
-    path: str = Field(description="The piece's path as the index recorded it.")
-    similarity: float = Field(description="Cosine similarity of the whole-piece embeddings.")
-    sha256: str = ""
-    performer: str = Field("", description="Who played it, where the corpus says.")
-    source: str = Field("", description="The corpus, edition or converter it came from.")
-
-
-class Verdict(BaseModel):
-    similarity: float
-    same_composer: bool = Field(description="probability ≥ 0.5")
-    probability: float = Field(description="Of the same composer, at an even prior.")
-
-
-class Passage(BaseModel):
-    start_s: float = Field(description="In the music analysed (long quiet stretches cut).")
-    end_s: float
-    probabilities: dict[str, float] = Field(description="Known composers; with unknown, sum 1.")
-    unknown: float
+from harmonixr.results import Attribution, Match, Passage
 
 
 class Embedding(BaseModel):
