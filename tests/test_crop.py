@@ -71,7 +71,8 @@ def test_the_service_and_the_page_read_the_crop_from_the_run(run20):
 
     path = _piece(run20)
     data = Path(path).read_bytes()
-    with TestClient(create_app(run20)) as client:
+    # the service answers only to the hosts it serves (localhost by default)
+    with TestClient(create_app(run20), base_url="http://localhost") as client:
         assert client.get("/api/health").json()["crop_s"] == CROP
         got = client.post("/api/analyze", files={"file": ("p.mid", data, "audio/midi")})
         assert got.status_code == 200, got.text
