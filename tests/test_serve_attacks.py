@@ -340,6 +340,15 @@ def test_uploads_never_touch_the_disk(search_run, piece, tmp_path, monkeypatch):
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
     monkeypatch.setenv("TMPDIR", str(spool))
+    # a spooled upload rolls over into an unnamed file (no trace in the folder): count those
+    rolled = []
+    rollover = tempfile.SpooledTemporaryFile.rollover
+
+    def counted(self):
+        rolled.append(self)
+        return rollover(self)
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", counted)
     from serve_fixtures import add_track
 
     big = add_track(piece, b"x" * (3 * MB))  # Starlette would have spooled it to disk
@@ -361,6 +370,7 @@ def test_uploads_never_touch_the_disk(search_run, piece, tmp_path, monkeypatch):
         ]
     assert 200 in statuses and all(s < 500 for s in statuses), statuses
     assert list(spool.iterdir()) == []
+    assert rolled == []  # no upload was spooled to the disk, named or not
 
 
 def _leaky(job):
