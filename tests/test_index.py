@@ -267,3 +267,23 @@ def test_embed_then_cosine_ranks_pairs_as_verify_does(search_run):
     order = np.argsort(cos)
     probs = np.array([verdicts[i].probability for i in order])
     assert (np.diff(probs) >= -1e-9).all()
+
+
+def test_similar_says_how_likely_the_same_composer_on_a_scale_that_spreads(search_run):
+    from harmonixr.results import Match
+
+    hx = Harmonixr.load(search_run)
+    path = split_paths(search_run, "test")[0]
+    got = hx.similar(path, k=len(hx._index()))
+    assert all(isinstance(m, Match) and 0.0 <= m.same_composer <= 1.0 for m in got)
+    # the probability is verify's: a non-decreasing function of the cosine, equal to it
+    cal = hx._index().calibration
+    for m in got:
+        assert m.same_composer == pytest.approx(float(cal.same_probability(m.similarity)))
+    # over a whole index of two composers it spreads over its scale, unlike a raw cosine
+    p = np.array([m.same_composer for m in got])
+    assert p.max() - p.min() > 0.5
+    mine = composer_of(path)
+    assert np.mean([m.same_composer for m in got if composer_of(m.path) == mine]) > np.mean(
+        [m.same_composer for m in got if composer_of(m.path) != mine]
+    )

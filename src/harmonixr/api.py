@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union, overload
 
@@ -330,7 +331,8 @@ class Harmonixr:
         if per_work is not None and per_work < 1:
             raise ValueError(f"per_work must be at least 1, got {per_work}")
         (hits,) = self._index().search(np.asarray(z, np.float32).reshape(1, -1), k, per_work)
-        return hits
+        p = self._index().calibration.same_probability([m.similarity for m in hits])
+        return [replace(m, same_composer=float(q)) for m, q in zip(hits, p, strict=True)]
 
     def verify(self, a: Input, b: Input) -> Verdict:
         """Whether ``a`` and ``b`` share a composer, with the calibrated probability; the

@@ -55,6 +55,11 @@ class Match:
     sha256: str = ""
     performer: str = described("Who played it, where the corpus says.", default="")
     source: str = described("The corpus, edition or converter it came from.", default="")
+    same_composer: float | None = described(
+        "The probability that it is by the same composer as the question (verify's "
+        "calibration, fitted on validation): the similarity on a scale people read.",
+        default=None,
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -116,11 +116,13 @@ def similar(
         print_json([m.to_dict() for m in result])
         return
     table = Table(title=f"pieces like {file.name}")
-    for col in ("#", "similarity", "composer", "title", "performer / source", "path"):
-        table.add_column(col, justify="right" if col in ("#", "similarity") else "left")
+    cols = ("#", "same composer", "similarity", "composer", "title", "performer / source", "path")
+    for col in cols:
+        table.add_column(col, justify="left" if col in cols[3:] else "right")
     for i, m in enumerate(result, 1):
         who = " · ".join(x for x in (m.performer, m.source) if x)
-        table.add_row(str(i), f"{m.similarity:.3f}", m.composer, m.title, who, m.path)
+        p = "" if m.same_composer is None else f"{m.same_composer:.0%}"
+        table.add_row(str(i), p, f"{m.similarity:.3f}", m.composer, m.title, who, m.path)
     out.print(table)
 
 

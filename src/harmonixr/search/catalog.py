@@ -57,7 +57,9 @@ class Item:
         return asdict(self)
 
     def match(self, similarity: float) -> Match:
-        shown = {f.name: getattr(self, f.name) for f in fields(Match) if f.name != "similarity"}
+        # Match's fields that the index stores (its same_composer is the calibration's to give)
+        shown = {f.name: getattr(self, f.name) for f in fields(Match) if hasattr(self, f.name)}
+        shown.pop("similarity", None)
         return Match(similarity=similarity, **shown)
 
 

@@ -247,7 +247,11 @@ function drawNearest(matches) {
           readable(m.title || m.path),
           el("span", { class: "who" }, [m.performer, m.source].filter(Boolean).join(" · ")),
         ),
-        el("td", { class: "num" }, m.similarity.toFixed(3)),
+        el(
+          "td",
+          { class: "num", title: `cosine similarity ${m.similarity.toFixed(3)}` },
+          m.same_composer == null ? m.similarity.toFixed(3) : percent(m.same_composer),
+        ),
       ),
     );
   });
