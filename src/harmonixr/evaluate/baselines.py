@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from harmonixr.evaluate.protocols import Fold, class_probabilities, val_auc
+from harmonixr.model.stats import onsets  # one rule for a note's start
 
 INTERVAL_RANGE = 12
 MAX_POLYPHONY = 10
@@ -35,13 +36,6 @@ def pitch_class_histogram(t: np.ndarray) -> np.ndarray:
 def note_histogram(t: np.ndarray) -> np.ndarray:
     """Sounding energy per note F1…E7 in helix order ``k = 12·octave + pitch class``, (72,)."""
     return _l1(np.asarray(t, np.float64).sum(axis=0).T.reshape(-1))
-
-
-def onsets(t: np.ndarray) -> np.ndarray:
-    """(T, 72) booleans: a cell whose value rises from the previous frame starts a note."""
-    v = np.asarray(t, np.int16).transpose(0, 2, 1).reshape(t.shape[0], -1)
-    prev = np.vstack((np.zeros((1, v.shape[1]), v.dtype), v[:-1]))
-    return v > prev
 
 
 def interval_histogram(t: np.ndarray) -> np.ndarray:

@@ -108,11 +108,21 @@ def estimate_key(pc_weights: np.ndarray) -> tuple[int, int, float]:
     return best
 
 
-def _onset_keys(cells: np.ndarray) -> np.ndarray:
-    """(T, 72) whether a note starts in each key and frame."""
+def key_cells(tensor: np.ndarray) -> np.ndarray:
+    """``(T, 72)`` int16 values per key, k = octave · 12 + pitch-class index (the note
+    ``LOW_NOTE + k``)."""
+    t = np.asarray(tensor)
+    return np.ascontiguousarray(t.transpose(0, 2, 1)).reshape(len(t), N_KEYS).astype(np.int16)
+
+
+def onsets(tensor: np.ndarray) -> np.ndarray:
+    """``(T, 72)`` whether a note starts in each key and frame: its cell rises above the frame
+    before (the first frame: above zero)."""
+    cells = key_cells(tensor)
     rise = np.empty(cells.shape, bool)
-    rise[0] = cells[0] > 0
-    rise[1:] = cells[1:] > cells[:-1]
+    if len(cells):
+        rise[0] = cells[0] > 0
+        rise[1:] = cells[1:] > cells[:-1]
     return rise
 
 
@@ -151,9 +161,9 @@ def piece_stats(tensor: np.ndarray) -> np.ndarray:
     if t.shape[0] == 0:
         return out.astype(np.float32)
     # key index k = octave · 12 + pitch-class index, i.e. the note LOW_NOTE + k
-    cells = np.ascontiguousarray(t.transpose(0, 2, 1)).reshape(len(t), N_KEYS).astype(np.int16)
+    cells = key_cells(t)
     sounding = cells > 0
-    starts = _onset_keys(cells)
+    starts = onsets(t)
     parts: dict[str, np.ndarray] = {}
 
     key_time = sounding.sum(axis=0).astype(np.float64)  # frames each key sounds
