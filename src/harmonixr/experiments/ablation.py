@@ -39,7 +39,7 @@ from harmonixr.evaluate.baselines import baseline_folds, histogram_table, probab
 from harmonixr.evaluate.loso import loso_report
 from harmonixr.evaluate.protocols import RUN_PROTOCOLS, Fold, Settings, evaluate_folds
 from harmonixr.evaluate.records import Side, json_ready
-from harmonixr.model.embed import head_embeddings, pool_features, pool_windows
+from harmonixr.model.embed import Window, whole_pieces
 from harmonixr.model.io import load_encoder
 from harmonixr.train.piece_inputs import cached_stats, window_features_cached
 from harmonixr.train.rundir import Run
@@ -140,12 +140,7 @@ def arms(
             feats[s] = window_features_cached(run, encoder, tensors[s], keys)
         out["ViT (crop head)"] = Fold(
             **{
-                s: _labels(
-                    sides[s],
-                    pool_windows(
-                        head_embeddings(encoder, *feats[s][:1], None), feats[s][1], len(tensors[s])
-                    ),
-                )
+                s: _labels(sides[s], whole_pieces(encoder, tensors[s], feats[s][1], feats[s][0]))
                 for s in SIDES
             }
         )
@@ -156,11 +151,12 @@ def arms(
         per_side = {}
         for s in SIDES:
             if model.config.stats_branches == "stats":  # the ViT branch is never read
-                pooled = np.zeros((len(tensors[s]), model.config.d_model), np.float32)
+                n = len(tensors[s])
+                f = np.zeros((n, model.config.d_model), np.float32)
+                w = [Window(i, 0, 1) for i in range(n)]
             else:
                 f, w = feats[s]
-                pooled = pool_features(f, w, len(tensors[s]))
-            per_side[s] = _labels(sides[s], head_embeddings(model, pooled, stats[s]))
+            per_side[s] = _labels(sides[s], whole_pieces(model, tensors[s], w, f, stats[s]))
         out[f"second stage: {name}"] = Fold(**per_side)
     return out
 

@@ -157,6 +157,25 @@ def pool_features(features: np.ndarray, windows: Sequence[Window], n_pieces: int
     return (acc / np.maximum(total, 1e-12)[:, None]).astype(np.float32)
 
 
+def whole_pieces(
+    encoder: SiaViT,
+    tensors: Sequence[np.ndarray],
+    windows: Sequence[Window],
+    features: np.ndarray,
+    stats: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(N, D)`` whole-piece embeddings from the pooled tokens of windows covering the pieces
+    (``window_features``): a ViT-only model's mean of its window embeddings, renormalised; a
+    statistics model's head on the mean token with the whole piece's statistics (``stats``,
+    computed from the tensors when not given)."""
+    if not encoder.has_stats:
+        return pool_windows(head_embeddings(encoder, features, None), windows, len(tensors))
+    if stats is None:
+        stats = np.stack([piece_stats(t) for t in tensors]).reshape(len(tensors), STATS_DIM)
+    pooled = pool_features(features, windows, len(tensors))
+    return head_embeddings(encoder, pooled, np.asarray(stats, np.float32))
+
+
 def embed_pieces(
     encoder: SiaViT,
     tensors: Sequence[np.ndarray],
@@ -182,18 +201,9 @@ def embed_pieces(
     for c0 in range(0, len(tensors), step):
         part = [tensors[i] for i in range(c0, min(c0 + step, len(tensors)))]
         windows = piece_windows(part, crop, hop)
-        if encoder.has_stats:
-            features = pool_features(
-                window_features(encoder, part, windows, crop, batch_size), windows, len(part)
-            )
-            if stats is not None:
-                part_stats = np.asarray(stats[c0 : c0 + len(part)], np.float32)
-            else:
-                part_stats = np.stack([piece_stats(t) for t in part])
-            out[c0 : c0 + len(part)] = head_embeddings(encoder, features, part_stats)
-        else:
-            z = embed_windows(encoder, part, windows, crop, batch_size)
-            out[c0 : c0 + len(part)] = pool_windows(z, windows, len(part))
+        features = window_features(encoder, part, windows, crop, batch_size)
+        given = None if stats is None else stats[c0 : c0 + len(part)]
+        out[c0 : c0 + len(part)] = whole_pieces(encoder, part, windows, features, given)
         if progress:
             progress(c0 + len(part), len(tensors))
     return out
