@@ -48,18 +48,6 @@ SIDES = ("train", "val", "test")
 STATS_LR = "logistic regression, statistics vector"
 
 
-def _labels(rows: list[CachedPiece], embeddings: np.ndarray) -> Side:
-    return Side(
-        embeddings,
-        [r.composer for r in rows],
-        [r.group for r in rows],
-        [r.work_id for r in rows],
-        [r.kind or "?" for r in rows],
-        [r.origin or "?" for r in rows],
-        [r.performer or "" for r in rows],
-    )
-
-
 def split_rows(
     cache: TensorCache, split_json: Path, source: str | None
 ) -> tuple[dict[str, list[CachedPiece]], dict[str, Any]]:
@@ -91,7 +79,7 @@ def write_loso_split(data: Path, source: str, out: Path, seed: int = 0) -> dict[
 
     with TensorCache(data) as cache:
         rows = cache.pieces()
-    corpus = _labels(rows, np.zeros((len(rows), 1), np.float32))
+    corpus = Side.from_rows(rows, np.zeros((len(rows), 1), np.float32))
     h = holdout(corpus, source, seed=seed)
     split = {k: [int(i) for i in v] for k, v in h.sides.items()}
     manifest = split_manifest(rows, split, mode="leave-one-source-out", held_out=source, seed=seed)
@@ -140,7 +128,9 @@ def arms(
             feats[s] = window_features_cached(run, encoder, tensors[s], keys)
         out["ViT (crop head)"] = Fold(
             **{
-                s: _labels(sides[s], whole_pieces(encoder, tensors[s], feats[s][1], feats[s][0]))
+                s: Side.from_rows(
+                    sides[s], whole_pieces(encoder, tensors[s], feats[s][1], feats[s][0])
+                )
                 for s in SIDES
             }
         )
@@ -156,7 +146,7 @@ def arms(
                 w = [Window(i, 0, 1) for i in range(n)]
             else:
                 f, w = feats[s]
-            per_side[s] = _labels(sides[s], whole_pieces(model, tensors[s], w, f, stats[s]))
+            per_side[s] = Side.from_rows(sides[s], whole_pieces(model, tensors[s], w, f, stats[s]))
         out[f"second stage: {name}"] = Fold(**per_side)
     return out
 
@@ -166,10 +156,10 @@ def baselines(
 ) -> tuple[dict[str, Fold], dict[str, Any]]:
     """The tuned baselines and the logistic regression on the statistics vector."""
     tensors = {s: [cache.load(r) for r in sides[s]] for s in SIDES}
-    empty = Fold(**{s: _labels(sides[s], np.zeros((len(sides[s]), 1))) for s in SIDES})
+    empty = Fold(**{s: Side.from_rows(sides[s], np.zeros((len(sides[s]), 1))) for s in SIDES})
     hists = {s: histogram_table(tensors[s]) for s in SIDES}
     methods, choices = baseline_folds(empty, hists, seed)
-    stats = Fold(**{s: _labels(sides[s], cached_stats(cache, sides[s])) for s in SIDES})
+    stats = Fold(**{s: Side.from_rows(sides[s], cached_stats(cache, sides[s])) for s in SIDES})
     methods[STATS_LR], choices[STATS_LR] = probability_space(stats, seed)
     return methods, choices
 
