@@ -215,11 +215,10 @@ def _put_copy(cache: TensorCache, piece: Piece, sha: str, row: dict[str, Any]) -
 
 def _refresh_labels(cache: TensorCache, piece: Piece) -> None:
     labels = tuple(getattr(piece, c) for c in ("composer", "title", "group", *LABEL_COLUMNS))
+    names = ("composer", "title", '"group"', *LABEL_COLUMNS)
     cache.db.execute(  # committed once after the scan
-        'UPDATE pieces SET composer=?, title=?, "group"=?, performer=?, source=?, work=?, kind=?, '
-        "licence=?, edition=?, links=?, corpus=? "
-        'WHERE path=? AND (composer!=? OR title!=? OR "group"!=? OR performer!=? OR source!=? '
-        "OR work!=? OR kind!=? OR licence!=? OR edition!=? OR links!=? OR corpus!=?)",
+        f"UPDATE pieces SET {', '.join(f'{c}=?' for c in names)} "
+        f"WHERE path=? AND ({' OR '.join(f'{c}!=?' for c in names)})",
         labels + (piece.path,) + labels,
     )
 

@@ -40,14 +40,29 @@ CREATE TABLE IF NOT EXISTS pieces (
     licence TEXT NOT NULL DEFAULT '',
     edition TEXT NOT NULL DEFAULT '',
     links TEXT NOT NULL DEFAULT '',
-    corpus TEXT NOT NULL DEFAULT ''
+    corpus TEXT NOT NULL DEFAULT '',
+    movement TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS pieces_sha ON pieces (sha256);
 CREATE INDEX IF NOT EXISTS pieces_composer ON pieces (composer);
 """
 
 # label columns added after the first schema (older caches get them, empty)
-LABEL_COLUMNS = ("performer", "source", "work", "kind", "licence", "edition", "links", "corpus")
+LABEL_COLUMNS = (
+    "performer",
+    "source",
+    "work",
+    "kind",
+    "licence",
+    "edition",
+    "links",
+    "corpus",
+    "movement",
+)
+_COLUMNS = (
+    'path, sha256, composer, title, "group", n_frames, n_notes, dropped_notes, duration_s, '
+    "status, reason, detail, tensor, " + ", ".join(LABEL_COLUMNS)
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class CachedPiece:
     edition: str = ""
     links: str = ""  # other names of the composition ("|"-separated), joined by data.groups
     corpus: str = ""  # the reader that listed it (asap, manifest, folder, ...)
+    movement: str = ""  # which movement of ``work`` (manifest); "" when the file is all of it
 
     @property
     def origin(self) -> str:
@@ -86,6 +102,14 @@ class CachedPiece:
     @property
     def work_id(self) -> str:
         return self.work or self.group
+
+    @property
+    def composition_names(self) -> list[str]:
+        """Names of the one composition the file renders (a movement where the corpus says):
+        a file shares its composition with every file that shares one of these names (its
+        ASAP folder, or the manifest's work and movement, and the links between them)."""
+        own = f"{self.work_id} / {self.movement}" if self.movement else self.work_id
+        return [own, *(x for x in self.links.split("|") if x)]
 
 
 class TensorCache:
@@ -141,11 +165,7 @@ class TensorCache:
     def rows(self, status: str | None = "ok") -> list[CachedPiece]:
         """Rows ordered by path, a key that depends on the corpus alone (not on which worker
         finished first), so splits and pair sets drawn from them depend only on the seed."""
-        sql = (
-            'SELECT id, path, sha256, composer, title, "group", n_frames, n_notes, '
-            "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work, "
-            "kind, licence, edition, links, corpus FROM pieces"
-        )
+        sql = f"SELECT id, {_COLUMNS} FROM pieces"
         args: tuple[Any, ...] = ()
         if status is not None:
             sql += " WHERE status = ?"
@@ -246,19 +266,11 @@ class TensorCache:
         return str(final.relative_to(self.root))
 
     def put_row(self, piece: Piece, sha: str | None, status: str, **values: Any) -> None:
+        names = _COLUMNS.split(", ")
+        update = ", ".join(f"{c}=excluded.{c}" for c in names if c != "path")
         self.db.execute(
-            'INSERT INTO pieces (path, sha256, composer, title, "group", n_frames, n_notes, '
-            "dropped_notes, duration_s, status, reason, detail, tensor, performer, source, work, "
-            "kind, licence, edition, links, corpus) "
-            f"VALUES ({','.join('?' * 21)}) "
-            "ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, composer=excluded.composer, "
-            'title=excluded.title, "group"=excluded."group", n_frames=excluded.n_frames, '
-            "performer=excluded.performer, source=excluded.source, work=excluded.work, "
-            "kind=excluded.kind, licence=excluded.licence, edition=excluded.edition, "
-            "links=excluded.links, corpus=excluded.corpus, "
-            "n_notes=excluded.n_notes, dropped_notes=excluded.dropped_notes, "
-            "duration_s=excluded.duration_s, status=excluded.status, reason=excluded.reason, "
-            "detail=excluded.detail, tensor=excluded.tensor",
+            f"INSERT INTO pieces ({_COLUMNS}) VALUES ({','.join('?' * len(names))}) "
+            f"ON CONFLICT(path) DO UPDATE SET {update}",
             (
                 piece.path,
                 sha,

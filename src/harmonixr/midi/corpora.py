@@ -31,6 +31,7 @@ MANIFEST_OPTIONAL = (
     "kind",
     "edition",
     "performer",
+    "movement",
 )
 
 
@@ -359,6 +360,7 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Listi
                     licence=get("licence"),
                     edition=get("edition"),
                     links=asap_work(link) if link else "",
+                    movement=get("movement"),
                 )
             )
     return Listing(pieces, "manifest", skipped)

@@ -21,6 +21,7 @@ class Piece:
     edition: str = ""  # which edition of the work (e.g. a first edition's publisher), manifest
     links: str = ""  # other names of the same composition ("|"-separated), e.g. an ASAP folder
     corpus: str = ""  # the reader that listed it (asap, manifest, folder, ...)
+    movement: str = ""  # which movement of ``work`` the file holds (manifest); "" for all of it
 
 
 @dataclass
