@@ -38,7 +38,11 @@ def test_index_files_hold_unit_vectors_and_load_without_pickle(search_run):
         "centroids.npy",
         "calibration.json",
         "embeddings.npy",
+        "works.npz",
+        "works.json",
     }
+    with np.load(root / "works.npz", allow_pickle=False) as works:
+        assert all(works[f"{line}_sizes"].size == 20 for line in ("top", "bass", "all"))
     emb = np.load(root / "embeddings.npy", allow_pickle=False)
     centroids = np.load(root / "centroids.npy", allow_pickle=False)
     items = json.loads((root / "items.json").read_text())

@@ -71,6 +71,19 @@ def index_build(
     _show_index(index.info(), as_json)
 
 
+@index_app.command("works")
+def index_works(
+    run: RunArg,
+    data: Annotated[Path, typer.Option("--data", "-d", help="The cache the index was built from.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Give RUN's index known works (what `identify` needs) without embedding again: each
+    piece's composition and melodic sketch, and the rule fitted on validation."""
+    from harmonixr.search.index import attach_known_works
+
+    _show_index(attach_known_works(run, data).info(), as_json)
+
+
 @index_app.command("measure")
 def index_measure(
     run: Annotated[Path, typer.Argument(help="A run directory with an index and split.json.")],

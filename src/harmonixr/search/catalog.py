@@ -9,6 +9,8 @@ RUN/index/
   centroids.npy     (C, D) unit composer centroids, from the run's TRAIN split only
   calibration.json  probe + calibration: TRAIN and VALIDATION splits only (evaluate/calibrate.py)
   embeddings.npy    (N, D) float32 (FAISS store) [+ hnsw.faiss above HNSW_MIN vectors]
+  works.npz         melodic sketches of the pieces, for known works (``search/works.py``)
+  works.json        the known-work rule fitted on VALIDATION (absent: identify is unavailable)
 ```
 
 No pickle anywhere: JSON, ``.npy`` and ``faiss.write_index``. ``items.json`` is written last
@@ -30,6 +32,7 @@ from harmonixr._files import atomic_json, atomic_write
 from harmonixr.evaluate.calibrate import Calibration
 from harmonixr.results import Match
 from harmonixr.search.store import FaissStore, MilvusStore, VectorStore
+from harmonixr.search.works import FIT_FILE, PRINTS_FILE, Sketch, WorkFit, WorkPrints
 from harmonixr.train.rundir import Run
 
 INDEX_DIR = "index"
@@ -52,6 +55,7 @@ class Item:
     sha256: str
     performer: str = ""  # who played it, where the corpus says
     source: str = ""  # the corpus, edition or converter it came from
+    work: str = ""  # the composition it renders (search/works.py); "" when the corpus is silent
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -79,8 +83,11 @@ class Index:
         known: Sequence[str],
         calibration: Calibration,
         manifest: dict[str, Any],
+        works: WorkPrints | None = None,
+        work_fit: WorkFit | None = None,
     ) -> None:
         self.root, self.items, self.store = root, items, store
+        self.works, self.work_fit = works, work_fit  # known works: None when not built
         self.centroids, self.known = centroids, list(known)
         self.calibration, self.manifest = calibration, manifest
         self._shas = {it.sha256 for it in items}
@@ -161,10 +168,15 @@ class Index:
 
     # ------------------------------------------------------------ writing
 
-    def add(self, vectors: np.ndarray, items: Sequence[Item]) -> list[Item]:
+    def add(
+        self, vectors: np.ndarray, items: Sequence[Item], sketches: Sequence[Sketch] | None = None
+    ) -> list[Item]:
         """Append pieces not present yet (by sha256, also within ``items``); returns those
-        added. Incremental: FAISS appends to its index, Milvus upserts. Call :meth:`save`."""
+        added. Incremental: FAISS appends to its index, Milvus upserts. Call :meth:`save`.
+        ``sketches`` (one per item) keep known works searchable when the index has them."""
         vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        if self.works is not None and (sketches is None or len(sketches) != len(items)):
+            raise ValueError(f"{self.root}: this index knows works; give one sketch per item")
         keep, seen = [], set(self._shas)
         for i, it in enumerate(items):
             if it.sha256 not in seen:
@@ -175,6 +187,8 @@ class Index:
             self.store.add(vectors[keep], [it.to_dict() for it in new], len(self.items))
             self.items.extend(new)
             self._shas = seen
+            if self.works is not None and sketches is not None:
+                self.works.extend([sketches[i] for i in keep])
         return new
 
     def save(self) -> None:
@@ -185,6 +199,10 @@ class Index:
         manifest = {**self.manifest, **self.store.describe(), "known": self.known}
         atomic_json(self.root / "index.json", manifest, indent=1)
         self.store.save(self.root)
+        if self.works is not None:
+            self.works.save(self.root)
+        if self.work_fit is not None:
+            self.work_fit.save(self.root)
         columns = {c: [getattr(it, c) for it in self.items] for c in _COLUMNS}
         atomic_json(self.root / "items.json", columns)  # the commit point
 
@@ -217,7 +235,11 @@ class Index:
             store = FaissStore.load(root, manifest, len(items))
         calibration = Calibration.from_dict(json.loads((root / "calibration.json").read_text()))
         centroids = np.load(root / "centroids.npy")
-        return cls(root, items, store, centroids, manifest["known"], calibration, manifest)
+        works = fit = None
+        if (root / PRINTS_FILE).is_file() and (root / FIT_FILE).is_file():
+            works, fit = WorkPrints.load(root, len(items)), WorkFit.load(root)
+        known = manifest["known"]
+        return cls(root, items, store, centroids, known, calibration, manifest, works, fit)
 
     def info(self) -> dict[str, Any]:
         per = Counter(it.composer for it in self.items)
@@ -247,6 +269,9 @@ class Index:
             "calibration": self.calibration.report,
             "threshold": self.calibration.threshold,
             "notes": list(self.calibration.notes),
+            "known_works": None
+            if self.work_fit is None
+            else {**self.work_fit.to_dict(), "threshold": self.work_fit.threshold},
         }
 
 

@@ -12,7 +12,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from harmonixr._files import sha256_file
 from harmonixr.evaluate.calibrate import OpenSetModel, fit_calibration
 from harmonixr.midi.files import load_files
 from harmonixr.midi.load import UNREADABLE, MidiError
+from harmonixr.search import works as works_mod
 from harmonixr.search.catalog import (
     BACKEND,
     FORMAT,
@@ -35,6 +36,7 @@ from harmonixr.train.rundir import Run
 
 if TYPE_CHECKING:
     from harmonixr._pool import RobustPool
+    from harmonixr.data.cache import CachedPiece, TensorCache
     from harmonixr.model.encoder import SiaViT
 
 ProgressFn = Callable[[int, int, str], None]
@@ -179,6 +181,8 @@ def build_index(
         )
         for i in unique
     ]
+    with TensorCache(cache) as c:
+        items, prints, work_fit = known_works(c, rows, val, items)
     sha = run.weights_sha256()
     manifest = {
         "format": FORMAT,
@@ -197,8 +201,18 @@ def build_index(
     tmp = _build_dir(run_dir, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     vectors = _store_for(store, kind, run.dim, sha)
-    index = Index(tmp, [], vectors, centroids, known, calibration, manifest)
-    index.add(emb, items)
+    index = Index(
+        tmp,
+        [],
+        vectors,
+        centroids,
+        known,
+        calibration,
+        manifest,
+        works_mod.WorkPrints([]),
+        work_fit,
+    )
+    index.add(emb, items, prints.sketches)
     index.save()
     old = _build_dir(run_dir, "old")
     if final.exists():
@@ -206,6 +220,51 @@ def build_index(
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     index.root = final
+    return index
+
+
+def known_works(
+    cache: TensorCache, rows: Sequence[CachedPiece], val: Sequence[int], items: Sequence[Item]
+) -> tuple[list[Item], works_mod.WorkPrints, works_mod.WorkFit]:
+    """``items`` with their compositions (``search/works.py``), their melodic sketches and the
+    known-work rule fitted on the validation rows ``val``; every item must be a row of
+    ``cache`` (by content)."""
+    # a file's composition: its row's names, joined with every row of the same content
+    named = [[*r.composition_names, f"\U0010ffffsha:{r.sha256 or r.path}"] for r in rows]
+    composition = works_mod.compositions(named)
+    row_of: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        row_of.setdefault(r.sha256 or r.path, i)
+    missing = [it.path for it in items if it.sha256 not in row_of]
+    if missing:
+        raise ValueError(
+            f"{cache.root}: {len(missing)} indexed pieces are not in this cache (e.g. "
+            f"{missing[0]}); known works need the cache the index was built from"
+        )
+    low, ms = cache.config.low_note, cache.config.frame_ms
+    sketches = [works_mod.sketch(cache.load(rows[row_of[it.sha256]]), low, ms) for it in items]
+    items = [replace(it, work=composition[row_of[it.sha256]]) for it in items]
+    position = {it.sha256: k for k, it in enumerate(items)}
+    val_items = sorted({position[k] for k in (rows[i].sha256 for i in val) if k in position})
+    prints = works_mod.WorkPrints(sketches)
+    return items, prints, works_mod.fit_works(prints, [it.work for it in items], val_items)
+
+
+def attach_known_works(run_dir: str | Path, data: str | Path) -> Index:
+    """Give ``RUN/index`` known works (compositions, sketches, the validation fit) from the
+    cache it was built from, without embedding anything again."""
+    from harmonixr.data.cache import TensorCache
+
+    run = Run.open(run_dir)
+    index = Index.load(Path(run_dir) / INDEX_DIR)
+    check_index(index, run)
+    with TensorCache(data) as c:
+        rows = c.pieces()
+        split = run.split(rows)
+        run.check_split(split, rows)
+        items, prints, fit = known_works(c, rows, split["val"], index.items)
+    index.items, index.works, index.work_fit = items, prints, fit
+    index.save()
     return index
 
 
@@ -300,9 +359,11 @@ def add_files(
             errors[n] = got
         else:
             tensors.append(got.tensor)
-            items.append(Item(composer, Path(path).stem, sha, path, sha))
+            items.append(Item(composer, Path(path).stem, sha, path, sha, work=f"file:{sha}"))
     if items:
-        index.add(run.embed(tensors, encoder), items)
+        low, ms = run.tensor.low_note, run.tensor.frame_ms
+        sketches = [works_mod.sketch(t, low, ms) for t in tensors]
+        index.add(run.embed(tensors, encoder), items, sketches)
         index.save()
     ordered = tuple(errors[n] for n in sorted(errors))
     return AddResult(tuple(it.path for it in items), tuple(duplicates), ordered)

@@ -35,11 +35,13 @@ from harmonixr.evaluate.bootstrap import Bootstrap
 from harmonixr.evaluate.metrics import expected_calibration_error
 from harmonixr.evaluate.openset import open_set_figures
 from harmonixr.evaluate.protocols import topk_credit
-from harmonixr.evaluate.records import Estimate, Side, formatted, json_ready, value
+from harmonixr.evaluate.records import Estimate, Side, json_ready
 from harmonixr.evaluate.unknown import open_set_verdict
 from harmonixr.evaluate.verification import Pairs, pair_figures, verify_figures, verify_pairs
 from harmonixr.midi.files import load_files
 from harmonixr.search.index import INDEX_DIR, Index, check_index
+from harmonixr.search.measure_md import measure_markdown
+from harmonixr.search.works import measure_works
 from harmonixr.train.rundir import Run
 
 Progress = Callable[[str], None]
@@ -191,8 +193,9 @@ class _Measure:
         }
 
 
-def _test_side(run: Run, index: Index, data: str | Path) -> tuple[Side, list, set[str]]:
-    """The run's test side as the index embedded it, its tensors, and the training composers."""
+def _test_side(run: Run, index: Index, data: str | Path) -> tuple[Side, list, set[str], list]:
+    """The run's test side as the index embedded it, its tensors, the training composers and
+    its pieces' positions in the index."""
     vectors = getattr(index.store, "vectors", None)
     if vectors is None:
         raise ValueError(f"{run.root}: measuring needs the FAISS store (its vectors on disk)")
@@ -207,7 +210,9 @@ def _test_side(run: Run, index: Index, data: str | Path) -> tuple[Side, list, se
         test = [rows[i] for i in split["test"]]
         tensors = [cache.load(r) for r in test]
     emb = np.stack([by_sha[r.sha256] for r in test]).astype(np.float64)
-    return Side.from_rows(test, emb), tensors, {rows[i].composer for i in split["train"]}
+    at = {it.sha256: i for i, it in enumerate(index.items)}
+    trained = {rows[i].composer for i in split["train"]}
+    return Side.from_rows(test, emb), tensors, trained, [at[r.sha256] for r in test]
 
 
 def measure_index(
@@ -230,7 +235,7 @@ def measure_index(
     cal = index.calibration
     if not cal.composers:
         raise ValueError(f"{run_dir}: the index names no composer; nothing to measure")
-    t, tensors, train_composers = _test_side(run, index, data)
+    t, tensors, train_composers, at = _test_side(run, index, data)
     m = _Measure(index, resamples, seed)
     kind = np.array(
         [
@@ -263,6 +268,12 @@ def measure_index(
     if music21_dir is not None:
         report.update(
             _music21_blocks(m, run, encoder, Path(music21_dir), known_t, strangers_t, say)
+        )
+    if index.works is not None and index.work_fit is not None:
+        say("known works on the test side")
+        works = [it.work for it in index.items]
+        report["known_works"] = measure_works(
+            index.works, works, index.work_fit, at, t.unit, m.boot
         )
     say("verify on test pairs")
     report["verify"] = m.verify(t)
@@ -309,27 +320,6 @@ def store_held_out(run_dir: str | Path, report: dict[str, Any]) -> None:
     atomic_json(path, cal, indent=1)
 
 
-FIGURES = (
-    ("detection_auc", "unknown-detection AUC"),
-    ("known_called_unknown", "named-composer pieces called unknown"),
-    ("strangers_caught", "strangers caught"),
-    ("answer_accuracy_known", "answer accuracy, named composers"),
-    ("answer_accuracy_strangers", "answer accuracy, strangers"),
-    ("ece_even_prior", "ECE of p(unknown), even prior"),
-)
-
-
-def _n(x: Any) -> str:
-    """A figure as text: a value, or a value with its interval, or "–"."""
-    return formatted(x)
-
-
-def _with(v: dict[str, Any], key: str) -> str:
-    """A figure with its interval, whether stored as an estimate or (before) beside a
-    ``<key>_interval`` list."""
-    return Estimate.read(v.get(key), v.get(f"{key}_interval")).format()
-
-
 def save_measure(
     run_dir: str | Path, report: dict[str, Any], out_dir: str | Path | None = None
 ) -> list[Path]:
@@ -341,102 +331,3 @@ def save_measure(
     atomic_json(target / "measure.json", report, indent=1)
     atomic_write(target / "measure.md", measure_markdown(report))
     return [target / "measure.json", target / "measure.md"]
-
-
-def measure_markdown(r: dict[str, Any]) -> str:
-    c, v, tl, bk = r["composer"], r["verify"], r.get("timeline", {}), r["barely_known"]
-    lines = [
-        "# The shipped answers, measured where nothing was fitted",
-        "",
-        f"Model {str(r.get('model_sha256'))[:12]}; test side: "
-        + ", ".join(f"{n} {k}" for k, n in r["test_pieces"].items())
-        + " pieces. The answer is the most probable row, at a default prior of 'someone "
-        f"else' of {_n(r.get('default_prior', 0.5))}; unknown model: {r['unknown_model']}. "
-        "Intervals: 95 % bootstrap over groups (strangers: composers).",
-        "",
-        "## Fitted on validation vs measured held out",
-        "",
-        "| figure | validation (fitted on it) | test side (held out) |",
-        "|---|---|---|",
-        *_side_by_side(r),
-        "",
-        "## Attribution (test pieces of named composers)",
-        "",
-        f"- answer accuracy: {_n(c['answer_accuracy'])}",
-        f'- called "someone else": {_n(c["called_unknown"])}',
-        f"- top-1 among the {c['named_composers']} named composers: {_n(c['top1'])}",
-        f"- closed-set ECE: {_n(c['ece'])}",
-        f'- barely known composers\' test pieces ({bk["pieces"]}) called "someone else": '
-        f"{_n(bk['called_unknown'])}",
-        "",
-        "## Someone else",
-        "",
-        "| figure | test side | music21 | both, pooled (confounded by source) |",
-        "|---|---|---|---|",
-    ]
-    blocks = [r.get(k, {}) for k in ("open_set_test_side", "open_set_music21", "open_set_all")]
-    lines.append(
-        "| pieces (known / strangers) | "
-        + " | ".join(
-            f"{b.get('known_pieces', '–')} / {b.get('stranger_pieces', '–')}" for b in blocks
-        )
-        + " |"
-    )
-    for key, label in FIGURES:
-        lines.append(f"| {label} | " + " | ".join(_n(b.get(key)) for b in blocks) + " |")
-    left_out = r.get("open_set_music21", {}).get("left_out_in_training_corpus")
-    lines += [
-        "",
-        "Pooled, the strangers are mostly music21's vocal and quartet scores and the known pieces "
-        "mostly keyboard music, so the last column mixes source with strangeness: read the "
-        "first two."
-        + (
-            f" Left out of music21's: {', '.join(left_out)} (their music is in the training "
-            "corpus)."
-            if left_out
-            else ""
-        ),
-        "",
-        "## Verify (test pairs from different groups)",
-        "",
-        f"- threshold (cosine, fitted on validation): {_n(v.get('threshold'))}",
-        f"- balanced accuracy: pair-weighted {_with(v, 'balanced_accuracy')}, group pairs "
-        f"equal {_with(v, 'balanced_accuracy_gpe')}",
-        f"- ECE at an even prior: pair-weighted {_with(v, 'ece')}, group pairs equal "
-        f"{_with(v, 'ece_gpe')}",
-        f"- AUC: pair-weighted {_with(v, 'auc')}, group pairs equal {_with(v, 'auc_gpe')}; "
-        f"EER {_with(v, 'eer')}; pairs {v.get('pairs')}, same "
-        f"{v.get('same', v.get('same_pairs'))}; intervals from "
-        f"{Estimate.read(v.get('auc')).resamples or v.get('resamples', 50)} resamples",
-        "",
-        "## Timeline ("
-        + (f"{tl['window_s']:g} s " if tl.get("window_s") else "")
-        + "windows of test pieces of named composers)",
-        "",
-        f"Windows: {tl.get('windows')}; scored with the whole-piece calibration.",
-        "",
-        f"- top-1 {_n(tl.get('top1'))}; closed-set ECE {_n(tl.get('ece'))}",
-        f'- answer accuracy {_n(tl.get("answer_accuracy"))}; called "someone else" '
-        f"{_n(tl.get('called_unknown'))}",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _side_by_side(r: dict[str, Any]) -> list[str]:
-    f = r.get("fitted_on_validation") or {}
-    fc, fv, fo = f.get("composer") or {}, f.get("verify") or {}, f.get("operating_point") or {}
-    c, v = r["composer"], r["verify"]
-    rows = [
-        ("composer top-1 (named)", fc.get("top1_accuracy"), c["top1"]),
-        ("composer ECE (named)", fc.get("ece"), c["ece"]),
-        ("named pieces called someone else", fo.get("named_called_unknown"), c["called_unknown"]),
-        ("verify balanced accuracy", fv.get("balanced_accuracy"), v.get("balanced_accuracy")),
-        ("verify ECE", fv.get("ece"), v.get("ece")),
-    ]
-    return [f"| {name} | {_value(a)} | {_value(b)} |" for name, a, b in rows]
-
-
-def _value(x: Any) -> str:
-    """A figure's value alone (the side-by-side table has no room for intervals)."""
-    return formatted(value(x))
