@@ -318,11 +318,29 @@ def test_a_script_without_main_guard_works(search_run, tmp_path):
     assert out.stdout.split() == [composer_of(path)]
 
 
-def test_questions_from_an_embedding_match_the_questions_from_the_file(hx, search_run):
-    path = split_paths(search_run, "test")[0]
+def test_questions_from_an_embedding_match_the_questions_from_the_file(hx, tmp_path):
+    from midi_factory import synthetic_piece
+
+    path = synthetic_piece(tmp_path / "new.mid", [("High", 20)], seed=99)  # not indexed
+    assert not hx.identify(path).known
     z = hx.embed(path)
     assert hx.attribute_embedding(z, k=2) == hx.attribute(path, k=2)
     assert hx.similar_embedding(z, k=3) == hx.similar(path, k=3)
+
+
+def test_an_indexed_file_is_identified_and_the_answer_follows_from_its_work(hx, search_run):
+    path = split_paths(search_run, "test")[0]
+    work = hx.identify(path)
+    assert work.same_file and work.known and work.probability == 1.0
+    assert work.composer == composer_of(path) and Path(work.path).name == Path(path).name
+    assert work.text.startswith("This file is in the index")
+    rows = hx.attribute(path, k=5)
+    assert rows[0].composer == composer_of(path) and rows[0].from_work == work.work
+    assert rows[0].probability == pytest.approx(1.0)
+    named = [r for r in rows if not r.barely_known]
+    assert all(r.probability <= rows[0].probability for r in named)
+    z = hx.embed(path)  # from an embedding alone no work is identified
+    assert all(r.from_work == "" for r in hx.attribute_embedding(z, k=5))
 
 
 def test_load_sets_torch_threads_only_when_asked(search_run):

@@ -79,6 +79,10 @@ def test_add_then_similar_finds_the_new_file_without_rebuild(search_run_copy, tm
     first = reloaded.similar(new, k=3)[0]
     assert (first.path, first.composer, first.title) == (str(new.resolve()), "High", "newcomer")
     assert first.similarity == pytest.approx(1.0, abs=1e-5)
+    # its melodic sketch came with it: known works stay aligned with the items
+    assert len(reloaded.index.works) == len(reloaded.index.items) == 21
+    work = reloaded.identify(new)
+    assert work.same_file and work.path == str(new.resolve()) and work.renditions == 1
 
 
 def test_the_same_content_is_stored_once(search_run_copy, tmp_path):

@@ -234,6 +234,23 @@ def test_one_cache_two_sources_units_span_sources(both):
     assert {Path(r.path).name: r.group for r in raw}["e1.mid"] == "Chopin op.10 no.1"
 
 
+def test_compositions_are_movements_joined_across_sources_by_their_links(both):
+    from harmonixr.search.works import compositions
+
+    with TensorCache(both / "cache") as cache:
+        rows = cache.pieces()
+    by = {Path(r.path).name: r for r in rows}
+    assert by["s21-1.mid"].movement == "1" and by["s21-1.mid"].composition_names == [
+        "Beethoven op.53 / 1",
+        "Beethoven/Piano_Sonatas/21-1",
+    ]
+    work = dict(zip(by, compositions([r.composition_names for r in by.values()]), strict=True))
+    # one unit, but three compositions: the score's first movement is ASAP's 21-1 performance
+    assert work["s21-1.mid"] == work["Dee01.mid"] != work["s21-2.mid"] != work["Dee02.mid"]
+    etude = {work[n] for n in ("e1.mid", "e1-1a.mid", "e1-2.mid", "Ann01.mid", "Bob02.mid")}
+    assert len(etude) == 1
+
+
 def test_no_work_edition_or_recital_crosses_a_fold(both):
     with TensorCache(both / "cache") as cache:
         rows = cache.pieces()

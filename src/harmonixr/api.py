@@ -9,13 +9,14 @@ hx.attribute("a.mid", k=5)                # [Attribution(composer, probability, 
 hx.similar("a.mid", k=10)                 # [Match(composer, title, path, similarity), ...]
 hx.verify("a.mid", "b.mid")               # Verdict(similarity, same_composer, probability)
 hx.timeline("a.mid")                      # [Passage(start_s, end_s, {composer: p}), ...]
+hx.identify("a.mid")                      # Identification: a known work, or none
 ```
 
 Files are parsed in child processes (a file that crashes the parser raises
 :class:`~harmonixr.midi.load.MidiError` with reason ``crashed``); bad files raise the same
 reasons as ``preprocess``. Probabilities come from ``evaluate/calibrate.py``.
 
-One module, over 400 lines: the front door's five questions share one input path (paths,
+One module, over 400 lines: the front door's six questions share one input path (paths,
 tensors, scores → tensors → embeddings) and one index; its records live in ``results.py``."""
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ import numpy as np
 import symusic
 import torch
 
+from harmonixr._files import sha256_file
 from harmonixr.midi.files import load_files, parser_pool
-from harmonixr.midi.load import UNREADABLE, MidiError, Tensorized
-from harmonixr.model.embed import Window, embed_windows, piece_windows, pool_windows
-from harmonixr.results import Attribution, Embedded, Match, Passage, Verdict
+from harmonixr.midi.load import UNREADABLE, MidiError, Tensorized, tensor_input
+from harmonixr.model.embed import embed_windows, piece_windows, pool_windows
+from harmonixr.results import Attribution, Embedded, Identification, Match, Passage, Verdict
 from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files, check_index
+from harmonixr.search.works import given_work, sketch
 from harmonixr.train.rundir import Run, pretrained_dir
 
 if TYPE_CHECKING:
@@ -138,25 +141,6 @@ class Harmonixr:
 
     # ------------------------------------------------------------ inputs
 
-    def _tensor_of(self, x: Any) -> np.ndarray:
-        from harmonixr.midi.load import tensorize_checked
-
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        if isinstance(x, np.ndarray):
-            want = (12, self.run.tensor.n_octaves)
-            if x.dtype != np.uint8 or x.ndim != 3 or tuple(x.shape[1:]) != want or not len(x):
-                raise ValueError(
-                    f"expected a uint8 (T, {want[0]}, {want[1]}) tensor with T ≥ 1, "
-                    f"got {x.dtype} {tuple(x.shape)}"
-                )
-            return x
-        if isinstance(x, symusic.Score):  # tensorize_checked converts it to seconds
-            return tensorize_checked(x, self.run.tensor).tensor
-        raise TypeError(
-            f"cannot embed a {type(x).__name__}: give a path, a uint8 tensor or a Score"
-        )
-
     def _tensors(
         self,
         xs: Sequence[Any],
@@ -187,7 +171,7 @@ class Harmonixr:
         for i, x in enumerate(xs):
             if not _is_path(x):
                 try:
-                    out[i] = self._tensor_of(x)
+                    out[i] = tensor_input(x, self.run.tensor)
                 except (ValueError, TypeError) as exc:  # a MidiError, or the wrong kind of input
                     if not skip_errors:
                         raise
@@ -259,17 +243,26 @@ class Harmonixr:
         return z[0] if single else z
 
     def _attributions(
-        self, z: np.ndarray, k: int, prior_unknown: float | None = None
+        self,
+        z: np.ndarray,
+        k: int,
+        prior_unknown: float | None = None,
+        work: Identification | None = None,
     ) -> list[Attribution]:
         index = self._index()
         cal = index.calibration
         every, sims, probs, unknown = index.scores(z, prior_unknown)
+        probs, unknown, column = given_work(probs, unknown, cal.composers, work)
         answer = int(cal.decide(probs, unknown)[0])
         order = [int(c) for c in np.argsort(-probs[0], kind="stable")[: max(0, k)]]
         if answer >= 0 and answer not in order:
             order.insert(0, answer)  # the answer is always listed, whatever k
+        source = {column: work.work} if work is not None and column >= 0 else {}
         named = [
-            Attribution(cal.composers[c], float(probs[0, c]), float(sims[0, c])) for c in order
+            Attribution(
+                cal.composers[c], float(probs[0, c]), float(sims[0, c]), from_work=source.get(c, "")
+            )
+            for c in order
         ]
         other = Attribution(UNKNOWN, float(unknown[0]), None, known=False)
         listed = named if cal.open_set_withdrawn else [*named, other]  # see open_set
@@ -277,13 +270,11 @@ class Harmonixr:
         rest = sorted((a for a in listed if a is not first), key=lambda a: -a.probability)
         out = [first, *rest]
         top = float(sims[0].max()) if sims.shape[1] else -1.0
-        column = index.barely_known_columns
-        close = sorted(
-            (c for c in column if every[0, column[c]] > top), key=lambda c: -every[0, column[c]]
-        )[:BARELY_SHOWN]
+        col = index.barely_known_columns
+        close = sorted((c for c in col if every[0, col[c]] > top), key=lambda c: -every[0, col[c]])
         out += [
-            Attribution(c, 0.0, float(every[0, column[c]]), known=False, barely_known=True)
-            for c in close
+            Attribution(c, 0.0, float(every[0, col[c]]), known=False, barely_known=True)
+            for c in close[:BARELY_SHOWN]
         ]
         return out
 
@@ -308,8 +299,28 @@ class Harmonixr:
         assume the calibration's default prior that the composer is none of the named ones
         (fitted on validation so that at most a tenth of the named composers' pieces are
         answered "someone else"; ``index info`` shows it) unless ``prior_unknown`` says
-        otherwise (Bayes' rule on the odds)."""
-        return self.attribute_embedding(self.embed(x), k, prior_unknown=prior_unknown)
+        otherwise (Bayes' rule on the odds).
+
+        When the index knows works and ``x`` renders one (:meth:`identify`), the answer
+        follows from it: that composer gets the identification's probability and the model's
+        own table shares the rest (``from_work`` names the work)."""
+        tensor, sha = self._question(x)
+        work = self._identified(tensor, sha) if self._index().works is not None else None
+        return self._attributions(self.embed(tensor).reshape(1, -1), k, prior_unknown, work)
+
+    def identify(self, x: Input) -> Identification:
+        """Whether ``x`` is a rendition of a composition in the index (the same file, another
+        edition, another performance), found by melodic content (``search/works.py``); the
+        probability was fitted on validation, and ``index measure`` measures it held out."""
+        return self._identified(*self._question(x))
+
+    def _question(self, x: Input) -> tuple[np.ndarray, str]:
+        (tensor,), _ = self._tensors([x])  # and the file's content hash (else "")
+        return tensor, sha256_file(x) if _is_path(x) else ""
+
+    def _identified(self, tensor: np.ndarray, sha: str) -> Identification:
+        melodic = sketch(tensor, self.run.tensor.low_note, self.run.tensor.frame_ms)
+        return self._index().identify(melodic, sha)
 
     def attribute_embedding(
         self, z: np.ndarray, k: int = 5, *, prior_unknown: float | None = None
@@ -369,7 +380,9 @@ class Harmonixr:
         rather than calibrated."""
         tensor, crop, step = self._timeline_input(x, *self.timeline_windows(window, hop))
         windows = piece_windows([tensor], crop, step)
-        return self._passages(embed_windows(self.encoder, [tensor], windows, crop), windows)
+        return self._index().passages(
+            self.run.frame_seconds, embed_windows(self.encoder, [tensor], windows, crop), windows
+        )
 
     def timeline_and_embedding(
         self, x: Input, window: float | None = None, hop: float | None = None
@@ -383,14 +396,16 @@ class Harmonixr:
         if crop != self.run.crop_frames or self.encoder.has_stats:
             # a statistics model's whole piece is not the mean of its windows' embeddings
             z = embed_windows(self.encoder, [tensor], windows, crop)
-            return self._passages(z, windows), self.embed(tensor)
+            return self._index().passages(self.run.frame_seconds, z, windows), self.embed(tensor)
         whole = piece_windows([tensor], crop, self.run.hop_frames)
         by_start = {w.start: w for w in [*whole, *windows]}
         starts = sorted(by_start)
         z = embed_windows(self.encoder, [tensor], [by_start[s] for s in starts], crop)
         row = {s: i for i, s in enumerate(starts)}
         piece = pool_windows(z[[row[w.start] for w in whole]], whole, 1)[0]
-        return self._passages(z[[row[w.start] for w in windows]], windows), piece
+        return self._index().passages(
+            self.run.frame_seconds, z[[row[w.start] for w in windows]], windows
+        ), piece
 
     def _timeline_input(self, x: Input, window: float, hop: float) -> tuple[np.ndarray, int, int]:
         """The input's tensor and the timeline's window and hop in frames, both checked."""
@@ -409,19 +424,6 @@ class Harmonixr:
         (tensor,), _ = self._tensors([x])
         fs = self.run.frame_seconds
         return tensor, max(1, round(window / fs)), max(1, round(hop / fs))
-
-    def _passages(self, z: np.ndarray, windows: Sequence[Window]) -> list[Passage]:
-        index, fs = self._index(), self.run.frame_seconds
-        _, _, probs, unknown = index.scores(z)
-        return [
-            Passage(
-                round(w.start * fs, 3),
-                round((w.start + w.valid) * fs, 3),
-                {c: float(p) for c, p in zip(index.calibration.composers, probs[i], strict=True)},
-                float(unknown[i]),
-            )
-            for i, w in enumerate(windows)
-        ]
 
     # ------------------------------------------------------------ the index
 

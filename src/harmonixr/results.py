@@ -39,6 +39,9 @@ class Attribution:
     barely_known: bool = described(
         "Too few training works to be named: shown, probability 0.", default=False
     )
+    from_work: str = described(
+        "The known work this composer follows from (identify), or empty.", default=""
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +66,45 @@ class Match:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Identification:
+    """Whether a piece is a rendition (the same file, another edition, another performance)
+    of a composition the index holds: the indexed piece that shares most of its melody, and
+    the probability that it renders the same composition (fitted on validation)."""
+
+    known: bool = described("A known work is named: probability ≥ 0.5.")
+    probability: float = described("That the closest piece renders the same composition.")
+    composer: str = described("The closest piece's composer.")
+    title: str = described("The closest piece's title.")
+    renditions: int = described("Indexed files of that composition.")
+    overlap: float = described("Share of melodic patterns with the closest piece (0–1).")
+    same_file: bool = described("The very file is indexed.", default=False)
+    path: str = described("The closest piece's path as the index recorded it.", default="")
+
+    @property
+    def work(self) -> str:
+        return self.title.removesuffix(" (score)")
+
+    @property
+    def text(self) -> str:
+        """The sentence a person reads."""
+        many = f"{self.renditions} rendition{'s' if self.renditions != 1 else ''} in the index"
+        if self.same_file:
+            return f"This file is in the index: {self.work} by {self.composer} ({many})."
+        if self.known:
+            return (
+                f"This is {self.work} by {self.composer}: {many} "
+                f"(probability {self.probability:.2f})."
+            )
+        return (
+            "No known work: no indexed piece shares enough of its melody (closest: "
+            f"{self.work} by {self.composer}, probability {self.probability:.2f})."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "work": self.work, "text": self.text}
 
 
 @dataclass(frozen=True)

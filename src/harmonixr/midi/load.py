@@ -376,3 +376,23 @@ def tensorize(
     ``.krn``, ``.mei``; rendered as ``preprocess`` renders it) or a ``symusic.Score`` (the tensor
     contract in docs/architecture.md)."""
     return tensorize_with_stats(source, config).tensor
+
+
+def tensor_input(x: Any, config: TensorConfig) -> np.ndarray:
+    """A question given as a tensor (numpy or torch, checked against ``config``) or a
+    ``symusic.Score`` (tensorized), as the tensor the model reads."""
+    import symusic
+
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        want = (12, config.n_octaves)
+        if x.dtype != np.uint8 or x.ndim != 3 or tuple(x.shape[1:]) != want or not len(x):
+            raise ValueError(
+                f"expected a uint8 (T, {want[0]}, {want[1]}) tensor with T ≥ 1, "
+                f"got {x.dtype} {tuple(x.shape)}"
+            )
+        return x
+    if isinstance(x, symusic.Score):  # tensorize_checked converts it to seconds
+        return tensorize_checked(x, config).tensor
+    raise TypeError(f"cannot embed a {type(x).__name__}: give a path, a uint8 tensor or a Score")

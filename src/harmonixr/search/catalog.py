@@ -30,7 +30,7 @@ import numpy as np
 
 from harmonixr._files import atomic_json, atomic_write
 from harmonixr.evaluate.calibrate import Calibration
-from harmonixr.results import Match
+from harmonixr.results import Identification, Match, Passage
 from harmonixr.search.store import FaissStore, MilvusStore, VectorStore
 from harmonixr.search.works import FIT_FILE, PRINTS_FILE, Sketch, WorkFit, WorkPrints
 from harmonixr.train.rundir import Run
@@ -160,6 +160,41 @@ class Index:
         sims = self.named_similarities(every)
         probs, unknown = self.calibration.composer_probabilities(z, sims, prior_unknown)
         return every, sims, probs, unknown
+
+    def passages(
+        self, frame_seconds: float, z: np.ndarray, windows: Sequence[Any]
+    ) -> list[Passage]:
+        """A timeline: the probabilities of windows' embeddings ``z`` (each window a
+        ``model.embed.Window``: ``start`` and ``valid`` frames)."""
+        _, _, probs, unknown = self.scores(z)
+        return [
+            Passage(
+                round(w.start * frame_seconds, 3),
+                round((w.start + w.valid) * frame_seconds, 3),
+                {c: float(p) for c, p in zip(self.calibration.composers, probs[i], strict=True)},
+                float(unknown[i]),
+            )
+            for i, w in enumerate(windows)
+        ]
+
+    def identify(self, sketch: Sketch, sha256: str = "") -> Identification:
+        """Whether the piece of melodic ``sketch`` (``search/works.py``) renders a composition
+        of the index: the piece of highest overlap and the validation-fitted probability; a
+        file whose ``sha256`` is indexed is that piece itself."""
+        if self.works is None or self.work_fit is None or not len(self):
+            raise ValueError(
+                f"{self.root}: this index has no known works; give it them with "
+                "`harmonixr index works RUN --data CACHE`"
+            )
+        same = [i for i, it in enumerate(self.items) if sha256 and it.sha256 == sha256]
+        overlaps = self.works.overlaps([sketch])[0]
+        best = same[0] if same else int(overlaps.argmax())
+        p = 1.0 if same else float(self.work_fit.probability(overlaps[best]))
+        it = self.items[best]
+        count = sum(1 for x in self.items if x.work == it.work) if it.work else 1
+        return Identification(
+            p >= 0.5, p, it.composer, it.title, count, float(overlaps[best]), bool(same), it.path
+        )
 
     @property
     def barely_known(self) -> list[str]:

@@ -202,6 +202,22 @@ class WorkFit:
         return fit
 
 
+def given_work(
+    probs: np.ndarray, unknown: np.ndarray, composers: Sequence[str], work: Any
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The one composer table of a question given its identification ``work`` (a
+    ``results.Identification`` or None): when a work is named and its composer is among
+    ``composers``, that composer gets the work's probability and the model's own table
+    (``probs`` (1, C), ``unknown`` (1,)) shares the rest, so the rows still sum to one; the
+    composer's column, else -1 and the table unchanged."""
+    if work is None or not work.known or work.composer not in composers:
+        return probs, unknown, -1
+    column, p = list(composers).index(work.composer), float(work.probability)
+    probs, unknown = probs * (1.0 - p), unknown * (1.0 - p)
+    probs[0, column] += p
+    return probs, unknown, column
+
+
 def best_others(overlaps: np.ndarray, own: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """For each query row (item ``own[q]`` of the index), the best other piece and its overlap:
     the question asked as if the piece were not indexed."""
