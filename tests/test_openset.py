@@ -125,6 +125,16 @@ def test_measure_index_stores_held_out_figures_beside_fitted_ones(search_run_cop
     info = Harmonixr.load(run).info()
     assert info["calibration"]["held_out"]["composer"]["pieces"] == len(test)
     assert info["calibration"]["verify"]["measured_on"].startswith("validation")
+    # measured again after a withdrawal, "someone else" is measured as fitted, not as withdrawn:
+    # a detector that calls every piece unknown is seen doing so (withdrawn, it would say 0)
+    cal_path = run / "index" / "calibration.json"
+    cal = json.loads(cal_path.read_text())
+    cal.update(open_set_withdrawn=True, unknown_bias=30.0)
+    cal["unknown_coef"] = [0.0] * len(cal["unknown_coef"])
+    cal_path.write_text(json.dumps(cal))
+    again = measure_index(run, cache, resamples=20)
+    assert again["open_set_test_side"]["known_called_unknown"]["value"] == 1.0
+    assert again["known_works"] == report["known_works"]
 
 
 def test_stratified_auc_counts_only_pairs_inside_a_stratum():

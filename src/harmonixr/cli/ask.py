@@ -1,4 +1,5 @@
-"""Asking a model: ``embed``, ``attribute``, ``similar``, ``verify``, ``timeline``, ``serve``."""
+"""Asking a model: ``embed``, ``identify``, ``attribute``, ``similar``, ``verify``, ``timeline``,
+``serve``."""
 
 from __future__ import annotations
 
@@ -61,6 +62,25 @@ def embed(
 
 
 @app.command()
+def identify(
+    file: Annotated[Path, typer.Argument(help="A MIDI or score file.")],
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Whether FILE is a rendition of a work in the index (the same file, another edition or
+    performance), by its melody; the probability was fitted on validation."""
+    got = load_model(model).identify(file)
+    if as_json:
+        print_json(got.to_dict())
+        return
+    out.print(got.text, highlight=False)
+    out.print(
+        f"[dim]closest indexed piece: {got.path} (melodic overlap {got.overlap:.2f})[/dim]",
+        highlight=False,
+    )
+
+
+@app.command()
 def attribute(
     file: Annotated[Path, typer.Argument(help="A MIDI file.")],
     k: Annotated[int, typer.Option("--k", "-k", help="Named composers to list.")] = 5,
@@ -80,6 +100,8 @@ def attribute(
     if as_json:
         print_json([a.to_dict() for a in result])
         return
+    if hx.index is not None and hx.index.works is not None:
+        out.print(f"[bold]Known work:[/bold] {hx.identify(file).text}", highlight=False)
     table = Table(title=f"who wrote {file.name}?")
     table.add_column("composer")
     table.add_column("probability", justify="right")
@@ -90,6 +112,8 @@ def attribute(
             name = f"{a.composer} [dim](barely known: too few works to name)[/dim]"
         score = "" if a.score is None else f"{a.score:.3f}"
         prob = "" if a.barely_known else f"{a.probability:.3f}"
+        if a.from_work:
+            name += f" [dim](from the known work {a.from_work})[/dim]"
         table.add_row(f"[bold]{name}[/bold] ← answer" if n == 0 else name, prob, score)
     out.print(table)
     if not hx.open_set:

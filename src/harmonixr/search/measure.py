@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,9 @@ def measure_index(
     encoder = run.encoder()
     index = Index.load(run_dir / INDEX_DIR)
     check_index(index, run)
+    # "someone else" is measured as fitted: whether it stays an answer is this measure's to
+    # decide again, whatever an earlier one decided (a withdrawn one scores every piece 0)
+    index.calibration = replace(index.calibration, open_set_withdrawn=False, open_set_note="")
     cal = index.calibration
     if not cal.composers:
         raise ValueError(f"{run_dir}: the index names no composer; nothing to measure")
