@@ -94,8 +94,12 @@ def test_every_endpoint_gives_the_api_answer(client, piece):
     hx = client.app.state.service.hx
     got = client.post("/api/attribute?k=1", files=upload("a.mid", data))
     assert got.status_code == 200
-    assert got.json() == [a.to_dict() for a in hx.attribute(path, k=1)]
+    # an upload is its music, not a file the index may hold: as the API asked with its tensor
+    tensor = harmonixr.tensorize(path)
+    assert got.json() == [a.to_dict() for a in hx.attribute(tensor, k=1)]
     assert [a["composer"] for a in got.json()].count("unknown") == 1
+    got = client.post("/api/identify", files=upload("a.mid", data))
+    assert got.status_code == 200 and got.json() == hx.identify(tensor).to_dict()
     got = client.post("/api/similar?k=3", files=upload("a.mid", data)).json()
     assert got == [m.to_dict() for m in hx.similar(path, k=3)]
     assert got[0]["path"] == path and got[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
@@ -128,6 +132,9 @@ def test_analyze_gives_everything_the_page_shows(client, piece):
     assert a["file"] == "piece.mid"  # only the name is kept, never the client's path
     assert a["attribution"][0]["composer"] == composer_of(path)
     assert sum(x["probability"] for x in a["attribution"]) == pytest.approx(1.0, abs=1e-9)
+    assert (
+        a["identified"] == client.app.state.service.hx.identify(harmonixr.tensorize(path)).to_dict()
+    )
     assert [m["path"] for m in a["similar"]][:1] == [path] and len(a["similar"]) == 4
     crop = client.get("/api/health").json()["crop_s"]  # the run's: 10 s for the tiny one
     assert a["timeline"]["window_s"] == a["timeline"]["hop_s"] == crop == 10

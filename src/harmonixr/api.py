@@ -104,10 +104,8 @@ class Harmonixr:
         (``RUN/index``) is loaded when present; without it only :meth:`embed` works.
 
         ``threads`` sets torch's CPU threads for this process (``torch.set_num_threads``);
-        ``None`` (the default) leaves torch's own setting. Measured with ``bench/threads.py`` on
-        2 cores (one question about a 3-minute piece): idle, 2 threads answer in 29 ms against
-        58 ms with one; beside a busy process, 103 ms (p90 210 ms) against 73 ms (p90 89 ms).
-        Pass ``threads=1`` where other work shares the cores, as ``harmonixr serve`` does."""
+        ``None`` (the default) leaves torch's own setting. Pass ``threads=1`` where other work
+        shares the cores, as ``harmonixr serve`` does (``bench/threads.py`` measures why)."""
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be at least 1 (or None), got {threads}")
@@ -306,12 +304,12 @@ class Harmonixr:
         own table shares the rest (``from_work`` names the work)."""
         tensor, sha = self._question(x)
         work = self._identified(tensor, sha) if self._index().works is not None else None
-        return self._attributions(self.embed(tensor).reshape(1, -1), k, prior_unknown, work)
+        z = self.embed(tensor)
+        return self.attribute_embedding(z, k, prior_unknown=prior_unknown, work=work)
 
     def identify(self, x: Input) -> Identification:
-        """Whether ``x`` is a rendition of a composition in the index (the same file, another
-        edition, another performance), found by melodic content (``search/works.py``); the
-        probability was fitted on validation, and ``index measure`` measures it held out."""
+        """Whether ``x`` renders a composition of the index (the same file, another edition or
+        performance), by melodic content (``search/works.py``; fitted on validation)."""
         return self._identified(*self._question(x))
 
     def _question(self, x: Input) -> tuple[np.ndarray, str]:
@@ -323,10 +321,12 @@ class Harmonixr:
         return self._index().identify(melodic, sha)
 
     def attribute_embedding(
-        self, z: np.ndarray, k: int = 5, *, prior_unknown: float | None = None
+        self, z: np.ndarray, k: int = 5, *, prior_unknown: float | None = None, work: Any = None
     ) -> list[Attribution]:
-        """:meth:`attribute` for a ``(D,)`` embedding already computed (by :meth:`embed`)."""
-        return self._attributions(np.asarray(z, np.float32).reshape(1, -1), k, prior_unknown)
+        """:meth:`attribute` for a ``(D,)`` embedding already computed (by :meth:`embed`), with
+        the piece's :meth:`identify` as ``work`` when known (no work is identified from ``z``)."""
+        z = np.asarray(z, np.float32).reshape(1, -1)
+        return self._attributions(z, k, prior_unknown, work)
 
     def similar(self, x: Input, k: int = 10, *, per_work: int | None = None) -> list[Match]:
         """The ``k`` indexed pieces nearest to ``x`` (cosine similarity, best first); a piece

@@ -185,6 +185,14 @@ async def attribute(
     return await asked(request, service, [upload], lambda t: service.attribute(t, k))
 
 
+@router.post("/api/identify", response_model=schemas.KnownWork, responses=ERRORS)
+async def identify(request: Request, service: ServiceDep, file: UploadFile = ONE_FILE) -> Any:
+    """Whether the file renders a work of the index (the same music in another edition or
+    performance), by its melody; the probability was fitted on validation."""
+    upload = await _read(file)
+    return await asked(request, service, [upload], service.identify)
+
+
 @router.post("/api/similar", response_model=list[Match], responses=ERRORS)
 async def similar(
     request: Request,

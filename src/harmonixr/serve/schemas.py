@@ -42,6 +42,21 @@ class Position(BaseModel):
     z: float
 
 
+class KnownWork(BaseModel):
+    """Whether the file renders a composition of the index (``Harmonixr.identify``)."""
+
+    known: bool = Field(description="A known work is named: probability ≥ 0.5.")
+    probability: float = Field(description="That the closest piece renders the same work.")
+    composer: str
+    title: str = Field(description="The closest indexed piece's title.")
+    work: str = Field(description="The work's name as shown.")
+    renditions: int = Field(description="Indexed files of that work.")
+    overlap: float = Field(description="Share of melodic patterns with the closest piece.")
+    same_file: bool
+    path: str
+    text: str = Field(description="The sentence a person reads.")
+
+
 class Analysis(BaseModel):
     """Everything the page shows for one file."""
 
@@ -49,6 +64,7 @@ class Analysis(BaseModel):
     seconds: float = Field(
         description="Music analysed: stretches without a new note over 10 s count as 10 s."
     )
+    identified: KnownWork | None = Field(None, description="Null when the index has no works.")
     attribution: list[Attribution]
     similar: list[Match] = Field(description="Nearest pieces, the best one of each work.")
     similar_all: list[Match] = Field(description="Nearest pieces, every performance/edition.")

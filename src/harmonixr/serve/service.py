@@ -37,6 +37,7 @@ from harmonixr.midi.load import (
 )
 from harmonixr.midi.scores import is_score
 from harmonixr.midi.tensorize import condense
+from harmonixr.results import Identification
 from harmonixr.serve.uploads import MB, Limits, UploadError, error_for, has_midi_header
 
 if TYPE_CHECKING:
@@ -281,6 +282,12 @@ class Service:
     def attribute(self, tensor: np.ndarray, k: int) -> list[dict[str, Any]]:
         return [a.to_dict() for a in self.hx.attribute(tensor, k)]
 
+    def identify(self, tensor: np.ndarray) -> dict[str, Any]:
+        return self.hx.identify(tensor).to_dict()
+
+    def _work(self, tensor: np.ndarray) -> Identification | None:
+        return self.hx.identify(tensor) if self.hx.index.works is not None else None
+
     def similar(self, tensor: np.ndarray, k: int, per_work: int | None) -> list[dict[str, Any]]:
         return [m.to_dict() for m in self.hx.similar(tensor, k, per_work=per_work)]
 
@@ -350,10 +357,12 @@ class Service:
         with _window_bounds():  # windows of the run's crop are its crops: embedded once for both
             passages, z = self.hx.timeline_and_embedding(tensor, window, hop)
         timeline = [p.to_dict() for p in passages]
+        work = self._work(tensor)
         return {
             "file": name,
             "seconds": round(tensor.shape[0] * self.hx.run.frame_seconds, 3),
-            "attribution": [a.to_dict() for a in self.hx.attribute_embedding(z, k)],
+            "identified": None if work is None else work.to_dict(),
+            "attribution": [a.to_dict() for a in self.hx.attribute_embedding(z, k, work=work)],
             "similar": [m.to_dict() for m in self.hx.similar_embedding(z, n, per_work=1)],
             "similar_all": [m.to_dict() for m in self.hx.similar_embedding(z, n)],
             "timeline": {

@@ -188,11 +188,24 @@ async function show(result, current = () => true) {
   $("map-card").hidden = !hasMap;
   $("piece-name").textContent = result.file;
   $("window-s").textContent = String(result.timeline.window_s);
+  drawKnownWork(result.identified);
   drawBars(result.attribution);
   drawNearest($("every-rendition").checked ? result.similar_all : result.similar);
   drawTimeline();
   drawPassageTable(result.timeline.passages);
   if (hasMap) await drawMap(result, current);
+}
+
+// a known work first: the piece is a rendition of one the index holds, or it is not
+function drawKnownWork(work) {
+  const line = $("known-work");
+  line.hidden = !work;
+  if (!work) return;
+  line.classList.toggle("found", work.known);
+  line.textContent = work.known
+    ? work.text
+    : "No known work: no piece in the index shares enough of its melody.";
+  line.title = `closest indexed piece: ${work.path} (melodic overlap ${work.overlap.toFixed(2)})`;
 }
 
 function drawBars(attribution) {
@@ -215,7 +228,8 @@ function drawBars(attribution) {
     if (a.known) fill.style.background = colourOf(a.composer);
     // the first entry is the answer; barely known composers are shown, never named
     const pct = a.barely_known ? "barely known" : percent(a.probability);
-    const label = `${i === 0 ? "Answer: " : ""}${name}: ${pct}`;
+    const label = `${i === 0 ? "Answer: " : ""}${name}: ${pct}` +
+      (a.from_work ? ` (from the known work ${a.from_work})` : "");
     const cls = a.barely_known ? "barely" : a.known ? "known" : "unknown";
     list.append(
       el(
