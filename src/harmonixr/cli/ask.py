@@ -101,7 +101,7 @@ def attribute(
         print_json([a.to_dict() for a in result])
         return
     if hx.index is not None and hx.index.works is not None:
-        out.print(f"[bold]Known work:[/bold] {hx.identify(file).text}", highlight=False)
+        out.print(f"[bold]{hx.identify(file).text}[/bold]", highlight=False)
     table = Table(title=f"who wrote {file.name}?")
     table.add_column("composer")
     table.add_column("probability", justify="right")
@@ -116,7 +116,7 @@ def attribute(
             name += f" [dim](from the known work {a.from_work})[/dim]"
         table.add_row(f"[bold]{name}[/bold] ← answer" if n == 0 else name, prob, score)
     out.print(table)
-    if not hx.open_set:
+    if not hx.open_set and not result[0].from_work:
         out.print(
             f"Closest named composer: {result[0].composer} ({result[0].probability:.2f}); "
             f"{hx.open_set_note}.",
@@ -207,7 +207,7 @@ def timeline(
         row = [f"{p.start_s:.1f}", f"{p.end_s:.1f}", best, f"{top:.3f}", f"{p.unknown:.3f}"]
         table.add_row(*row[: len(columns)])
     out.print(table)
-    if not hx.open_set:
+    if not hx.open_set and not result[0].from_work:
         out.print(hx.open_set_note, style="dim", highlight=False)
     out.print(TIMELINE_NOTE, style="dim")
 
