@@ -30,19 +30,33 @@ def hx_json(*args: str):
     return json.loads(hx(*args, "--json"))
 
 
-def test_attribute_json_names_the_composer_with_probabilities(search_run):
-    path = split_paths(search_run, "test")[0]
+def test_attribute_json_names_the_composer_with_probabilities(search_run, tmp_path):
+    from midi_factory import synthetic_piece
+
+    path = synthetic_piece(tmp_path / "new.mid", [("High", 20)], seed=5)  # no known work
     result = hx_json("attribute", path, "--model", search_run, "--k", "1")
-    assert [r["composer"] for r in result][0] == composer_of(path)
+    assert [r["composer"] for r in result][0] == "High"
     assert {r["known"] for r in result} == {True, False} and len(result) == 2
     assert all(0 <= r["probability"] <= 1 for r in result)
     table = hx("attribute", path, "-m", search_run)
-    assert composer_of(path) in table and "someone else" in table and "← answer" in table
+    assert "High" in table and "someone else" in table and "← answer" in table
+    assert table.startswith("No known work")
     # another prior moves "someone else" as Bayes says: odds × 9 for a prior of 0.9
     even = {r["composer"]: r["probability"] for r in result}["unknown"]
     high = hx_json("attribute", path, "--model", search_run, "--k", "1", "--prior-unknown", "0.9")
     p = {r["composer"]: r["probability"] for r in high}["unknown"]
     assert p / (1 - p) == pytest.approx(9 * even / (1 - even), rel=1e-6)
+
+
+def test_identify_names_an_indexed_file_and_attribute_follows_from_it(search_run):
+    path = split_paths(search_run, "test")[0]
+    got = hx_json("identify", path, "--model", search_run)
+    assert got["same_file"] and got["known"] and got["composer"] == composer_of(path)
+    assert got["text"].startswith("This file is in the index")
+    assert hx("identify", path, "-m", search_run).startswith("This file is in the index")
+    rows = hx_json("attribute", path, "--model", search_run, "--k", "1")
+    assert rows[0]["from_work"] == got["work"] and rows[0]["probability"] == pytest.approx(1.0)
+    assert "from the known work" in hx("attribute", path, "-m", search_run)
 
 
 def test_similar_verify_timeline_json(search_run):

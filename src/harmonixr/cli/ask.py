@@ -207,7 +207,7 @@ def timeline(
         row = [f"{p.start_s:.1f}", f"{p.end_s:.1f}", best, f"{top:.3f}", f"{p.unknown:.3f}"]
         table.add_row(*row[: len(columns)])
     out.print(table)
-    if not hx.open_set and not result[0].from_work:
+    if not hx.open_set:
         out.print(hx.open_set_note, style="dim", highlight=False)
     out.print(TIMELINE_NOTE, style="dim")
 
