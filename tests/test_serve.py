@@ -920,12 +920,19 @@ def test_serve_bounds_malloc_arenas_before_it_starts(search_run, monkeypatch):
 
 
 def test_scores_are_uploaded_like_midi(client):
-    from test_scores import KERN
+    from test_scores import KERN, MEI
 
     got = client.post("/api/attribute", files=upload("piece.krn", KERN.encode()))
     assert got.status_code == 200, got.text
     bad = client.post("/api/attribute", files=upload("piece.mei", b"<mei>no"))
     assert (bad.status_code, bad.json()["reason"]) == (422, "score_error")
-    assert "could not be rendered as a score" in bad.json()["detail"]
+    assert bad.json()["detail"].startswith("piece.mei could not be rendered as a score: ")
+    no_body = MEI.replace(MEI[MEI.index("<body>") : MEI.index("</music>")], "")
+    bad = client.post("/api/attribute", files=upload("no-body.mei", no_body.encode()))
+    assert (bad.status_code, bad.json()["reason"]) == (422, "score_error")
+    assert bad.json()["detail"] == (  # the converter's own reason, for the person to fix
+        "no-body.mei could not be rendered as a score: "
+        "verovio: No <body> element found in the MEI data"
+    )
     text = client.post("/api/attribute", files=upload("notes.txt", b"hello"))
     assert text.status_code == 415  # unsupported extensions are still refused
