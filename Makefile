@@ -88,7 +88,8 @@ screenshots: install
 # the score corpus: make pretrained ASAP=path/to/asap-dataset SCORES=path/to/scores
 # It is fold 0 of a 10-fold plan: 80 % of the units train it, 10 % (validation) calibrate it,
 # 10 % (its test side) give its own figures (RUN/report-folds-0.md, copied to
-# docs/pretrained-eval/). The recipe is configs/pretrained.toml; at most 10 MB in all.
+# docs/pretrained-eval/) and its corpus map (map/, for the page). The recipe is
+# configs/pretrained.toml; at most 10 MB in all.
 ASAP            ?=
 SCORES          ?=
 PRETRAINED_CACHE ?= cache/multi
@@ -115,10 +116,15 @@ pretrained: install
 	OMP_NUM_THREADS=2 $(HX) index measure $(PRETRAINED_HEAD) --data $(PRETRAINED_CACHE) --out docs/pretrained-eval
 	@# its own figures on its test side, beside the tuned baselines
 	OMP_NUM_THREADS=2 $(HX) evaluate $(PRETRAINED_HEAD) --data $(PRETRAINED_CACHE) --resamples 300
+	@# the corpus map the page shows (every piece of the cache; its pictures stay in the run)
+	OMP_NUM_THREADS=2 $(HX) viz tsne $(PRETRAINED_HEAD) --data $(PRETRAINED_CACHE) --out $(PRETRAINED_HEAD)/viz
 	rm -rf $(PRETRAINED_DIR)/index $(PRETRAINED_DIR)/map $(PRETRAINED_DIR)/model.safetensors $(PRETRAINED_DIR)/config.json
 	cp $(PRETRAINED_HEAD)/model.safetensors $(PRETRAINED_HEAD)/config.json $(PRETRAINED_HEAD)/head_log.json $(PRETRAINED_DIR)/
 	cp -r $(PRETRAINED_HEAD)/index $(PRETRAINED_DIR)/index
 	rm -f $(PRETRAINED_DIR)/index/.*.tmp*
+	@# the map alone, compact (half-precision embeddings, ~1.3 MB), paths under the corpora's folder
+	$(PY) -c "from harmonixr.viz.tsne import CorpusMap as M; M.load('$(PRETRAINED_HEAD)/viz/map') \
+	.rebased('$(abspath $(ASAP)/..)').save('$(PRETRAINED_DIR)/map', compact=True)"
 	$(PY) -c "import json, sys; from harmonixr.data.splits import portable_manifest as p; \
 	m = p(json.load(open('$(PRETRAINED_HEAD)/split.json')), '$(abspath $(ASAP)/..)'); \
 	open('$(PRETRAINED_DIR)/split.json', 'w').write(json.dumps(m, separators=(',', ':')))"

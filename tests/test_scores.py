@@ -131,6 +131,28 @@ def test_bad_scores_get_score_error_and_uploads_are_rendered_too(tmp_path):
     assert reason == "score_error"
 
 
+def test_a_score_error_names_the_file_and_the_converters_own_reason(tmp_path, capfd):
+    import harmonixr
+    from harmonixr.midi.scores import one_line
+
+    no_body = tmp_path / "no body.mei"  # an MEI whose <music> holds no <body>
+    no_body.write_text(MEI.replace(MEI[MEI.index("<body>") : MEI.index("</music>")], ""))
+    for load in (load_tensor, harmonixr.tensorize):
+        with pytest.raises(MidiError) as err:
+            load(no_body)
+        assert err.value.reason == "score_error" and "could not load" not in err.value.detail
+        assert str(err.value).startswith(f"{no_body}: score_error")
+        assert "No <body> element found in the MEI data" in str(err.value)
+    assert "No <body> element" in capfd.readouterr().err  # verovio's log is passed on
+    # music21's reason, without its exception's class
+    bad = tmp_path / "bad.musicxml"
+    bad.write_text(_musicxml(tmp_path / "ok.musicxml", None).read_text().replace(">E<", ">H<"))
+    with pytest.raises(MidiError) as err:
+        load_tensor(bad)
+    assert err.value.detail == "music21: Cannot make a step out of 'H'"
+    assert one_line("a\n\tb\x00c " + "x" * 300, 20) == "a b c " + "x" * 13 + "…"
+
+
 def _crash_on_kern(job):
     from harmonixr.midi.load import load_job
 

@@ -737,6 +737,10 @@ def test_page_layout_survives_a_long_name_and_nearest_shows_one_piece_per_work(
         _wait_text(page, "#model", "^Model")
         # the header counts distinct files and the composers the model can name
         assert "20 distinct files indexed · 2 named composers" in page.inner_text("#model")
+        # this run has no map: the page says so in a plain sentence, with no command to run
+        missing = page.inner_text("#map-missing")
+        assert "no corpus map" in missing.lower()
+        assert not any(w in missing for w in ("harmonixr", "viz tsne", "--data", "CACHE"))
         _drop(page, piece.name, piece.read_bytes())
         page.wait_for_selector("#nearest tbody tr")
         _wait_text(page, "#status", "AAA")
@@ -755,7 +759,22 @@ def test_page_layout_survives_a_long_name_and_nearest_shows_one_piece_per_work(
         assert "Pianist" in rows.first.inner_text()
         page.check("#every-rendition")
         assert page.locator("#nearest tbody tr").count() == 10
+        # both tables fit the phone: no column past the right edge, no row over another
+        page.evaluate("document.querySelector('.timeline details').open = true")
+        assert page.locator("#passages th.unknown-col").is_visible()  # five columns
+        assert page.evaluate(_TABLES_FIT) == {"passages": [0, 0], "nearest": [0, 0]}
         page.close()
+
+
+# for each table: [cells reaching past its scroll box's right edge, rows over the row before]
+_TABLES_FIT = """() => Object.fromEntries([...document.querySelectorAll("table")].map((t) => {
+    const right = t.closest(".table-wrap").getBoundingClientRect().right;
+    const cells = [...t.querySelectorAll("th, td")].map((c) => c.getBoundingClientRect());
+    const rows = [...t.querySelectorAll("tr")].map((r) => r.getBoundingClientRect());
+    const cut = cells.filter((b) => b.width > 0 && b.right > right + 0.5).length;
+    const over = rows.filter((b, i) => i > 0 && b.top < rows[i - 1].bottom - 0.5).length;
+    return [t.id, [cut, over]];
+}))"""
 
 
 def test_a_held_note_costs_the_model_no_more_than_its_quiet_cap(client, tmp_path):
@@ -927,12 +946,19 @@ def test_serve_bounds_malloc_arenas_before_it_starts(search_run, monkeypatch):
 
 
 def test_scores_are_uploaded_like_midi(client):
-    from test_scores import KERN
+    from test_scores import KERN, MEI
 
     got = client.post("/api/attribute", files=upload("piece.krn", KERN.encode()))
     assert got.status_code == 200, got.text
     bad = client.post("/api/attribute", files=upload("piece.mei", b"<mei>no"))
     assert (bad.status_code, bad.json()["reason"]) == (422, "score_error")
-    assert "could not be rendered as a score" in bad.json()["detail"]
+    assert bad.json()["detail"].startswith("piece.mei could not be rendered as a score: ")
+    no_body = MEI.replace(MEI[MEI.index("<body>") : MEI.index("</music>")], "")
+    bad = client.post("/api/attribute", files=upload("no-body.mei", no_body.encode()))
+    assert (bad.status_code, bad.json()["reason"]) == (422, "score_error")
+    assert bad.json()["detail"] == (  # the converter's own reason, for the person to fix
+        "no-body.mei could not be rendered as a score: "
+        "verovio: No <body> element found in the MEI data"
+    )
     text = client.post("/api/attribute", files=upload("notes.txt", b"hello"))
     assert text.status_code == 415  # unsupported extensions are still refused

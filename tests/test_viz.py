@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 from tiny_runs import train_tiny
 from typer.testing import CliRunner
 
+import harmonixr
 from harmonixr.cli import app
 from harmonixr.data.cache import preprocess
 from harmonixr.viz._style import OTHER, PALETTE, composer_colours
@@ -108,6 +110,26 @@ def test_saved_map_reloads_without_pickle_and_places_points(maps):
     assert (own < np.median(gaps[gaps > 0])).all(), own
     idx, dist = cmap.nearest(cmap.embeddings[:2], k=3)
     assert idx[:, 0].tolist() == [0, 1] and np.allclose(dist[:, 0], 0, atol=1e-3)
+
+
+def test_a_compact_map_is_smaller_and_places_points_where_the_full_one_does(maps, tmp_path):
+    out, _ = maps
+    full = CorpusMap.load(out / "map")
+    corpora = full.paths[0].rsplit("/", 2)[0]  # the synthetic corpus's folder
+    shipped = full.rebased(corpora)
+    assert shipped.paths[0] == "/".join(full.paths[0].rsplit("/", 2)[1:])  # Composer/piece.mid
+    assert shipped.rebased("/nowhere").paths == shipped.paths  # outside the root: kept
+    shipped.save(tmp_path / "compact", compact=True)
+    size = {f.name: f.stat().st_size for f in (tmp_path / "compact").iterdir()}
+    assert sum(size.values()) < sum(f.stat().st_size for f in (out / "map").iterdir())
+    back = CorpusMap.load(tmp_path / "compact")
+    assert back.embeddings.dtype == np.float32 and back.coords.dtype == np.float64
+    np.testing.assert_allclose(back.embeddings, full.embeddings, atol=1e-3)
+    np.testing.assert_allclose(back.coords, full.coords, atol=1e-4)
+    assert (back.paths, back.composers, back.info) == (shipped.paths, full.composers, full.info)
+    np.testing.assert_allclose(
+        back.place(full.embeddings[:2]), full.place(full.embeddings[:2]), atol=0.05
+    )
 
 
 def test_context_places_user_files_without_moving_the_corpus(maps, tiny_run, tmp_path):
@@ -229,3 +251,34 @@ def test_cli_filters_prints_the_path(tiny_run, tmp_path):
     result = CliRunner().invoke(app, ["viz", "filters", str(run), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "filters.png").is_file() and "filters.png" in result.output
+
+
+PRETRAINED = Path(harmonixr.__file__).parent / "pretrained"
+
+
+@pytest.mark.skipif(
+    not (PRETRAINED / "model.safetensors").is_file(),
+    reason="no shipped model in src/harmonixr/pretrained (make pretrained ASAP=...)",
+)
+def test_the_shipped_map_loads_and_matches_the_shipped_weights():
+    from harmonixr.train.rundir import Run
+    from harmonixr.viz.maps import check_map
+
+    folder = PRETRAINED / "map"
+    cmap = CorpusMap.load(folder)
+    check_map(cmap, Run.open(PRETRAINED), folder)  # made with these weights and this crop
+    # small enough to ship, and no machine's paths in it
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 1.5e6
+    assert not any(p.startswith(("/", "..")) for p in cmap.paths)
+    assert not any(str(v).startswith("/") for v in cmap.info.values())
+    # every indexed piece is on it, embedded as the index embedded it
+    items = json.loads((PRETRAINED / "index" / "items.json").read_text())
+    index = np.load(PRETRAINED / "index" / "embeddings.npy", allow_pickle=False)
+    where = {p: i for i, p in enumerate(cmap.paths)}
+    assert all(p in where for p in items["path"])
+    rows = [where[p] for p in items["path"]]
+    assert np.einsum("nd,nd->n", index, cmap.embeddings[rows]).min() > 0.999
+    # a piece placed again lands by its own point
+    gaps = np.linalg.norm(cmap.coords[:200, None] - cmap.coords[None, :200], axis=-1)
+    placed = cmap.place(cmap.embeddings[:2])
+    assert (np.linalg.norm(placed - cmap.coords[:2], axis=1) < np.median(gaps[gaps > 0])).all()

@@ -220,7 +220,13 @@ def render_score(
     ``score_error``)."""
     from dataclasses import replace
 
-    from harmonixr.midi.scores import ScoreError, ScoreTooComplex, ScoreTooLarge, score_to_midi
+    from harmonixr.midi.scores import (
+        ScoreError,
+        ScoreTooComplex,
+        ScoreTooLarge,
+        one_line,
+        score_to_midi,
+    )
 
     if not data:
         raise MidiError(path, EMPTY, "file has 0 bytes")
@@ -233,7 +239,7 @@ def render_score(
         reason = UNSAFE_XML if exc.kind == "unsafe" else TOO_COMPLEX
         raise MidiError(path, reason, str(exc)) from None
     except ScoreError as exc:
-        raise MidiError(path, SCORE_ERROR, str(exc)[:500]) from None
+        raise MidiError(path, SCORE_ERROR, one_line(str(exc), 300)) from None
     except MemoryError:
         raise MidiError(path, TOO_COMPLEX, "it needs more memory than a score may take") from None
     most = limits.max_played

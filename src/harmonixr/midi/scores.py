@@ -17,8 +17,8 @@ or DTD of its own, nesting at most ``MAX_DEPTH`` deep, and, within :class:`Score
 XML elements and the notes it plays once repeats are expanded (checked again on the rendered
 MIDI); an ``.mxl`` is unzipped in memory, a chunk at a time, up to a limit whatever its
 directory declares. Nothing is written to disk. A file that cannot be rendered is refused
-with ``score_error`` and the library's message (a service shows its own sentence and logs
-that message).
+with ``score_error`` and the converter's own reason, on one line of bounded length
+(:func:`one_line`; verovio's is read from what it logs), which a service shows too.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import os
 import re
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -59,8 +60,8 @@ class ScoreLimits:
 
 
 class ScoreError(Exception):
-    """A score the converter could not render. Its message is the library's (for logs and
-    the preprocess summary); a service shows its own sentence instead."""
+    """A score the converter could not render. Its message is the converter's reason, one
+    line (for logs, the preprocess summary and a service's answer)."""
 
 
 class ScoreTooComplex(ScoreError):
@@ -146,7 +147,7 @@ def _musicxml_to_midi(xml: bytes) -> bytes:
         except ScoreError:
             raise
         except Exception as exc:  # music21 raises many kinds
-            raise ScoreError(f"music21: {type(exc).__name__}: {exc}") from None
+            raise ScoreError(f"music21: {_said(exc)}") from None
         if isinstance(score, stream.Opus):
             score = score.mergeScores()
         with contextlib.suppress(Exception):  # unresolvable repeat marks: rendered as written
@@ -155,7 +156,7 @@ def _musicxml_to_midi(xml: bytes) -> bytes:
             mf = midi.translate.streamToMidiFile(score)
             return mf.writestr()
         except Exception as exc:
-            raise ScoreError(f"music21 MIDI export: {type(exc).__name__}: {exc}") from None
+            raise ScoreError(f"music21 MIDI export: {_said(exc)}") from None
 
 
 def _verovio_to_midi(data: bytes, suffix: str) -> bytes:
@@ -171,13 +172,66 @@ def _verovio_to_midi(data: bytes, suffix: str) -> bytes:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ScoreError(f"not UTF-8 text ({exc})") from None
-    if not tk.loadData(text):
-        log = tk.getLog().strip().splitlines()
-        raise ScoreError("verovio: " + (log[-1] if log else "could not load the file"))
-    midi_b64 = tk.renderToMIDI()
+    with _stderr_captured() as said:
+        loaded = tk.loadData(text)
+        midi_b64 = tk.renderToMIDI() if loaded else ""
+    if not loaded:
+        raise ScoreError("verovio: " + _verovio_reason(tk.getLog() + said(), "could not load it"))
     if not midi_b64:
-        raise ScoreError("verovio: no MIDI rendered")
+        raise ScoreError("verovio: " + _verovio_reason(tk.getLog() + said(), "no MIDI rendered"))
     return base64.b64decode(midi_b64)
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Callable[[], str]]:
+    """What C code writes to file descriptor 2 meanwhile (verovio's Python module logs its
+    errors there, not to ``getLog``), passed on to the real stderr afterwards; yields a
+    function giving that text once the block has ended. Held in memory where Linux allows."""
+    import sys
+    import tempfile
+
+    text = [""]
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 (an embedded interpreter): no text
+        saved = -1
+    if saved < 0:
+        yield lambda: text[0]
+        return
+    try:
+        memfd = getattr(os, "memfd_create", None)
+        with os.fdopen(memfd("verovio-log"), "w+b") if memfd else tempfile.TemporaryFile() as buf:
+            os.dup2(buf.fileno(), 2)
+            try:
+                yield lambda: text[0]
+            finally:
+                os.dup2(saved, 2)
+                buf.seek(0)
+                logged = buf.read(64 * 1024)
+                with contextlib.suppress(OSError):
+                    os.write(2, logged)
+                text[0] = logged.decode("utf-8", "replace")
+    finally:
+        os.close(saved)
+
+
+def _verovio_reason(log: str, fallback: str) -> str:
+    """verovio's own reason from its log: its first error line other than the generic
+    "Error importing data" (else its first line, else ``fallback``), as :func:`one_line`."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("[Error]")]
+    specific = [e for e in errors if "error importing data" not in e.lower()]
+    chosen = (specific or errors or lines or [fallback])[0]
+    return one_line(re.sub(r"^\[(Error|Warning|Info)\]\s*", "", chosen))
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A converter's message as one readable line: whitespace (newlines too) collapsed, other
+    control characters dropped, at most ``limit`` characters (cut with an ellipsis)."""
+    flat = " ".join("".join(c if c.isprintable() or c.isspace() else " " for c in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 def score_to_midi(data: bytes, suffix: str, limits: ScoreLimits = ScoreLimits()) -> bytes:
@@ -208,7 +262,12 @@ def score_to_midi(data: bytes, suffix: str, limits: ScoreLimits = ScoreLimits())
     except ScoreError:
         raise
     except Exception as exc:  # the libraries raise many kinds
-        raise ScoreError(f"{type(exc).__name__}: {exc}") from None
+        raise ScoreError(_said(exc)) from None
+
+
+def _said(exc: BaseException) -> str:
+    """What a library's exception says, as :func:`one_line` (its class where it says nothing)."""
+    return one_line(str(exc)) or type(exc).__name__
 
 
 def looks_like_score(path: str | os.PathLike[str]) -> bool:

@@ -2,11 +2,13 @@
 (:class:`Limits`, measured), the file's name as messages show it, and the sentence, status and
 reason of each refusal, in the project's words: a detail a library wrote (it may hold a path,
 the file's content or an exception's class) goes to the server log (logger
-``harmonixr.serve``), never to the client."""
+``harmonixr.serve``), never to the client, except a score converter's reason (what is wrong
+with the score, which a person needs to fix it): one line, bounded, any path in it removed."""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -21,7 +23,7 @@ from harmonixr.midi.load import (
     TOO_LARGE,
     MidiError,
 )
-from harmonixr.midi.scores import ScoreLimits, is_score
+from harmonixr.midi.scores import ScoreLimits, is_score, one_line
 
 MB = 1024 * 1024
 log = logging.getLogger("harmonixr.serve")
@@ -39,8 +41,7 @@ MESSAGES = {
     TOO_LARGE: "{name} is larger than the {limit}",
     "too_long": "{name} is too long to analyse ({detail})",
     "too_short": "{name} holds too little music to judge ({detail})",
-    "score_error": "{name} could not be rendered as a score (it is not a MusicXML, kern or "
-    "MEI file these converters can read)",
+    "score_error": "{name} could not be rendered as a score: {detail}",
     "unsafe_xml": "{name} was refused: {detail}",
     TOO_COMPLEX: "{name} is too complex to read here: {detail}",
     "too_dense": "{name} holds too many long overlapping notes to analyse ({detail})",
@@ -57,6 +58,7 @@ OWN_DETAIL = {  # reasons whose detail this project writes (the rest: a library'
     "unsafe_xml",
     TOO_COMPLEX,
 }
+CONVERTER_DETAIL = {"score_error"}  # a converter's reason, shown without paths (:func:`shown`)
 
 
 class UploadError(Exception):
@@ -133,12 +135,28 @@ def error_for(exc: MidiError, name: str, limits: Limits) -> UploadError:
     score = is_score(name)
     if exc.detail and exc.reason not in OWN_DETAIL:
         log.warning("%s refused (%s): %s", name, exc.reason, exc.detail)
+    detail = exc.detail if exc.reason in OWN_DETAIL else ""
+    if exc.reason in CONVERTER_DETAIL:
+        detail = shown(exc.detail) or "the converter gave no reason"
     text = template.format(
         name=name,
-        detail=exc.detail if exc.reason in OWN_DETAIL else "",
+        detail=detail,
         reason=exc.reason,
         limit=f"{(limits.score_bytes if score else limits.max_bytes) / MB:g} MB limit"
         + (" for a score" if score else ""),
         timeout=limits.score_timeout if score else limits.parse_timeout,
     )
     return UploadError(status, exc.reason, text, name)
+
+
+PATH = re.compile(r"(?<![\w<])(?:[A-Za-z]:)?[/\\](?:[\w.~-]+[/\\])+[\w.~-]*")
+
+
+CLASS = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b:?\s*")
+
+
+def shown(detail: str, limit: int = 200) -> str:
+    """A converter's reason as the client sees it: one line of at most ``limit`` characters,
+    any file path in it (one on this machine, in a library's message) replaced by "…" and
+    any exception's class name dropped."""
+    return one_line(CLASS.sub("", PATH.sub("…", detail)), limit)
