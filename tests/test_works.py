@@ -135,3 +135,22 @@ def test_identify_through_an_index_with_a_fitted_rule(search_run, tmp_path):
         assert got.path.endswith(path.split("/")[-1]) or got.path == path
         new = synthetic_piece(tmp_path / "new.mid", [("High", 20)], seed=123)
         assert not index.identify(sketch_of(new)).known
+
+
+def test_known_works_of_another_rule_are_not_used_and_index_works_remakes_them(search_run_copy):
+    import json
+
+    from harmonixr.search.catalog import Index
+    from harmonixr.search.index import attach_known_works
+
+    root = search_run_copy / "index"
+    fit = json.loads((root / "works.json").read_text())
+    (root / "works.json").write_text(json.dumps({**fit, "rule": "melody-v0/older"}))
+    index = Index.load(root)
+    assert index.works is None and "melody-v0/older" in index.works_note
+    with pytest.raises(ValueError, match="no known works .*older.*harmonixr index works"):
+        index.identify((np.zeros(0, np.uint16),) * 3)
+    cache = json.loads((search_run_copy / "config.json").read_text())["train"]["data"]
+    again = attach_known_works(search_run_copy, cache)
+    assert again.work_fit is not None and len(again.works) == len(again.items)
+    assert Index.load(root).work_fit.rule == fit["rule"]

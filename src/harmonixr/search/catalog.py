@@ -88,6 +88,7 @@ class Index:
     ) -> None:
         self.root, self.items, self.store = root, items, store
         self.works, self.work_fit = works, work_fit  # known works: None when not built
+        self.works_note = ""  # why an index's known works were not loaded
         self.centroids, self.known = centroids, list(known)
         self.calibration, self.manifest = calibration, manifest
         self._shas = {it.sha256 for it in items}
@@ -182,8 +183,9 @@ class Index:
         of the index: the piece of highest overlap and the validation-fitted probability; a
         file whose ``sha256`` is indexed is that piece itself."""
         if self.works is None or self.work_fit is None or not len(self):
+            why = f" ({self.works_note})" if self.works_note else ""
             raise ValueError(
-                f"{self.root}: this index has no known works; give it them with "
+                f"{self.root}: this index has no known works{why}; give it them with "
                 "`harmonixr index works RUN --data CACHE`"
             )
         same = [i for i, it in enumerate(self.items) if sha256 and it.sha256 == sha256]
@@ -271,10 +273,16 @@ class Index:
         calibration = Calibration.from_dict(json.loads((root / "calibration.json").read_text()))
         centroids = np.load(root / "centroids.npy")
         works = fit = None
+        note = ""
         if (root / PRINTS_FILE).is_file() and (root / FIT_FILE).is_file():
-            works, fit = WorkPrints.load(root, len(items)), WorkFit.load(root)
+            try:  # known works of another rule are not used (index works remakes them)
+                works, fit = WorkPrints.load(root, len(items)), WorkFit.load(root)
+            except ValueError as exc:
+                works, fit, note = None, None, str(exc)
         known = manifest["known"]
-        return cls(root, items, store, centroids, known, calibration, manifest, works, fit)
+        index = cls(root, items, store, centroids, known, calibration, manifest, works, fit)
+        index.works_note = note
+        return index
 
     def info(self) -> dict[str, Any]:
         per = Counter(it.composer for it in self.items)
