@@ -94,13 +94,26 @@ def train_head(
         float, typer.Option(help="Chance that a training piece drops one branch.")
     ] = 0.3,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    performed: Annotated[
+        int,
+        typer.Option(
+            help="Renditions of each training piece played otherwise (tempo, rubato, rolled "
+            "chords, bass octaves, pedal or dry), whose statistics the head also trains on."
+        ),
+    ] = 0,
 ) -> None:
     """Second stage: train SiaViT's statistics branch and whole-piece head on SOURCE's fixed
     encoder (same split); OUT is a run like any other (evaluate, index build, serve)."""
     from harmonixr.train.piece_head import HeadConfig
     from harmonixr.train.piece_head import train_head as run_head
 
-    config = HeadConfig(steps=steps, branches=branches, branch_dropout=branch_dropout, seed=seed)
+    config = HeadConfig(
+        steps=steps,
+        branches=branches,
+        branch_dropout=branch_dropout,
+        seed=seed,
+        performed=performed,
+    )
     done = run_head(source, data, run, config, progress=lambda stage, i, n: say(f"{stage} {i}/{n}"))
     log = json.loads((done / "head_log.json").read_text())
     out.print(

@@ -57,6 +57,7 @@ class HeadConfig:
     branches: str = "both"  # both | vit (ViT only, whole-piece head) | stats (statistics only)
     hidden: int = 128
     excerpts: int = 3  # fixed random excerpts per training piece besides the whole piece
+    performed: int = 0  # renditions per training piece played otherwise (piece_augment.py)
     val_every: int = 50
     seed: int = 0
 
@@ -65,6 +66,8 @@ class HeadConfig:
             raise ValueError(f"branches must be one of {BRANCHES}, got {self.branches!r}")
         if not 0.0 <= self.branch_dropout < 1.0:
             raise ValueError(f"branch_dropout must be in [0, 1), got {self.branch_dropout}")
+        if self.performed < 0 or self.excerpts < 0:
+            raise ValueError("excerpts and performed must be at least 0")
         for name in ("steps", "composers", "per_composer", "hidden", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -190,7 +193,13 @@ def train_head(
     if progress:
         progress("features", 1, 2)
     views = build_views(
-        tensors["train"], feats[train_w], train_windows, stats["train"], config.excerpts, rng
+        tensors["train"],
+        feats[train_w],
+        train_windows,
+        stats["train"],
+        config.excerpts,
+        rng,
+        config.performed,
     )
     val_feats = pool_features(feats[~train_w], val_windows, len(tensors["val"]))
     if progress:

@@ -17,6 +17,7 @@ from harmonixr.data.cache import CachedPiece, TensorCache
 from harmonixr.model.embed import piece_windows, pool_features, window_features
 from harmonixr.model.encoder import SiaViT
 from harmonixr.model.stats import STATS_DIM, STATS_VERSION, piece_stats
+from harmonixr.train.piece_augment import perform
 from harmonixr.train.rundir import Run
 
 FEATURES = "head-features.npz"
@@ -83,8 +84,11 @@ def build_views(
     whole_stats: np.ndarray,
     excerpts: int,
     rng: np.random.Generator,
+    performed: int = 0,
 ) -> Views:
-    """Whole pieces, and ``excerpts`` random excerpts of each with their own statistics."""
+    """Whole pieces, ``excerpts`` random excerpts of each with their own statistics, and
+    ``performed`` renditions of each played otherwise (``train/piece_augment.perform``): the
+    whole piece's ViT tokens beside the statistics of the rendition."""
     feats, stats, piece, whole = [], [], [], []
     whole_feats = pool_features(window_feats, windows, len(tensors))
     owner = np.array([w.piece for w in windows])
@@ -102,6 +106,11 @@ def build_views(
             feats.append((window_feats[local] * w[:, None]).sum(0) / w.sum())
             start, end = ws[0].start, ws[-1].start + ws[-1].valid
             stats.append(piece_stats(tensors[i][start:end]))
+            piece.append(i)
+            whole.append(False)
+        for _ in range(performed):
+            feats.append(whole_feats[i])
+            stats.append(piece_stats(perform(tensors[i], rng)))
             piece.append(i)
             whole.append(False)
     return Views(
