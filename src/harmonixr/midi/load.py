@@ -1,4 +1,8 @@
-"""Reading MIDI with symusic, checked, and optionally in a child process."""
+"""Reading MIDI with symusic, checked, and optionally in a child process.
+
+One module, over 400 lines: every way a question reaches a tensor (bytes, a path, a score
+rendered to MIDI, a Score, a tensor given directly) shares its checks and its one list of
+failure reasons, which a split would scatter."""
 
 from __future__ import annotations
 
