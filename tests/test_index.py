@@ -12,6 +12,7 @@ import pytest
 from midi_factory import write_score
 from search_fixtures import composer_of, split_paths
 
+import harmonixr
 from harmonixr.api import Harmonixr
 from harmonixr.search.index import Index, build_index, centroids_of
 from harmonixr.search.store import FaissStore
@@ -83,6 +84,13 @@ def test_add_then_similar_finds_the_new_file_without_rebuild(search_run_copy, tm
     assert len(reloaded.index.works) == len(reloaded.index.items) == 21
     work = reloaded.identify(new)
     assert work.same_file and work.path == str(new.resolve()) and work.renditions == 1
+    # found by its melody too, not only by its hash: a transposed copy, with a rule that names
+    from harmonixr.search.works import WorkFit, sketch
+
+    reloaded.index.work_fit = WorkFit(40.0, -8.0, {})
+    shifted = np.roll(harmonixr.tensorize(new), 1, axis=1)
+    got = reloaded.index.identify(sketch(shifted, 29, 50.0))
+    assert got.known and not got.same_file and got.path == str(new.resolve())
 
 
 def test_the_same_content_is_stored_once(search_run_copy, tmp_path):

@@ -135,6 +135,9 @@ def test_identify_through_an_index_with_a_fitted_rule(search_run, tmp_path):
         assert got.path.endswith(path.split("/")[-1]) or got.path == path
         new = synthetic_piece(tmp_path / "new.mid", [("High", 20)], seed=123)
         assert not index.identify(sketch_of(new)).known
+        nothing = index.identify((np.zeros(0, np.uint16),) * 3)  # shares no pattern at all
+        assert (nothing.known, nothing.composer, nothing.path) == (False, "", "")
+        assert nothing.text == "No known work: no indexed piece shares its melody."
 
 
 def test_known_works_of_another_rule_are_not_used_and_index_works_remakes_them(search_run_copy):
@@ -154,3 +157,31 @@ def test_known_works_of_another_rule_are_not_used_and_index_works_remakes_them(s
     again = attach_known_works(search_run_copy, cache)
     assert again.work_fit is not None and len(again.works) == len(again.items)
     assert Index.load(root).work_fit.rule == fit["rule"]
+
+
+def test_the_answer_follows_from_a_work_whether_or_not_the_model_can_name_its_composer(
+    search_run, tmp_path
+):
+    from search_fixtures import split_paths
+
+    from harmonixr import Harmonixr
+    from harmonixr.results import Identification
+
+    with Harmonixr.load(search_run) as hx:
+        path = split_paths(search_run, "test")[0]
+        z = hx.embed(path)
+        own = hx.attribute_embedding(z, k=5)
+        for composer in ("Low", "High", "Satie"):  # named ones, and one the model cannot name
+            work = Identification(True, 0.8, composer, "Gymnopédie", 2, 0.6)
+            rows = hx.attribute_embedding(z, k=5, work=work)
+            assert rows[0].composer == composer and rows[0].from_work == "Gymnopédie"
+            table = [r for r in rows if not r.barely_known]
+            assert sum(r.probability for r in table) == pytest.approx(1.0)
+            assert all(r.probability <= rows[0].probability for r in table)
+            assert [r.composer for r in table].count(composer) == 1
+            # the model's own table shares what the work leaves
+            before = {r.composer: r.probability for r in own if not r.barely_known}
+            for r in table[1:]:
+                assert r.probability == pytest.approx(before[r.composer] * 0.2)
+        unsure = Identification(False, 0.3, "Satie", "Gymnopédie", 2, 0.1)
+        assert hx.attribute_embedding(z, k=5, work=unsure) == own

@@ -37,7 +37,7 @@ from harmonixr.midi.load import UNREADABLE, MidiError, Tensorized, tensor_input
 from harmonixr.model.embed import embed_windows, piece_windows, pool_windows
 from harmonixr.results import Attribution, Embedded, Identification, Match, Passage, Verdict
 from harmonixr.search.index import INDEX_DIR, AddResult, Index, add_files, check_index
-from harmonixr.search.works import given_work, sketch
+from harmonixr.search.works import sketch
 from harmonixr.train.rundir import Run, pretrained_dir
 
 if TYPE_CHECKING:
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
     from harmonixr.model.encoder import SiaViT
 
 __all__ = ["Attribution", "Embedded", "Harmonixr", "Input", "Match", "Passage", "Verdict"]
-
-UNKNOWN = "unknown"
 
 # a path (MIDI or score), a uint8 (T, 12, 6) tensor (numpy or torch), or a symusic Score
 # (a Union: symusic's Score is a factory that isinstance accepts, not a class ``|`` combines)
@@ -60,7 +58,6 @@ def _is_path(x: object) -> bool:
 
 
 MIN_WINDOW_S, MAX_WINDOW_S, MAX_OVERLAP = 5.0, 120.0, 4
-BARELY_SHOWN = 3  # barely known composers listed after an answer, at most
 MAX_K = 100  # composers or pieces one question lists, at most (the service's bound)
 
 
@@ -240,42 +237,6 @@ class Harmonixr:
             return Embedded(names, z, tuple(errors))
         return z[0] if single else z
 
-    def _attributions(
-        self,
-        z: np.ndarray,
-        k: int,
-        prior_unknown: float | None = None,
-        work: Identification | None = None,
-    ) -> list[Attribution]:
-        index = self._index()
-        cal = index.calibration
-        every, sims, probs, unknown = index.scores(z, prior_unknown)
-        probs, unknown, column = given_work(probs, unknown, cal.composers, work)
-        answer = int(cal.decide(probs, unknown)[0])
-        order = [int(c) for c in np.argsort(-probs[0], kind="stable")[: max(0, k)]]
-        if answer >= 0 and answer not in order:
-            order.insert(0, answer)  # the answer is always listed, whatever k
-        source = {column: work.work} if work is not None and column >= 0 else {}
-        named = [
-            Attribution(
-                cal.composers[c], float(probs[0, c]), float(sims[0, c]), from_work=source.get(c, "")
-            )
-            for c in order
-        ]
-        other = Attribution(UNKNOWN, float(unknown[0]), None, known=False)
-        listed = named if cal.open_set_withdrawn else [*named, other]  # see open_set
-        first = other if answer < 0 else named[order.index(answer)]
-        rest = sorted((a for a in listed if a is not first), key=lambda a: -a.probability)
-        out = [first, *rest]
-        top = float(sims[0].max()) if sims.shape[1] else -1.0
-        col = index.barely_known_columns
-        close = sorted((c for c in col if every[0, col[c]] > top), key=lambda c: -every[0, col[c]])
-        out += [
-            Attribution(c, 0.0, float(every[0, col[c]]), known=False, barely_known=True)
-            for c in close[:BARELY_SHOWN]
-        ]
-        return out
-
     @property
     def open_set(self) -> bool:
         """Whether "someone else" is an answer: False when, measured held out (``index
@@ -326,7 +287,7 @@ class Harmonixr:
         """:meth:`attribute` for a ``(D,)`` embedding already computed (by :meth:`embed`), with
         the piece's :meth:`identify` as ``work`` when known (no work is identified from ``z``)."""
         z = np.asarray(z, np.float32).reshape(1, -1)
-        return self._attributions(z, k, prior_unknown, work)
+        return self._index().attributions(z, k, prior_unknown, work)
 
     def similar(self, x: Input, k: int = 10, *, per_work: int | None = None) -> list[Match]:
         """The ``k`` indexed pieces nearest to ``x`` (cosine similarity, best first); a piece

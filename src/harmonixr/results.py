@@ -76,8 +76,8 @@ class Identification:
 
     known: bool = described("A known work is named: probability ≥ 0.5.")
     probability: float = described("That the closest piece renders the same composition.")
-    composer: str = described("The closest piece's composer.")
-    title: str = described("The closest piece's title.")
+    composer: str = described("The closest piece's composer; empty when none shares a pattern.")
+    title: str = described("The closest piece's title; empty when none shares a pattern.")
     renditions: int = described("Indexed files of that composition.")
     overlap: float = described("Share of melodic patterns with the closest piece (0–1).")
     same_file: bool = described("The very file is indexed.", default=False)
@@ -98,6 +98,8 @@ class Identification:
                 f"This is {self.work} by {self.composer}: {many} "
                 f"(probability {self.probability:.2f})."
             )
+        if not self.composer:
+            return "No known work: no indexed piece shares its melody."
         return (
             "No known work: no indexed piece shares enough of its melody (closest: "
             f"{self.work} by {self.composer}, probability {self.probability:.2f})."

@@ -74,10 +74,11 @@ def identify(
         print_json(got.to_dict())
         return
     out.print(got.text, highlight=False)
-    out.print(
-        f"[dim]closest indexed piece: {got.path} (melodic overlap {got.overlap:.2f})[/dim]",
-        highlight=False,
-    )
+    if got.path:
+        out.print(
+            f"[dim]closest indexed piece: {got.path} (melodic overlap {got.overlap:.2f})[/dim]",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,16 @@ import numpy as np
 
 from harmonixr._files import atomic_json, atomic_write
 from harmonixr.evaluate.calibrate import Calibration
-from harmonixr.results import Identification, Match, Passage
+from harmonixr.results import Attribution, Identification, Match, Passage
 from harmonixr.search.store import FaissStore, MilvusStore, VectorStore
-from harmonixr.search.works import FIT_FILE, PRINTS_FILE, Sketch, WorkFit, WorkPrints
+from harmonixr.search.works import FIT_FILE, PRINTS_FILE, Sketch, WorkFit, WorkPrints, given_work
 from harmonixr.train.rundir import Run
 
 INDEX_DIR = "index"
 # 2: named composers, probe and operating point in calibration.json; 3: the scoring back-end
 FORMAT = 3
+UNKNOWN = "unknown"  # the composer of the "someone else" row
+BARELY_SHOWN = 3  # barely known composers listed after an answer, at most
 # How every question scores two embeddings: the cosine of the vectors ``embed`` returns (a
 # statistics model's head is trained for it), so users' own tools score as ``verify`` does.
 BACKEND = "cosine"
@@ -162,6 +164,53 @@ class Index:
         probs, unknown = self.calibration.composer_probabilities(z, sims, prior_unknown)
         return every, sims, probs, unknown
 
+    def attributions(
+        self,
+        z: np.ndarray,
+        k: int,
+        prior_unknown: float | None = None,
+        work: Identification | None = None,
+    ) -> list[Attribution]:
+        """``attribute``'s answer for one ``(1, D)`` embedding: the one table of the named
+        composers and "someone else" (unless withdrawn), its most probable row first, then up to
+        :data:`BARELY_SHOWN` barely known composers closer than the best named one. With a
+        named ``work`` (``identify``) the table is the one given the work: its composer takes
+        the work's probability, the model's own table shares the rest; a composer the model
+        cannot name becomes a row of its own (``known`` still, never ``barely_known``)."""
+        cal = self.calibration
+        every, sims, probs, unknown = self.scores(z, prior_unknown)
+        probs, unknown, column = given_work(probs, unknown, cal.composers, work)
+        order = [int(c) for c in np.argsort(-probs[0], kind="stable")[: max(0, k)]]
+        answer = int(cal.decide(probs, unknown)[0])
+        if answer >= 0 and answer not in order:
+            order.insert(0, answer)  # the answer is always listed, whatever k
+        source = {column: work.work} if work is not None and column >= 0 else {}
+        rows = [
+            Attribution(
+                cal.composers[c], float(probs[0, c]), float(sims[0, c]), from_work=source.get(c, "")
+            )
+            for c in order
+        ]
+        if not cal.open_set_withdrawn:  # see Harmonixr.open_set
+            rows.append(Attribution(UNKNOWN, float(unknown[0]), None, known=False))
+        if work is not None and work.known and column < 0:  # a composer the model cannot name
+            p = float(work.probability)
+            rows = [replace(a, probability=a.probability * (1.0 - p)) for a in rows]
+            rows.append(Attribution(work.composer, p, None, from_work=work.work))
+        first = max(rows, key=lambda a: a.probability)  # the answer: the table's top row
+        out = [first, *sorted((a for a in rows if a is not first), key=lambda a: -a.probability)]
+        top = float(sims[0].max()) if sims.shape[1] else -1.0
+        col = self.barely_known_columns
+        shown = {a.composer for a in out}
+        close = sorted(
+            (c for c in col if every[0, col[c]] > top and c not in shown),
+            key=lambda c: -every[0, col[c]],
+        )
+        return out + [
+            Attribution(c, 0.0, float(every[0, col[c]]), known=False, barely_known=True)
+            for c in close[:BARELY_SHOWN]
+        ]
+
     def passages(
         self, frame_seconds: float, z: np.ndarray, windows: Sequence[Any]
     ) -> list[Passage]:
@@ -192,6 +241,8 @@ class Index:
         overlaps = self.works.overlaps([sketch])[0]
         best = same[0] if same else int(overlaps.argmax())
         p = 1.0 if same else float(self.work_fit.probability(overlaps[best]))
+        if not same and overlaps[best] <= 0.0:  # no piece shares a pattern: none is closest
+            return Identification(False, p, "", "", 0, 0.0)
         it = self.items[best]
         count = sum(1 for x in self.items if x.work == it.work) if it.work else 1
         return Identification(

@@ -205,7 +205,9 @@ function drawKnownWork(work) {
   line.textContent = work.known
     ? work.text
     : "No known work: no piece in the index shares enough of its melody.";
-  line.title = `closest indexed piece: ${work.path} (melodic overlap ${work.overlap.toFixed(2)})`;
+  line.title = work.path
+    ? `closest indexed piece: ${work.path} (melodic overlap ${work.overlap.toFixed(2)})`
+    : "";
 }
 
 function drawBars(attribution) {
