@@ -87,6 +87,7 @@ def test_health_names_the_model_its_index_and_its_map(client):
     assert (h["model"], h["shipped"], h["index_size"]) == ("run", False, 20)
     assert h["composers"] == ["High", "Low"] and set(h["colours"]) == {"High", "Low"}
     assert h["map"] is True and h["max_upload_bytes"] == 10 * MB
+    assert h["known_works"] is True
 
 
 def test_every_endpoint_gives_the_api_answer(client, piece):
@@ -210,6 +211,17 @@ def test_without_a_saved_map_the_service_says_so(search_run, piece):
         assert c.get("/api/map").json()["available"] is False
         a = c.post("/api/analyze", files=upload("a.mid", piece[1])).json()
         assert a["position"] is None and a["attribution"]
+
+
+def test_an_index_without_known_works_is_served_and_identify_says_why(search_run_copy, piece):
+    for name in ("works.npz", "works.json"):  # an index built before known works existed
+        (search_run_copy / "index" / name).unlink()
+    with TestClient(create_app(search_run_copy), base_url=LOCAL) as c:
+        assert c.get("/api/health").json()["known_works"] is False
+        got = c.post("/api/identify", files=upload("a.mid", piece[1]))
+        assert got.status_code == 409 and got.json()["reason"] == "no_known_works"
+        a = c.post("/api/analyze", files=upload("a.mid", piece[1])).json()
+        assert a["identified"] is None and a["attribution"][0]["from_work"] == ""
 
 
 def test_a_run_without_an_index_cannot_be_served(search_run_copy):

@@ -38,6 +38,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (408, "The upload took too long to arrive."),
         (400, "A Host the server does not serve, or a malformed multipart body."),
         (403, "A state-changing request from another site's page (`Origin`)."),
+        (409, "The model's index knows no works (`/api/identify` only)."),
         (413, "The upload is larger than the limit."),
         (415, "The file is not MIDI (by its header)."),
         (422, "The file cannot be used; `reason` says why."),

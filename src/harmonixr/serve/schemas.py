@@ -97,6 +97,9 @@ class Health(BaseModel):
     max_score_bytes: int = Field(description="Largest score file (MusicXML, .mxl, kern, MEI).")
     workers: int
     crop_s: float = Field(description="The model's crop: the timeline's default window, s.")
+    known_works: bool = Field(
+        default=False, description="Whether the index recognises known works (identify)."
+    )
     open_set: bool = Field(
         default=True,
         description="Whether 'someone else' is an answer (it is withdrawn where, "

@@ -273,6 +273,7 @@ class Service:
             "crop_s": self.hx.crop_seconds,
             "open_set": self.hx.open_set,
             "open_set_note": self.hx.open_set_note,
+            "known_works": index.works is not None,
         }
 
     def embed(self, tensor: np.ndarray) -> dict[str, Any]:
@@ -283,6 +284,10 @@ class Service:
         return [a.to_dict() for a in self.hx.attribute(tensor, k)]
 
     def identify(self, tensor: np.ndarray) -> dict[str, Any]:
+        if self.index.works is None:
+            raise UploadError(
+                409, "no_known_works", "This model's index knows no works to recognise."
+            )
         return self.hx.identify(tensor).to_dict()
 
     def _work(self, tensor: np.ndarray) -> Identification | None:
