@@ -89,12 +89,19 @@ def test_the_rule_fitted_on_validation_names_renditions_and_not_strangers(rendit
     prints = WorkPrints(sketches)
     fit = fit_works(prints, works, val=range(5))
     assert fit.a > 0 and 0 < fit.threshold < 0.5
+    # hidden pieces are never candidates: a's only other rendition hidden, a is not named right
+    hid = fit_works(prints, works, val=[0, 2, 3], hidden=[1])
+    assert hid.validation["identified_right"] == pytest.approx(2 / 3)
     assert fit.validation["identified_right"] == 1.0 and fit.validation["no_known_work"] == 1.0
     again = WorkFit.from_dict(fit.to_dict())
     assert again.probability(0.9) == pytest.approx(fit.probability(0.9))
     report = measure_works(prints, works, fit, [0, 4], np.array(["u0", "u4"]), Bootstrap(20, 0))
     assert report["with_rendition"] == 1 and report["without"] == 1
     assert report["identified_right"]["value"] == 1.0 and report["no_known_work"]["value"] == 1.0
+    # one group each, all right: Clopper–Pearson's 95 % interval is [0.025, 1], not [1, 1]
+    by_group = report["identified_right_by_group"]
+    assert (by_group["groups"], by_group["groups_all_right"]) == (1, 1)
+    assert by_group["exact_95"] == pytest.approx([0.025, 1.0])
 
 
 def test_no_rendition_on_validation_means_no_work_is_ever_named(renditions):

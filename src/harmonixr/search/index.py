@@ -182,7 +182,7 @@ def build_index(
         for i in unique
     ]
     with TensorCache(cache) as c:
-        items, prints, work_fit = known_works(c, rows, val, items)
+        items, prints, work_fit = known_works(c, rows, split, items, emb)
     sha = run.weights_sha256()
     manifest = {
         "format": FORMAT,
@@ -224,11 +224,16 @@ def build_index(
 
 
 def known_works(
-    cache: TensorCache, rows: Sequence[CachedPiece], val: Sequence[int], items: Sequence[Item]
+    cache: TensorCache,
+    rows: Sequence[CachedPiece],
+    split: dict[str, Sequence[int]],
+    items: Sequence[Item],
+    vectors: np.ndarray | None = None,
 ) -> tuple[list[Item], works_mod.WorkPrints, works_mod.WorkFit]:
     """``items`` with their compositions (``search/works.py``), their melodic sketches and the
-    known-work rule fitted on the validation rows ``val``; every item must be a row of
-    ``cache`` (by content)."""
+    known-work rule fitted on the validation rows of ``split`` (its test rows never a
+    candidate); every item must be a row of ``cache`` (by content). ``vectors``: the items'
+    embeddings, for the validation record's comparison."""
     # a file's composition: its row's names, joined with every row of the same content
     named = [[*r.composition_names, f"\U0010ffffsha:{r.sha256 or r.path}"] for r in rows]
     composition = works_mod.compositions(named)
@@ -245,9 +250,14 @@ def known_works(
     sketches = [works_mod.sketch(cache.load(rows[row_of[it.sha256]]), low, ms) for it in items]
     items = [replace(it, work=composition[row_of[it.sha256]]) for it in items]
     position = {it.sha256: k for k, it in enumerate(items)}
-    val_items = sorted({position[k] for k in (rows[i].sha256 for i in val) if k in position})
+
+    def of(side: str) -> list[int]:
+        shas = (rows[i].sha256 for i in split.get(side, ()))
+        return sorted({position[k] for k in shas if k in position})
+
     prints = works_mod.WorkPrints(sketches)
-    return items, prints, works_mod.fit_works(prints, [it.work for it in items], val_items)
+    fit = works_mod.fit_works(prints, [it.work for it in items], of("val"), of("test"), vectors)
+    return items, prints, fit
 
 
 def attach_known_works(run_dir: str | Path, data: str | Path) -> Index:
@@ -262,7 +272,8 @@ def attach_known_works(run_dir: str | Path, data: str | Path) -> Index:
         rows = c.pieces()
         split = run.split(rows)
         run.check_split(split, rows)
-        items, prints, fit = known_works(c, rows, split["val"], index.items)
+        vectors = getattr(index.store, "vectors", None)
+        items, prints, fit = known_works(c, rows, split, index.items, vectors)
     index.items, index.works, index.work_fit = items, prints, fit
     index.save()
     return index

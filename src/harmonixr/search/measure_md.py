@@ -131,12 +131,23 @@ def _value(x: Any) -> str:
 def _known_works(k: dict[str, Any] | None) -> list[str]:
     if not k:
         return []
+
+    def exact(g: dict[str, Any] | None) -> str:
+        if not g:
+            return ""
+        lo, hi = g["exact_95"]
+        return (
+            f"; by group, {g['groups_all_right']} of {g['groups']} groups all right, exact 95 % "
+            f"interval [{lo:.3f}, {hi:.3f}]"
+        )
+
     return [
         "## Known works (test pieces, each asked as if it were not indexed)",
         "",
         f"- pieces with another rendition indexed ({k['with_rendition']}): named right "
-        f"{_n(k['identified_right'])}",
-        f'- pieces without ({k["without"]}): "no known work" {_n(k["no_known_work"])}',
+        f"{_n(k['identified_right'])}{exact(k.get('identified_right_by_group'))}",
+        f'- pieces without ({k["without"]}): "no known work" {_n(k["no_known_work"])}'
+        f"{exact(k.get('no_known_work_by_group'))}",
         f"- a wrong work named: {k['named_wrong_work']} pieces; ECE of the probability "
         f"{_n(k['probability_ece'])}; rule {k['rule']}, overlap threshold "
         f"{_n(k['threshold'])} (fitted on validation)",

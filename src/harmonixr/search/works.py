@@ -244,15 +244,26 @@ def outcomes(works: Sequence[str], own: Sequence[int], best: np.ndarray) -> dict
     return {"has_rendition": has, "right": right}
 
 
-def fit_works(prints: WorkPrints, works: Sequence[str], val: Sequence[int]) -> WorkFit:
+def fit_works(
+    prints: WorkPrints,
+    works: Sequence[str],
+    val: Sequence[int],
+    hidden: Sequence[int] = (),
+    vectors: np.ndarray | None = None,
+) -> WorkFit:
     """The logistic curve of P(best other piece's composition is the query's | overlap), fitted
-    on the validation pieces ``val`` (indices into the index), each asked without itself."""
+    on the validation pieces ``val`` (indices into the index), each asked without itself and
+    without the ``hidden`` pieces (the test side: never a candidate while fitting). With the
+    index's ``vectors``, the validation record also says how often the nearest embedding
+    renders the same composition, for comparison."""
     from sklearn.linear_model import LogisticRegression
 
     val = list(val)
     if not val:
         return WorkFit(0.0, -np.inf, {"pieces": 0, "note": "no validation side: never named"})
-    best, value = best_others(prints.overlaps([prints.sketches[i] for i in val]), val)
+    overlaps = prints.overlaps([prints.sketches[i] for i in val])
+    overlaps[:, np.asarray(list(hidden), np.int64)] = -1.0
+    best, value = best_others(overlaps, val)
     got = outcomes(works, val, best)
     right = got["right"]
     if right.all() or not right.any():
@@ -263,14 +274,35 @@ def fit_works(prints: WorkPrints, works: Sequence[str], val: Sequence[int]) -> W
     fit = WorkFit(a, b, {})
     named = fit.probability(value) >= 0.5
     has = got["has_rendition"]
-    rates = {
+    rates: dict[str, Any] = {
         "pieces": len(val),
         "with_rendition": int(has.sum()),
         "without": int((~has).sum()),
         "identified_right": float((named & right)[has].mean()) if has.any() else None,
         "no_known_work": float((~named)[~has].mean()) if (~has).any() else None,
+        "candidates": "every indexed piece but the test side's",
     }
+    if vectors is not None and has.any():
+        sims = np.asarray(vectors, np.float64)[val] @ np.asarray(vectors, np.float64).T
+        sims[:, np.asarray(list(hidden), np.int64)] = -np.inf
+        near = outcomes(works, val, best_others(sims, val)[0])["right"]
+        rates["embedding_nearest_right"] = float(near[has].mean())
     return WorkFit(a, b, rates)
+
+
+def _exact(hits: np.ndarray, units: np.ndarray) -> dict[str, Any]:
+    """Clopper–Pearson 95 % interval over units: a unit counts as right when all its pieces
+    are (pieces of one group are not independent; with every piece right the bootstrap's
+    interval is [1, 1], this one is not)."""
+    from scipy.stats import beta
+
+    ok = {}
+    for u, h in zip(units, hits, strict=True):
+        ok[u] = ok.get(u, True) and bool(h)
+    n, k = len(ok), sum(ok.values())
+    lo = float(beta.ppf(0.025, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
+    return {"groups": n, "groups_all_right": k, "exact_95": [lo, hi]}
 
 
 def measure_works(
@@ -315,7 +347,11 @@ def measure_works(
         "with_rendition": int(has.sum()),
         "without": int((~has).sum()),
         "identified_right": share(has, named & right),
+        "identified_right_by_group": _exact((named & right)[has], units[has])
+        if has.any()
+        else None,
         "no_known_work": share(~has, ~named),
+        "no_known_work_by_group": _exact((~named)[~has], units[~has]) if (~has).any() else None,
         "named_wrong_work": int((named & ~right).sum()),
         "probability_ece": ece.to_json(),
     }
