@@ -55,8 +55,8 @@ demo: install
 	@m=$$($(PY) -c "import music21, os; print(os.path.dirname(music21.__file__))")/corpus; \
 	$(HX) attribute $$m/bach/bwv66.6.mxl --k 3 || exit 1
 	@echo "Then three keyboard works the index holds in other editions: the first line names each"
-	@echo "(probability fitted on validation; held out it named 192 of 192 test pieces' works, see"
-	@echo "docs/pretrained-eval/measure.md) and the answer follows from it. Right answers: Joplin, Mozart, Chopin."
+	@echo "(probability fitted on validation; measured held out in docs/pretrained-eval/measure.md)"
+	@echo "and the answer follows from it. Right answers: Joplin, Mozart, Chopin."
 	@m=$$($(PY) -c "import music21, os; print(os.path.dirname(music21.__file__))")/corpus; \
 	for f in joplin/maple_leaf_rag.mxl mozart/k545/movement1_exposition.mxl chopin/mazurka06-2.krn; do \
 		$(HX) attribute $$m/$$f --k 3 || exit 1; done

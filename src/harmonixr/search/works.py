@@ -9,9 +9,9 @@ composition, named by its smallest name. A file whose corpus says nothing is its
 
 **Melodic sketches.** The match is the melodic content that groups are joined by
 (``data/melody.py``: interval patterns of the top line, the bass and all notes, blind to key,
-tempo and dynamics), not the embedding. On the shipped model's validation side, of the
+tempo and dynamics), not the embedding. On the shipped model's validation side, of the 247
 pieces with another rendition indexed, the nearest embedding renders the same composition for
-0.94 (248 pieces), the melodic rule below names it right for 0.98 (247); and an embedding's
+0.939, the melodic rule below names it right for 0.984 (``works.json``); and an embedding's
 similarity cannot tell a new piece from a known one (every piece has a close neighbour by
 composer). To keep the shipped index small each piece keeps one in :data:`SAMPLE` of its
 patterns, chosen by a hash of the pattern (so two renditions keep the same ones), as 16-bit
@@ -19,7 +19,8 @@ hashes (``works.npz``: 2.0 MB for the shipped index's 3,333 pieces). Two differe
 share a hash by chance: between a question and a piece of ``m`` and ``n`` kept patterns about
 ``m·n / 65536`` of the shared count is chance, an overlap of about ``sqrt(m·n) / 65536`` (under
 0.02 for pieces of a thousand kept patterns, against a threshold near 0.19). With 32-bit hashes
-the validation rates were 0.980 and 0.955 (below: 0.976 and 0.962). A question's overlap with
+the validation rates were 0.980 and 0.955 (with 16-bit hashes, 0.976 and 0.962; both fitted
+while test pieces could still be candidates, which they no longer are). A question's overlap with
 a piece is the Ochiai coefficient of their kept patterns on the line where it is highest,
 counted from :data:`MIN_SHARED` shared patterns.
 
@@ -55,7 +56,7 @@ Sketch = tuple[np.ndarray, ...]  # per melodic line, sorted distinct uint16 patt
 
 
 def sketch_of(fp: melody.Fingerprint) -> Sketch:
-    """The kept patterns of a fingerprint: one in :data:`SAMPLE`, as 32-bit hashes."""
+    """The kept patterns of a fingerprint: one in :data:`SAMPLE`, as 16-bit hashes."""
     out = []
     for codes in fp.lines:
         h = np.asarray(codes).astype(np.uint64) * _MULT  # wraps modulo 2**64, as meant
