@@ -339,6 +339,7 @@ def test_an_indexed_file_is_identified_and_the_answer_follows_from_its_work(hx, 
     assert rows[0].probability == pytest.approx(1.0)
     named = [r for r in rows if not r.barely_known]
     assert all(r.probability <= rows[0].probability for r in named)
+    assert hx.attribute_known(path, k=5) == (work, rows)  # both from one reading of the file
     z = hx.embed(path)  # from an embedding alone no work is identified
     assert all(r.from_work == "" for r in hx.attribute_embedding(z, k=5))
 

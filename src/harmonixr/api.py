@@ -263,10 +263,17 @@ class Harmonixr:
         When the index knows works and ``x`` renders one (:meth:`identify`), the answer
         follows from it: that composer gets the identification's probability and the model's
         own table shares the rest (``from_work`` names the work)."""
+        return self.attribute_known(x, k, prior_unknown=prior_unknown)[1]
+
+    def attribute_known(
+        self, x: Input, k: int = 5, *, prior_unknown: float | None = None
+    ) -> tuple[Identification | None, list[Attribution]]:
+        """:meth:`identify` and :meth:`attribute` of one input, read once; the identification
+        is None when the index knows no works."""
         tensor, sha = self._question(x)
         work = self._identified(tensor, sha) if self._index().works is not None else None
         z = self.embed(tensor)
-        return self.attribute_embedding(z, k, prior_unknown=prior_unknown, work=work)
+        return work, self.attribute_embedding(z, k, prior_unknown=prior_unknown, work=work)
 
     def identify(self, x: Input) -> Identification:
         """Whether ``x`` renders a composition of the index (the same file, another edition or

@@ -97,12 +97,12 @@ def attribute(
 ) -> None:
     """Who most likely wrote FILE: the answer first, then calibrated probabilities."""
     hx = load_model(model)
-    result = hx.attribute(file, k=k, prior_unknown=prior_unknown)
+    work, result = hx.attribute_known(file, k=k, prior_unknown=prior_unknown)
     if as_json:
         print_json([a.to_dict() for a in result])
         return
-    if hx.index is not None and hx.index.works is not None:
-        out.print(f"[bold]{hx.identify(file).text}[/bold]", highlight=False)
+    if work is not None:
+        out.print(f"[bold]{work.text}[/bold]", highlight=False)
     table = Table(title=f"who wrote {file.name}?")
     table.add_column("composer")
     table.add_column("probability", justify="right")
