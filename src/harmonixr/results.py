@@ -85,7 +85,8 @@ class Identification:
 
     @property
     def work(self) -> str:
-        return self.title.removesuffix(" (score)")
+        """The title as a name: without a score's suffix, underscores as spaces."""
+        return self.title.removesuffix(" (score)").replace("_", " ")
 
     @property
     def text(self) -> str:

@@ -215,7 +215,12 @@ function drawBars(attribution) {
   list.replaceChildren();
   // where "someone else" did not work held out, it is no answer: say what the answer means
   const note = $("open-set-note");
-  const withdrawn = state.health && state.health.open_set === false && attribution.length > 0;
+  // (not under an answer that follows from a known work: the work, not the model, says who)
+  const withdrawn =
+    state.health &&
+    state.health.open_set === false &&
+    attribution.length > 0 &&
+    !attribution[0].from_work;
   note.hidden = !withdrawn;
   if (withdrawn) {
     const top = attribution[0];
@@ -237,7 +242,12 @@ function drawBars(attribution) {
       el(
         "li",
         { class: i === 0 ? `${cls} answer` : cls, "aria-label": label },
-        el("span", { class: "name", title: name }, name),
+        el(
+          "span",
+          { class: "name", title: a.from_work ? `${name}, from the known work ${a.from_work}` : name },
+          name,
+          a.from_work ? el("span", { class: "from-work" }, " · known work") : "",
+        ),
         el("span", { class: "track", "aria-hidden": "true" }, fill),
         el("span", { class: "pct", "aria-hidden": "true" }, pct),
       ),
