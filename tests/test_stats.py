@@ -158,6 +158,22 @@ def test_a_one_branch_model_reads_only_its_branch():
         assert not torch.allclose(stats(x, stats=s1), stats(x, stats=s2), atol=1e-4)
 
 
+def test_a_statistics_only_model_never_runs_the_vit(monkeypatch):
+    from harmonixr.model.embed import embed_pieces, embed_windows, piece_windows
+
+    model = _stats_model("stats")
+    pieces = [_tensor(_notes()), _tensor(_notes(shift=5, bass=[]))]
+    before = embed_pieces(model, pieces, 64, hop=32)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the ViT ran for a statistics-only model")
+
+    monkeypatch.setattr(model, "pooled", refuse)
+    np.testing.assert_allclose(embed_pieces(model, pieces, 64, hop=32), before, atol=1e-6)
+    windows = piece_windows(pieces, 64, 32)
+    assert embed_windows(model, pieces, windows, 64).shape == (len(windows), model.config.embed_dim)
+
+
 def test_a_vit_only_model_refuses_statistics():
     model = SiaViT(preset("tiny")).eval()
     with pytest.raises(ValueError, match="no statistics branch"):

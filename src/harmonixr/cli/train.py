@@ -94,6 +94,9 @@ def train_head(
         float, typer.Option(help="Chance that a training piece drops one branch.")
     ] = 0.3,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    hidden: Annotated[
+        int, typer.Option(help="Width of the statistics and ViT branch networks.")
+    ] = 128,
     performed: Annotated[
         int,
         typer.Option(
@@ -113,6 +116,7 @@ def train_head(
         branch_dropout=branch_dropout,
         seed=seed,
         performed=performed,
+        hidden=hidden,
     )
     done = run_head(source, data, run, config, progress=lambda stage, i, n: say(f"{stage} {i}/{n}"))
     log = json.loads((done / "head_log.json").read_text())

@@ -82,12 +82,14 @@ def window_features(
     batch_size: int = 32,
 ) -> np.ndarray:
     """``(len(windows), d_model)`` float32 pooled ViT tokens of the given windows (what the
-    head reads)."""
+    head reads); zeros, not computed, for a statistics-only model (its head never reads them)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     encoder.eval()
     device = next(encoder.parameters()).device
     out = np.zeros((len(windows), encoder.config.d_model), np.float32)
+    if encoder.has_stats and encoder.config.stats_branches == "stats":
+        return out
     for x, valid, sl in crop_batches(tensors, windows, crop, batch_size):
         xt = to_model_input(torch.from_numpy(x).to(device))
         lengths = torch.from_numpy(valid).to(device)
