@@ -196,3 +196,31 @@ def test_a_cross_validation_resumes_after_a_training_setting_was_added(corpus, t
     path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="batch_size"):
         run_folds(corpus / "cache", out, cfg, plan)
+
+
+def test_the_ablation_writes_a_fold_split_whose_test_sides_cover_every_unit_once(corpus, tmp_path):
+    from harmonixr.data.splits import read_split
+    from harmonixr.experiments.ablation import main
+
+    seen: dict[str, int] = {}
+    for fold in range(3):
+        out = tmp_path / f"fold-{fold}.json"
+        main(
+            [
+                str(out),
+                "--data",
+                str(corpus / "cache"),
+                "--out",
+                "-",
+                "--write-fold-split",
+                f"3:{fold}",
+            ]
+        )
+        m = read_split(out)
+        assert (m["folds"], m["fold"], m["mode"]) == (3, fold, "group")
+        groups = {s: {p["group"] for p in m[s]} for s in ("train", "val", "test")}
+        assert not groups["test"] & (groups["train"] | groups["val"])  # no unit on two sides
+        for p in m["test"]:
+            seen[p["path"]] = seen.get(p["path"], 0) + 1
+    with TensorCache(corpus / "cache") as c:
+        assert sorted(seen) == sorted(r.path for r in c.pieces()) and set(seen.values()) == {1}

@@ -88,6 +88,20 @@ def write_loso_split(data: Path, source: str, out: Path, seed: int = 0) -> dict[
     return h.sizes()
 
 
+def write_fold_split(data: Path, folds: int, fold: int, out: Path, seed: int = 0) -> dict[str, int]:
+    """Fold ``fold`` of a ``folds``-fold cross-validation by group (``data.splits.fold_split``)
+    as a split manifest at ``out``; returns the sizes."""
+    from harmonixr.data.splits import fold_split, split_manifest
+
+    with TensorCache(data) as cache:
+        rows = cache.pieces()
+    split = fold_split(rows, folds, fold, seed)
+    manifest = split_manifest(rows, split, mode="group", folds=folds, fold=fold, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_json(out, manifest)
+    return {s: len(v) for s, v in split.items()}
+
+
 def check_inputs(split_json: Path, trunk: Path | None, heads: dict[str, Path]) -> None:
     """Refuse runs that are not of this split: the trunk and every head must carry the same
     sides (by path), and a head must sit on this trunk's weights."""
@@ -214,7 +228,16 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="Write SPLIT as the split of holding --source out, then stop.",
     )
+    p.add_argument(
+        "--write-fold-split",
+        metavar="FOLDS:FOLD",
+        help="Write SPLIT as fold FOLD of FOLDS by group (seed 0, validation a tenth), then stop.",
+    )
     a = p.parse_args(argv)
+    if a.write_fold_split:
+        folds, fold = (int(x) for x in a.write_fold_split.split(":"))
+        print(write_fold_split(a.data, folds, fold, a.split))
+        return
     if a.write_loso_split:
         print(write_loso_split(a.data, a.source, a.split))
         return
