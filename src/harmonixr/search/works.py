@@ -9,9 +9,10 @@ composition, named by its smallest name. A file whose corpus says nothing is its
 
 **Melodic sketches.** The match is the melodic content that groups are joined by
 (``data/melody.py``: interval patterns of the top line, the bass and all notes, blind to key,
-tempo and dynamics), not the embedding. On the shipped model's validation side, of the 247
+tempo and dynamics), not the embedding. On the shipped split's validation side, of the 247
 pieces with another rendition indexed, the nearest embedding renders the same composition for
-0.939, the melodic rule below names it right for 0.984 (``works.json``); and an embedding's
+0.968 (0.939 with the previous model), the melodic rule below names it right for 0.984
+(``works.json``); and an embedding's
 similarity cannot tell a new piece from a known one (every piece has a close neighbour by
 composer). To keep the shipped index small each piece keeps one in :data:`SAMPLE` of its
 patterns, chosen by a hash of the pattern (so two renditions keep the same ones), as 16-bit
