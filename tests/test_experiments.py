@@ -224,3 +224,27 @@ def test_the_ablation_writes_a_fold_split_whose_test_sides_cover_every_unit_once
             seen[p["path"]] = seen.get(p["path"], 0) + 1
     with TensorCache(corpus / "cache") as c:
         assert sorted(seen) == sorted(r.path for r in c.pieces()) and set(seen.values()) == {1}
+
+
+def test_an_unseen_composer_fold_split_keeps_each_composer_on_one_side(corpus, tmp_path):
+    from harmonixr.data.splits import read_split
+    from harmonixr.experiments.ablation import main
+
+    out = tmp_path / "fold.json"
+    main(
+        [
+            str(out),
+            "--data",
+            str(corpus / "cache"),
+            "--out",
+            "-",
+            "--write-fold-split",
+            "2:0:unseen-composer",
+        ]
+    )
+    m = read_split(out)
+    assert m["mode"] == "unseen-composer"
+    with TensorCache(corpus / "cache") as c:
+        composer = {r.path: r.composer for r in c.pieces()}
+    sides = {s: {composer[p["path"]] for p in m[s]} for s in ("train", "val", "test")}
+    assert sides["test"] and not sides["test"] & (sides["train"] | sides["val"])

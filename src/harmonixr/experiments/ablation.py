@@ -88,15 +88,18 @@ def write_loso_split(data: Path, source: str, out: Path, seed: int = 0) -> dict[
     return h.sizes()
 
 
-def write_fold_split(data: Path, folds: int, fold: int, out: Path, seed: int = 0) -> dict[str, int]:
-    """Fold ``fold`` of a ``folds``-fold cross-validation by group (``data.splits.fold_split``)
-    as a split manifest at ``out``; returns the sizes."""
+def write_fold_split(
+    data: Path, folds: int, fold: int, out: Path, seed: int = 0, mode: str = "group"
+) -> dict[str, int]:
+    """Fold ``fold`` of a ``folds``-fold cross-validation (``data.splits.fold_split``: by
+    ``group``, or by composer with ``unseen-composer``) as a split manifest at ``out``;
+    returns the sizes."""
     from harmonixr.data.splits import fold_split, split_manifest
 
     with TensorCache(data) as cache:
         rows = cache.pieces()
-    split = fold_split(rows, folds, fold, seed)
-    manifest = split_manifest(rows, split, mode="group", folds=folds, fold=fold, seed=seed)
+    split = fold_split(rows, folds, fold, seed, mode=mode)
+    manifest = split_manifest(rows, split, mode=mode, folds=folds, fold=fold, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_json(out, manifest)
     return {s: len(v) for s, v in split.items()}
@@ -230,13 +233,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--write-fold-split",
-        metavar="FOLDS:FOLD",
-        help="Write SPLIT as fold FOLD of FOLDS by group (seed 0, validation a tenth), then stop.",
+        metavar="FOLDS:FOLD[:MODE]",
+        help="Write SPLIT as fold FOLD of FOLDS (MODE group, the default, or unseen-composer; "
+        "seed 0, validation a tenth), then stop.",
     )
     a = p.parse_args(argv)
     if a.write_fold_split:
-        folds, fold = (int(x) for x in a.write_fold_split.split(":"))
-        print(write_fold_split(a.data, folds, fold, a.split))
+        folds, fold, *mode = a.write_fold_split.split(":")
+        print(write_fold_split(a.data, int(folds), int(fold), a.split, mode=(mode or ["group"])[0]))
         return
     if a.write_loso_split:
         print(write_loso_split(a.data, a.source, a.split))
