@@ -198,25 +198,20 @@ def test_a_cross_validation_resumes_after_a_training_setting_was_added(corpus, t
         run_folds(corpus / "cache", out, cfg, plan)
 
 
-def test_the_ablation_writes_a_fold_split_whose_test_sides_cover_every_unit_once(corpus, tmp_path):
+def _write_fold(corpus: Path, out: Path, spec: str) -> dict:
+    """The ablation's fold writer run as its command line would, the manifest it wrote."""
     from harmonixr.data.splits import read_split
     from harmonixr.experiments.ablation import main
 
+    data = str(corpus / "cache")
+    main([str(out), "--data", data, "--out", "-", "--write-fold-split", spec])
+    return read_split(out)
+
+
+def test_the_ablation_writes_a_fold_split_whose_test_sides_cover_every_unit_once(corpus, tmp_path):
     seen: dict[str, int] = {}
     for fold in range(3):
-        out = tmp_path / f"fold-{fold}.json"
-        main(
-            [
-                str(out),
-                "--data",
-                str(corpus / "cache"),
-                "--out",
-                "-",
-                "--write-fold-split",
-                f"3:{fold}",
-            ]
-        )
-        m = read_split(out)
+        m = _write_fold(corpus, tmp_path / f"fold-{fold}.json", f"3:{fold}")
         assert (m["folds"], m["fold"], m["mode"]) == (3, fold, "group")
         groups = {s: {p["group"] for p in m[s]} for s in ("train", "val", "test")}
         assert not groups["test"] & (groups["train"] | groups["val"])  # no unit on two sides
@@ -227,22 +222,7 @@ def test_the_ablation_writes_a_fold_split_whose_test_sides_cover_every_unit_once
 
 
 def test_an_unseen_composer_fold_split_keeps_each_composer_on_one_side(corpus, tmp_path):
-    from harmonixr.data.splits import read_split
-    from harmonixr.experiments.ablation import main
-
-    out = tmp_path / "fold.json"
-    main(
-        [
-            str(out),
-            "--data",
-            str(corpus / "cache"),
-            "--out",
-            "-",
-            "--write-fold-split",
-            "2:0:unseen-composer",
-        ]
-    )
-    m = read_split(out)
+    m = _write_fold(corpus, tmp_path / "fold.json", "2:0:unseen-composer")
     assert m["mode"] == "unseen-composer"
     with TensorCache(corpus / "cache") as c:
         composer = {r.path: r.composer for r in c.pieces()}
