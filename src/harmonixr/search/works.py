@@ -44,6 +44,7 @@ import scipy.sparse as sp
 
 from harmonixr._files import atomic_json, atomic_write
 from harmonixr.data import melody
+from harmonixr.midi.corpora import UnionFind
 
 SAMPLE = 8  # one pattern in SAMPLE is kept (by its hash)
 MIN_SHARED = 4  # kept patterns two pieces must share before their overlap counts
@@ -74,27 +75,11 @@ def sketch(tensor: np.ndarray, low_note: int, frame_ms: float) -> Sketch:
 def compositions(names: Sequence[Sequence[str]]) -> list[str]:
     """One composition per entry: entries sharing a name are one (transitively), named by the
     smallest of their names; an entry without names is its own, named ``""``."""
-    parent = list(range(len(names)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    first: dict[str, int] = {}
-    for i, ns in enumerate(names):
+    sets = UnionFind()  # each set named by its smallest member
+    for ns in names:
         for n in ns:
-            if n in first:
-                parent[find(i)] = find(first[n])
-            else:
-                first[n] = i
-    smallest: dict[int, str] = {}
-    for i, ns in enumerate(names):
-        for n in ns:
-            r = find(i)
-            smallest[r] = min(smallest.get(r, n), n)
-    return [smallest.get(find(i), "") for i in range(len(names))]
+            sets.union(ns[0], n)
+    return [sets.find(ns[0]) if ns else "" for ns in names]
 
 
 class WorkPrints:
