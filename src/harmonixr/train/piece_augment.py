@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from harmonixr.model.stats import N_OCT, N_PC, onsets
+from harmonixr.model.stats import N_OCT, N_PC, key_cells, onsets
 
 MAX_NOTE_FRAMES = 400  # a trace is followed at most this long (20 s)
 
 
 def _keys(tensor: np.ndarray) -> np.ndarray:
     """``(T, 72)`` int32 values, key k = octave·12 + pitch class: ascending pitch."""
-    t = np.asarray(tensor)
-    return np.ascontiguousarray(t.transpose(0, 2, 1)).reshape(len(t), N_PC * N_OCT).astype(np.int32)
+    return key_cells(tensor).astype(np.int32)
 
 
 def _tensor(keys: np.ndarray) -> np.ndarray:
