@@ -87,7 +87,7 @@ class WorkPrints:
 
     def __init__(self, sketches: Sequence[Sketch]) -> None:
         self.sketches = list(sketches)
-        self._mats: list[tuple[np.ndarray, sp.csr_matrix]] | None = None
+        self._mats: list[tuple[np.ndarray, sp.csr_matrix, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.sketches)
@@ -96,24 +96,27 @@ class WorkPrints:
         self.sketches.extend(sketches)
         self._mats = None
 
-    def _matrices(self) -> list[tuple[np.ndarray, sp.csr_matrix]]:
-        """Per line: the vocabulary of hashes and the pieces × vocabulary incidence."""
+    def _matrices(self) -> list[tuple[np.ndarray, sp.csr_matrix, np.ndarray]]:
+        """Per line: the vocabulary of hashes, the pieces × vocabulary incidence and each
+        piece's number of kept patterns (made once, not per question)."""
         if self._mats is None:
             self._mats = []
             for k in range(len(melody.LINES)):
                 codes = [s[k] for s in self.sketches]
                 vocab, column = np.unique(np.concatenate([*codes, _EMPTY]), return_inverse=True)
-                indptr = np.concatenate(([0], np.cumsum([c.size for c in codes])))
+                sizes = np.array([c.size for c in codes], np.int64)
+                indptr = np.concatenate(([0], np.cumsum(sizes)))
                 data = np.ones(column.size, np.float32)
                 shape = (len(codes), max(1, vocab.size))
-                self._mats.append((vocab, sp.csr_matrix((data, column.ravel(), indptr), shape)))
+                incidence = sp.csr_matrix((data, column.ravel(), indptr), shape)
+                self._mats.append((vocab, incidence, sizes.astype(np.float64)))
         return self._mats
 
     def overlaps(self, queries: Sequence[Sketch]) -> np.ndarray:
         """(Q, N) overlap of each query with each piece: the best line's Ochiai coefficient,
         0 where fewer than :data:`MIN_SHARED` patterns are shared."""
         best = np.zeros((len(queries), len(self)), np.float64)
-        for k, (vocab, mat) in enumerate(self._matrices()):
+        for k, (vocab, mat, own) in enumerate(self._matrices()):
             rows, cols, sizes = [], [], []
             for q, s in enumerate(queries):
                 pos = np.searchsorted(vocab, s[k])
@@ -125,7 +128,6 @@ class WorkPrints:
             r, c = np.concatenate([*rows, _EMPTY_I]), np.concatenate([*cols, _EMPTY_I])
             qm = sp.csr_matrix((np.ones(r.size, np.float32), (r, c)), (len(queries), mat.shape[1]))
             shared = (qm @ mat.T).toarray()
-            own = np.array([s[k].size for s in self.sketches], np.float64)
             denom = np.sqrt(np.outer(np.asarray(sizes, np.float64), own))
             value = np.where(shared >= MIN_SHARED, shared / np.maximum(denom, 1.0), 0.0)
             np.maximum(best, value, out=best)
