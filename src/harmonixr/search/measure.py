@@ -81,10 +81,6 @@ def _music21(run: Run, encoder: Any, folder: Path, progress: Progress) -> dict[s
     return out
 
 
-def _share(v: np.ndarray) -> Callable[[np.ndarray], float]:
-    return lambda w: float(np.dot(w, v) / w.sum())
-
-
 class _Measure:
     """The index's answers on sides, each figure an estimate over the side's units."""
 
@@ -96,6 +92,10 @@ class _Measure:
     def scored(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         _, sims, probs, unknown = self.index.scores(emb)
         return sims, unknown, self.cal.decide(probs, unknown)
+
+    def share(self, hits: np.ndarray, units: np.ndarray) -> dict:
+        """The share of ``hits`` (one per piece), each piece weighing what its unit drew."""
+        return self.boot.population(units).mean(hits, "pieces").to_json()
 
     def estimate(self, stat: Callable[[np.ndarray], float], units: np.ndarray) -> dict:
         return self.boot.population(units).item_estimate(stat, "pieces").to_json()
@@ -111,12 +111,12 @@ class _Measure:
             "measured_on": "test",
             "pieces": len(named),
             "named_composers": len(self.cal.composers),
-            "top1": self.estimate(_share(top1), named.unit),
+            "top1": self.share(top1, named.unit),
             "ece": self.estimate(
                 lambda w: expected_calibration_error(closed, labels, weights=w), named.unit
             ),
-            "answer_accuracy": self.estimate(_share(answers == labels), named.unit),
-            "called_unknown": self.estimate(_share(answers < 0), named.unit),
+            "answer_accuracy": self.share(answers == labels, named.unit),
+            "called_unknown": self.share(answers < 0, named.unit),
         }
 
     def open_set(self, known: Side, strangers: Side) -> dict[str, Any]:
@@ -185,12 +185,12 @@ class _Measure:
             "measured_on": "test",
             "window_s": round(crop * run.frame_seconds, 6),
             "windows": len(windows),
-            "top1": self.estimate(_share(topk_credit(closed, lab, 1)), units),
+            "top1": self.share(topk_credit(closed, lab, 1), units),
             "ece": self.estimate(
                 lambda w: expected_calibration_error(closed, lab, weights=w), units
             ),
-            "answer_accuracy": self.estimate(_share(answers == lab), units),
-            "called_unknown": self.estimate(_share(answers < 0), units),
+            "answer_accuracy": self.share(answers == lab, units),
+            "called_unknown": self.share(answers < 0, units),
         }
 
 
@@ -264,7 +264,7 @@ def measure_index(
     report["barely_known"] = {
         "measured_on": "test",
         "pieces": len(barely),
-        "called_unknown": m.estimate(_share(answers < 0), barely.unit) if len(barely) else None,
+        "called_unknown": m.share(answers < 0, barely.unit) if len(barely) else None,
     }
     say("open set on the test side")
     known_t, strangers_t = t.take(nm), t.take(st)

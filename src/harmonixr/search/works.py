@@ -320,9 +320,7 @@ def measure_works(
     def share(mask: np.ndarray, hit: np.ndarray) -> dict[str, Any] | None:
         if not mask.any():
             return None
-        v = hit[mask].astype(np.float64)
-        stat = lambda w: float(np.dot(w, v) / w.sum())  # noqa: E731
-        return boot.population(units[mask]).item_estimate(stat, "pieces").to_json()
+        return boot.population(units[mask]).mean(hit[mask], "pieces").to_json()
 
     probs, said = np.stack([1.0 - p, p], axis=1), right.astype(np.int64)
     ece = boot.population(units).item_estimate(
