@@ -3,6 +3,8 @@ composition per shared name, the validation-fitted rule, and identify through an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from midi_factory import TPQ, synthetic_piece, write_score
@@ -192,3 +194,25 @@ def test_the_answer_follows_from_a_work_whether_or_not_the_model_can_name_its_co
                 assert r.probability == pytest.approx(before[r.composer] * 0.2)
         unsure = Identification(False, 0.3, "Satie", "Gymnopédie", 2, 0.1)
         assert hx.attribute_embedding(z, k=5, work=unsure) == own
+
+
+@pytest.mark.skipif(
+    not (
+        Path(__file__).resolve().parents[1] / "src/harmonixr/pretrained/model.safetensors"
+    ).is_file(),
+    reason="no shipped model",
+)
+def test_under_a_certain_work_the_other_rows_keep_the_models_own_order():
+    """A work of probability 1 leaves every other row at 0; they stay in the model's order (not
+    the composers' alphabetical one). Needs many named composers: the shipped index."""
+    from harmonixr.api import Harmonixr
+    from harmonixr.results import Identification
+
+    hx = Harmonixr.load()
+    z = hx.index.store.vectors[0]  # an indexed piece's embedding
+    own = [r.composer for r in hx.attribute_embedding(z, k=6) if r.known and not r.barely_known]
+    work = Identification(True, 1.0, own[-1], "a work", 2, 1.0)
+    rows = hx.attribute_embedding(z, k=6, work=work)
+    assert rows[0].composer == own[-1] and rows[0].probability == pytest.approx(1.0)
+    rest = [r.composer for r in rows[1:] if r.known and not r.barely_known]
+    assert rest == [c for c in own if c != own[-1]]

@@ -179,8 +179,11 @@ class Index:
         cannot name becomes a row of its own (``known`` still, never ``barely_known``)."""
         cal = self.calibration
         every, sims, probs, unknown = self.scores(z, prior_unknown)
+        # the model's own ranking orders the rows (a work of probability 1 leaves every other
+        # row at 0, and ties must not fall back to the composers' alphabetical order)
+        own = np.argsort(-probs[0], kind="stable")
         probs, unknown, column = given_work(probs, unknown, cal.composers, work)
-        order = [int(c) for c in np.argsort(-probs[0], kind="stable")[: max(0, k)]]
+        order = [int(c) for c in own[: max(0, k)]]
         answer = int(cal.decide(probs, unknown)[0])
         if answer >= 0 and answer not in order:
             order.insert(0, answer)  # the answer is always listed, whatever k
