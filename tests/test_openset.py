@@ -121,6 +121,12 @@ def test_measure_index_stores_held_out_figures_beside_fitted_ones(search_run_cop
     assert report["verify"]["measured_on"] == "test"
     assert report["timeline"]["windows"] > 0
     assert "# The shipped answers" in measure_markdown(report)
+    chance = c["ece_by_chance"]
+    assert chance["measured"] == pytest.approx(c["ece"]["value"])
+    assert 0.0 <= chance["p_value"] <= 1.0 and chance["expected_if_calibrated"] > 0.0
+    shown = report["composer_as_shown"]
+    assert shown["pieces"] == c["pieces"] and 0 <= shown["work_named"] <= shown["pieces"]
+    assert "by chance alone" in measure_markdown(report)
     store_held_out(run, report)
     info = Harmonixr.load(run).info()
     assert info["calibration"]["held_out"]["composer"]["pieces"] == len(test)
@@ -135,6 +141,31 @@ def test_measure_index_stores_held_out_figures_beside_fitted_ones(search_run_cop
     again = measure_index(run, cache, resamples=20)
     assert again["open_set_test_side"]["known_called_unknown"]["value"] == 1.0
     assert again["known_works"] == report["known_works"]
+
+
+def test_answer_as_shown_follows_a_named_work(search_run_copy):
+    from harmonixr.evaluate.records import Side
+    from harmonixr.search.index import Index
+    from harmonixr.search.measure import _Measure
+
+    index = Index.load(search_run_copy / "index")
+    m = _Measure(index, 20, 0)
+    names = list(index.calibration.composers)
+    emb = np.asarray(index.store.vectors[:6], np.float64)
+    truth = [names[i % len(names)] for i in range(6)]
+    side = Side.of(emb, truth, [f"g{i}" for i in range(6)])
+    # no work named: the model's own answer
+    own = m.as_shown(side, np.array(["?"] * 6, dtype=object), np.zeros(6))
+    sims, _, answers = m.scored(emb)
+    want = np.mean(np.array(names, dtype=object)[answers] == np.array(truth, dtype=object))
+    assert own["work_named"] == 0 and own["answer_accuracy"]["value"] == pytest.approx(want)
+    # every piece's true work named with probability 0.9: right every time, confidence ≥ 0.9
+    named = m.as_shown(side, np.array(truth, dtype=object), np.full(6, 0.9))
+    assert named["work_named"] == 6 and named["answer_accuracy"]["value"] == 1.0
+    assert named["ece"]["value"] <= 0.1 + 1e-9
+    # a work by a composer the model cannot name is its own row, and wrong for these pieces
+    other = m.as_shown(side, np.array(["Nobody"] * 6, dtype=object), np.full(6, 0.99))
+    assert other["answer_accuracy"]["value"] == 0.0
 
 
 def test_stratified_auc_counts_only_pairs_inside_a_stratum():

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from harmonixr.evaluate.reliability import N_BINS, confidence_ece
+
 
 def check_pairs(d: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distances as float64 and labels as booleans, both flat, of one length."""
@@ -264,8 +266,6 @@ def retrieval_scores(
 
 # ---------------------------------------------------------------- calibration and weights
 
-N_BINS = 10
-
 
 def expected_calibration_error(
     probs: np.ndarray,
@@ -279,18 +279,8 @@ def expected_calibration_error(
     probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
     if probs.shape[0] == 0:
         return float("nan")
-    w = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
-    conf = probs.max(axis=1)
-    right = (probs.argmax(axis=1) == labels).astype(np.float64)
-    bins = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any() and w[sel].sum() > 0:
-            wb = w[sel]
-            gap = np.dot(wb, right[sel]) / wb.sum() - np.dot(wb, conf[sel]) / wb.sum()
-            ece += wb.sum() / w.sum() * abs(gap)
-    return float(ece)
+    right = probs.argmax(axis=1) == labels
+    return confidence_ece(probs.max(axis=1), right, n_bins, weights)
 
 
 def binary_ece(

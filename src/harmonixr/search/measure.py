@@ -37,12 +37,13 @@ from harmonixr.evaluate.metrics import expected_calibration_error
 from harmonixr.evaluate.openset import open_set_figures
 from harmonixr.evaluate.protocols import topk_credit
 from harmonixr.evaluate.records import Estimate, Side, json_ready
+from harmonixr.evaluate.reliability import confidence_ece, ece_by_chance
 from harmonixr.evaluate.unknown import open_set_verdict
 from harmonixr.evaluate.verification import Pairs, pair_figures, verify_figures, verify_pairs
 from harmonixr.midi.files import load_files
 from harmonixr.search.index import INDEX_DIR, Index, check_index
 from harmonixr.search.measure_md import measure_markdown
-from harmonixr.search.works import measure_works
+from harmonixr.search.works import asked_without_self, measure_works
 from harmonixr.train.rundir import Run
 
 Progress = Callable[[str], None]
@@ -117,6 +118,34 @@ class _Measure:
             ),
             "answer_accuracy": self.share(answers == labels, named.unit),
             "called_unknown": self.share(answers < 0, named.unit),
+            "ece_by_chance": ece_by_chance(closed.max(1), closed.argmax(1) == labels).to_json(),
+        }
+
+    def as_shown(self, named: Side, work_composer: np.ndarray, p_work: np.ndarray) -> dict:
+        """The closed-set answer with known works on, as ``attribute`` shows it (``given_work``)
+        for test pieces of named composers, each asked as if it were not indexed: a named
+        work's composer takes the work's probability and the model's table shares the rest;
+        ``work_composer`` and ``p_work`` are each piece's closest other piece's composer and
+        the probability that it renders the same composition."""
+        sims, _, _ = self.scored(named.embeddings)
+        probs = np.exp(self.cal.closed_log_probabilities(named.embeddings, sims))
+        p = np.where(p_work >= 0.5, p_work, 0.0)
+        col = np.array([self.named.get(c, -1) for c in work_composer], np.int64)
+        probs *= (1.0 - p)[:, None]
+        inside = (p > 0) & (col >= 0)
+        probs[inside, col[inside]] += p[inside]
+        outside = np.where(col < 0, p, 0.0)  # a work by a composer the model cannot name
+        names = np.asarray(self.cal.composers, dtype=object)
+        conf = np.maximum(probs.max(1), outside)
+        said = np.where(outside > probs.max(1), work_composer, names[probs.argmax(1)])
+        right = said == named.composer
+        return {
+            "measured_on": "test, each piece asked as if it were not indexed",
+            "pieces": len(named),
+            "work_named": int((p > 0).sum()),
+            "answer_accuracy": self.share(right, named.unit),
+            "ece": self.estimate(lambda w: confidence_ece(conf, right, weights=w), named.unit),
+            "ece_by_chance": ece_by_chance(conf, right).to_json(),
         }
 
     def open_set(self, known: Side, strangers: Side) -> dict[str, Any]:
@@ -279,6 +308,11 @@ def measure_index(
         report["known_works"] = measure_works(
             index.works, works, index.work_fit, at, t.unit, m.boot
         )
+        mine = [i for i, keep in zip(at, nm, strict=True) if keep]
+        best, overlap = asked_without_self(index.works, mine)
+        p_work = np.where(overlap > 0, index.work_fit.probability(overlap), 0.0)
+        closest = np.array([index.items[b].composer for b in best], dtype=object)
+        report["composer_as_shown"] = m.as_shown(t.take(nm), closest, p_work)
     say("verify on test pairs")
     report["verify"] = m.verify(t)
     say("timeline windows")

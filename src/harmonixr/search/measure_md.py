@@ -51,6 +51,8 @@ def measure_markdown(r: dict[str, Any]) -> str:
         f'- called "someone else": {_n(c["called_unknown"])}',
         f"- top-1 among the {c['named_composers']} named composers: {_n(c['top1'])}",
         f"- closed-set ECE: {_n(c['ece'])}",
+        *_by_chance(c.get("ece_by_chance")),
+        *_as_shown(r.get("composer_as_shown")),
         f'- barely known composers\' test pieces ({bk["pieces"]}) called "someone else": '
         f"{_n(bk['called_unknown'])}",
         "",
@@ -107,6 +109,30 @@ def measure_markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _by_chance(b: dict[str, Any] | None, indent: str = "  ") -> list[str]:
+    """The ECE that perfectly calibrated answers of the same confidences would show."""
+    if not b:
+        return []
+    return [
+        f"{indent}- by chance alone, calibrated answers of these confidences show ECE "
+        f"{_n(b['expected_if_calibrated'])} on average (95th percentile "
+        f"{_n(b['q95_if_calibrated'])}); p-value of the measured {_n(b['measured'])} being "
+        f"chance: {_n(b['p_value'])} ({b['draws']} draws, every piece counted once)"
+    ]
+
+
+def _as_shown(a: dict[str, Any] | None) -> list[str]:
+    """The answer as ``attribute`` shows it with known works on."""
+    if not a:
+        return []
+    return [
+        f"- as shown with known works on (each piece asked as if it were not indexed; a work "
+        f"named for {a['work_named']} of {a['pieces']}): answer accuracy "
+        f"{_n(a['answer_accuracy'])}, ECE of its probability {_n(a['ece'])}",
+        *_by_chance(a.get("ece_by_chance")),
+    ]
 
 
 def _side_by_side(r: dict[str, Any]) -> list[str]:

@@ -220,6 +220,12 @@ def best_others(overlaps: np.ndarray, own: Sequence[int]) -> tuple[np.ndarray, n
     return best, o[np.arange(len(own)), best]
 
 
+def asked_without_self(prints: WorkPrints, pieces: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """For indexed pieces ``pieces``, the best other piece and its overlap (``best_others``)."""
+    pieces = list(pieces)
+    return best_others(prints.overlaps([prints.sketches[i] for i in pieces]), pieces)
+
+
 def outcomes(works: Sequence[str], own: Sequence[int], best: np.ndarray) -> dict[str, np.ndarray]:
     """Per query: whether another rendition of its composition is indexed, and whether the
     best other piece renders its composition."""
@@ -310,7 +316,7 @@ def measure_works(
     from harmonixr.evaluate.metrics import expected_calibration_error
 
     test = list(test)
-    best, value = best_others(prints.overlaps([prints.sketches[i] for i in test]), test)
+    best, value = asked_without_self(prints, test)
     got = outcomes(works, test, best)
     has, right = got["has_rendition"], got["right"]
     p = fit.probability(value)

@@ -1,0 +1,88 @@
+"""The expected calibration error of a confidence, and what it would be by chance alone.
+
+A binned ECE is never zero on a finite sample: even answers whose confidence is exactly their
+chance of being right scatter around it. On a few hundred pieces that scatter is of the same
+order as the bars a calibration is held to, so a measured ECE is read beside the ECE that
+perfectly calibrated answers of the same confidences would show (consistency resampling,
+Bröcker and Smith 2007): each draw makes every answer right with probability equal to its
+confidence and measures the ECE with the same bins. Its mean is the ECE expected by chance; the
+share of draws at or above the measured ECE is the p-value of "these answers are calibrated".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+N_BINS = 10
+
+
+def confidence_ece(
+    conf: np.ndarray,
+    right: np.ndarray,
+    n_bins: int = N_BINS,
+    weights: np.ndarray | None = None,
+) -> float:
+    """ECE of confidences ``conf`` (N,) against whether each answer was ``right`` (N,): the
+    gap between accuracy and mean confidence in ``n_bins`` equal-width bins, weighted by bin
+    size (or by the summed ``weights`` of its rows)."""
+    conf = np.asarray(conf, np.float64)
+    right = np.asarray(right, np.float64)
+    if conf.size == 0:
+        return float("nan")
+    w = np.ones(len(conf)) if weights is None else np.asarray(weights, np.float64)
+    bins = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)
+    total = np.bincount(bins, w, n_bins)
+    hits = np.bincount(bins, w * right, n_bins)
+    sure = np.bincount(bins, w * conf, n_bins)
+    used = total > 0
+    if not used.any():
+        return float("nan")
+    return float(np.abs(hits[used] - sure[used]).sum() / total.sum())
+
+
+@dataclass(frozen=True)
+class ChanceECE:
+    """The ECE measured and what perfectly calibrated answers of the same confidences show."""
+
+    measured: float
+    expected: float  # mean ECE of calibrated answers
+    q95: float  # 95th percentile: a calibrated model stays below it 95 % of the time
+    p_value: float  # share of calibrated draws at or above the measured ECE
+    draws: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "measured": self.measured,
+            "expected_if_calibrated": self.expected,
+            "q95_if_calibrated": self.q95,
+            "p_value": self.p_value,
+            "draws": self.draws,
+            "method": "consistency resampling: each answer right with probability equal to "
+            "its confidence, same bins, every piece counted once",
+        }
+
+
+def ece_by_chance(
+    conf: np.ndarray,
+    right: np.ndarray,
+    n_bins: int = N_BINS,
+    draws: int = 2000,
+    seed: int = 0,
+) -> ChanceECE:
+    """The measured ECE of (``conf``, ``right``) beside the ECE of ``draws`` calibrated
+    re-draws of the same confidences."""
+    conf = np.asarray(conf, np.float64)
+    rng = np.random.default_rng(seed)
+    chance = np.array(
+        [confidence_ece(conf, rng.random(conf.size) < conf, n_bins) for _ in range(draws)]
+    )
+    measured = confidence_ece(conf, right, n_bins)
+    return ChanceECE(
+        measured,
+        float(chance.mean()),
+        float(np.quantile(chance, 0.95)),
+        float(np.mean(chance >= measured - 1e-12)),
+        draws,
+    )
