@@ -113,6 +113,42 @@ def index_measure(
     print_report(report, measure_markdown(report), as_json)
 
 
+@index_app.command("calibrators")
+def index_calibrators(
+    run: Annotated[Path, typer.Argument(help="A run directory with an index and split.json.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="The run's tensor cache.")],
+    folds: Annotated[int, typer.Option(help="Folds of the validation groups.")] = 5,
+    repeats: Annotated[int, typer.Option(help="Random foldings of the validation groups.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare calibrators of the composer answer by cross-fitted ECE on RUN's validation side
+    (the test side is not read): which one validation supports, and the ECE chance alone gives."""
+    from harmonixr.search.measure import calibrator_choice
+
+    report = calibrator_choice(run, data, folds=folds, repeats=repeats)
+    if as_json:
+        print_json(report)
+        return
+    table = Table(
+        title=f"Cross-fitted ECE on validation ({report['pieces']} pieces, "
+        f"{report['groups']} groups, {report['folds']} folds × {report['repeats']})"
+    )
+    table.add_column("calibrator")
+    table.add_column("ECE mean", justify="right")
+    table.add_column("sd", justify="right")
+    for name, v in report["cross_fitted_ece"].items():
+        mark = " (shipped)" if name == report["shipped"] else ""
+        table.add_row(name + mark, f"{v['mean']:.3f}", f"{v['sd']:.3f}")
+    console.print(table)
+    ch = report["chance"]
+    console.print(
+        f"Perfectly calibrated answers of the shipped rule's confidences: ECE "
+        f"{ch['expected_if_calibrated']:.3f} on average, 95th percentile "
+        f"{ch['q95_if_calibrated']:.3f}. Lowest cross-fitted: {report['lowest']}; chosen: "
+        f"{report['chosen']} ({report['rule']})."
+    )
+
+
 @index_app.command("open-set")
 def index_open_set(
     strangers: Annotated[
