@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from harmonixr.evaluate.metrics import expected_calibration_error
-from harmonixr.evaluate.reliability import confidence_ece, ece_by_chance
+from harmonixr.evaluate.metrics import confidence_ece, expected_calibration_error
+from harmonixr.evaluate.reliability import ece_by_chance
 
 
 def test_confidence_ece_by_hand():

@@ -17,8 +17,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from harmonixr.evaluate.reliability import N_BINS, confidence_ece
-
 
 def check_pairs(d: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distances as float64 and labels as booleans, both flat, of one length."""
@@ -265,6 +263,25 @@ def retrieval_scores(
 
 
 # ---------------------------------------------------------------- calibration and weights
+
+
+N_BINS = 10
+
+
+def confidence_ece(
+    conf: np.ndarray, right: np.ndarray, n_bins: int = N_BINS, weights=None
+) -> float:
+    """ECE of confidences ``conf`` (N,) against whether each answer was ``right`` (N,): the
+    gap between accuracy and mean confidence in ``n_bins`` equal-width bins, weighted by bin
+    size (or by the summed ``weights`` of its rows)."""
+    conf, right = np.asarray(conf, np.float64), np.asarray(right, np.float64)
+    w = np.ones(len(conf)) if weights is None else np.asarray(weights, np.float64)
+    bins = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)
+    total = np.bincount(bins, w, n_bins)
+    gaps = np.bincount(bins, w * right, n_bins) - np.bincount(bins, w * conf, n_bins)
+    if conf.size == 0 or total.sum() <= 0:
+        return float("nan")
+    return float(np.abs(gaps).sum() / total.sum())
 
 
 def expected_calibration_error(

@@ -15,31 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-N_BINS = 10
-
-
-def confidence_ece(
-    conf: np.ndarray,
-    right: np.ndarray,
-    n_bins: int = N_BINS,
-    weights: np.ndarray | None = None,
-) -> float:
-    """ECE of confidences ``conf`` (N,) against whether each answer was ``right`` (N,): the
-    gap between accuracy and mean confidence in ``n_bins`` equal-width bins, weighted by bin
-    size (or by the summed ``weights`` of its rows)."""
-    conf = np.asarray(conf, np.float64)
-    right = np.asarray(right, np.float64)
-    if conf.size == 0:
-        return float("nan")
-    w = np.ones(len(conf)) if weights is None else np.asarray(weights, np.float64)
-    bins = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)
-    total = np.bincount(bins, w, n_bins)
-    hits = np.bincount(bins, w * right, n_bins)
-    sure = np.bincount(bins, w * conf, n_bins)
-    used = total > 0
-    if not used.any():
-        return float("nan")
-    return float(np.abs(hits[used] - sure[used]).sum() / total.sum())
+from harmonixr.evaluate.metrics import N_BINS, confidence_ece
 
 
 @dataclass(frozen=True)
