@@ -46,7 +46,7 @@ def test_too_few_groups_is_a_clear_error():
 
 
 def test_calibrator_choice_reads_the_validation_side_only(search_run_copy):
-    from harmonixr.search.measure import calibrator_choice
+    from harmonixr.search.calibrators import calibrator_choice
 
     run = search_run_copy
     cache = json.loads((run / "config.json").read_text())["train"]["data"]
@@ -55,3 +55,31 @@ def test_calibrator_choice_reads_the_validation_side_only(search_run_copy):
         calibrator_choice(run, cache, repeats=2)
     r = calibrator_choice(run, cache, folds=2, repeats=2)
     assert r["pieces"] <= len(val) and r["measured_on"].startswith("validation")
+
+
+def test_compare_on_runs_fits_on_validation_and_measures_held_out():
+    from harmonixr.evaluate.calibrators import compare_on_runs
+
+    rng = np.random.default_rng(3)
+    runs = []
+    for k in range(2):
+        lv, yv, _ = _overconfident(rng)
+        lt, yt, _ = _overconfident(rng)
+        runs.append((f"run{k}", lv, yv, lt, yt, 4))
+    runs.append(("empty", lv, yv, lt[:0], yt[:0], 4))  # nothing held out: skipped
+    r = compare_on_runs(runs)
+    assert [x["run"] for x in r["runs"]] == ["run0", "run1"]
+    assert r["mean_ece"]["none"] > r["mean_ece"][SHIPPED]
+    for row in r["runs"]:
+        assert row["temperature fitted on the held-out pieces"] < row["none"]
+        assert 0 < row["ece_by_chance"] < 0.1
+
+
+def test_a_held_out_run_never_measures_the_calibrated_runs_test_side(search_run_copy):
+    from harmonixr.search.calibrators import calibrator_choice
+
+    run = search_run_copy
+    cache = json.loads((run / "config.json").read_text())["train"]["data"]
+    # the run as its own "other run": every test piece it holds is the calibrated run's
+    r = calibrator_choice(run, cache, held_out=[run], folds=2, repeats=2)
+    assert r["held_out_runs"]["runs"] == [] and r["chosen"] == SHIPPED

@@ -117,15 +117,23 @@ def index_measure(
 def index_calibrators(
     run: Annotated[Path, typer.Argument(help="A run directory with an index and split.json.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="The run's tensor cache.")],
+    held_out: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--held-out",
+            help="Another run of the same recipe (repeatable): calibrators fitted on its "
+            "validation side, measured on its test pieces outside RUN's test side.",
+        ),
+    ] = None,
     folds: Annotated[int, typer.Option(help="Folds of the validation groups.")] = 5,
     repeats: Annotated[int, typer.Option(help="Random foldings of the validation groups.")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare calibrators of the composer answer by cross-fitted ECE on RUN's validation side
     (the test side is not read): which one validation supports, and the ECE chance alone gives."""
-    from harmonixr.search.measure import calibrator_choice
+    from harmonixr.search.calibrators import calibrator_choice
 
-    report = calibrator_choice(run, data, folds=folds, repeats=repeats)
+    report = calibrator_choice(run, data, held_out=held_out or (), folds=folds, repeats=repeats)
     if as_json:
         print_json(report)
         return
@@ -140,6 +148,22 @@ def index_calibrators(
         mark = " (shipped)" if name == report["shipped"] else ""
         table.add_row(name + mark, f"{v['mean']:.3f}", f"{v['sd']:.3f}")
     console.print(table)
+    runs = report.get("held_out_runs")
+    if runs:
+        t = Table(title="Fitted on each run's validation side, measured on its held-out pieces")
+        t.add_column("calibrator", no_wrap=True)
+        for r in runs["runs"]:
+            t.add_column(
+                f"{Path(r['run']).parent.name or r['run']} ({r['held_out']})", justify="right"
+            )
+        t.add_column("mean", justify="right")
+        for name, mean in runs["mean_ece"].items():
+            t.add_row(name, *(f"{r[name]:.3f}" for r in runs["runs"]), f"{mean:.3f}")
+        for key in ("temperature fitted on the held-out pieces", "ece_by_chance"):  # references
+            vals = [r[key] for r in runs["runs"]]
+            label = "calibrated answers, by chance" if key == "ece_by_chance" else key
+            t.add_row(label, *(f"{v:.3f}" for v in vals), f"{sum(vals) / len(vals):.3f}")
+        console.print(t)
     ch = report["chance"]
     console.print(
         f"Perfectly calibrated answers of the shipped rule's confidences: ECE "

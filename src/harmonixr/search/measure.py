@@ -369,30 +369,3 @@ def save_measure(
     atomic_json(target / "measure.json", report, indent=1)
     atomic_write(target / "measure.md", measure_markdown(report))
     return [target / "measure.json", target / "measure.md"]
-
-
-def calibrator_choice(
-    run_dir: str | Path, data: str | Path, *, folds: int = 5, repeats: int = 20
-) -> dict:
-    """The closed-set calibrators compared by cross-fitted ECE on the run's validation pieces
-    of named composers (``evaluate/calibrators.py``); the test side is not read."""
-    from harmonixr.evaluate.calibrators import compare_calibrators
-
-    run_dir = Path(run_dir)
-    run = Run.open(run_dir)
-    index = Index.load(run_dir / INDEX_DIR)
-    check_index(index, run)
-    by_sha = {it.sha256: i for i, it in enumerate(index.items)}
-    named = {c: k for k, c in enumerate(index.calibration.composers)}
-    with TensorCache(data) as cache:
-        rows = cache.pieces()
-        split = run.split(rows)
-    val = [rows[i] for i in split["val"] if rows[i].composer in named]
-    if not val:
-        raise ValueError(f"{run_dir}: no validation piece of a named composer")
-    z = np.asarray(index.store.vectors, np.float64)[[by_sha[r.sha256] for r in val]]
-    _, sims, _, _ = index.scores(z)
-    logits = index.calibration.logits(z, sims)
-    labels = np.array([named[r.composer] for r in val])
-    groups = np.array([r.group for r in val])
-    return compare_calibrators(logits, labels, groups, folds=folds, repeats=repeats)

@@ -1,0 +1,88 @@
+"""Which calibrator of a run's composer answer to use (``evaluate/calibrators.py``), on
+pieces its test side never holds: cross-fitted on its validation side, and, given other runs
+of the same recipe (a cross-validation's folds), fitted on each one's validation side and
+measured on its held-out pieces, those of ``RUN``'s test side removed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonixr.data.cache import TensorCache
+from harmonixr.evaluate.calibrate import choose_named, work_counts
+from harmonixr.evaluate.calibrators import SHIPPED, compare_calibrators, compare_on_runs
+from harmonixr.search.index import INDEX_DIR, Index, check_index
+from harmonixr.train.rundir import Run
+
+
+def _run_logits(
+    run: Run, rows: list, keep: set[str], z: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """A run's probe fitted as its index would be (named composers and C chosen on its
+    validation side), and the logits and true columns of its validation pieces and of its
+    test pieces whose content is in ``keep``; the last value is the number of named."""
+    split = run.split(rows)
+    comp = np.array([r.composer for r in rows], dtype=object)
+    tr, va = split["train"], split["val"]
+    te = [i for i in split["test"] if rows[i].sha256 in keep]
+    works = work_counts(list(comp[tr]), [rows[i].group for i in tr])
+    _, names, w, b, _ = choose_named(z[tr], comp[tr], works, z[va], comp[va])
+    col = {c: k for k, c in enumerate(names)}
+
+    def side(ix: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        ix = [i for i in ix if comp[i] in col]
+        return z[ix] @ w.T + b, np.array([col[comp[i]] for i in ix], np.int64)
+
+    return *side(va), *side(te), len(names)
+
+
+def calibrator_choice(
+    run_dir: str | Path,
+    data: str | Path,
+    *,
+    held_out: Sequence[str | Path] = (),
+    folds: int = 5,
+    repeats: int = 20,
+) -> dict[str, Any]:
+    """The calibrators compared on ``run_dir``'s validation pieces of named composers
+    (cross-fitted) and, for each run of ``held_out``, fitted on its validation side and
+    measured on its test pieces outside ``run_dir``'s test side. ``run_dir``'s test side is
+    never read."""
+    run_dir = Path(run_dir)
+    run = Run.open(run_dir)
+    index = Index.load(run_dir / INDEX_DIR)
+    check_index(index, run)
+    by_sha = {it.sha256: i for i, it in enumerate(index.items)}
+    named = {c: k for k, c in enumerate(index.calibration.composers)}
+    with TensorCache(data) as cache:
+        rows = cache.pieces()
+        split = run.split(rows)
+        val = [rows[i] for i in split["val"] if rows[i].composer in named]
+        if not val:
+            raise ValueError(f"{run_dir}: no validation piece of a named composer")
+        z = np.asarray(index.store.vectors, np.float64)[[by_sha[r.sha256] for r in val]]
+        _, sims, _, _ = index.scores(z)
+        logits = index.calibration.logits(z, sims)
+        labels = np.array([named[r.composer] for r in val])
+        groups = np.array([r.group for r in val])
+        report = compare_calibrators(logits, labels, groups, folds=folds, repeats=repeats)
+        if not held_out:
+            return report
+        hidden = {rows[i].sha256 for i in split["test"]}
+        keep = {r.sha256 for r in rows} - hidden
+        per_run = []
+        for other in held_out:
+            o = Run.open(other)
+            o.check_tensors(cache.config, data)
+            emb = o.embed([cache.load(r) for r in rows]).astype(np.float64)
+            per_run.append((str(other), *_run_logits(o, rows, keep, emb)))
+    runs = compare_on_runs(per_run)
+    report["held_out_runs"] = runs
+    means = runs["mean_ece"]
+    if report["chosen"] != SHIPPED and (not means or means[report["chosen"]] >= means[SHIPPED]):
+        report["chosen"] = SHIPPED  # lower on validation, not on the other runs' pieces
+    report["rule"] += ", and lower on the other runs' held-out pieces too"
+    return report
