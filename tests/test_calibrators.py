@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from harmonixr.evaluate.calibrators import SHIPPED, compare_calibrators
+from harmonixr.evaluate.calibrators import ON_THEM, SHIPPED, compare_calibrators
+from harmonixr.search.index import Index
 
 
 def _overconfident(rng, n=300, classes=4, scale=3.0):
@@ -28,15 +29,46 @@ def test_a_temperature_fixes_overconfident_logits_where_none_does_not():
     assert r["chance"]["expected_if_calibrated"] > 0 and r["groups"] == 100
 
 
-def test_the_shipped_calibrator_stays_unless_another_is_clearly_lower():
-    logits, labels, groups = _overconfident(np.random.default_rng(1), scale=1.0)
-    r = compare_calibrators(logits, labels, groups, repeats=3)
-    ship = r["cross_fitted_ece"][SHIPPED]
-    best = r["cross_fitted_ece"][r["lowest"]]
-    if best["mean"] >= ship["mean"] - ship["sd"]:
-        assert r["chosen"] == SHIPPED
-    else:
-        assert r["chosen"] == r["lowest"]
+def _stepped(rng, n=600, classes=3):
+    """Answers right 0.3 of the time below a confidence of 0.7 and 0.95 above it (the
+    confidences spread evenly over [0.4, 1)). No temperature fits a step; a curve of the
+    answer's own confidence (Platt, steep, or isotonic) does."""
+    conf = rng.uniform(0.4, 0.999, n)
+    right = rng.random(n) < np.where(conf < 0.7, 0.3, 0.95)
+    labels = rng.integers(0, classes, n)
+    logits = np.zeros((n, classes))
+    top = np.where(right, labels, (labels + 1) % classes)
+    rest = np.log((1 - conf) / (classes - 1))
+    logits[:] = rest[:, None]
+    logits[np.arange(n), top] = np.log(conf)
+    return logits, labels, np.array([f"g{i // 2}" for i in range(n)])
+
+
+def test_a_curve_of_the_confidence_is_chosen_where_a_temperature_cannot_fit():
+    logits, labels, groups = _stepped(np.random.default_rng(4))
+    r = compare_calibrators(logits, labels, groups, repeats=5)
+    assert r["chosen"] in ("temperature + Platt", "temperature + isotonic")
+    gap = r["cross_fitted_ece"][r["chosen"]]
+    assert gap["minus_shipped"] + gap["minus_shipped_sd"] < 0
+
+
+def test_the_shipped_calibrator_stays_on_answers_a_temperature_calibrates():
+    # logits of a calibrated model: the shipped temperature (about 1) is right, and the
+    # curves' extra parameters only add noise
+    logits, labels, groups = _overconfident(np.random.default_rng(1), n=600, scale=1.0)
+    assert compare_calibrators(logits, labels, groups, repeats=5)["chosen"] == SHIPPED
+
+
+def test_a_curve_never_changes_the_answer():
+    from harmonixr.evaluate.calibrators import CANDIDATES
+
+    logits, labels, _ = _stepped(np.random.default_rng(5))
+    extra = np.random.default_rng(6).standard_normal(logits.shape)  # runners-up of every size
+    logits = logits + extra
+    for name in ("temperature + Platt", "temperature + isotonic"):
+        p = CANDIDATES[name](logits, labels)(logits)
+        assert np.array_equal(p.argmax(1), logits.argmax(1)), name
+        assert np.allclose(p.sum(1), 1.0)
 
 
 def test_too_few_groups_is_a_clear_error():
@@ -50,11 +82,32 @@ def test_calibrator_choice_reads_the_validation_side_only(search_run_copy):
 
     run = search_run_copy
     cache = json.loads((run / "config.json").read_text())["train"]["data"]
-    val = json.loads((run / "split.json").read_text())["val"]
     with pytest.raises(ValueError, match="too few for 5 folds"):
         calibrator_choice(run, cache, repeats=2)
     r = calibrator_choice(run, cache, folds=2, repeats=2)
-    assert r["pieces"] <= len(val) and r["measured_on"].startswith("validation")
+    assert r["measured_on"].startswith("validation")
+    from harmonixr.data.cache import TensorCache
+    from harmonixr.train.rundir import Run
+
+    with TensorCache(cache) as c:
+        rows = c.pieces()
+    split = Run.open(run).split(rows)
+    val_sha = {rows[i].sha256 for i in split["val"]}
+    test_sha = {rows[i].sha256 for i in split["test"]}
+    index = Index.load(run / "index")
+    named = set(index.calibration.composers)
+    assert r["pieces"] == sum(
+        1 for it in index.items if it.sha256 in val_sha and it.composer in named
+    )
+    # the test side's vectors scrambled: the comparison does not move
+    path = run / "index" / "embeddings.npy"
+    vectors = np.load(path)
+    rows = [k for k, it in enumerate(index.items) if it.sha256 in test_sha]
+    assert rows
+    vectors[rows] = vectors[rows][::-1] * -1.0
+    np.save(path, vectors)
+    again = calibrator_choice(run, cache, folds=2, repeats=2)
+    assert again["cross_fitted_ece"] == r["cross_fitted_ece"]
 
 
 def test_compare_on_runs_fits_on_validation_and_measures_held_out():
@@ -71,7 +124,7 @@ def test_compare_on_runs_fits_on_validation_and_measures_held_out():
     assert [x["run"] for x in r["runs"]] == ["run0", "run1"]
     assert r["mean_ece"]["none"] > r["mean_ece"][SHIPPED]
     for row in r["runs"]:
-        assert row["temperature fitted on the held-out pieces"] < row["none"]
+        assert row[ON_THEM] < row["none"] and row["temperature_ratio"] > 0
         assert 0 < row["ece_by_chance"] < 0.1
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from harmonixr.data.splits import compare_manifests, portable_manifest
+from harmonixr.evaluate.metrics import confidence_ece
 from harmonixr.evaluate.openset import known_examples, open_set_figures, stranger_examples
 from harmonixr.evaluate.protocols import Fold
 from harmonixr.evaluate.records import Side
@@ -143,29 +144,40 @@ def test_measure_index_stores_held_out_figures_beside_fitted_ones(search_run_cop
     assert again["known_works"] == report["known_works"]
 
 
-def test_answer_as_shown_follows_a_named_work(search_run_copy):
+def test_answer_as_shown_is_what_attribute_shows(search_run_copy):
+    from dataclasses import replace
+
     from harmonixr.evaluate.records import Side
+    from harmonixr.results import Identification
     from harmonixr.search.index import Index
     from harmonixr.search.measure import _Measure
 
     index = Index.load(search_run_copy / "index")
+    # as shipped: "someone else" withdrawn, every table over the named composers
+    index.calibration = replace(index.calibration, open_set_withdrawn=True)
     m = _Measure(index, 20, 0)
     names = list(index.calibration.composers)
     emb = np.asarray(index.store.vectors[:6], np.float64)
-    truth = [names[i % len(names)] for i in range(6)]
+    # works: not named (p < 0.5), named for a composer the model names (either one), named for
+    # a composer it cannot name, none sharing a pattern (p 0)
+    composers = np.array([names[0], names[1], names[0], "Nobody", names[1], "?"], dtype=object)
+    p_work = np.array([0.3, 0.7, 0.95, 0.9, 0.51, 0.0])
+    said, conf, named = m.shown(emb, composers, p_work)
+    assert named.tolist() == [False, True, True, True, True, False]
+    for q in range(6):
+        work = Identification(p_work[q] >= 0.5, float(p_work[q]), composers[q], "w", 2, 0.5)
+        rows = index.attributions(emb[q : q + 1], len(names), work=work)
+        assert rows[0].composer == said[q]
+        assert rows[0].probability == pytest.approx(conf[q])
+    # measured: the answers' accuracy over these pieces, by the truth given
+    truth = [str(x) for x in said[:3]] + ["Nobody", names[0], names[1]]
     side = Side.of(emb, truth, [f"g{i}" for i in range(6)])
-    # no work named: the model's own answer
-    own = m.as_shown(side, np.array(["?"] * 6, dtype=object), np.zeros(6))
-    sims, _, answers = m.scored(emb)
-    want = np.mean(np.array(names, dtype=object)[answers] == np.array(truth, dtype=object))
-    assert own["work_named"] == 0 and own["answer_accuracy"]["value"] == pytest.approx(want)
-    # every piece's true work named with probability 0.9: right every time, confidence ≥ 0.9
-    named = m.as_shown(side, np.array(truth, dtype=object), np.full(6, 0.9))
-    assert named["work_named"] == 6 and named["answer_accuracy"]["value"] == 1.0
-    assert named["ece"]["value"] <= 0.1 + 1e-9
-    # a work by a composer the model cannot name is its own row, and wrong for these pieces
-    other = m.as_shown(side, np.array(["Nobody"] * 6, dtype=object), np.full(6, 0.99))
-    assert other["answer_accuracy"]["value"] == 0.0
+    got = m.as_shown(side, composers, p_work)
+    want = np.mean(np.array(truth, dtype=object) == said)
+    assert got["work_named"] == 4 and got["answer_accuracy"]["value"] == pytest.approx(want)
+    assert got["ece"]["value"] == pytest.approx(
+        confidence_ece(conf, np.array(truth, dtype=object) == said)
+    )
 
 
 def test_stratified_auc_counts_only_pairs_inside_a_stratum():

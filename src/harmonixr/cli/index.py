@@ -131,7 +131,13 @@ def index_calibrators(
 ) -> None:
     """Compare calibrators of the composer answer by cross-fitted ECE on RUN's validation side
     (the test side is not read): which one validation supports, and the ECE chance alone gives."""
+    from harmonixr.evaluate.calibrators import ON_THEM
     from harmonixr.search.calibrators import calibrator_choice
+
+    REFERENCES = {
+        "ece_by_chance": "calibrated answers of the shipped one's confidences, by chance",
+        "temperature_ratio": "least-NLL temperature, held out / validation",
+    }
 
     report = calibrator_choice(run, data, held_out=held_out or (), folds=folds, repeats=repeats)
     if as_json:
@@ -159,14 +165,15 @@ def index_calibrators(
         t.add_column("mean", justify="right")
         for name, mean in runs["mean_ece"].items():
             t.add_row(name, *(f"{r[name]:.3f}" for r in runs["runs"]), f"{mean:.3f}")
-        for key in ("temperature fitted on the held-out pieces", "ece_by_chance"):  # references
+        for key in (ON_THEM, "ece_by_chance", "temperature_ratio"):  # references
             vals = [r[key] for r in runs["runs"]]
-            label = "calibrated answers, by chance" if key == "ece_by_chance" else key
+            label = REFERENCES.get(key, key)
             t.add_row(label, *(f"{v:.3f}" for v in vals), f"{sum(vals) / len(vals):.3f}")
         console.print(t)
     ch = report["chance"]
     console.print(
-        f"Perfectly calibrated answers of the shipped rule's confidences: ECE "
+        f"Perfectly calibrated answers of the shipped rule's confidences (fitted on these "
+        f"validation pieces): ECE "
         f"{ch['expected_if_calibrated']:.3f} on average, 95th percentile "
         f"{ch['q95_if_calibrated']:.3f}. Lowest cross-fitted: {report['lowest']}; chosen: "
         f"{report['chosen']} ({report['rule']})."

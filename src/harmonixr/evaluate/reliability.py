@@ -27,6 +27,8 @@ class ChanceECE:
     q95: float  # 95th percentile: a calibrated model stays below it 95 % of the time
     p_value: float  # share of calibrated draws at or above the measured ECE
     draws: int
+    above_bar: float  # share of calibrated draws above ``bar``
+    bar: float = 0.05
 
     def to_json(self) -> dict[str, float | int]:
         return {
@@ -35,6 +37,8 @@ class ChanceECE:
             "q95_if_calibrated": self.q95,
             "p_value": self.p_value,
             "draws": self.draws,
+            "bar": self.bar,
+            "calibrated_above_bar": self.above_bar,
             "method": "consistency resampling: each answer right with probability equal to "
             "its confidence, same bins, every piece counted once",
         }
@@ -46,9 +50,11 @@ def ece_by_chance(
     n_bins: int = N_BINS,
     draws: int = 2000,
     seed: int = 0,
+    bar: float = 0.05,
 ) -> ChanceECE:
     """The measured ECE of (``conf``, ``right``) beside the ECE of ``draws`` calibrated
-    re-draws of the same confidences."""
+    re-draws of the same confidences, and how often those pass ``bar`` (the project asks an
+    answer's ECE to stay at or below 0.05)."""
     conf = np.asarray(conf, np.float64)
     rng = np.random.default_rng(seed)
     chance = np.array(
@@ -61,4 +67,6 @@ def ece_by_chance(
         float(np.quantile(chance, 0.95)),
         float(np.mean(chance >= measured - 1e-12)),
         draws,
+        float(np.mean(chance > bar)),
+        bar,
     )

@@ -1,7 +1,10 @@
 """Which calibrator of a run's composer answer to use (``evaluate/calibrators.py``), on
 pieces its test side never holds: cross-fitted on its validation side, and, given other runs
 of the same recipe (a cross-validation's folds), fitted on each one's validation side and
-measured on its held-out pieces, those of ``RUN``'s test side removed."""
+measured on its held-out pieces, with every piece of ``RUN``'s test side and of its groups
+removed from each side of theirs (probe, calibrators and measure alike). Those runs' encoders
+may still have trained on ``RUN``'s test pieces: their figures inform the choice, they are
+not figures of ``RUN``."""
 
 from __future__ import annotations
 
@@ -12,22 +15,34 @@ from typing import Any
 import numpy as np
 
 from harmonixr.data.cache import TensorCache
+from harmonixr.data.splits import SIDES
 from harmonixr.evaluate.calibrate import choose_named, work_counts
 from harmonixr.evaluate.calibrators import SHIPPED, compare_calibrators, compare_on_runs
 from harmonixr.search.index import INDEX_DIR, Index, check_index
 from harmonixr.train.rundir import Run
 
 
+def outside_test_side(run: Run, rows: list) -> set[str]:
+    """Contents of the rows outside ``run``'s whole test side: its every test piece (those
+    ``Run.split`` leaves out for recurring music too) and every piece of their groups."""
+    from harmonixr.data.splits import load_split
+
+    test = load_split(run.split_path, rows)["test"]
+    hidden_groups = {rows[i].group for i in test}
+    hidden = {rows[i].sha256 for i in test}
+    return {r.sha256 for r in rows if r.sha256 not in hidden and r.group not in hidden_groups}
+
+
 def _run_logits(
     run: Run, rows: list, keep: set[str], z: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """A run's probe fitted as its index would be (named composers and C chosen on its
-    validation side), and the logits and true columns of its validation pieces and of its
-    test pieces whose content is in ``keep``; the last value is the number of named."""
+    validation side), and the logits and true columns of its validation and test pieces,
+    every side restricted to the contents in ``keep``; the last value is the number of
+    named."""
     split = run.split(rows)
     comp = np.array([r.composer for r in rows], dtype=object)
-    tr, va = split["train"], split["val"]
-    te = [i for i in split["test"] if rows[i].sha256 in keep]
+    tr, va, te = ([i for i in split[s] if rows[i].sha256 in keep] for s in SIDES)
     works = work_counts(list(comp[tr]), [rows[i].group for i in tr])
     _, names, w, b, _ = choose_named(z[tr], comp[tr], works, z[va], comp[va])
     col = {c: k for k, c in enumerate(names)}
@@ -49,8 +64,8 @@ def calibrator_choice(
 ) -> dict[str, Any]:
     """The calibrators compared on ``run_dir``'s validation pieces of named composers
     (cross-fitted) and, for each run of ``held_out``, fitted on its validation side and
-    measured on its test pieces outside ``run_dir``'s test side. ``run_dir``'s test side is
-    never read."""
+    measured on its test pieces, every side without ``run_dir``'s test side and its groups
+    (``outside_test_side``). No label of ``run_dir``'s test side is read."""
     run_dir = Path(run_dir)
     run = Run.open(run_dir)
     index = Index.load(run_dir / INDEX_DIR)
@@ -71,8 +86,7 @@ def calibrator_choice(
         report = compare_calibrators(logits, labels, groups, folds=folds, repeats=repeats)
         if not held_out:
             return report
-        hidden = {rows[i].sha256 for i in split["test"]}
-        keep = {r.sha256 for r in rows} - hidden
+        keep = outside_test_side(run, rows)
         per_run = []
         for other in held_out:
             o = Run.open(other)

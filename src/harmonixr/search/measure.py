@@ -121,14 +121,15 @@ class _Measure:
             "ece_by_chance": ece_by_chance(closed.max(1), closed.argmax(1) == labels).to_json(),
         }
 
-    def as_shown(self, named: Side, work_composer: np.ndarray, p_work: np.ndarray) -> dict:
-        """The closed-set answer with known works on, as ``attribute`` shows it (``given_work``)
-        for test pieces of named composers, each asked as if it were not indexed: a named
-        work's composer takes the work's probability and the model's table shares the rest;
-        ``work_composer`` and ``p_work`` are each piece's closest other piece's composer and
-        the probability that it renders the same composition."""
-        sims, _, _ = self.scored(named.embeddings)
-        probs = np.exp(self.cal.closed_log_probabilities(named.embeddings, sims))
+    def shown(
+        self, emb: np.ndarray, work_composer: np.ndarray, p_work: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per piece, the answer ``attribute`` shows with known works on (``given_work``, the
+        open set withdrawn), its probability and whether a work was named: a work named
+        (``p_work`` ≥ 0.5) gives its composer ``work_composer`` that probability and the
+        model's table shares the rest."""
+        sims, _, _ = self.scored(emb)
+        probs = np.exp(self.cal.closed_log_probabilities(emb, sims))
         p = np.where(p_work >= 0.5, p_work, 0.0)
         col = np.array([self.named.get(c, -1) for c in work_composer], np.int64)
         probs *= (1.0 - p)[:, None]
@@ -136,16 +137,34 @@ class _Measure:
         probs[inside, col[inside]] += p[inside]
         outside = np.where(col < 0, p, 0.0)  # a work by a composer the model cannot name
         names = np.asarray(self.cal.composers, dtype=object)
-        conf = np.maximum(probs.max(1), outside)
         said = np.where(outside > probs.max(1), work_composer, names[probs.argmax(1)])
+        return said, np.maximum(probs.max(1), outside), p > 0
+
+    def as_shown(self, named: Side, work_composer: np.ndarray, p_work: np.ndarray) -> dict:
+        """The answer as ``attribute`` shows it with known works on (``shown``) for test pieces
+        of named composers, each asked as if it were not indexed: ``work_composer`` and
+        ``p_work`` are each piece's closest other piece's composer and the probability that it
+        renders the same composition."""
+        said, conf, work = self.shown(named.embeddings, work_composer, p_work)
         right = said == named.composer
+        part = {
+            key: self.estimate(
+                lambda w, m=m: confidence_ece(conf[m], right[m], weights=w), named.unit[m]
+            )
+            for key, m in (("ece_work_named", work), ("ece_no_work", ~work))
+            if m.any()
+        }
         return {
             "measured_on": "test, each piece asked as if it were not indexed",
             "pieces": len(named),
-            "work_named": int((p > 0).sum()),
+            "work_named": int(work.sum()),
             "answer_accuracy": self.share(right, named.unit),
             "ece": self.estimate(lambda w: confidence_ece(conf, right, weights=w), named.unit),
             "ece_by_chance": ece_by_chance(conf, right).to_json(),
+            "answer_accuracy_no_work": self.share(right[~work], named.unit[~work])
+            if (~work).any()
+            else None,
+            **part,
         }
 
     def open_set(self, known: Side, strangers: Side) -> dict[str, Any]:

@@ -115,11 +115,15 @@ def _by_chance(b: dict[str, Any] | None, indent: str = "  ") -> list[str]:
     """The ECE that perfectly calibrated answers of the same confidences would show."""
     if not b:
         return []
+    p = b["p_value"]
+    shown = f"< {1 / b['draws']:.4f}" if p == 0 else _n(p)
+    above = b.get("calibrated_above_bar")
+    bar = f"; they exceed {_n(b['bar'])} in {_n(above)} of draws" if above is not None else ""
     return [
         f"{indent}- by chance alone, calibrated answers of these confidences show ECE "
         f"{_n(b['expected_if_calibrated'])} on average (95th percentile "
-        f"{_n(b['q95_if_calibrated'])}); p-value of the measured {_n(b['measured'])} being "
-        f"chance: {_n(b['p_value'])} ({b['draws']} draws, every piece counted once)"
+        f"{_n(b['q95_if_calibrated'])}{bar}); p-value of the measured {_n(b['measured'])} "
+        f"being chance: {shown} ({b['draws']} draws, every piece counted once)"
     ]
 
 
@@ -132,6 +136,8 @@ def _as_shown(a: dict[str, Any] | None) -> list[str]:
         f"named for {a['work_named']} of {a['pieces']}): answer accuracy "
         f"{_n(a['answer_accuracy'])}, ECE of its probability {_n(a['ece'])}",
         *_by_chance(a.get("ece_by_chance")),
+        f"  - pieces with a work named: ECE {_n(a.get('ece_work_named'))}; without: ECE "
+        f"{_n(a.get('ece_no_work'))}, answer accuracy {_n(a.get('answer_accuracy_no_work'))}",
     ]
 
 
