@@ -136,3 +136,48 @@ def test_a_held_out_run_never_measures_the_calibrated_runs_test_side(search_run_
     # the run as its own "other run": every test piece it holds is the calibrated run's
     r = calibrator_choice(run, cache, held_out=[run], folds=2, repeats=2)
     assert r["held_out_runs"]["runs"] == [] and r["chosen"] == SHIPPED
+
+
+def test_the_rule_given_other_runs():
+    from harmonixr.search.calibrators import choose
+
+    def report(minus, sd, means):
+        table = {k: {"minus_shipped": 0.0, "minus_shipped_sd": 0.0} for k in means}
+        table["temperature (ECE)"] = {"minus_shipped": minus, "minus_shipped_sd": sd}
+        return {
+            "shipped": SHIPPED,
+            "cross_fitted_ece": table,
+            "held_out_runs": {"mean_ece": means},
+        }
+
+    means = {SHIPPED: 0.058, "temperature (ECE)": 0.046, "none": 0.09}
+    # lowest on the other runs and not clearly worse on validation (0.002 - 0.01 ≤ 0): chosen
+    got = choose(report(0.002, 0.01, means))
+    assert got["chosen"] == "temperature (ECE)" and got["index_build"] == "--temperature ece"
+    # clearly worse on validation (0.03 - 0.01 > 0): the shipped one stays
+    assert choose(report(0.03, 0.01, means))["chosen"] == SHIPPED
+    # no other run measured: the shipped one stays
+    assert choose(report(0.0, 0.0, {}))["chosen"] == SHIPPED
+
+
+def test_an_index_fits_the_temperature_rule_it_is_given():
+    from harmonixr.evaluate.calibrate import fit_calibration
+    from harmonixr.evaluate.reliability import ece_temperature
+
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((3, 8)) * 2.0
+    comp = np.repeat([0, 1, 2], 40)
+    emb = centres[comp] + rng.standard_normal((120, 8)) * 1.5
+    names = np.array([f"C{c}" for c in comp])
+    groups = np.array([f"g{i}" for i in range(120)])
+    tr, va = np.arange(120) % 2 == 0, np.arange(120) % 2 == 1
+    args = (emb[tr], names[tr], groups[tr], emb[va], names[va], groups[va])
+    nll = fit_calibration(*args, min_works=1)
+    ece = fit_calibration(*args, min_works=1, temperature_rule="ece")
+    assert nll.temperature_rule == "nll" and ece.temperature_rule == "ece"
+    assert ece.probe_weights == nll.probe_weights  # only the temperature differs
+    logits = ece.logits(emb[va], emb[va] @ np.zeros((8, 3)))
+    labels = np.array([ece.composers.index(c) for c in names[va]])
+    assert ece.temperature == pytest.approx(ece_temperature(logits, labels))
+    with pytest.raises(ValueError, match="temperature_rule"):
+        fit_calibration(*args, min_works=1, temperature_rule="isotonic")

@@ -45,3 +45,14 @@ def test_ece_by_chance_flags_overconfidence():
     right = rng.random(400) < 0.6  # right 60 % of the time, sure 90 %
     got = ece_by_chance(conf, right, draws=500)
     assert got.measured > 0.2 and got.p_value == 0.0 and got.q95 < 0.05
+
+
+def test_ece_temperature_finds_the_temperature_that_matches_accuracy():
+    from harmonixr.evaluate.reliability import ece_temperature
+
+    # every row the same two logits (a, 0), right 3 times in 4: the answer's probability
+    # sigmoid(a / T) equals the accuracy 0.75 at T = a / ln 3, where the ECE is 0
+    a = 2.0
+    logits = np.tile([a, 0.0], (400, 1))
+    labels = np.where(np.arange(400) % 4 == 0, 1, 0)
+    assert ece_temperature(logits, labels) == pytest.approx(a / np.log(3.0), rel=0.02)

@@ -51,6 +51,13 @@ def index_build(
         int | None,
         typer.Option(help="Works a composer needs to be named (default: chosen on validation)."),
     ] = None,
+    temperature: Annotated[
+        str,
+        typer.Option(
+            help="How the answer's temperature is fitted on validation: nll (least negative "
+            "log-likelihood) or ece (least ECE); `index calibrators` says which."
+        ),
+    ] = "nll",
     as_json: JsonOpt = False,
 ) -> None:
     """Embed the run's corpus into RUN/index (centroids from train, calibration from val)."""
@@ -67,6 +74,7 @@ def index_build(
             progress=lambda i, n, _: progress.update(task, completed=i, total=n),
             open_set=open_set,
             min_works=min_works,
+            temperature_rule=temperature,
         )
     _show_index(index.info(), as_json)
 
@@ -176,7 +184,7 @@ def index_calibrators(
         f"validation pieces): ECE "
         f"{ch['expected_if_calibrated']:.3f} on average, 95th percentile "
         f"{ch['q95_if_calibrated']:.3f}. Lowest cross-fitted: {report['lowest']}; chosen: "
-        f"{report['chosen']} ({report['rule']})."
+        f"{report['chosen']} ({report['rule']}); for `index build`: {report['index_build']}."
     )
 
 

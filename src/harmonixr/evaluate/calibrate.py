@@ -11,8 +11,10 @@ What a user sees and how it is made:
   out counting as wrong.
 - **Composer** (closed set): a multinomial logistic-regression probe on the training pieces'
   embeddings over the named composers, its logits divided by one temperature fitted on the
-  validation pieces (temperature scaling, Guo et al. 2017). One parameter cannot overfit a
-  validation side of a few hundred pieces and keeps the order of the scores.
+  validation pieces (temperature scaling, Guo et al. 2017), the one of least NLL or of least
+  ECE (``temperature_rule``; ``harmonixr index calibrators`` says which, on pieces the test
+  side never holds). One parameter cannot overfit a validation side of a few hundred pieces
+  and keeps the order of the scores.
 - **Someone else** (open set, ``unknown.py``): a logistic model on three features of a piece
   (``FEATURES``): its top similarity to a named composer's centroid, the margin over the
   second, and that top similarity measured against the spread of the composer's own training
@@ -52,6 +54,7 @@ import numpy as np
 from harmonixr.evaluate.metrics import (
     expected_calibration_error,
 )
+from harmonixr.evaluate.reliability import ece_temperature
 from harmonixr.evaluate.unknown import (
     FALSE_UNKNOWN,
     OpenSetModel,
@@ -73,6 +76,8 @@ NAMED_PROBE_CS = (
     10.0,
 )  # the named-composer probe's C (protocols.PROBE_CS is the evaluation's)
 FITTED_ON = "validation (fitted on it)"
+# how the answer's temperature is fitted on validation (``index calibrators`` compares them)
+TEMPERATURE_RULES = {"nll": "least negative log-likelihood", "ece": "least ECE"}
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -119,6 +124,7 @@ class Calibration:
     spread_mean: tuple[float, ...] = ()  # per named composer, see ``spread_statistics``
     spread_std: tuple[float, ...] = ()
     temperature: float = 1.0
+    temperature_rule: str = "nll"  # TEMPERATURE_RULES: how ``temperature`` was fitted
     unknown_coef: tuple[float, ...] = (0.0, 0.0, 0.0)
     unknown_bias: float = -30.0  # p(unknown) ≈ 0 until fitted
     unknown_source: str = "not fitted"
@@ -314,11 +320,12 @@ def _fit_unknown(
     or simulated strangers) and the operating point; into ``params``, ``report``, ``notes``."""
     from harmonixr.evaluate.metrics import roc_auc
 
-    t = fit_temperature(logits, labels)
+    rule = params.get("temperature_rule", "nll")
+    t = fit_temperature(logits, labels) if rule == "nll" else ece_temperature(logits, labels)
     params["temperature"] = t
     p_closed = softmax(logits / t)
     report["composer"] = {
-        "method": "probe logits / temperature",
+        "method": f"probe logits / temperature ({TEMPERATURE_RULES[rule]})",
         "measured_on": FITTED_ON,
         "temperature": t,
         "pieces": int(len(labels)),
@@ -381,6 +388,7 @@ def fit_calibration(
     min_works: int | None = None,
     max_pairs: int = 20_000,
     seed: int = 0,
+    temperature_rule: str = "nll",
 ) -> Calibration:
     """Fit every part (see the module docstring): the probe and the named composers on the
     training pieces' embeddings with choices on validation; temperature, operating point and
@@ -392,7 +400,9 @@ def fit_calibration(
     notes: list[str] = []
     works = work_counts(list(tr_c), list(train_groups))
     report: dict[str, Any] = {"validation_pieces": int(len(va_emb)), "train_works": works}
-    params: dict[str, Any] = {}
+    if temperature_rule not in TEMPERATURE_RULES:
+        raise ValueError(f"temperature_rule must be one of {sorted(TEMPERATURE_RULES)}")
+    params: dict[str, Any] = {"temperature_rule": temperature_rule}
     try:
         m, names, w, b, choice = choose_named(
             tr_emb, tr_c, works, va_emb, va_c, min_works=min_works, seed=seed

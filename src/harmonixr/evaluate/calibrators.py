@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from harmonixr.evaluate.calibrate import fit_temperature, softmax
-from harmonixr.evaluate.reliability import confidence_ece, ece_by_chance
+from harmonixr.evaluate.reliability import confidence_ece, ece_by_chance, ece_temperature
 
 Calibrator = Callable[[np.ndarray], np.ndarray]  # (N, E) logits → (N, E) probabilities
 Fitter = Callable[[np.ndarray, np.ndarray], Calibrator]
@@ -42,10 +42,7 @@ def _temperature(logits: np.ndarray, labels: np.ndarray) -> Calibrator:
 
 
 def _temperature_ece(logits: np.ndarray, labels: np.ndarray) -> Calibrator:
-    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 200))
-    tables = (softmax(logits / t) for t in grid)
-    ece = [confidence_ece(p.max(1), p.argmax(1) == labels) for p in tables]
-    t = float(grid[int(np.argmin(ece))])
+    t = ece_temperature(logits, labels)
     return lambda x: softmax(x / t)
 
 
@@ -103,7 +100,9 @@ CANDIDATES: dict[str, Fitter] = {
     "temperature + Platt": _top_label("platt"),
     "temperature + isotonic": _top_label("isotonic"),
 }
-SHIPPED = "temperature (NLL)"
+SHIPPED = "temperature (NLL)"  # the default rule (``index build --temperature nll``)
+# candidates an index can hold: its temperature rule (``calibrate.TEMPERATURE_RULES``)
+RULE_OF = {"temperature (NLL)": "nll", "temperature (ECE)": "ece"}
 ON_THEM = "temperature of least ECE, fitted on the held-out pieces themselves"
 
 
@@ -115,6 +114,7 @@ def compare_calibrators(
     folds: int = 5,
     repeats: int = 20,
     seed: int = 0,
+    shipped: str = SHIPPED,
 ) -> dict[str, Any]:
     """Cross-fitted ECE (mean and spread over ``repeats`` foldings by group) of every
     candidate on validation ``logits`` (N, E) with true columns ``labels`` (N,), and the
@@ -135,9 +135,9 @@ def compare_calibrators(
                 held = fold == f
                 probs[held] = fit(logits[~held], labels[~held])(logits[held])
             eces[name].append(confidence_ece(probs.max(1), probs.argmax(1) == labels))
-    fitted = _temperature(logits, labels)(logits)
+    fitted = CANDIDATES[shipped](logits, labels)(logits)
     chance = ece_by_chance(fitted.max(1), fitted.argmax(1) == labels, seed=seed)
-    ship = np.asarray(eces[SHIPPED])
+    ship = np.asarray(eces[shipped])
     table = {
         k: {
             "mean": float(np.mean(v)),
@@ -152,7 +152,7 @@ def compare_calibrators(
     # another calibrator replaces the shipped one only when, folding by folding, it is lower by
     # more than the spread of that difference over the foldings
     gap = table[best]
-    chosen = best if gap["minus_shipped"] + gap["minus_shipped_sd"] < 0 else SHIPPED
+    chosen = best if gap["minus_shipped"] + gap["minus_shipped_sd"] < 0 else shipped
     return {
         "measured_on": "validation, cross-fitted by group",
         "pieces": int(len(labels)),
@@ -161,7 +161,7 @@ def compare_calibrators(
         "repeats": repeats,
         "cross_fitted_ece": table,
         "lowest": best,
-        "shipped": SHIPPED,
+        "shipped": shipped,
         "chosen": chosen,
         "rule": "the shipped calibrator unless another is lower, folding by folding, by more "
         "than the spread of that difference",
@@ -172,6 +172,7 @@ def compare_calibrators(
 
 def compare_on_runs(
     runs: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]],
+    shipped: str = SHIPPED,
 ) -> dict[str, Any]:
     """Every candidate fitted on each run's validation logits and labels and measured on its
     held-out ones: ``runs`` holds ``(name, val_logits, val_labels, held_logits, held_labels,
@@ -199,8 +200,8 @@ def compare_on_runs(
         row[ON_THEM] = confidence_ece(own.max(1), own.argmax(1) == yt)
         row["temperature_ratio"] = fit_temperature(lt, yt) / fit_temperature(lv, yv)
         # what answers of the shipped calibrator's confidences would show, calibrated
-        shipped = CANDIDATES[SHIPPED](lv, yv)(lt)
-        chance = ece_by_chance(shipped.max(1), shipped.argmax(1) == yt, draws=1000)
+        mine = CANDIDATES[shipped](lv, yv)(lt)
+        chance = ece_by_chance(mine.max(1), mine.argmax(1) == yt, draws=1000)
         row["ece_by_chance"] = chance.expected
         rows.append(row)
     means = {k: float(np.mean(v)) for k, v in table.items() if v}

@@ -70,3 +70,19 @@ def ece_by_chance(
         float(np.mean(chance > bar)),
         bar,
     )
+
+
+def ece_temperature(logits: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> float:
+    """The temperature ``T`` whose ``softmax(logits / T)`` has the least top-label ECE on these
+    pieces, searched over 200 values from 0.2 to 5 on a log scale (the smallest on ties)."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 200))
+    best, best_ece = 1.0, np.inf
+    for t in grid:
+        z = logits / t
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        p = z / z.sum(axis=1, keepdims=True)
+        e = confidence_ece(p.max(1), p.argmax(1) == labels, n_bins)
+        if e < best_ece - 1e-15:
+            best, best_ece = float(t), e
+    return best

@@ -107,6 +107,7 @@ def build_index(
     progress: ProgressFn | None = None,
     open_set: OpenSetModel | str | Path | None = None,
     min_works: int | None = None,
+    temperature_rule: str = "nll",
 ) -> Index:
     """Embed every usable piece of the cache (one per distinct file content) into
     ``RUN/index``, centroids and probe from the run's training split, calibration from its
@@ -158,6 +159,7 @@ def build_index(
         [rows[i].group for i in val],
         open_set=open_set,
         min_works=min_works,
+        temperature_rule=temperature_rule,
     )
     root = Path(relative_to).resolve() if relative_to else None
 
