@@ -113,8 +113,10 @@ pretrained: install
 	if [ -f $(PRETRAINED_DIR)/split.json ]; then $(PY) -c "from harmonixr.data.splits import compare_manifests as c; \
 	print(c('$(PRETRAINED_DIR)/split.json', '$(PRETRAINED_RUN)/fold-0/split.json'))"; fi
 	@# the index (calibration on train and validation; "someone else" from simulated strangers),
-	@# measured held out: where "someone else" misses the bar there it is withdrawn as an answer
-	$(HX) index build $(PRETRAINED_HEAD) --data $(PRETRAINED_CACHE) --relative-to $(abspath $(ASAP)/..)
+	@# measured held out: where "someone else" misses the bar there it is withdrawn as an answer;
+	@# the answer's temperature of least ECE on validation, the rule `index calibrators` chose
+	@# on the 5-fold cross-validation's held-out pieces (docs/experiments.md §8)
+	$(HX) index build $(PRETRAINED_HEAD) --data $(PRETRAINED_CACHE) --relative-to $(abspath $(ASAP)/..) --temperature ece
 	OMP_NUM_THREADS=2 $(HX) index measure $(PRETRAINED_HEAD) --data $(PRETRAINED_CACHE) --out docs/pretrained-eval
 	@# its own figures on its test side, beside the tuned baselines
 	OMP_NUM_THREADS=2 $(HX) evaluate $(PRETRAINED_HEAD) --data $(PRETRAINED_CACHE) --resamples 300

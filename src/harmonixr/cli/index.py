@@ -142,9 +142,10 @@ def index_calibrators(
     from harmonixr.evaluate.calibrators import ON_THEM
     from harmonixr.search.calibrators import calibrator_choice
 
-    REFERENCES = {
-        "ece_by_chance": "calibrated answers of the shipped one's confidences, by chance",
-        "temperature_ratio": "least-NLL temperature, held out / validation",
+    REFERENCES = {  # short labels: the table must fit a terminal
+        ON_THEM: "ref.: T of least ECE on them",
+        "ece_by_chance": "ref.: calibrated, by chance",
+        "temperature_ratio": "ref.: T held out / T val.",
     }
 
     report = calibrator_choice(run, data, held_out=held_out or (), folds=folds, repeats=repeats)
@@ -158,18 +159,23 @@ def index_calibrators(
     table.add_column("calibrator")
     table.add_column("ECE mean", justify="right")
     table.add_column("sd", justify="right")
+    table.add_column("minus shipped (sd)", justify="right")
     for name, v in report["cross_fitted_ece"].items():
         mark = " (shipped)" if name == report["shipped"] else ""
-        table.add_row(name + mark, f"{v['mean']:.3f}", f"{v['sd']:.3f}")
+        table.add_row(
+            name + mark,
+            f"{v['mean']:.3f}",
+            f"{v['sd']:.3f}",
+            f"{v['minus_shipped']:+.3f} ({v['minus_shipped_sd']:.3f})",
+        )
     console.print(table)
     runs = report.get("held_out_runs")
     if runs:
         t = Table(title="Fitted on each run's validation side, measured on its held-out pieces")
         t.add_column("calibrator", no_wrap=True)
         for r in runs["runs"]:
-            t.add_column(
-                f"{Path(r['run']).parent.name or r['run']} ({r['held_out']})", justify="right"
-            )
+            label = Path(r["run"]).parent.name or r["run"]
+            t.add_column(label, justify="right", min_width=len(label))
         t.add_column("mean", justify="right")
         for name, mean in runs["mean_ece"].items():
             t.add_row(name, *(f"{r[name]:.3f}" for r in runs["runs"]), f"{mean:.3f}")
@@ -177,6 +183,7 @@ def index_calibrators(
             vals = [r[key] for r in runs["runs"]]
             label = REFERENCES.get(key, key)
             t.add_row(label, *(f"{v:.3f}" for v in vals), f"{sum(vals) / len(vals):.3f}")
+        t.add_row("pieces held out", *(str(r["held_out"]) for r in runs["runs"]), "")
         console.print(t)
     ch = report["chance"]
     console.print(
