@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from harmonixr.evaluate.calibrators import ON_THEM, SHIPPED, compare_calibrators
+from harmonixr.evaluate.calibrators import ON_THEM, SHIPPED, compare_calibrators, compare_on_runs
 from harmonixr.search.index import Index
 
 
@@ -181,3 +181,56 @@ def test_an_index_fits_the_temperature_rule_it_is_given():
     assert ece.temperature == pytest.approx(ece_temperature(logits, labels))
     with pytest.raises(ValueError, match="temperature_rule"):
         fit_calibration(*args, min_works=1, temperature_rule="isotonic")
+
+
+def test_compare_on_runs_fits_on_the_validation_logits_it_is_given():
+    from harmonixr.evaluate.calibrate import fit_temperature, softmax
+    from harmonixr.evaluate.metrics import confidence_ece
+
+    rng = np.random.default_rng(8)
+    lv, yv, _ = _overconfident(rng, scale=3.0)  # validation: too sure by 3
+    lt, yt, _ = _overconfident(rng, scale=1.0)  # held out: calibrated as they are
+    row = compare_on_runs([("run", lv, yv, lt, yt, 4)])["runs"][0]
+    p = softmax(lt / fit_temperature(lv, yv))  # the temperature of validation, not of lt
+    assert row[SHIPPED] == pytest.approx(confidence_ece(p.max(1), p.argmax(1) == yt))
+    q = softmax(lt / fit_temperature(lt, yt))
+    assert row[SHIPPED] != pytest.approx(confidence_ece(q.max(1), q.argmax(1) == yt))
+
+
+def test_other_runs_fit_and_measure_without_the_stripped_pieces():
+    from types import SimpleNamespace
+
+    from harmonixr.search.calibrators import _run_logits
+
+    rng = np.random.default_rng(9)
+    rows, z = [], []
+    centres = rng.standard_normal((3, 6)) * 3.0
+    for i in range(60):
+        c = i % 3
+        rows.append(SimpleNamespace(composer=f"C{c}", group=f"g{i}", sha256=f"s{i}"))
+        z.append(centres[c] + rng.standard_normal(6))
+    z = np.array(z)
+    split = {"train": list(range(0, 36)), "val": list(range(36, 48)), "test": list(range(48, 60))}
+    hidden = {0, 1, 2, 36, 37, 48}  # a piece of every side belongs to the other run's test side
+    z[sorted(hidden)] = np.nan  # any use of them would spoil the probe or the logits
+    keep = {r.sha256 for i, r in enumerate(rows) if i not in hidden}
+    run = SimpleNamespace(split=lambda _rows: split)
+    lv, yv, lt, yt, named, stripped = _run_logits(run, rows, keep, z)
+    assert np.isfinite(lv).all() and np.isfinite(lt).all()
+    assert (len(yv), len(yt), named) == (10, 11, 3)
+    assert stripped == {"train": 3, "val": 2, "test": 1}
+
+
+def test_outside_test_side_drops_every_piece_of_the_test_units(search_run_copy):
+    from harmonixr.data.cache import TensorCache
+    from harmonixr.search.calibrators import outside_test_side
+    from harmonixr.train.rundir import Run
+
+    run = search_run_copy
+    cache = json.loads((run / "config.json").read_text())["train"]["data"]
+    with TensorCache(cache) as c:
+        rows = c.pieces()
+    r = Run.open(run)
+    test_groups = {rows[i].group for i in r.split(rows)["test"]}
+    keep = outside_test_side(r, rows)
+    assert test_groups and keep == {r.sha256 for r in rows if r.group not in test_groups}

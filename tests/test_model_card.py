@@ -72,6 +72,14 @@ def test_card_quotes_the_held_out_answers_and_the_index_carries_them():
         m["open_set_music21"]["detection_auc"],
     ):
         assert quoted(figure) in card, quoted(figure)
+    # the answer's calibration, its chance level and the answer as shown with known works
+    shown = m["composer_as_shown"]
+    for figure in (m["composer"]["ece"], shown["answer_accuracy"], shown["ece"]):
+        assert quoted(figure) in card, quoted(figure)
+    chance = m["composer"]["ece_by_chance"]
+    for key in ("expected_if_calibrated", "q95_if_calibrated", "p_value", "calibrated_above_bar"):
+        assert f"{chance[key]:.3f}" in card, key
+    assert quoted(m["composer"]["ece"]) in README.read_text()
     v = m["verify"]
     for key in ("balanced_accuracy", "ece"):
         assert Estimate.read(v[key]).format().split(" [")[0] in card, key

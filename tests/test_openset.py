@@ -175,9 +175,13 @@ def test_answer_as_shown_is_what_attribute_shows(search_run_copy):
     got = m.as_shown(side, composers, p_work)
     want = np.mean(np.array(truth, dtype=object) == said)
     assert got["work_named"] == 4 and got["answer_accuracy"]["value"] == pytest.approx(want)
-    assert got["ece"]["value"] == pytest.approx(
-        confidence_ece(conf, np.array(truth, dtype=object) == said)
+    right = np.array(truth, dtype=object) == said
+    assert got["ece"]["value"] == pytest.approx(confidence_ece(conf, right))
+    assert got["ece_work_named"]["value"] == pytest.approx(
+        confidence_ece(conf[named], right[named])
     )
+    assert got["ece_no_work"]["value"] == pytest.approx(confidence_ece(conf[~named], right[~named]))
+    assert got["answer_accuracy_no_work"]["value"] == pytest.approx(right[~named].mean())
 
 
 def test_stratified_auc_counts_only_pairs_inside_a_stratum():

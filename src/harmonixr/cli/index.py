@@ -133,6 +133,10 @@ def index_calibrators(
             "validation side, measured on its test pieces outside RUN's test side.",
         ),
     ] = None,
+    shipped: Annotated[
+        str | None,
+        typer.Option(help="The temperature rule compared against: nll or ece (default: RUN's)."),
+    ] = None,
     folds: Annotated[int, typer.Option(help="Folds of the validation groups.")] = 5,
     repeats: Annotated[int, typer.Option(help="Random foldings of the validation groups.")] = 20,
     as_json: JsonOpt = False,
@@ -148,7 +152,9 @@ def index_calibrators(
         "temperature_ratio": "ref.: T held out / T val.",
     }
 
-    report = calibrator_choice(run, data, held_out=held_out or (), folds=folds, repeats=repeats)
+    report = calibrator_choice(
+        run, data, held_out=held_out or (), folds=folds, repeats=repeats, shipped=shipped
+    )
     if as_json:
         print_json(report)
         return
@@ -184,6 +190,12 @@ def index_calibrators(
             label = REFERENCES.get(key, key)
             t.add_row(label, *(f"{v:.3f}" for v in vals), f"{sum(vals) / len(vals):.3f}")
         t.add_row("pieces held out", *(str(r["held_out"]) for r in runs["runs"]), "")
+        for side in ("train", "val"):
+            t.add_row(
+                f"{side}: stripped of RUN's test",
+                *(str(r["stripped_of_run_test_side"][side]) for r in runs["runs"]),
+                "",
+            )
         console.print(t)
     ch = report["chance"]
     console.print(

@@ -84,7 +84,10 @@ def _top_label(curve: str) -> Fitter:
             # runner-up, rescaled with the others, from passing it
             floor = second / np.maximum(1.0 - c + second, 1e-12) + 1e-9
             new = np.maximum(np.asarray(mapped(c), np.float64), floor)
-            q = q * ((1.0 - new) / np.maximum(1.0 - c, 1e-12))[:, None]
+            q[rows, top] = 0.0
+            rest = q.sum(1, keepdims=True)  # the others share 1 − new in proportion
+            q = np.where(rest > 0, q / np.where(rest > 0, rest, 1.0), 1.0 / max(1, q.shape[1] - 1))
+            q = q * (1.0 - new)[:, None]
             q[rows, top] = new
             return q
 

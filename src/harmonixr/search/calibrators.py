@@ -24,24 +24,31 @@ from harmonixr.train.rundir import Run
 
 def outside_test_side(run: Run, rows: list) -> set[str]:
     """Contents of the rows outside ``run``'s whole test side: its every test piece (those
-    ``Run.split`` leaves out for recurring music too) and every piece of their groups."""
-    from harmonixr.data.splits import load_split
+    ``Run.split`` leaves out for recurring music too) and every piece of their split units
+    (groups joined through byte-identical files, ``data.splits.fold_units``)."""
+    from harmonixr.data.splits import fold_units, load_split
 
+    unit = fold_units(rows)
     test = load_split(run.split_path, rows)["test"]
-    hidden_groups = {rows[i].group for i in test}
+    hidden_units = {unit[i] for i in test}
     hidden = {rows[i].sha256 for i in test}
-    return {r.sha256 for r in rows if r.sha256 not in hidden and r.group not in hidden_groups}
+    return {
+        r.sha256
+        for r, u in zip(rows, unit, strict=True)
+        if r.sha256 not in hidden and u not in hidden_units
+    }
 
 
 def _run_logits(
     run: Run, rows: list, keep: set[str], z: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, dict[str, int]]:
     """A run's probe fitted as its index would be (named composers and C chosen on its
     validation side), and the logits and true columns of its validation and test pieces,
-    every side restricted to the contents in ``keep``; the last value is the number of
-    named."""
+    every side restricted to the contents in ``keep``; then the number of named composers
+    and how many pieces of each side were stripped (not in ``keep``)."""
     split = run.split(rows)
     comp = np.array([r.composer for r in rows], dtype=object)
+    stripped = {s: sum(rows[i].sha256 not in keep for i in split[s]) for s in SIDES}
     tr, va, te = ([i for i in split[s] if rows[i].sha256 in keep] for s in SIDES)
     works = work_counts(list(comp[tr]), [rows[i].group for i in tr])
     _, names, w, b, _ = choose_named(z[tr], comp[tr], works, z[va], comp[va])
@@ -51,7 +58,7 @@ def _run_logits(
         ix = [i for i in ix if comp[i] in col]
         return z[ix] @ w.T + b, np.array([col[comp[i]] for i in ix], np.int64)
 
-    return *side(va), *side(te), len(names)
+    return *side(va), *side(te), len(names), stripped
 
 
 def calibrator_choice(
@@ -61,11 +68,13 @@ def calibrator_choice(
     held_out: Sequence[str | Path] = (),
     folds: int = 5,
     repeats: int = 20,
+    shipped: str | None = None,
 ) -> dict[str, Any]:
     """The calibrators compared on ``run_dir``'s validation pieces of named composers
     (cross-fitted) and, for each run of ``held_out``, fitted on its validation side and
     measured on its test pieces, every side without ``run_dir``'s test side and its groups
-    (``outside_test_side``). No label of ``run_dir``'s test side is read."""
+    (``outside_test_side``): no label or embedding of ``run_dir``'s test side enters a fit or
+    a figure. ``shipped``: the temperature rule compared against (default: the index's)."""
     run_dir = Path(run_dir)
     run = Run.open(run_dir)
     index = Index.load(run_dir / INDEX_DIR)
@@ -83,7 +92,9 @@ def calibrator_choice(
         logits = index.calibration.logits(z, sims)
         labels = np.array([named[r.composer] for r in val])
         groups = np.array([r.group for r in val])
-        rule = index.calibration.temperature_rule
+        rule = shipped or index.calibration.temperature_rule  # compared against
+        if rule not in RULE_OF.values():
+            raise ValueError(f"no temperature rule {rule!r}: one of {sorted(RULE_OF.values())}")
         shipped = next(k for k, r in RULE_OF.items() if r == rule)
         report = compare_calibrators(
             logits, labels, groups, folds=folds, repeats=repeats, shipped=shipped
@@ -91,13 +102,18 @@ def calibrator_choice(
         if not held_out:
             return _index_build(report)
         keep = outside_test_side(run, rows)
-        per_run = []
+        per_run, strips = [], []
         for other in held_out:
             o = Run.open(other)
             o.check_tensors(cache.config, data)
             emb = o.embed([cache.load(r) for r in rows]).astype(np.float64)
-            per_run.append((str(other), *_run_logits(o, rows, keep, emb)))
+            *logits_of, stripped = _run_logits(o, rows, keep, emb)
+            per_run.append((str(other), *logits_of))
+            strips.append(stripped)
     runs = compare_on_runs(per_run, shipped)
+    stripped_of = {name: n for (name, *_), n in zip(per_run, strips, strict=True)}
+    for row in runs["runs"]:  # a run with nothing held out has no row
+        row["stripped_of_run_test_side"] = stripped_of[row["run"]]
     report["held_out_runs"] = runs
     return choose(report)
 
