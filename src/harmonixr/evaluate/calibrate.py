@@ -54,7 +54,11 @@ import numpy as np
 from harmonixr.evaluate.metrics import (
     expected_calibration_error,
 )
-from harmonixr.evaluate.reliability import ece_temperature
+from harmonixr.evaluate.reliability import (
+    TEMPERATURE_RULES,
+    log_softmax,
+    softmax,
+)
 from harmonixr.evaluate.unknown import (
     FALSE_UNKNOWN,
     OpenSetModel,
@@ -76,35 +80,6 @@ NAMED_PROBE_CS = (
     10.0,
 )  # the named-composer probe's C (protocols.PROBE_CS is the evaluation's)
 FITTED_ON = "validation (fitted on it)"
-# how the answer's temperature is fitted on validation (``index calibrators`` compares them)
-TEMPERATURE_RULES = {"nll": "least negative log-likelihood", "ece": "least ECE"}
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The ``T`` minimising the NLL of ``softmax(logits / T)`` (searched over 1e-4…100)."""
-    from scipy.optimize import minimize_scalar
-
-    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
-
-    def nll(log_t: float) -> float:
-        z = logits / np.exp(log_t)
-        z = z - z.max(axis=1, keepdims=True)
-        logp = z[np.arange(len(z)), labels] - np.log(np.exp(z).sum(axis=1))
-        return float(-logp.mean())
-
-    res = minimize_scalar(nll, bounds=(np.log(1e-4), np.log(100.0)), method="bounded")
-    return float(np.exp(res.x))
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
 # Calibration's fields stored as JSON lists
@@ -321,11 +296,11 @@ def _fit_unknown(
     from harmonixr.evaluate.metrics import roc_auc
 
     rule = params.get("temperature_rule", "nll")
-    t = fit_temperature(logits, labels) if rule == "nll" else ece_temperature(logits, labels)
+    t = TEMPERATURE_RULES[rule].fit(logits, labels)
     params["temperature"] = t
     p_closed = softmax(logits / t)
     report["composer"] = {
-        "method": f"probe logits / temperature ({TEMPERATURE_RULES[rule]})",
+        "method": f"probe logits / temperature ({TEMPERATURE_RULES[rule].name})",
         "measured_on": FITTED_ON,
         "temperature": t,
         "pieces": int(len(labels)),

@@ -1,7 +1,7 @@
 """Which calibrator of the closed-set answer to use, chosen on the validation side alone.
 
 The shipped answer divides its probe's logits by one temperature fitted on validation
-(``calibrate.fit_temperature``). Any calibrator fitted on a side looks good on that side, so
+(``reliability.fit_temperature``). Any calibrator fitted on a side looks good on that side, so
 here each candidate is *cross-fitted*: the validation groups are split into ``folds``, each
 fold's pieces are calibrated by a fit on the other folds, and the top-label ECE of the pooled
 answers is measured; this is repeated over ``repeats`` random foldings. The candidates:
@@ -25,8 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from harmonixr.evaluate.calibrate import fit_temperature, softmax
-from harmonixr.evaluate.reliability import confidence_ece, ece_by_chance, ece_temperature
+from harmonixr.evaluate.reliability import (
+    TEMPERATURE_RULES,
+    confidence_ece,
+    ece_by_chance,
+    fit_temperature,
+    softmax,
+)
 
 Calibrator = Callable[[np.ndarray], np.ndarray]  # (N, E) logits → (N, E) probabilities
 Fitter = Callable[[np.ndarray, np.ndarray], Calibrator]
@@ -36,14 +41,17 @@ def _none(logits: np.ndarray, labels: np.ndarray) -> Calibrator:
     return softmax
 
 
-def _temperature(logits: np.ndarray, labels: np.ndarray) -> Calibrator:
-    t = fit_temperature(logits, labels)
-    return lambda x: softmax(x / t)
+def _scaled(rule: str) -> Fitter:
+    """A temperature fitted by one of ``TEMPERATURE_RULES``."""
+
+    def fit(logits: np.ndarray, labels: np.ndarray) -> Calibrator:
+        t = TEMPERATURE_RULES[rule].fit(logits, labels)
+        return lambda x: softmax(x / t)
+
+    return fit
 
 
-def _temperature_ece(logits: np.ndarray, labels: np.ndarray) -> Calibrator:
-    t = ece_temperature(logits, labels)
-    return lambda x: softmax(x / t)
+_temperature, _temperature_ece = _scaled("nll"), _scaled("ece")
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:
@@ -104,7 +112,7 @@ CANDIDATES: dict[str, Fitter] = {
     "temperature + isotonic": _top_label("isotonic"),
 }
 SHIPPED = "temperature (NLL)"  # the default rule (``index build --temperature nll``)
-# candidates an index can hold: its temperature rule (``calibrate.TEMPERATURE_RULES``)
+# candidates an index can hold: its temperature rule (``reliability.TEMPERATURE_RULES``)
 RULE_OF = {"temperature (NLL)": "nll", "temperature (ECE)": "ece"}
 ON_THEM = "temperature of least ECE, fitted on the held-out pieces themselves"
 

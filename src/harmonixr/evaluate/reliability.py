@@ -7,10 +7,14 @@ perfectly calibrated answers of the same confidences would show (consistency res
 Bröcker and Smith 2007): each draw makes every answer right with probability equal to its
 confidence and measures the ECE with the same bins. Its mean is the ECE expected by chance; the
 share of draws at or above the measured ECE is the p-value of "these answers are calibrated".
+
+The temperatures that calibrate a table of logits live here too, one per rule
+(``TEMPERATURE_RULES``): the one of least negative log-likelihood and the one of least ECE.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,17 +76,51 @@ def ece_by_chance(
     )
 
 
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The ``T`` minimising the NLL of ``softmax(logits / T)`` (searched over 1e-4…100)."""
+    from scipy.optimize import minimize_scalar
+
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
+
+    def nll(log_t: float) -> float:
+        logp = log_softmax(logits / np.exp(log_t))
+        return float(-logp[np.arange(len(logp)), labels].mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(1e-4), np.log(100.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
 def ece_temperature(logits: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> float:
     """The temperature ``T`` whose ``softmax(logits / T)`` has the least top-label ECE on these
     pieces, searched over 200 values from 0.2 to 5 on a log scale (the smallest on ties)."""
     logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
     grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 200))
-    best, best_ece = 1.0, np.inf
+    eces = []
     for t in grid:
-        z = logits / t
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        p = z / z.sum(axis=1, keepdims=True)
-        e = confidence_ece(p.max(1), p.argmax(1) == labels, n_bins)
-        if e < best_ece - 1e-15:
-            best, best_ece = float(t), e
-    return best
+        p = softmax(logits / t)
+        eces.append(confidence_ece(p.max(1), p.argmax(1) == labels, n_bins))
+    return float(grid[int(np.argmin(eces))])
+
+
+@dataclass(frozen=True)
+class TemperatureRule:
+    name: str
+    fit: Callable[[np.ndarray, np.ndarray], float]
+
+
+# how an answer's temperature is fitted on validation (``index calibrators`` compares them)
+TEMPERATURE_RULES = {
+    "nll": TemperatureRule("least negative log-likelihood", fit_temperature),
+    "ece": TemperatureRule("least ECE", ece_temperature),
+}
