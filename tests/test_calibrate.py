@@ -13,8 +13,6 @@ from harmonixr.evaluate.calibrate import (
     FITTED_ON,
     Calibration,
     fit_calibration,
-    fit_temperature,
-    softmax,
     work_counts,
 )
 from harmonixr.evaluate.metrics import (
@@ -25,6 +23,7 @@ from harmonixr.evaluate.metrics import (
     group_pair_weights,
 )
 from harmonixr.evaluate.metrics import centroids as centroids_of
+from harmonixr.evaluate.reliability import fit_temperature, softmax
 from harmonixr.evaluate.unknown import (
     FALSE_UNKNOWN,
     OpenSetModel,

@@ -184,8 +184,8 @@ def test_an_index_fits_the_temperature_rule_it_is_given():
 
 
 def test_compare_on_runs_fits_on_the_validation_logits_it_is_given():
-    from harmonixr.evaluate.calibrate import fit_temperature, softmax
     from harmonixr.evaluate.metrics import confidence_ece
+    from harmonixr.evaluate.reliability import fit_temperature, softmax
 
     rng = np.random.default_rng(8)
     lv, yv, _ = _overconfident(rng, scale=3.0)  # validation: too sure by 3
