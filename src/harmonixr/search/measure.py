@@ -324,14 +324,15 @@ def measure_index(
     if index.works is not None and index.work_fit is not None:
         say("known works on the test side")
         works = [it.work for it in index.items]
+        asked = asked_without_self(index.works, at)  # each test piece without itself, once
         report["known_works"] = measure_works(
-            index.works, works, index.work_fit, at, t.unit, m.boot
+            index.works, works, index.work_fit, at, t.unit, m.boot, asked
         )
-        mine = [i for i, keep in zip(at, nm, strict=True) if keep]
-        best, overlap = asked_without_self(index.works, mine)
-        p_work = np.where(overlap > 0, index.work_fit.probability(overlap), 0.0)
+        best, overlap = asked
+        fit = index.work_fit
+        p_work = np.where(fit.known(overlap), fit.probability(overlap), 0.0)
         closest = np.array([index.items[b].composer for b in best], dtype=object)
-        report["composer_as_shown"] = m.as_shown(t.take(nm), closest, p_work)
+        report["composer_as_shown"] = m.as_shown(t.take(nm), closest[nm], p_work[nm])
     say("verify on test pairs")
     report["verify"] = m.verify(t)
     say("timeline windows")

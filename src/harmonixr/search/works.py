@@ -170,6 +170,12 @@ class WorkFit:
         x = np.asarray(overlap, np.float64)
         return 1.0 / (1.0 + np.exp(-(self.a * x + self.b)))
 
+    def known(self, overlap: np.ndarray | float) -> np.ndarray:
+        """Whether a work is named at this overlap with the closest piece: probability ≥ ½,
+        and at least one pattern shared (with none, no piece is closest)."""
+        x = np.asarray(overlap, np.float64)
+        return (x > 0.0) & (self.probability(x) >= 0.5)
+
     @property
     def threshold(self) -> float:
         """The overlap from which a work is named (probability one half)."""
@@ -267,7 +273,7 @@ def fit_works(
         lr = LogisticRegression(C=1e4).fit(value.reshape(-1, 1), right.astype(int))
         a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
     fit = WorkFit(a, b, {})
-    named = fit.probability(value) >= 0.5
+    named = fit.known(value)
     has = got["has_rendition"]
     rates: dict[str, Any] = {
         "pieces": len(val),
@@ -307,20 +313,22 @@ def measure_works(
     test: Sequence[int],
     units: np.ndarray,
     boot: Any,
+    asked: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The known-work rule on the test pieces ``test`` (indices into the index), each asked
-    without itself: how often a piece with another rendition indexed is named right, how
-    often one without is answered "no known work", and the calibration of the probability
-    (its ECE as the confidence of the decision); intervals from ``boot`` (an
-    ``evaluate.bootstrap.Bootstrap``) over ``units``, one per test piece."""
+    without itself (``asked``: ``asked_without_self``'s answer when already computed): how
+    often a piece with another rendition indexed is named right, how often one without is
+    answered "no known work", and the calibration of the probability (its ECE as the
+    confidence of the decision); intervals from ``boot`` (an ``evaluate.bootstrap.Bootstrap``)
+    over ``units``, one per test piece."""
     from harmonixr.evaluate.metrics import expected_calibration_error
 
     test = list(test)
-    best, value = asked_without_self(prints, test)
+    best, value = asked if asked is not None else asked_without_self(prints, test)
     got = outcomes(works, test, best)
     has, right = got["has_rendition"], got["right"]
     p = fit.probability(value)
-    named = p >= 0.5
+    named = fit.known(value)
     units = np.asarray(units)
 
     def share(mask: np.ndarray, hit: np.ndarray) -> dict[str, Any] | None:
