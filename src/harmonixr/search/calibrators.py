@@ -19,6 +19,7 @@ from harmonixr.data.splits import SIDES
 from harmonixr.evaluate.calibrate import choose_named, work_counts
 from harmonixr.evaluate.calibrators import RULE_OF, compare_calibrators, compare_on_runs
 from harmonixr.search.index import INDEX_DIR, Index, check_index
+from harmonixr.train.piece_inputs import cached_stats
 from harmonixr.train.rundir import Run
 
 
@@ -103,10 +104,13 @@ def calibrator_choice(
             return _index_build(report)
         keep = outside_test_side(run, rows)
         per_run, strips = [], []
+        # every run reads the same pieces: their tensors and statistics, once
+        tensors = [cache.load(r) for r in rows]
+        stats = cached_stats(cache, rows)
         for other in held_out:
             o = Run.open(other)
             o.check_tensors(cache.config, data)
-            emb = o.embed([cache.load(r) for r in rows]).astype(np.float64)
+            emb = o.embed(tensors, stats=stats).astype(np.float64)
             *logits_of, stripped = _run_logits(o, rows, keep, emb)
             per_run.append((str(other), *logits_of))
             strips.append(stripped)
