@@ -138,3 +138,23 @@ def test_errors_are_one_readable_line(search_run, tmp_path):
         assert proc.returncode == 1, proc.stderr
         assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
         assert words in err
+
+
+def test_an_answer_no_known_work_backs_carries_the_held_out_figures(search_run_copy, tmp_path):
+    from midi_factory import synthetic_piece
+
+    from harmonixr.api import Harmonixr
+    from harmonixr.search.measure import store_held_out
+
+    path = synthetic_piece(tmp_path / "new.mid", [("High", 20)], seed=5)  # no known work
+    assert Harmonixr.load(search_run_copy).new_work_note == ""  # not measured: nothing said
+    assert "no known work backs" not in hx("attribute", path, "-m", search_run_copy).lower()
+    shown = {"answer_accuracy_no_work": {"value": 0.512}, "ece_no_work": {"value": 0.13}}
+    store_held_out(search_run_copy, {"composer_as_shown": shown})
+    note = Harmonixr.load(search_run_copy).new_work_note
+    assert "51%" in note and "0.13" in note
+    table = " ".join(hx("attribute", path, "-m", search_run_copy).split())
+    assert "No known work backs this answer" in table and "51% of pieces" in table
+    # an indexed file: its known work backs the answer, and the note is not printed
+    indexed = split_paths(search_run_copy, "test")[0]
+    assert "backs this answer" not in hx("attribute", indexed, "-m", search_run_copy)

@@ -88,6 +88,7 @@ def test_health_names_the_model_its_index_and_its_map(client):
     assert h["composers"] == ["High", "Low"] and set(h["colours"]) == {"High", "Low"}
     assert h["map"] is True and h["max_upload_bytes"] == 10 * MB
     assert h["known_works"] is True
+    assert h["new_work_note"] == ""  # the tiny run's index was never measured held out
 
 
 def test_every_endpoint_gives_the_api_answer(client, piece):

@@ -245,6 +245,8 @@ class Harmonixr:
         return not self._index().calibration.open_set_withdrawn
 
     open_set_note = property(lambda self: self._index().calibration.open_set_note)
+    # what the held-out measure says of answers no known work backs ("" before it)
+    new_work_note = property(lambda self: self._index().new_work_note)
 
     def attribute(
         self, x: Input, k: int = 5, *, prior_unknown: float | None = None

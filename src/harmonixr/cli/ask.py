@@ -123,6 +123,8 @@ def attribute(
             f"{hx.open_set_note}.",
             highlight=False,
         )
+    if hx.new_work_note and not result[0].from_work:
+        out.print(f"{hx.new_work_note[0].upper()}{hx.new_work_note[1:]}.", highlight=False)
 
 
 @app.command()

@@ -253,6 +253,21 @@ class Index:
         )
 
     @property
+    def new_work_note(self) -> str:
+        """What the held-out measure (``index measure``) says of answers no known work backs,
+        for a user to read beside one; empty before the index is measured."""
+        held = self.calibration.report.get("held_out") or {}
+        shown = held.get("composer_as_shown") or {}
+        acc, ece = shown.get("answer_accuracy_no_work"), shown.get("ece_no_work")
+        if not acc or not ece:
+            return ""
+        return (
+            f"no known work backs this answer: measured held out, such answers were right for "
+            f"{acc['value']:.0%} of pieces, and their probability was off by {ece['value']:.2f} "
+            "on average (ECE)"
+        )
+
+    @property
     def barely_known(self) -> list[str]:
         """Composers with a centroid who are never named (too few training works)."""
         return list(self.barely_known_columns)
@@ -363,6 +378,7 @@ class Index:
             "default_prior": self.calibration.default_prior,
             "open_set": not self.calibration.open_set_withdrawn,
             "open_set_note": self.calibration.open_set_note,
+            "new_work_note": self.new_work_note,
             "calibration": self.calibration.report,
             "threshold": self.calibration.threshold,
             "notes": list(self.calibration.notes),

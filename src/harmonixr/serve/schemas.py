@@ -106,6 +106,9 @@ class Health(BaseModel):
         "measured held out, it did not work).",
     )
     open_set_note: str = Field(default="", description="Why it is withdrawn, with the figures.")
+    new_work_note: str = Field(
+        default="", description="What held-out figures say of answers no known work backs."
+    )
 
 
 class Problem(BaseModel):

@@ -273,6 +273,7 @@ class Service:
             "crop_s": self.hx.crop_seconds,
             "open_set": self.hx.open_set,
             "open_set_note": self.hx.open_set_note,
+            "new_work_note": self.hx.new_work_note,
             "known_works": index.works is not None,
         }
 

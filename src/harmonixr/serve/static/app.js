@@ -216,17 +216,19 @@ function drawBars(attribution) {
   // where "someone else" did not work held out, it is no answer: say what the answer means
   const note = $("open-set-note");
   // (not under an answer that follows from a known work: the work, not the model, says who)
-  const withdrawn =
-    state.health &&
-    state.health.open_set === false &&
-    attribution.length > 0 &&
-    !attribution[0].from_work;
-  note.hidden = !withdrawn;
+  const own = state.health && attribution.length > 0 && !attribution[0].from_work;
+  const withdrawn = own && state.health.open_set === false;
+  const newWork = own && state.health.new_work_note ? `${state.health.new_work_note}.` : "";
+  note.hidden = !withdrawn && !newWork;
   if (withdrawn) {
     const top = attribution[0];
     note.textContent =
       `Closest named composer: ${top.composer} (${percent(top.probability)}); ` +
-      `${state.health.open_set_note}.`;
+      `${state.health.open_set_note}. ` +
+      newWork.charAt(0).toUpperCase() +
+      newWork.slice(1);
+  } else if (newWork) {
+    note.textContent = newWork.charAt(0).toUpperCase() + newWork.slice(1);
   }
   attribution.forEach((a, i) => {
     const name = a.known || a.barely_known ? a.composer : "Someone else";
